@@ -1,0 +1,126 @@
+"""Errors the core and backends raise. Each carries the HTTP status and a message safe to show.
+
+Backends translate their SDK's exceptions into these; nothing else may leave a backend.
+"""
+
+from __future__ import annotations
+
+
+class OvasError(Exception):
+    """Base error: `message` is shown to the user; `detail` (optional) goes to the log only."""
+
+    http_status = 500
+    default_message = "Internal server error"
+
+    def __init__(self, message: str | None = None, *, detail: str | None = None):
+        self.message = message or self.default_message
+        self.detail = detail
+        super().__init__(self.message)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class NotFound(OvasError):
+    http_status = 404
+    default_message = "Not found"
+
+
+class ApplicationNotFound(NotFound):
+    def __init__(self, app_id: str):
+        super().__init__(f"Application '{app_id}' not found")
+
+
+class VersionNotFound(NotFound):
+    def __init__(self, app_id: str, version: str):
+        super().__init__(f"Version '{version}' of application '{app_id}' not found")
+
+
+class ProfileNotFound(NotFound):
+    def __init__(self, profile_id: str, message: str | None = None):
+        super().__init__(message or f"Profile '{profile_id}' not found")
+
+
+class SessionNotFound(NotFound):
+    def __init__(self, session_id: str):
+        super().__init__(f"Session '{session_id}' not found")
+
+
+class Conflict(OvasError):
+    http_status = 409
+    default_message = "Already exists"
+
+
+class InvalidInput(OvasError):
+    """Input the schemas accepted but the rules reject (answered as a 422 on `field`)."""
+
+    http_status = 422
+    default_message = "Invalid input"
+
+    def __init__(self, message: str | None = None, *, field: str | None = None, **kw):
+        super().__init__(message, **kw)
+        self.field = field
+
+
+class EditingDisabled(OvasError):
+    http_status = 405
+    default_message = (
+        "Editing is disabled; set OVAS_EDITING_ENABLED=true to enable the editing routes"
+    )
+
+
+class SessionFailed(OvasError):
+    """Raised for a session whose start failed; the body still describes the session."""
+
+    http_status = 410
+    default_message = "Session failed"
+
+
+class CapacityExceeded(OvasError):
+    """No room for another session; the client may retry after `retry_after` seconds."""
+
+    http_status = 503
+    default_message = "No capacity for another session; try again later"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 30, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class UserCapacityExceeded(CapacityExceeded):
+    http_status = 429
+    default_message = "You have reached your limit of sessions; stop one and try again"
+
+
+class BackendUnavailable(OvasError):
+    """The backend's engine (Docker daemon, Kubernetes API server) cannot be reached."""
+
+    http_status = 503
+    default_message = "The session backend cannot be reached"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
+class CatalogError(OvasError):
+    """A catalog document is not valid; `problems` lists `where: what` lines."""
+
+    http_status = 500
+    default_message = "The catalog is not valid"
+
+    def __init__(self, problems: list[str], **kw):
+        self.problems = list(problems)
+        super().__init__("The catalog is not valid: " + "; ".join(self.problems), **kw)
+
+
+class ConfigurationError(OvasError):
+    """ovas is set up wrongly (unknown backend, missing optional dependency...)."""
+
+    http_status = 500
+    default_message = "ovas is not configured correctly"

@@ -1,0 +1,280 @@
+"""Rules that hold for every backend: version resolution, profile matching, request building,
+capacity settings, session listing. Views call these; these call the `Backend` and `Catalog`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import semver
+
+from ovas.backend import Backend, Catalog
+from ovas.errors import (
+    EditingDisabled,
+    InvalidInput,
+    ProfileNotFound,
+    SessionFailed,
+    VersionNotFound,
+)
+from ovas.kitspec import parse_kit, render_values
+from ovas.models import Application, Profile, Session, SessionRequest, SessionState, Version
+
+APP_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
+PROFILE_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+SESSION_ID_PATTERN = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+)
+LATEST = "latest"
+
+
+def new_session_id() -> str:
+    return str(uuid.uuid4())
+
+
+def is_session_id(value: str) -> bool:
+    return bool(SESSION_ID_PATTERN.match(value))
+
+
+def is_semver(value: str) -> bool:
+    return len(value) <= 128 and semver.Version.is_valid(value)
+
+
+def _semver_key(version: str) -> tuple[int, semver.Version | str]:
+    # Versions that are not semver sort after every semver one, by text.
+    if is_semver(version):
+        return (1, semver.Version.parse(version))
+    return (0, version)
+
+
+def sort_versions(versions: list[Version]) -> list[Version]:
+    """Newest semver first."""
+    return sorted(versions, key=lambda v: _semver_key(v.version), reverse=True)
+
+
+def glob_match(pattern: str, value: str) -> bool:
+    """Case-sensitive shell glob (`*`, `2.*`, `usd-*`)."""
+    return fnmatch.fnmatchcase(value, pattern)
+
+
+def profile_supports(profile: Profile, app_id: str, version: str) -> bool:
+    """True when some `supportedApplications` entry matches both. `*` as app_id or version
+    stands for any (it matches every entry's glob)."""
+    for entry in profile.supported_applications:
+        if app_id != "*" and not glob_match(entry.name, app_id):
+            continue
+        if version == "*" or any(glob_match(v, version) for v in entry.versions):
+            return True
+    return False
+
+
+def parse_tags(raw: list[str]) -> list[str]:
+    """`?tags=a&tags=b,c` -> ["a", "b", "c"]."""
+    return [t.strip() for item in raw for t in item.split(",") if t.strip()]
+
+
+@dataclass
+class Page:
+    offset: int
+    limit: int
+    items: list
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+
+class CatalogService:
+    """The Application & Profile service's rules."""
+
+    def __init__(self, catalog: Catalog, *, editing_enabled: bool = False):
+        self.catalog = catalog
+        self.editing_enabled = editing_enabled
+
+    # Reads
+
+    def list_applications(self, tags: list[str] | None = None) -> list[Application]:
+        wanted = set(parse_tags(tags or []))
+        apps = sorted(self.catalog.applications(), key=lambda a: a.id)
+        return [a for a in apps if wanted <= set(a.tags)]
+
+    def get_application(self, app_id: str) -> Application:
+        return self.catalog.application(app_id)
+
+    def list_versions(self, app_id: str) -> list[Version]:
+        return sort_versions(self.catalog.versions(app_id))
+
+    def get_version(self, app_id: str, version: str) -> Version:
+        return self.catalog.version(app_id, version)
+
+    def resolve_version(self, app_id: str, version: str | None) -> Version:
+        """`None`, empty or "latest" -> the highest semver; else that version."""
+        if not version or version == LATEST:
+            versions = self.list_versions(app_id)
+            if not versions:
+                raise VersionNotFound(app_id, LATEST)
+            return versions[0]
+        return self.get_version(app_id, version)
+
+    def list_profiles(self, app_id: str, version: str) -> list[Profile]:
+        if app_id != "*":
+            self.get_application(app_id)
+            if version != "*":
+                self.get_version(app_id, version)
+        elif version != "*" and not any(
+            v.version == version
+            for app in self.catalog.applications()
+            for v in self.catalog.versions(app.id)
+        ):
+            raise VersionNotFound("*", version)
+        profiles = sorted(self.catalog.profiles(), key=lambda p: p.id)
+        return [p for p in profiles if profile_supports(p, app_id, version)]
+
+    def get_profile(self, app_id: str, version: str, profile_id: str) -> Profile:
+        for profile in self.list_profiles(app_id, version):
+            if profile.id == profile_id:
+                return profile
+        raise ProfileNotFound(profile_id)
+
+    # Editing
+
+    def _editable(self) -> Catalog:
+        if not self.editing_enabled:
+            raise EditingDisabled()
+        return self.catalog
+
+    def create_application(self, app: Application) -> Application:
+        if not APP_ID_PATTERN.match(app.id):
+            raise InvalidInput(
+                "id must start with a letter and hold only letters, digits and hyphens "
+                "(at most 63 characters)",
+                field="id",
+            )
+        self._editable().create_application(app)
+        return app
+
+    def update_application(self, app_id: str, changes: dict) -> Application:
+        catalog = self._editable()
+        if "id" in changes and changes["id"] != app_id:
+            raise InvalidInput("id cannot be changed", field="id")
+        current = catalog.application(app_id)
+        fields = {k: changes[k] for k in ("name", "description", "tags") if k in changes}
+        if "tags" in fields:
+            fields["tags"] = tuple(fields["tags"])
+        updated = replace(current, **fields)
+        catalog.update_application(updated)
+        return updated
+
+    def delete_application(self, app_id: str) -> None:
+        self._editable().delete_application(app_id)
+
+    def create_version(self, version: Version) -> Version:
+        catalog = self._editable()
+        if not is_semver(version.version):
+            raise InvalidInput(f"'{version.version}' is not a semantic version", field="version")
+        catalog.application(version.app_id)
+        catalog.create_version(version)
+        return version
+
+    def delete_version(self, app_id: str, version: str) -> None:
+        self._editable().delete_version(app_id, version)
+
+
+class SessionService:
+    """The Streaming Session service's rules."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        catalogs: CatalogService,
+        *,
+        capacity: int = 0,
+        user_capacity: int = 0,
+        start_timeout: float = 900,
+    ):
+        self.backend = backend
+        self.catalogs = catalogs
+        self.capacity = capacity
+        self.user_capacity = user_capacity
+        self.start_timeout = start_timeout
+
+    def build_request(
+        self,
+        app_id: str,
+        profile_id: str,
+        version: str | None = None,
+        *,
+        username: str = "",
+        usd_stage_uri: str | None = None,
+        now: datetime | None = None,
+    ) -> SessionRequest:
+        """Check the request against the catalog (404 for anything unknown or unsupported)
+        and render what the backend needs. Asks no backend."""
+        app = self.catalogs.get_application(app_id)
+        resolved = self.catalogs.resolve_version(app_id, version)
+        profile = self.catalogs.catalog.profile(profile_id)
+        if not profile_supports(profile, app.id, resolved.version):
+            raise ProfileNotFound(
+                profile_id,
+                f"Profile '{profile_id}' does not support {app.id} {resolved.version}",
+            )
+        session_id = new_session_id()
+        values = render_values(profile, app, resolved, session_id, usd_stage_uri)
+        try:
+            kit = parse_kit(values)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"Profile '{profile_id}' cannot run {app.id} {resolved.version}: {exc}",
+                field="profile",
+            ) from None
+        created = now or datetime.now(UTC)
+        return SessionRequest(
+            id=session_id,
+            app=app,
+            version=resolved,
+            profile=profile,
+            username=username,
+            created_time=created,
+            deadline=created + timedelta(seconds=self.start_timeout),
+            values=values,
+            kit=kit,
+            usd_stage_uri=usd_stage_uri or None,
+            capacity=self.capacity,
+            user_capacity=self.user_capacity,
+        )
+
+    def start(self, app_id: str, profile_id: str, version: str | None = None, **kw) -> Session:
+        request = self.build_request(app_id, profile_id, version, **kw)
+        return self.backend.start(request)
+
+    def get(self, session_id: str) -> Session:
+        """The session; raises `SessionNotFound`, or `SessionFailed` carrying it."""
+        session = self.backend.get(session_id)
+        if session.state is SessionState.FAILED:
+            error = SessionFailed(session.message or "Session failed")
+            error.session = session  # type: ignore[attr-defined]
+            raise error
+        return session
+
+    def list(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        sort_by: str = "created_time",
+        order: str = "DESC",
+        username: str | None = None,
+    ) -> Page:
+        sessions = self.backend.list()
+        if username:
+            sessions = [s for s in sessions if s.username == username]
+        key = (lambda s: (s.username, s.created_time)) if sort_by == "username" else None
+        sessions.sort(key=key or (lambda s: s.created_time), reverse=order.upper() == "DESC")
+        return Page(offset=offset, limit=limit, items=sessions[offset : offset + limit])
+
+    def stop(self, session_id: str) -> None:
+        self.backend.stop(session_id)
+

@@ -17,11 +17,10 @@ from ovas.errors import (
     EditingDisabled,
     InvalidInput,
     ProfileNotFound,
-    SessionFailed,
     VersionNotFound,
 )
 from ovas.kitspec import parse_kit, render_values
-from ovas.models import Application, Profile, Session, SessionRequest, SessionState, Version
+from ovas.models import Application, Profile, Session, SessionRequest, Version
 
 APP_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
 PROFILE_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
@@ -251,13 +250,8 @@ class SessionService:
         return self.backend.start(request)
 
     def get(self, session_id: str) -> Session:
-        """The session; raises `SessionNotFound`, or `SessionFailed` carrying it."""
-        session = self.backend.get(session_id)
-        if session.state is SessionState.FAILED:
-            error = SessionFailed(session.message or "Session failed")
-            error.session = session  # type: ignore[attr-defined]
-            raise error
-        return session
+        """The session in whatever state it is; raises `SessionNotFound`."""
+        return self.backend.get(session_id)
 
     def list(
         self,
@@ -277,4 +271,3 @@ class SessionService:
 
     def stop(self, session_id: str) -> None:
         self.backend.stop(session_id)
-

@@ -17,6 +17,7 @@ backend is slow to start.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -69,10 +70,8 @@ class BackendContract:
 
         yield start
         for session_id in started:
-            try:
+            with contextlib.suppress(SessionNotFound):
                 backend.stop(session_id)
-            except SessionNotFound:
-                pass
 
     @staticmethod
     def wait_for(

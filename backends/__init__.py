@@ -1,0 +1,1 @@
+"""Built-in backends, each registered in the `ovas.backends` entry-point group."""

@@ -1,0 +1,1 @@
+"""The web layer: one flask-smorest Blueprint per OVAS service, plus health and docs assets."""

@@ -1,0 +1,3 @@
+from blueprints.applications.resources import blp
+
+__all__ = ["blp"]

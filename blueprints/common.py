@@ -1,0 +1,60 @@
+"""What every view shares: the services of this app, the caller's identity, error schemas."""
+
+from __future__ import annotations
+
+from flask import current_app, g
+from marshmallow import Schema, fields
+
+from ovas.services import CatalogService, SessionService
+
+
+def catalogs() -> CatalogService:
+    return current_app.extensions["ovas"].catalogs
+
+
+def sessions() -> SessionService:
+    return current_app.extensions["ovas"].sessions
+
+
+def current_username() -> str:
+    """Who is calling: set by the authentication layer, else "anonymous"."""
+    return g.get("ovas_user") or "anonymous"
+
+
+class ErrorSchema(Schema):
+    detail = fields.Raw(
+        required=True,
+        metadata={
+            "description": "A human-readable message; for 422, a list of "
+            '{"loc": [...], "msg": str, "type": str} naming each invalid field.'
+        },
+    )
+
+
+ERROR_DESCRIPTIONS = {
+    401: "Missing or invalid credentials",
+    403: "The caller lacks the role this needs",
+    404: "Not found",
+    405: "Editing is disabled",
+    409: "Already exists",
+    410: "The session failed; the body is the session, with the reason in status.message",
+    422: "The request is not valid",
+    429: "Your own limit of sessions is reached (see Retry-After)",
+    503: "No capacity (see Retry-After), or the session backend cannot be reached",
+}
+
+
+def error_responses(blp, *statuses: int):
+    """Document a view's error answers: `@error_responses(blp, 404, 503)`."""
+
+    def decorate(view):
+        for status in statuses:
+            view = blp.alt_response(
+                status,
+                schema=ErrorSchema,
+                description=ERROR_DESCRIPTIONS[status],
+                success=False,
+            )(view)
+        return view
+
+    return decorate

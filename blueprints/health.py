@@ -1,0 +1,33 @@
+"""`/health` (the process answers) and `/ready` (the backend and the catalog can be reached)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+
+from ovas.errors import OvasError
+
+blp = Blueprint("health", __name__)
+
+
+@blp.get("/health")
+def health():
+    return jsonify(status="ok")
+
+
+@blp.get("/ready")
+def ready():
+    state = current_app.extensions["ovas"]
+    checks = {}
+    for name, check in (("backend", state.backend.check), ("catalog", state.catalog.check)):
+        try:
+            check()
+            checks[name] = "ok"
+        except OvasError as exc:
+            checks[name] = exc.message
+        except Exception:
+            current_app.logger.exception("readiness check of the %s failed", name)
+            checks[name] = f"the {name} check failed unexpectedly"
+    problems = [f"{name}: {result}" for name, result in checks.items() if result != "ok"]
+    if problems:
+        return jsonify(status="unavailable", detail="; ".join(problems), checks=checks), 503
+    return jsonify(status="ok", checks=checks)

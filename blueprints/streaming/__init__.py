@@ -1,0 +1,3 @@
+from blueprints.streaming.resources import blp
+
+__all__ = ["blp"]

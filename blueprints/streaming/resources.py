@@ -1,0 +1,86 @@
+"""Streaming Session service: `/streaming/stream...` (also served bare, as `/stream...`)."""
+
+from __future__ import annotations
+
+from flask import Response
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from blueprints.common import current_username, error_responses, sessions
+from blueprints.streaming.schemas import (
+    StreamIdSchema,
+    StreamListQuerySchema,
+    StreamListSchema,
+    StreamRequestSchema,
+    StreamResponseSchema,
+)
+from ovas.models import Session, SessionState
+
+blp = Blueprint(
+    "streaming",
+    __name__,
+    url_prefix="/stream",
+    description="Streaming sessions: start a Kit app, poll until it is ready, stop it",
+)
+
+# Clients poll until exactly 200; a failed session answers 410 with the reason in the body.
+_STATUS = {SessionState.READY: 200, SessionState.FAILED: 410}
+
+
+def _answer(session: Session) -> tuple[Session, int]:
+    return session, _STATUS.get(session.state, 202)
+
+
+def _stop(session_id: str) -> Response:
+    sessions().stop(session_id)
+    # The web viewer shows any body of a DELETE as an error: answer with none.
+    return Response(status=204)
+
+
+@blp.route("")
+class Streams(MethodView):
+    @blp.arguments(StreamListQuerySchema, location="query")
+    @blp.response(200, StreamListSchema)
+    @error_responses(blp, 503)
+    def get(self, query):
+        """List sessions, paged and sorted"""
+        return sessions().list(**query)
+
+    @blp.arguments(StreamRequestSchema)
+    @blp.response(202, StreamResponseSchema, description="The session is starting")
+    @blp.alt_response(200, schema=StreamResponseSchema, description="The session is ready")
+    @error_responses(blp, 404, 429, 503)
+    def post(self, body):
+        """Start a session of an application version with a profile; poll it until 200"""
+        session = sessions().start(
+            body["id"],
+            body["profile"],
+            body.get("version"),
+            username=current_username(),
+            usd_stage_uri=body["arguments"].get("usd_stage_uri"),
+        )
+        return session, 200 if session.ready else 202
+
+    @blp.arguments(StreamIdSchema)
+    @blp.response(204)
+    @error_responses(blp, 404, 503)
+    def delete(self, body):
+        """Stop the session named in the body, also while it is starting"""
+        return _stop(body["id"])
+
+
+@blp.route("/<session_id>")
+class StreamById(MethodView):
+    @blp.response(200, StreamResponseSchema, description="The session is ready")
+    @blp.alt_response(202, schema=StreamResponseSchema, description="The session is starting")
+    @blp.alt_response(410, schema=StreamResponseSchema, description="The session failed")
+    @error_responses(blp, 404, 503)
+    def get(self, session_id):
+        """Get a session: 200 only when ready, 202 while starting, 410 when failed"""
+        return _answer(sessions().get(session_id))
+
+    @blp.response(204)
+    @error_responses(blp, 404, 503)
+    def delete(self, session_id):
+        """Stop a session, also while it is starting"""
+        return _stop(session_id)

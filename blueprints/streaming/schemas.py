@@ -1,0 +1,131 @@
+"""Shapes of the Streaming Session service, as OVAS clients read them."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_dump, pre_load, validate
+
+from ovas.models import Session, SessionState
+
+
+class RouteSchema(Schema):
+    description = fields.String(required=True, metadata={"example": "signaling"})
+    protocol = fields.String(required=True, metadata={"example": "TCP"})
+    source_port = fields.Integer(
+        required=True, metadata={"description": "The port the client connects to"}
+    )
+    destination_port = fields.Integer(
+        required=True, metadata={"description": "The port inside the Kit container"}
+    )
+
+
+class RouteSetSchema(Schema):
+    routes = fields.List(fields.Nested(RouteSchema), required=True)
+
+
+class StreamStatusSchema(Schema):
+    condition = fields.String(
+        required=True, validate=validate.OneOf([s.value for s in SessionState])
+    )
+    message = fields.String(required=True)
+    status = fields.Boolean(required=True, metadata={"description": "True only when ready"})
+
+
+class StreamResponseSchema(Schema):
+    id = fields.String(required=True)
+    routes = fields.Dict(
+        keys=fields.String(),
+        values=fields.Nested(RouteSetSchema),
+        required=True,
+        metadata={"description": "One key, the address a client reaches; empty until ready"},
+    )
+    status = fields.Nested(StreamStatusSchema, required=True)
+    app_id = fields.String()
+    version = fields.String()
+    profile = fields.String()
+    username = fields.String()
+    created_time = fields.DateTime()
+
+    @pre_dump
+    def _from_session(self, session: Session, **kwargs) -> dict:
+        routes = {}
+        if session.ready and session.host:
+            routes = {session.host: {"routes": session.routes}}
+        message = session.message or ("Session is active" if session.ready else "")
+        return {
+            "id": session.id,
+            "routes": routes,
+            "status": {
+                "condition": session.state.value,
+                "message": message,
+                "status": session.ready,
+            },
+            "app_id": session.app_id,
+            "version": session.version,
+            "profile": session.profile,
+            "username": session.username,
+            "created_time": session.created_time,
+        }
+
+
+class StreamListSchema(Schema):
+    offset = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+    count = fields.Integer(required=True)
+    items = fields.List(fields.Nested(StreamResponseSchema), required=True)
+
+
+class StreamArgumentsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    usd_stage_uri = fields.String(
+        allow_none=True,
+        validate=validate.Length(max=2048),
+        metadata={"description": "The USD stage to open; empty means the profile's"},
+    )
+
+
+class StreamRequestSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=63),
+        metadata={"description": "The application's id"},
+    )
+    profile = fields.String(required=True, validate=validate.Length(min=1, max=253))
+    version = fields.String(
+        allow_none=True,
+        validate=validate.Length(min=1, max=128),
+        metadata={"description": "A version, or `latest` (the default)"},
+    )
+    arguments = fields.Nested(StreamArgumentsSchema, load_default=dict)
+
+
+class StreamListQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    sort_by = fields.String(
+        data_key="sort-by",
+        load_default="created_time",
+        validate=validate.OneOf(["created_time", "username"]),
+    )
+    order = fields.String(load_default="DESC", validate=validate.OneOf(["ASC", "DESC"]))
+    username = fields.String(validate=validate.Length(min=1, max=253))
+
+    @pre_load
+    def _upper_order(self, data, **kwargs):
+        if "order" in data and isinstance(data.get("order"), str):
+            data = {**data, "order": data["order"].upper()}
+        return data
+
+
+class StreamIdSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=64))

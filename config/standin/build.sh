@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the stand-in Kit image ovas/kit-standin:1.0.0 (also tagged latest) with the Docker
+# engine that DOCKER_HOST (or the local socket) names. Needs Debian's busybox-static
+# (`apt-get install busybox-static`), whose /bin/busybox is one static binary.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+busybox="${BUSYBOX:-/bin/busybox}"
+image="${STANDIN_IMAGE:-ovas/kit-standin}"
+
+if [ ! -x "$busybox" ]; then
+    echo "build.sh: $busybox not found; install busybox-static" >&2
+    exit 1
+fi
+if ldd "$busybox" >/dev/null 2>&1; then
+    echo "build.sh: $busybox is dynamically linked; install busybox-static instead of busybox" >&2
+    exit 1
+fi
+
+context="$(mktemp -d)"
+trap 'rm -rf "$context"' EXIT
+cp "$here/Dockerfile" "$here/entrypoint.sh" "$context/"
+cp "$busybox" "$context/busybox"
+
+# Without the buildx plugin, the classic builder builds this image just as well.
+if ! docker buildx version >/dev/null 2>&1; then
+    export DOCKER_BUILDKIT=0
+fi
+docker build --quiet -t "$image:1.0.0" -t "$image:latest" "$context"
+echo "build.sh: built $image:1.0.0 and $image:latest"

@@ -1,0 +1,30 @@
+"""ovas: the Omniverse Kit App Streaming API, with pluggable backends.
+
+`ovas.create_app` builds the Flask app (`flask --app ovas run`). Importing the package
+starts nothing.
+"""
+
+from ovas.backend import Backend, Catalog
+from ovas.models import Application, Profile, Route, Session, SessionRequest, SessionState, Version
+
+__all__ = [
+    "Application",
+    "Backend",
+    "Catalog",
+    "Profile",
+    "Route",
+    "Session",
+    "SessionRequest",
+    "SessionState",
+    "Version",
+    "create_app",
+]
+
+
+def __getattr__(name: str):
+    # Keeps `import ovas` (and plugins importing its interfaces) free of the web stack.
+    if name == "create_app":
+        from ovas.app import create_app
+
+        return create_app
+    raise AttributeError(name)

@@ -1,0 +1,113 @@
+"""The composition root: settings, extensions, blueprints, backend. The only module of the
+core that knows Flask's extensions, the blueprints and the backend registry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+from flask_smorest import Api
+
+from blueprints import applications, docs_assets, errors, health, streaming
+from blueprints.common import ErrorSchema
+from ovas import config, registry
+from ovas.backend import Backend, Catalog
+from ovas.reaper import Reaper
+from ovas.services import CatalogService, SessionService
+
+API_VERSION = "1.12.0"
+
+
+@dataclass
+class Ovas:
+    """Per-app objects, kept in `app.extensions["ovas"]`."""
+
+    backend: Backend
+    catalogs: CatalogService
+    sessions: SessionService
+    reaper: Reaper
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.catalogs.catalog
+
+
+class OvasApi(Api):
+    """flask-smorest's Api, documenting errors in ovas's (FastAPI's) shape."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+
+def _api_settings(prefix: str, title: str, docs_prefix: str) -> dict[str, Any]:
+    return {
+        f"{prefix}API_TITLE": title,
+        f"{prefix}API_VERSION": API_VERSION,
+        f"{prefix}OPENAPI_VERSION": "3.0.3",
+        f"{prefix}OPENAPI_URL_PREFIX": docs_prefix,
+        f"{prefix}OPENAPI_JSON_PATH": "openapi.json",
+        f"{prefix}OPENAPI_SWAGGER_UI_PATH": "docs",
+        f"{prefix}OPENAPI_SWAGGER_UI_URL": docs_assets.URL_PREFIX + "/",
+    }
+
+
+def create_app(
+    test_config: Mapping[str, Any] | None = None, *, backend: Backend | None = None
+) -> Flask:
+    """Build the ovas app: defaults, then `OVAS_*` variables, then `test_config`; then the
+    extensions, the two services on both their path forms, and the backend (the given one,
+    or the one `BACKEND` names). Raises `ConfigurationError` for bad settings."""
+    app = Flask("ovas")
+    app.config.update(config.DEFAULTS)
+    app.config.from_prefixed_env("OVAS")
+    config.apply_environment(app.config)
+    if test_config:
+        app.config.update(test_config)
+    config.normalise(app.config)
+    app.url_map.strict_slashes = False
+    app.json.sort_keys = False
+    logging.getLogger("ovas").setLevel(logging.INFO)
+
+    if backend is None:
+        backend = registry.load(app.config["BACKEND"]).from_settings(app.config)
+    catalogs = CatalogService(backend.catalog, editing_enabled=app.config["EDITING_ENABLED"])
+    sessions = SessionService(
+        backend,
+        catalogs,
+        capacity=app.config["SESSION_CAPACITY"],
+        user_capacity=app.config["USER_SESSION_CAPACITY"],
+        start_timeout=app.config["START_TIMEOUT"],
+    )
+    state = Ovas(backend, catalogs, sessions, Reaper(backend, app.config["REAP_INTERVAL"]))
+    app.extensions["ovas"] = state
+
+    CORS(
+        app,
+        origins=app.config["CORS_ORIGINS"],
+        expose_headers=["Retry-After", "X-Request-ID"],
+        max_age=600,
+    )
+    app.config.update(_api_settings("APPLICATIONS_", "Application & Profile", "/applications"))
+    app.config.update(_api_settings("STREAMING_", "Streaming Session", "/streaming"))
+    app_api = OvasApi(app, config_prefix="APPLICATIONS_")
+    stream_api = OvasApi(app, config_prefix="STREAMING_")
+    # Clients reach each service with and without its prefix (an ingress may strip it); the
+    # docs describe the form clients build: `/cfg/apps...` and `/streaming/stream...`.
+    app_api.register_blueprint(applications.blp)
+    app.register_blueprint(
+        applications.blp, name="applications-prefixed", url_prefix="/applications/cfg"
+    )
+    stream_api.register_blueprint(streaming.blp, url_prefix="/streaming/stream")
+    app.register_blueprint(streaming.blp, name="streaming-bare", url_prefix="/stream")
+    app.register_blueprint(health.blp)
+    app.register_blueprint(docs_assets.blp)
+    errors.register(app)
+
+    @app.before_request
+    def _start_reaper() -> None:
+        state.reaper.start()
+
+    return app

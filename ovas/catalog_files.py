@@ -1,0 +1,370 @@
+"""The file catalog: OVAS custom resources as YAML files in a folder.
+
+Every `*.yaml` / `*.yml` under the folder (recursively) may hold several documents. Documents
+that are not valid are reported with their file and field (`problems`), never silently
+dropped; the valid ones are served. Edits rewrite only the files they touch, each atomically
+(a temporary file renamed over the old one) under a lock file, so several worker processes
+never lose each other's writes. Other processes' edits are seen within `reload_interval`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+import yaml
+
+from ovas.backend import Catalog
+from ovas.errors import (
+    ApplicationNotFound,
+    CatalogError,
+    Conflict,
+    InvalidInput,
+    VersionNotFound,
+)
+from ovas.models import Application, Profile, Version
+from ovas.resources import (
+    API_VERSION,
+    APPLICATION,
+    KINDS,
+    PROFILE,
+    VERSION,
+    application_from_resource,
+    application_to_resource,
+    profile_from_resource,
+    version_from_resource,
+    version_to_resource,
+)
+from ovas.services import APP_ID_PATTERN
+
+log = logging.getLogger(__name__)
+LOCK_NAME = ".ovas-catalog.lock"
+
+
+@dataclass
+class _Doc:
+    path: Path
+    index: int
+    raw: dict[str, Any]
+    value: Application | Version | Profile
+
+
+@dataclass
+class _Snapshot:
+    signature: tuple
+    docs: list[_Doc] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    apps: dict[str, Application] = field(default_factory=dict)
+    versions: dict[str, list[Version]] = field(default_factory=dict)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+
+
+class FileCatalog(Catalog):
+    """A catalog read from, and edited in, a folder of YAML files."""
+
+    def __init__(self, path: str | os.PathLike, *, reload_interval: float = 1.0):
+        self.root = Path(path).resolve()
+        self.reload_interval = reload_interval
+        self._lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+        self._checked = 0.0
+        self._reported: list[str] = []
+
+    # Loading
+
+    def _files(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
+        return sorted(found)
+
+    def _signature(self) -> tuple:
+        entries = []
+        for path in self._files():
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((str(path), stat.st_mtime_ns, stat.st_size))
+        return tuple(entries)
+
+    def _current(self) -> _Snapshot:
+        now = time.monotonic()
+        snapshot = self._snapshot
+        if snapshot is not None and now - self._checked < self.reload_interval:
+            return snapshot
+        with self._lock:
+            signature = self._signature()
+            if self._snapshot is None or self._snapshot.signature != signature:
+                self._snapshot = self._load(signature)
+                self._report(self._snapshot.problems)
+            self._checked = time.monotonic()
+            return self._snapshot
+
+    def _report(self, problems: list[str]) -> None:
+        if problems != self._reported:
+            for problem in problems:
+                log.error("catalog: %s", problem)
+            self._reported = problems
+
+    def _load(self, signature: tuple) -> _Snapshot:
+        snapshot = _Snapshot(signature)
+        if not self.root.is_dir():
+            snapshot.problems.append(f"{self.root}: the catalog folder does not exist")
+            return snapshot
+        for path in self._files():
+            try:
+                documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                snapshot.problems.append(f"{self._rel(path)}: cannot be read: {exc}")
+                continue
+            for index, raw in enumerate(documents):
+                if raw is None:
+                    continue
+                where = f"{self._rel(path)} (document {index + 1})"
+                try:
+                    snapshot.docs.append(_Doc(path, index, raw, _parse(raw)))
+                except ValueError as exc:
+                    snapshot.problems.append(f"{where}: {exc}")
+        self._index(snapshot)
+        return snapshot
+
+    def _index(self, snapshot: _Snapshot) -> None:
+        seen: dict[tuple[str, str], _Doc] = {}
+        for doc in list(snapshot.docs):
+            key = (type(doc.value).__name__, _key(doc.value))
+            if key in seen:
+                first = seen[key]
+                snapshot.problems.append(
+                    f"{self._rel(doc.path)} (document {doc.index + 1}): duplicates {key[0]} "
+                    f"'{key[1]}' of {self._rel(first.path)} (document {first.index + 1})"
+                )
+                snapshot.docs.remove(doc)
+                continue
+            seen[key] = doc
+            if isinstance(doc.value, Application):
+                snapshot.apps[doc.value.id] = doc.value
+            elif isinstance(doc.value, Profile):
+                snapshot.profiles[doc.value.id] = doc.value
+        for doc in snapshot.docs:
+            if isinstance(doc.value, Version):
+                if doc.value.app_id in snapshot.apps:
+                    snapshot.versions.setdefault(doc.value.app_id, []).append(doc.value)
+                else:
+                    snapshot.problems.append(
+                        f"{self._rel(doc.path)} (document {doc.index + 1}): metadata.labels.app: "
+                        f"no Application '{doc.value.app_id}' in the catalog"
+                    )
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    # Reading
+
+    @property
+    def problems(self) -> list[str]:
+        """Every invalid document, as `file (document N): field: what is wrong`."""
+        return list(self._current().problems)
+
+    def check(self) -> None:
+        problems = self.problems
+        if problems:
+            raise CatalogError(problems)
+
+    def applications(self) -> list[Application]:
+        return list(self._current().apps.values())
+
+    def application(self, app_id: str) -> Application:
+        try:
+            return self._current().apps[app_id]
+        except KeyError:
+            raise ApplicationNotFound(app_id) from None
+
+    def versions(self, app_id: str) -> list[Version]:
+        snapshot = self._current()
+        if app_id not in snapshot.apps:
+            raise ApplicationNotFound(app_id)
+        return list(snapshot.versions.get(app_id, []))
+
+    def profiles(self) -> list[Profile]:
+        return list(self._current().profiles.values())
+
+    # Editing
+
+    def create_application(self, app: Application) -> None:
+        with self._editing() as docs:
+            if any(_is(d, APPLICATION) and d.value.id == app.id for d in docs):
+                raise Conflict(f"Application '{app.id}' already exists")
+            docs.append(_new(self._file_for(app.id), application_to_resource(app)))
+
+    def update_application(self, app: Application) -> None:
+        with self._editing() as docs:
+            doc = self._find_app(docs, app.id)
+            raw = application_to_resource(app)
+            raw["metadata"] = {**doc.raw.get("metadata", {}), "name": app.id}
+            doc.raw, doc.value = raw, app
+
+    def delete_application(self, app_id: str) -> None:
+        with self._editing() as docs:
+            self._find_app(docs, app_id)
+            docs[:] = [
+                d
+                for d in docs
+                if not (_is(d, APPLICATION) and d.value.id == app_id)
+                and not (_is(d, VERSION) and d.value.app_id == app_id)
+            ]
+
+    def create_version(self, version: Version) -> None:
+        with self._editing() as docs:
+            app_doc = self._find_app(docs, version.app_id)
+            if any(_is(d, VERSION) and _key(d.value) == _key(version) for d in docs):
+                raise Conflict(f"Version '{version.version}' of '{version.app_id}' already exists")
+            docs.append(_new(app_doc.path, version_to_resource(version)))
+
+    def delete_version(self, app_id: str, version: str) -> None:
+        with self._editing() as docs:
+            self._find_app(docs, app_id)
+            kept = [d for d in docs if not (_is(d, VERSION) and _key(d.value) == (app_id, version))]
+            if len(kept) == len(docs):
+                raise VersionNotFound(app_id, version)
+            docs[:] = kept
+
+    def _find_app(self, docs: list[_Doc], app_id: str) -> _Doc:
+        for doc in docs:
+            if _is(doc, APPLICATION) and doc.value.id == app_id:
+                return doc
+        raise ApplicationNotFound(app_id)
+
+    def _file_for(self, app_id: str) -> Path:
+        if not APP_ID_PATTERN.match(app_id):
+            raise InvalidInput(f"'{app_id}' is not a valid application id", field="id")
+        path = (self.root / f"{app_id}.yaml").resolve()
+        if path.parent != self.root:
+            raise InvalidInput(f"'{app_id}' is not a valid application id", field="id")
+        return path
+
+    def _editing(self):
+        return _Edit(self)
+
+
+def _parse(raw: Any) -> Application | Version | Profile:
+    if not isinstance(raw, dict):
+        raise ValueError("a document must be a mapping")
+    if raw.get("apiVersion") != API_VERSION:
+        raise ValueError(f"apiVersion: must be {API_VERSION}, not {raw.get('apiVersion')!r}")
+    kind = raw.get("kind")
+    if kind == APPLICATION:
+        return application_from_resource(raw)
+    if kind == VERSION:
+        return version_from_resource(raw)
+    if kind == PROFILE:
+        return profile_from_resource(raw)
+    raise ValueError(f"kind: must be one of {', '.join(KINDS)}, not {kind!r}")
+
+
+def _key(value: Application | Version | Profile) -> Any:
+    if isinstance(value, Version):
+        return (value.app_id, value.version)
+    return value.id
+
+
+def _is(doc: _Doc, kind: str) -> bool:
+    return doc.raw.get("kind") == kind
+
+
+def _new(path: Path, raw: dict[str, Any]) -> _Doc:
+    return _Doc(path, -1, raw, _parse(raw))
+
+
+class _Edit:
+    """Lock the folder, read it fresh, let the caller change the document list, then write
+    back each file whose documents changed (atomically), and forget the cached snapshot."""
+
+    def __init__(self, catalog: FileCatalog):
+        self.catalog = catalog
+        self.lock = filelock.FileLock(str(catalog.root / LOCK_NAME), timeout=30)
+
+    def __enter__(self) -> list[_Doc]:
+        self.catalog.root.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            fresh = self.catalog._load(self.catalog._signature())
+        except BaseException:
+            self.lock.release()
+            raise
+        self.before = {id(d): (d.path, d.raw) for d in fresh.docs}
+        self.files = {d.path for d in fresh.docs}
+        self.docs = list(fresh.docs)
+        return self.docs
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._write()
+        finally:
+            self.lock.release()
+            with self.catalog._lock:
+                self.catalog._snapshot = None
+
+    def _write(self) -> None:
+        after: dict[Path, list[_Doc]] = {}
+        for doc in self.docs:
+            after.setdefault(doc.path, []).append(doc)
+        changed = set()
+        kept_ids = {id(d) for d in self.docs}
+        for doc_id, (path, _raw) in self.before.items():
+            if doc_id not in kept_ids:
+                changed.add(path)
+        for doc in self.docs:
+            if id(doc) not in self.before or self.before[id(doc)][1] is not doc.raw:
+                changed.add(doc.path)
+        for path in sorted(changed):
+            docs = after.get(path, [])
+            # A file may also hold documents this catalog could not read; keep them as they are.
+            untouched = _unparsed(path, self.catalog)
+            if not docs and not untouched:
+                path.unlink(missing_ok=True)
+                continue
+            _atomic_write(path, [d.raw for d in docs] + untouched)
+
+
+def _unparsed(path: Path, catalog: FileCatalog) -> list[Any]:
+    if not path.exists():
+        return []
+    try:
+        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError):
+        return []
+    kept = []
+    for raw in documents:
+        if raw is None:
+            continue
+        try:
+            _parse(raw)
+        except ValueError:
+            kept.append(raw)
+    return kept
+
+
+def _atomic_write(path: Path, documents: list[Any]) -> None:
+    text = yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,74 @@
+"""Settings: defaults here, overridden by `OVAS_*` environment variables, then by a test's
+config. Keys are the variable names without `OVAS_` (`OVAS_SESSION_CAPACITY` ->
+`SESSION_CAPACITY`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from typing import Any
+
+from ovas.errors import ConfigurationError
+
+# NVIDIA's OVAS spells this one setting its own way; honour it too.
+OVAS_EDITING_VARIABLE = "NV.OV.SVC.APPLICATIONS.ENDPOINTS.EDITING.ENABLED"
+
+DEFAULTS: dict[str, Any] = {
+    "BACKEND": "docker",
+    "CATALOG_PATH": "config/catalog",
+    "EDITING_ENABLED": False,
+    "SESSION_CAPACITY": 0,
+    "USER_SESSION_CAPACITY": 0,
+    "START_TIMEOUT": 900,
+    "REAP_INTERVAL": 30,
+    "REAP_GRACE": 60,
+    "CORS_ORIGINS": "*",
+    "DOCKER_PUBLIC_HOST": "127.0.0.1",
+    "DOCKER_PORT_RANGE": "31000-31999",
+    "DOCKER_GPUS": "auto",
+    "KUBERNETES_NAMESPACE": "omni-streaming",
+    "KUBERNETES_SESSION_MODE": "pod",
+    # Request bodies of this API are small; refuse anything larger outright.
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    "JSON_SORT_KEYS": False,
+}
+
+_BOOLEANS = ("EDITING_ENABLED",)
+_INTEGERS = (
+    "SESSION_CAPACITY",
+    "USER_SESSION_CAPACITY",
+    "START_TIMEOUT",
+    "REAP_INTERVAL",
+    "REAP_GRACE",
+)
+
+
+def as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def apply_environment(config: MutableMapping[str, Any], environ=os.environ) -> None:
+    """Read the OVAS editing variable, which `from_prefixed_env` cannot see."""
+    if OVAS_EDITING_VARIABLE in environ and "OVAS_EDITING_ENABLED" not in environ:
+        config["EDITING_ENABLED"] = environ[OVAS_EDITING_VARIABLE]
+
+
+def normalise(config: MutableMapping[str, Any]) -> None:
+    """Coerce settings that came in as text; raise `ConfigurationError` naming a bad one."""
+    for key in _BOOLEANS:
+        config[key] = as_bool(config.get(key, False))
+    for key in _INTEGERS:
+        try:
+            value = int(config.get(key, 0))
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"OVAS_{key} must be a whole number, not {config.get(key)!r}"
+            ) from None
+        if value < 0:
+            raise ConfigurationError(f"OVAS_{key} must not be negative")
+        config[key] = value
+    origins = config.get("CORS_ORIGINS", "*")
+    if isinstance(origins, str):
+        config["CORS_ORIGINS"] = [o.strip() for o in origins.split(",") if o.strip()] or ["*"]

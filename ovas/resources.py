@@ -1,0 +1,186 @@
+"""OVAS custom resources (`omniverse.nvidia.com/v1`) to and from ovas models.
+
+The same documents live in a folder (`ovas.catalog_files`) or in a cluster (the Kubernetes
+backend's catalog). Readers raise `ValueError("field: what is wrong")`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ovas.kitspec import parse_kit, render_values
+from ovas.models import Application, Profile, SupportedApplication, Version
+from ovas.services import is_semver
+
+API_VERSION = "omniverse.nvidia.com/v1"
+GROUP, API = API_VERSION.split("/")
+APPLICATION = "Application"
+VERSION = "ApplicationVersion"
+PROFILE = "ApplicationProfile"
+KINDS = (APPLICATION, VERSION, PROFILE)
+PLURALS = {
+    APPLICATION: "applications",
+    VERSION: "applicationversions",
+    PROFILE: "applicationprofiles",
+}
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+
+
+def is_label_value(value: str) -> bool:
+    return bool(_LABEL_VALUE.match(value))
+
+
+def resource_name(text: str) -> str:
+    """A valid object name made from `text` (lowercase; `+` and other marks become `-`)."""
+    name = re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.")
+    return name[:253].rstrip("-.") or "x"
+
+
+def _meta(doc: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata: must be a mapping")
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("metadata.name: is required")
+    labels = metadata.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise ValueError("metadata.labels: must be a mapping")
+    return name, {str(k): "" if v is None else str(v) for k, v in labels.items()}
+
+
+def _spec(doc: dict[str, Any]) -> dict[str, Any]:
+    spec = doc.get("spec")
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise ValueError("spec: must be a mapping")
+    return spec
+
+
+def _text(spec: dict[str, Any], key: str, default: str = "") -> str:
+    value = spec.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, dict | list | bool):
+        raise ValueError(f"spec.{key}: must be a string")
+    return str(value)
+
+
+def application_from_resource(doc: dict[str, Any]) -> Application:
+    name, labels = _meta(doc)
+    spec = _spec(doc)
+    tags = spec.get("tags")
+    if tags is None:
+        tags = [k for k, v in labels.items() if v.lower() == "true"]
+    elif not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ValueError("spec.tags: must be a list of strings")
+    return Application(
+        id=name,
+        name=_text(spec, "name", name),
+        description=_text(spec, "description"),
+        tags=tuple(tags),
+    )
+
+
+def version_from_resource(doc: dict[str, Any]) -> Version:
+    _name, labels = _meta(doc)
+    spec = _spec(doc)
+    app_id = labels.get("app") or labels.get("applicationName")
+    if not app_id:
+        raise ValueError("metadata.labels.app: is required (the application's id)")
+    version = _text(spec, "version") or labels.get("version", "")
+    if not version:
+        raise ValueError("metadata.labels.version: is required (or spec.version)")
+    if not is_semver(version):
+        raise ValueError(f"metadata.labels.version: '{version}' is not a semantic version")
+    return Version(
+        app_id=app_id,
+        version=version,
+        container=_text(spec, "container"),
+        container_version=_text(spec, "container_version"),
+        helm_chart=_text(spec, "helm_chart"),
+        helm_chart_version=_text(spec, "helm_chart_version"),
+    )
+
+
+def profile_from_resource(doc: dict[str, Any]) -> Profile:
+    name, _labels = _meta(doc)
+    spec = _spec(doc)
+    entries = spec.get("supportedApplications") or []
+    if not isinstance(entries, list):
+        raise ValueError("spec.supportedApplications: must be a list")
+    supported = []
+    for i, entry in enumerate(entries):
+        where = f"spec.supportedApplications[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ValueError(f"{where}.name: must be a string glob")
+        versions = entry.get("versions", ["*"])
+        if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
+            raise ValueError(f"{where}.versions: must be a list of string globs")
+        supported.append(SupportedApplication(entry["name"], tuple(versions)))
+    mappings = spec.get("chartMappings") or {}
+    if not isinstance(mappings, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in mappings.items()
+    ):
+        raise ValueError("spec.chartMappings: must map field names to dotted value paths")
+    values = spec.get("chartValues") or {}
+    if not isinstance(values, dict):
+        raise ValueError("spec.chartValues: must be a mapping")
+    profile = Profile(
+        id=name,
+        name=_text(spec, "name", name),
+        description=_text(spec, "description"),
+        supported_applications=tuple(supported),
+        chart_mappings=dict(mappings),
+        chart_values=values,
+    )
+    _check_values(profile)
+    return profile
+
+
+def _check_values(profile: Profile) -> None:
+    """Render the profile for a placeholder version, so a broken profile is reported when it
+    is loaded rather than when a user asks for a stream."""
+    probe_app = Application("app", "app")
+    probe_version = Version("app", "1.0.0", "registry.example/app", "1.0.0", "chart", "1.0.0")
+    values = render_values(profile, probe_app, probe_version, "session")
+    try:
+        parse_kit(values)
+    except ValueError as exc:
+        raise ValueError(f"spec.chartValues.{exc}") from None
+
+
+def application_to_resource(app: Application) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": APPLICATION,
+        "metadata": {"name": app.id},
+        "spec": {"name": app.name, "description": app.description, "tags": list(app.tags)},
+    }
+
+
+def version_to_resource(version: Version) -> dict[str, Any]:
+    labels = {"app": version.app_id, "applicationName": version.app_id}
+    spec: dict[str, Any] = {
+        "container": version.container,
+        "container_version": version.container_version,
+        "helm_chart": version.helm_chart,
+        "helm_chart_version": version.helm_chart_version,
+    }
+    if is_label_value(version.version):
+        labels["version"] = version.version
+    else:
+        spec["version"] = version.version
+    return {
+        "apiVersion": API_VERSION,
+        "kind": VERSION,
+        "metadata": {
+            "name": resource_name(f"{version.app_id}-{version.version}"),
+            "labels": labels,
+        },
+        "spec": spec,
+    }

@@ -1,0 +1,155 @@
+"""The file catalog: OVAS custom resources read from a folder, every problem reported."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ovas.catalog_files import FileCatalog
+from ovas.errors import CatalogError
+
+SAMPLE = Path(__file__).resolve().parents[1] / "config" / "catalog"
+FLASK = [sys.executable, "-m", "flask", "--app", "ovas"]
+
+
+def write(folder: Path, name: str, text: str) -> None:
+    (folder / name).write_text(textwrap.dedent(text))
+
+
+def test_sample_catalog_is_valid_and_complete():
+    catalog = FileCatalog(SAMPLE)
+    assert catalog.problems == []
+    ids = {a.id for a in catalog.applications()}
+    assert {"usd-viewer", "usd-composer"} <= ids
+    assert {"default", "high-mem"} <= {p.id for p in catalog.profiles()}
+    viewer = catalog.version("usd-viewer", "107.3.2")
+    assert viewer.container == "nvcr.io/nvidia/omniverse/usd-viewer"
+
+
+def test_labels_give_tags_and_spec_version_holds_build_metadata(tmp_path):
+    write(
+        tmp_path,
+        "a.yml",
+        """
+        apiVersion: omniverse.nvidia.com/v1
+        kind: Application
+        metadata: {name: twin, labels: {USD: "true", viewer: "true", team: ops}}
+        spec: {name: Twin}
+        ---
+        apiVersion: omniverse.nvidia.com/v1
+        kind: ApplicationVersion
+        metadata: {name: twin-1, labels: {app: twin, version: 1.0.0}}
+        spec: {version: 1.0.0+build.5, container: c, container_version: "1"}
+        """,
+    )
+    catalog = FileCatalog(tmp_path)
+    assert catalog.problems == []
+    assert catalog.application("twin").tags == ("USD", "viewer")
+    assert [v.version for v in catalog.versions("twin")] == ["1.0.0+build.5"]
+
+
+BROKEN = {
+    "bad-yaml.yaml": ("key: [unclosed", "bad-yaml.yaml: cannot be read"),
+    "no-name.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: Application\nmetadata: {}\n",
+        "no-name.yaml (document 1): metadata.name: is required",
+    ),
+    "kind.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: Gadget\nmetadata: {name: g}\n",
+        "kind.yaml (document 1): kind: must be one of",
+    ),
+    "semver.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationVersion\n"
+        "metadata: {name: v, labels: {app: usd-viewer, version: one}}\n",
+        "semver.yaml (document 1): metadata.labels.version: 'one' is not a semantic version",
+    ),
+    "orphan.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationVersion\n"
+        "metadata: {name: v, labels: {app: ghost, version: 1.0.0}}\n",
+        "orphan.yaml (document 1): metadata.labels.app: no Application 'ghost'",
+    ),
+    "profile.yaml": (
+        "---\n---\napiVersion: omniverse.nvidia.com/v1\nkind: ApplicationProfile\n"
+        "metadata: {name: p}\nspec:\n  chartValues:\n    streamingKit:\n"
+        "      image: {repository: r}\n      ports: {signaling: 99999}\n",
+        "profile.yaml (document 2): spec.chartValues.streamingKit.ports.signaling: 99999",
+    ),
+    "dup.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: Application\nmetadata: {name: usd-viewer}\n",
+        "duplicates Application 'usd-viewer'",
+    ),
+}
+
+
+@pytest.fixture
+def broken(tmp_path):
+    folder = tmp_path / "catalog"
+    shutil.copytree(SAMPLE, folder)
+    for name, (text, _) in BROKEN.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_every_invalid_document_is_reported_with_file_and_field(broken):
+    catalog = FileCatalog(broken)
+    problems = "\n".join(catalog.problems)
+    for name, (_, expected) in BROKEN.items():
+        assert expected in problems, name
+    assert len(catalog.problems) == len(BROKEN)
+    # The valid documents are still served.
+    assert {"usd-viewer", "usd-composer"} <= {a.id for a in catalog.applications()}
+    with pytest.raises(CatalogError):
+        catalog.check()
+
+
+def test_cli_check_lists_problems_and_fails(broken):
+    result = subprocess.run(
+        [*FLASK, "ovas", "catalog", "check", str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    for _, expected in BROKEN.values():
+        assert expected in result.stderr
+
+
+def test_cli_check_passes_on_the_sample():
+    result = subprocess.run(
+        [*FLASK, "ovas", "catalog", "check", str(SAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: ")
+
+
+def test_problems_reach_the_log_and_ready(broken, caplog):
+    from ovas import create_app
+    from ovas.testing import FakeBackend
+
+    app = create_app({"TESTING": True}, backend=FakeBackend(FileCatalog(broken)))
+    client = app.test_client()
+    with caplog.at_level("ERROR", logger="ovas"):
+        answer = client.get("/ready")
+    assert answer.status_code == 503
+    assert "no-name.yaml (document 1): metadata.name" in answer.json["detail"]
+    assert any("no-name.yaml" in r.getMessage() for r in caplog.records)
+
+
+def test_edits_made_elsewhere_are_seen(tmp_path):
+    shutil.copytree(SAMPLE, tmp_path / "c")
+    catalog = FileCatalog(tmp_path / "c", reload_interval=0)
+    assert "twin" not in {a.id for a in catalog.applications()}
+    write(
+        tmp_path / "c",
+        "twin.yaml",
+        "apiVersion: omniverse.nvidia.com/v1\nkind: Application\nmetadata: {name: twin}\n",
+    )
+    assert "twin" in {a.id for a in catalog.applications()}

@@ -1,0 +1,171 @@
+"""The editing routes: off by default, and when on, written back to the catalog folder."""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ovas import create_app
+from ovas.catalog_files import FileCatalog
+from ovas.testing import FakeBackend
+
+SAMPLE = Path(__file__).resolve().parents[1] / "config" / "catalog"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    target = tmp_path / "catalog"
+    shutil.copytree(SAMPLE, target)
+    return target
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(folder.glob("*.y*ml"))}
+
+
+def make_client(folder, **config):
+    backend = FakeBackend(FileCatalog(folder, reload_interval=0))
+    return create_app({"TESTING": True, **config}, backend=backend).test_client()
+
+
+EDITS = [
+    ("post", "/cfg/apps", {"id": "factory", "name": "Factory"}),
+    ("put", "/cfg/apps/usd-viewer", {"name": "Renamed"}),
+    ("patch", "/cfg/apps/usd-viewer", {"tags": []}),
+    ("delete", "/cfg/apps/usd-viewer", None),
+    ("post", "/cfg/apps/usd-viewer/versions", {"version": "1.0.0"}),
+    ("delete", "/cfg/apps/usd-viewer/versions", {"version": "107.3.2"}),
+    ("delete", "/cfg/apps/usd-viewer/versions/107.3.2", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), EDITS)
+def test_editing_is_off_by_default_and_changes_nothing(folder, method, path, body):
+    client = make_client(folder)
+    before = snapshot(folder)
+    answer = getattr(client, method)(path, json=body)
+    assert answer.status_code == 405
+    assert "disabled" in answer.json["detail"]
+    assert snapshot(folder) == before
+
+
+def test_ovas_own_variable_turns_editing_on(folder, monkeypatch):
+    monkeypatch.setenv("NV.OV.SVC.APPLICATIONS.ENDPOINTS.EDITING.ENABLED", "true")
+    client = make_client(folder)
+    assert client.post("/cfg/apps", json={"id": "factory"}).status_code == 201
+
+
+def test_create_update_delete_an_application(folder):
+    client = make_client(folder, EDITING_ENABLED=True)
+    created = client.post(
+        "/applications/cfg/apps",
+        json={"id": "factory", "name": "Factory", "description": "A twin", "tags": ["twin"]},
+    )
+    assert (created.status_code, created.json) == (201, {"id": "factory"})
+    assert client.post("/cfg/apps", json={"id": "factory"}).status_code == 409
+    on_disk = yaml.safe_load((folder / "factory.yaml").read_text())
+    assert on_disk["kind"] == "Application"
+    assert on_disk["spec"]["tags"] == ["twin"]
+
+    changed = client.patch("/cfg/apps/factory", json={"description": "Changed"})
+    assert changed.json == {
+        "id": "factory",
+        "name": "Factory",
+        "description": "Changed",
+        "tags": ["twin"],
+    }
+    replaced = client.put("/cfg/apps/factory", json={"tags": ["a", "b"]})
+    assert replaced.json["tags"] == ["a", "b"]
+    assert replaced.json["name"] == "Factory"
+    assert client.patch("/cfg/apps/factory", json={"id": "other"}).status_code == 422
+    assert client.patch("/cfg/apps/nope", json={"name": "x"}).status_code == 404
+
+    assert client.delete("/cfg/apps/factory").status_code == 204
+    assert client.get("/cfg/apps/factory").status_code == 404
+    assert not (folder / "factory.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "app_id", ["1abc", "has space", "../../etc", "a" * 64, "under_score", "x/y"]
+)
+def test_bad_application_ids_are_422_and_never_escape_the_folder(folder, app_id):
+    client = make_client(folder, EDITING_ENABLED=True)
+    before = snapshot(folder)
+    answer = client.post("/cfg/apps", json={"id": app_id})
+    assert answer.status_code == 422
+    assert answer.json["detail"][0]["loc"] == ["body", "id"]
+    assert snapshot(folder) == before
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["catalog"]
+
+
+def test_versions_are_added_and_removed(folder):
+    client = make_client(folder, EDITING_ENABLED=True)
+    body = {"version": "108.0.0+build.7", "container": "nvcr.io/x", "container_version": "108"}
+    created = client.post("/cfg/apps/usd-viewer/versions", json=body)
+    assert (created.status_code, created.json) == (201, {"version": "108.0.0+build.7"})
+    listed = client.get("/cfg/apps/usd-viewer/versions").json["items"]
+    assert listed[0]["version"] == "108.0.0+build.7"
+    assert client.post("/cfg/apps/usd-viewer/versions", json=body).status_code == 409
+    assert client.post("/cfg/apps/usd-viewer/versions", json={"version": "v1"}).status_code == 422
+    assert client.post("/cfg/apps/nope/versions", json={"version": "1.0.0"}).status_code == 404
+
+    assert client.get("/cfg/apps/usd-viewer/versions/108.0.0+build.7").status_code == 200
+    deleted = client.delete("/cfg/apps/usd-viewer/versions", json={"version": "108.0.0+build.7"})
+    assert deleted.status_code == 204
+    assert client.delete("/cfg/apps/usd-viewer/versions/106.5.0").status_code == 204
+    assert client.delete("/cfg/apps/usd-viewer/versions/106.5.0").status_code == 404
+    versions = [v["version"] for v in client.get("/cfg/apps/usd-viewer/versions").json["items"]]
+    assert versions == ["107.3.2"]
+    # A fresh reader of the folder sees the same.
+    assert [v.version for v in FileCatalog(folder).versions("usd-viewer")] == ["107.3.2"]
+
+
+def test_deleting_an_application_removes_its_versions_and_keeps_sessions(folder):
+    client = make_client(folder, EDITING_ENABLED=True)
+    started = client.post("/streaming/stream", json={"id": "usd-viewer", "profile": "default"})
+    assert client.delete("/cfg/apps/usd-viewer").status_code == 204
+    # usd-viewer.yaml held only the application and its versions.
+    assert not (folder / "usd-viewer.yaml").exists()
+    assert FileCatalog(folder).problems == []
+    assert client.get(f"/streaming/stream/{started.json['id']}").status_code == 200
+
+
+def _add_versions(folder: str, worker: int, count: int) -> None:
+    catalog = FileCatalog(folder, reload_interval=0)
+    from ovas.models import Version
+
+    for i in range(count):
+        catalog.create_version(Version("usd-viewer", f"{worker}.{i}.0"))
+
+
+def test_concurrent_writers_in_several_processes_lose_nothing(folder):
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_add_versions, args=(str(folder), w, 8)) for w in (1, 2, 3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    versions = {v.version for v in FileCatalog(folder).versions("usd-viewer")}
+    assert {f"{w}.{i}.0" for w in (1, 2, 3) for i in range(8)} <= versions
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_a_crash_mid_write_leaves_the_old_file_whole(folder, monkeypatch):
+    catalog = FileCatalog(folder, reload_interval=0)
+    before = snapshot(folder)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("ovas.catalog_files.os.replace", crash)
+    from ovas.models import Version
+
+    with pytest.raises(OSError):
+        catalog.create_version(Version("usd-viewer", "9.0.0"))
+    assert snapshot(folder) == before
+    assert not list(folder.glob(".*.tmp"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, g
+from flask import current_app
 from marshmallow import Schema, fields
 
 from ovas.services import CatalogService, SessionService
@@ -14,11 +14,6 @@ def catalogs() -> CatalogService:
 
 def sessions() -> SessionService:
     return current_app.extensions["ovas"].sessions
-
-
-def current_username() -> str:
-    """Who is calling: set by the authentication layer, else "anonymous"."""
-    return g.get("ovas_user") or "anonymous"
 
 
 class ErrorSchema(Schema):

@@ -53,7 +53,7 @@ def register(app: Flask) -> None:
         if exc.http_status >= 500 and exc.detail:
             log.warning("%s: %s", exc.message, exc.detail)
         if isinstance(exc, InvalidInput):
-            loc = ["body", exc.field] if exc.field else ["body"]
+            loc = ["body", *exc.field.split(".")] if exc.field else ["body"]
             return _json(422, [{"loc": loc, "msg": exc.message, "type": "value_error"}])
         return _json(exc.http_status, exc.message, exc.headers)
 

@@ -3,7 +3,9 @@ core that knows Flask's extensions, the blueprints and the backend registry."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,14 +14,16 @@ from flask import Flask
 from flask_cors import CORS
 from flask_smorest import Api
 
-from blueprints import applications, docs_assets, errors, health, streaming
+from blueprints import applications, docs_assets, errors, health, security, streaming
 from blueprints.common import ErrorSchema
-from ovas import config, registry
+from ovas import config, logs, registry
+from ovas.auth import NoAuth, build_authenticator
 from ovas.backend import Backend, Catalog
 from ovas.reaper import Reaper
 from ovas.services import CatalogService, SessionService
 
 API_VERSION = "1.12.0"
+log = logging.getLogger("ovas")
 
 
 @dataclass
@@ -54,6 +58,23 @@ def _api_settings(prefix: str, title: str, docs_prefix: str) -> dict[str, Any]:
     }
 
 
+def _exposed() -> bool:
+    """Whether the configured bind address (`flask run --host`, gunicorn's `OVAS_BIND`)
+    reaches beyond this machine."""
+    for variable in ("FLASK_RUN_HOST", "OVAS_BIND"):
+        host = os.environ.get(variable, "").rsplit(":", 1)[0].strip("[]")
+        if host and host not in ("localhost",) and not _is_loopback(host):
+            return True
+    return False
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(
     test_config: Mapping[str, Any] | None = None, *, backend: Backend | None = None
 ) -> Flask:
@@ -69,7 +90,13 @@ def create_app(
     config.normalise(app.config)
     app.url_map.strict_slashes = False
     app.json.sort_keys = False
-    logging.getLogger("ovas").setLevel(logging.INFO)
+    logs.configure(app.config["LOG_FORMAT"], app.config["LOG_LEVEL"])
+    authenticator = build_authenticator(app.config)
+    if isinstance(authenticator, NoAuth) and _exposed():
+        log.warning(
+            "OVAS_AUTH=none: every caller may start and stop sessions, as with NVIDIA's OVAS; "
+            "expose ovas beyond this machine only behind a gateway, or set OVAS_AUTH"
+        )
 
     if backend is None:
         backend = registry.load(app.config["BACKEND"]).from_settings(app.config)
@@ -80,6 +107,7 @@ def create_app(
         capacity=app.config["SESSION_CAPACITY"],
         user_capacity=app.config["USER_SESSION_CAPACITY"],
         start_timeout=app.config["START_TIMEOUT"],
+        stage_roots=app.config["USD_PATH_ROOTS"],
     )
     state = Ovas(backend, catalogs, sessions, Reaper(backend, app.config["REAP_INTERVAL"]))
     app.extensions["ovas"] = state
@@ -104,6 +132,7 @@ def create_app(
     app.register_blueprint(streaming.blp, name="streaming-bare", url_prefix="/stream")
     app.register_blueprint(health.blp)
     app.register_blueprint(docs_assets.blp)
+    security.init_app(app, authenticator)
     errors.register(app)
 
     @app.before_request

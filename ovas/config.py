@@ -23,6 +23,12 @@ DEFAULTS: dict[str, Any] = {
     "REAP_INTERVAL": 30,
     "REAP_GRACE": 60,
     "CORS_ORIGINS": "*",
+    "AUTH": "none",
+    "START_RATE_LIMIT": "30/minute",
+    "RATELIMIT_STORAGE_URI": "memory://",
+    "USD_PATH_ROOTS": "/app/samples",
+    "LOG_FORMAT": "plain",
+    "LOG_LEVEL": "INFO",
     "DOCKER_PUBLIC_HOST": "127.0.0.1",
     "DOCKER_PORT_RANGE": "31000-31999",
     "DOCKER_GPUS": "auto",
@@ -69,6 +75,11 @@ def normalise(config: MutableMapping[str, Any]) -> None:
         if value < 0:
             raise ConfigurationError(f"OVAS_{key} must not be negative")
         config[key] = value
+    roots = config.get("USD_PATH_ROOTS", "")
+    if isinstance(roots, str):
+        config["USD_PATH_ROOTS"] = tuple(r.strip() for r in roots.split(",") if r.strip())
+    if config.get("LOG_FORMAT") not in ("plain", "json"):
+        raise ConfigurationError("OVAS_LOG_FORMAT must be plain or json")
     origins = config.get("CORS_ORIGINS", "*")
     if isinstance(origins, str):
         config["CORS_ORIGINS"] = [o.strip() for o in origins.split(",") if o.strip()] or ["*"]

@@ -124,3 +124,25 @@ class ConfigurationError(OvasError):
 
     http_status = 500
     default_message = "ovas is not configured correctly"
+
+
+class Unauthorized(OvasError):
+    """Missing or invalid credentials."""
+
+    http_status = 401
+    default_message = "Authentication is required"
+
+    def __init__(self, message: str | None = None, *, scheme: str = "Bearer", **kw):
+        super().__init__(message, **kw)
+        self.scheme = scheme
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'{self.scheme} realm="ovas"'}
+
+
+class Forbidden(OvasError):
+    """A known caller lacking the role an action needs."""
+
+    http_status = 403
+    default_message = "You are not allowed to do this"

@@ -5,6 +5,7 @@ capacity settings, session listing. Views call these; these call the `Backend` a
 from __future__ import annotations
 
 import fnmatch
+import posixpath
 import re
 import uuid
 from dataclasses import dataclass, replace
@@ -12,11 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 import semver
 
+from ovas.auth import Identity
 from ovas.backend import Backend, Catalog
 from ovas.errors import (
     EditingDisabled,
     InvalidInput,
     ProfileNotFound,
+    SessionNotFound,
     VersionNotFound,
 )
 from ovas.kitspec import parse_kit, render_values
@@ -28,6 +31,8 @@ SESSION_ID_PATTERN = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 )
 LATEST = "latest"
+STAGE_URI_SCHEMES = ("omniverse://", "http://", "https://", "s3://")
+MAX_STAGE_URI = 2048
 
 
 def new_session_id() -> str:
@@ -68,6 +73,32 @@ def profile_supports(profile: Profile, app_id: str, version: str) -> bool:
         if version == "*" or any(glob_match(v, version) for v in entry.versions):
             return True
     return False
+
+
+def check_stage_uri(uri: str, roots: tuple[str, ...] = ()) -> None:
+    """Accept `omniverse://`, `http(s)://` and `s3://` URIs, and absolute paths under one of
+    `roots`; raise `InvalidInput` otherwise. The value only ever reaches `USD_PATH`."""
+    field = "arguments.usd_stage_uri"
+    if len(uri) > MAX_STAGE_URI:
+        raise InvalidInput(f"usd_stage_uri is longer than {MAX_STAGE_URI} characters", field=field)
+    if any(ord(c) < 32 or c.isspace() or ord(c) == 127 for c in uri):
+        raise InvalidInput("usd_stage_uri must not hold spaces or control characters", field=field)
+    if uri.lower().startswith(STAGE_URI_SCHEMES) and len(uri.split("://", 1)[1]) > 0:
+        return
+    if uri.startswith("/"):
+        path = posixpath.normpath(uri)
+        for root in roots:
+            root = posixpath.normpath(root)
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                return
+        allowed = ", ".join(roots) or "none configured"
+        raise InvalidInput(
+            f"usd_stage_uri paths must lie under an allowed folder ({allowed})", field=field
+        )
+    raise InvalidInput(
+        "usd_stage_uri must be an omniverse://, http(s):// or s3:// URI, or an allowed path",
+        field=field,
+    )
 
 
 def parse_tags(raw: list[str]) -> list[str]:
@@ -193,7 +224,9 @@ class SessionService:
         capacity: int = 0,
         user_capacity: int = 0,
         start_timeout: float = 900,
+        stage_roots: tuple[str, ...] = (),
     ):
+        self.stage_roots = tuple(stage_roots)
         self.backend = backend
         self.catalogs = catalogs
         self.capacity = capacity
@@ -212,6 +245,8 @@ class SessionService:
     ) -> SessionRequest:
         """Check the request against the catalog (404 for anything unknown or unsupported)
         and render what the backend needs. Asks no backend."""
+        if usd_stage_uri:
+            check_stage_uri(usd_stage_uri, self.stage_roots)
         app = self.catalogs.get_application(app_id)
         resolved = self.catalogs.resolve_version(app_id, version)
         profile = self.catalogs.catalog.profile(profile_id)
@@ -249,9 +284,13 @@ class SessionService:
         request = self.build_request(app_id, profile_id, version, **kw)
         return self.backend.start(request)
 
-    def get(self, session_id: str) -> Session:
-        """The session in whatever state it is; raises `SessionNotFound`."""
-        return self.backend.get(session_id)
+    def get(self, session_id: str, caller: Identity | None = None) -> Session:
+        """The session in whatever state it is. Raises `SessionNotFound`, also for another
+        user's session when `caller` is not an admin (indistinguishable from a missing one)."""
+        session = self.backend.get(session_id)
+        if caller is not None and not caller.is_admin and session.username != caller.username:
+            raise SessionNotFound(session_id)
+        return session
 
     def list(
         self,
@@ -261,13 +300,21 @@ class SessionService:
         sort_by: str = "created_time",
         order: str = "DESC",
         username: str | None = None,
+        caller: Identity | None = None,
     ) -> Page:
+        """A page of sessions; a non-admin `caller` sees only their own."""
         sessions = self.backend.list()
+        if caller is not None and not caller.is_admin:
+            if username and username != caller.username:
+                return Page(offset=offset, limit=limit, items=[])
+            username = caller.username
         if username:
             sessions = [s for s in sessions if s.username == username]
         key = (lambda s: (s.username, s.created_time)) if sort_by == "username" else None
         sessions.sort(key=key or (lambda s: s.created_time), reverse=order.upper() == "DESC")
         return Page(offset=offset, limit=limit, items=sessions[offset : offset + limit])
 
-    def stop(self, session_id: str) -> None:
+    def stop(self, session_id: str, caller: Identity | None = None) -> None:
+        if caller is not None and not caller.is_admin:
+            self.get(session_id, caller)
         self.backend.stop(session_id)

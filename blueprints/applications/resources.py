@@ -21,6 +21,7 @@ from blueprints.applications.schemas import (
     VersionSchema,
 )
 from blueprints.common import catalogs, error_responses
+from blueprints.security import audited
 from ovas.errors import EditingDisabled
 from ovas.models import Application, Version
 from ovas.services import Page
@@ -60,7 +61,8 @@ class Applications(MethodView):
             description=body.get("description", ""),
             tags=tuple(body.get("tags", ())),
         )
-        return catalogs().create_application(app)
+        with audited("application.create", app=app.id):
+            return catalogs().create_application(app)
 
 
 @blp.route("/apps/<app_id>")
@@ -76,20 +78,23 @@ class ApplicationById(MethodView):
     @error_responses(blp, 404, 405)
     def put(self, body, app_id):
         """Change an application's name, description or tags (editing must be enabled)"""
-        return catalogs().update_application(app_id, body)
+        with audited("application.update", app=app_id):
+            return catalogs().update_application(app_id, body)
 
     @blp.arguments(ApplicationUpdateSchema)
     @blp.response(200, ApplicationSchema)
     @error_responses(blp, 404, 405)
     def patch(self, body, app_id):
         """Change some of an application's fields (editing must be enabled)"""
-        return catalogs().update_application(app_id, body)
+        with audited("application.update", app=app_id):
+            return catalogs().update_application(app_id, body)
 
     @blp.response(204)
     @error_responses(blp, 404, 405)
     def delete(self, app_id):
         """Remove an application and its versions; running sessions keep running"""
-        catalogs().delete_application(app_id)
+        with audited("application.delete", app=app_id):
+            catalogs().delete_application(app_id)
         return _no_content()
 
 
@@ -106,14 +111,16 @@ class Versions(MethodView):
     @error_responses(blp, 404, 405, 409)
     def post(self, body, app_id):
         """Add a version to an application (editing must be enabled)"""
-        return catalogs().create_version(Version(app_id=app_id, **body))
+        with audited("version.create", app=app_id, version=body["version"]):
+            return catalogs().create_version(Version(app_id=app_id, **body))
 
     @blp.arguments(VersionRefSchema)
     @blp.response(204)
     @error_responses(blp, 404, 405)
     def delete(self, body, app_id):
         """Remove the version named in the body (editing must be enabled)"""
-        catalogs().delete_version(app_id, body["version"])
+        with audited("version.delete", app=app_id, version=body["version"]):
+            catalogs().delete_version(app_id, body["version"])
         return _no_content()
 
 
@@ -129,7 +136,8 @@ class VersionById(MethodView):
     @error_responses(blp, 404, 405)
     def delete(self, app_id, version):
         """Remove one version of an application (editing must be enabled)"""
-        catalogs().delete_version(app_id, version)
+        with audited("version.delete", app=app_id, version=version):
+            catalogs().delete_version(app_id, version)
         return _no_content()
 
 

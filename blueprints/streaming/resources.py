@@ -6,7 +6,8 @@ from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from blueprints.common import current_username, error_responses, sessions
+from blueprints.common import error_responses, sessions
+from blueprints.security import audited, current_identity, rate_limited
 from blueprints.streaming.schemas import (
     StreamIdSchema,
     StreamListQuerySchema,
@@ -32,7 +33,8 @@ def _answer(session: Session) -> tuple[Session, int]:
 
 
 def _stop(session_id: str) -> Response:
-    sessions().stop(session_id)
+    with audited("session.stop", session=session_id):
+        sessions().stop(session_id, current_identity())
     # The web viewer shows any body of a DELETE as an error: answer with none.
     return Response(status=204)
 
@@ -44,7 +46,7 @@ class Streams(MethodView):
     @error_responses(blp, 503)
     def get(self, query):
         """List sessions, paged and sorted"""
-        return sessions().list(**query)
+        return sessions().list(**query, caller=current_identity())
 
     @blp.arguments(StreamRequestSchema)
     @blp.response(202, StreamResponseSchema, description="The session is starting")
@@ -52,13 +54,16 @@ class Streams(MethodView):
     @error_responses(blp, 404, 429, 503)
     def post(self, body):
         """Start a session of an application version with a profile; poll it until 200"""
-        session = sessions().start(
-            body["id"],
-            body["profile"],
-            body.get("version"),
-            username=current_username(),
-            usd_stage_uri=body["arguments"].get("usd_stage_uri"),
-        )
+        target = {"app": body["id"], "version": body.get("version"), "profile": body["profile"]}
+        with audited("session.start", **target) as record, rate_limited():
+            session = sessions().start(
+                body["id"],
+                body["profile"],
+                body.get("version"),
+                username=current_identity().username,
+                usd_stage_uri=body["arguments"].get("usd_stage_uri"),
+            )
+            record["session"] = session.id
         return session, 200 if session.ready else 202
 
     @blp.arguments(StreamIdSchema)
@@ -77,7 +82,7 @@ class StreamById(MethodView):
     @error_responses(blp, 404, 503)
     def get(self, session_id):
         """Get a session: 200 only when ready, 202 while starting, 410 when failed"""
-        return _answer(sessions().get(session_id))
+        return _answer(sessions().get(session_id, current_identity()))
 
     @blp.response(204)
     @error_responses(blp, 404, 503)

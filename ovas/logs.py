@@ -1,0 +1,54 @@
+"""Logging: plain lines for development, JSON lines in production (`OVAS_LOG_FORMAT=json`);
+every line carries the request id of the request it was written in."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from flask import g, has_request_context
+
+_FIELDS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        # Structured extras (`log.info(..., extra={...})`), such as the audit's fields.
+        line.update({k: v for k, v in record.__dict__.items() if k not in _FIELDS})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+PLAIN = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+
+
+def configure(fmt: str = "plain", level: str = "INFO") -> None:
+    """Give the `ovas` logger one handler on stderr in the chosen format (idempotent)."""
+    logger = logging.getLogger("ovas")
+    logger.setLevel(level.upper())
+    for handler in list(logger.handlers):
+        if getattr(handler, "_ovas", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._ovas = True  # type: ignore[attr-defined]
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN))
+    logger.addHandler(handler)
+    logger.propagate = fmt != "json"

@@ -1,0 +1,239 @@
+"""Authentication modes and roles, by real HTTP requests."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+import requests
+import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask, jsonify
+
+from ovas import create_app
+from ovas.auth import hash_key
+from ovas.testing import FakeBackend
+
+START = {"id": "usd-viewer", "profile": "default"}
+ISSUER_PATH = "/realms/ovas"
+
+
+class Issuer:
+    """An OIDC issuer served over HTTP by the test: discovery document, JWKS, signing."""
+
+    def __init__(self, serve):
+        self.keys = {"k1": rsa.generate_private_key(public_exponent=65537, key_size=2048)}
+        self.jwks_fetches = 0
+        web = Flask("issuer")
+
+        @web.get(f"{ISSUER_PATH}/.well-known/openid-configuration")
+        def discovery():
+            return jsonify(issuer=self.url, jwks_uri=f"{self.url}/certs")
+
+        @web.get(f"{ISSUER_PATH}/certs")
+        def certs():
+            self.jwks_fetches += 1
+            found = []
+            for kid, key in self.keys.items():
+                jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+                found.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+            return jsonify(keys=found)
+
+        self.server = serve(web)
+        self.url = self.server.url + ISSUER_PATH
+
+    def token(self, user="alice", roles=("streamer",), kid="k1", **claims):
+        now = int(time.time())
+        body = {
+            "iss": self.url,
+            "aud": "ovas",
+            "sub": f"id-{user}",
+            "preferred_username": user,
+            "iat": now,
+            "exp": now + 300,
+            "realm_access": {"roles": list(roles)},
+            **claims,
+        }
+        return jwt.encode(body, self.keys[kid], algorithm="RS256", headers={"kid": kid})
+
+
+@pytest.fixture
+def issuer(serve):
+    return Issuer(serve)
+
+
+@pytest.fixture
+def jwt_server(serve, issuer):
+    config = {
+        "TESTING": True,
+        "AUTH": "jwt",
+        "JWT_ISSUER": issuer.url,
+        "JWT_AUDIENCE": "ovas",
+        "JWT_ROLES_CLAIM": "realm_access.roles",
+        "JWT_REFRESH_COOLDOWN": 0.5,
+    }
+    return serve(create_app(config, backend=FakeBackend()))
+
+
+def call(server, method, path, token=None, **kw):
+    headers = kw.pop("headers", {})
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return requests.request(method, server.url + path, headers=headers, timeout=10, **kw)
+
+
+def test_jwt_roles_decide_what_a_caller_may_do(jwt_server, issuer):
+    viewer = issuer.token("val", roles=["viewer"])
+    streamer = issuer.token("sam", roles=["streamer"])
+    assert call(jwt_server, "GET", "/cfg/apps", viewer).status_code == 200
+    refused = call(jwt_server, "POST", "/streaming/stream", viewer, json=START)
+    assert refused.status_code == 403
+    assert "streamer" in refused.json()["detail"]
+    started = call(jwt_server, "POST", "/streaming/stream", streamer, json=START)
+    assert started.status_code in (200, 202)
+    assert started.json()["username"] == "sam"
+    # Editing needs admin, whatever the editing switch says.
+    assert call(jwt_server, "POST", "/cfg/apps", streamer, json={"id": "x"}).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"exp": int(time.time()) - 3600}, "expired"),
+        ({"aud": "someone-else"}, "not meant for this service"),
+        ({"iss": "http://127.0.0.1:1/evil"}, "untrusted issuer"),
+    ],
+)
+def test_bad_tokens_are_401_with_www_authenticate(jwt_server, issuer, claims, message):
+    answer = call(jwt_server, "GET", "/streaming/stream", issuer.token(**claims))
+    assert answer.status_code == 401
+    assert message in answer.json()["detail"]
+    assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_missing_forged_or_foreign_tokens_are_401(jwt_server, issuer):
+    assert call(jwt_server, "GET", "/cfg/apps").status_code == 401
+    assert call(jwt_server, "GET", "/cfg/apps", "not.a.token").status_code == 401
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(
+        {"iss": issuer.url, "aud": "ovas", "exp": int(time.time()) + 60, "sub": "x"},
+        stranger,
+        algorithm="RS256",
+        headers={"kid": "k1"},
+    )
+    assert call(jwt_server, "GET", "/cfg/apps", forged).status_code == 401
+    unsigned = jwt.encode({"iss": issuer.url, "aud": "ovas", "sub": "x"}, None, algorithm="none")
+    assert call(jwt_server, "GET", "/cfg/apps", unsigned).status_code == 401
+
+
+def test_keys_are_cached_and_refreshed_on_rotation(jwt_server, issuer):
+    for _ in range(3):
+        assert call(jwt_server, "GET", "/cfg/apps", issuer.token()).status_code == 200
+    assert issuer.jwks_fetches == 1
+    issuer.keys["k2"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    time.sleep(0.6)  # the refresh cooldown
+    assert call(jwt_server, "GET", "/cfg/apps", issuer.token(kid="k2")).status_code == 200
+    assert issuer.jwks_fetches == 2
+
+
+def test_public_endpoints_need_no_credentials(jwt_server):
+    for path in ("/health", "/ready", "/streaming/openapi.json", "/applications/docs"):
+        assert call(jwt_server, "GET", path).status_code == 200, path
+    preflight = call(
+        jwt_server,
+        "OPTIONS",
+        "/streaming/stream",
+        headers={"Origin": "http://x.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 200
+
+
+def header_server(serve, **config):
+    base = {"TESTING": True, "AUTH": "header", **config}
+    return serve(create_app(base, backend=FakeBackend()))
+
+
+def test_gateway_headers_from_a_trusted_proxy(serve):
+    server = header_server(serve)
+    headers = {"X-Forwarded-User": "gina", "X-Forwarded-Roles": "streamer"}
+    started = call(server, "POST", "/streaming/stream", headers=headers, json=START)
+    assert started.status_code in (200, 202)
+    assert started.json()["username"] == "gina"
+    assert call(server, "GET", "/streaming/stream").status_code == 401
+
+
+def test_forged_headers_from_an_untrusted_address_are_refused(serve):
+    server = header_server(serve, AUTH_TRUSTED_PROXIES="10.0.0.0/8")
+    headers = {"X-Forwarded-User": "admin", "X-Forwarded-Roles": "admin"}
+    answer = call(server, "GET", "/streaming/stream", headers=headers)
+    assert answer.status_code == 401
+    assert "trusted proxies" in answer.json()["detail"]
+
+
+def test_shared_secret_is_required_when_set(serve):
+    server = header_server(serve, AUTH_PROXY_SECRET="s3cret")
+    user = {"X-Forwarded-User": "gina", "X-Forwarded-Roles": "viewer"}
+    assert call(server, "GET", "/cfg/apps", headers=user).status_code == 401
+    wrong = {**user, "X-Ovas-Proxy-Secret": "guess"}
+    assert call(server, "GET", "/cfg/apps", headers=wrong).status_code == 401
+    right = {**user, "X-Ovas-Proxy-Secret": "s3cret"}
+    assert call(server, "GET", "/cfg/apps", headers=right).status_code == 200
+
+
+@pytest.fixture
+def keys_file(tmp_path):
+    path = tmp_path / "keys.yaml"
+    entries = [
+        {"sha256": hash_key("key-alice"), "user": "alice", "roles": ["streamer"]},
+        {"sha256": hash_key("key-bob"), "user": "bob", "roles": ["streamer"]},
+        {"sha256": hash_key("key-root"), "user": "root", "roles": ["admin"]},
+        {"sha256": hash_key("key-val"), "user": "val", "roles": ["viewer"]},
+    ]
+    path.write_text(yaml.safe_dump(entries))
+    return path
+
+
+@pytest.fixture
+def key_server(serve, keys_file):
+    config = {"TESTING": True, "AUTH": "apikey", "APIKEYS_FILE": str(keys_file)}
+    return serve(create_app(config, backend=FakeBackend()))
+
+
+def test_api_keys_by_bearer_or_header_and_revocation(key_server, keys_file):
+    assert call(key_server, "GET", "/cfg/apps", "key-val").status_code == 200
+    by_header = call(key_server, "GET", "/cfg/apps", headers={"X-API-Key": "key-val"})
+    assert by_header.status_code == 200
+    wrong = call(key_server, "GET", "/cfg/apps", "key-nobody")
+    assert wrong.status_code == 401
+    assert "WWW-Authenticate" in wrong.headers
+    assert call(key_server, "POST", "/streaming/stream", "key-val", json=START).status_code == 403
+    keys_file.write_text(yaml.safe_dump([]))
+    assert call(key_server, "GET", "/cfg/apps", "key-val").status_code == 401
+
+
+def test_ownership_across_two_users(key_server):
+    started = call(key_server, "POST", "/streaming/stream", "key-alice", json=START).json()
+    call(key_server, "POST", "/streaming/stream", "key-bob", json=START)
+    sid = started["id"]
+    assert call(key_server, "GET", f"/streaming/stream/{sid}", "key-alice").status_code == 200
+    theirs = call(key_server, "GET", f"/streaming/stream/{sid}", "key-bob")
+    missing = call(
+        key_server, "GET", "/streaming/stream/00000000-0000-4000-8000-000000000000", "key-bob"
+    )
+    assert (theirs.status_code, theirs.json()["detail"].replace(sid, "X")) == (
+        missing.status_code,
+        missing.json()["detail"].replace("00000000-0000-4000-8000-000000000000", "X"),
+    )
+    bob_list = call(key_server, "GET", "/streaming/stream", "key-bob").json()["items"]
+    assert {s["username"] for s in bob_list} == {"bob"}
+    spying = call(key_server, "GET", "/streaming/stream?username=alice", "key-bob").json()
+    assert spying["items"] == []
+    assert call(key_server, "DELETE", f"/streaming/stream/{sid}", "key-bob").status_code == 404
+    assert call(key_server, "DELETE", "/stream", "key-bob", json={"id": sid}).status_code == 404
+
+    every = call(key_server, "GET", "/streaming/stream?sort-by=username&order=asc", "key-root")
+    assert [s["username"] for s in every.json()["items"]] == ["alice", "bob"]
+    only = call(key_server, "GET", "/streaming/stream?username=bob", "key-root").json()["items"]
+    assert [s["username"] for s in only] == ["bob"]
+    assert call(key_server, "DELETE", f"/streaming/stream/{sid}", "key-root").status_code == 204

@@ -1,0 +1,150 @@
+"""Limits, input checks, security headers, request ids, audit and JSON logs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from ovas import create_app
+from ovas.testing import FakeBackend
+
+START = {"id": "usd-viewer", "profile": "default"}
+
+
+def make_client(**config):
+    return create_app({"TESTING": True, **config}, backend=FakeBackend()).test_client()
+
+
+def test_start_rate_limit_is_reached_and_released():
+    client = make_client(START_RATE_LIMIT="2/second")
+    assert client.post("/stream", json=START).status_code in (200, 202)
+    assert client.post("/stream", json=START).status_code in (200, 202)
+    refused = client.post("/stream", json=START)
+    assert refused.status_code == 429
+    assert refused.is_json and refused.json["detail"]
+    assert int(refused.headers["Retry-After"]) >= 0
+    # Reads are never rate limited.
+    assert client.get("/stream").json["count"] == 2
+    time.sleep(1.1)
+    assert client.post("/stream", json=START).status_code in (200, 202)
+
+
+def test_rate_limit_can_be_turned_off():
+    client = make_client(START_RATE_LIMIT="")
+    assert all(client.post("/stream", json=START).status_code < 300 for _ in range(40))
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "omniverse://nucleus.example/Projects/stage.usd",
+        "https://example.com/stage.usd",
+        "s3://bucket/stage.usd",
+        "/app/samples/stage02.usd",
+        "",
+    ],
+)
+def test_allowed_stage_uris_reach_usd_path(uri):
+    backend = FakeBackend()
+    client = create_app({"TESTING": True}, backend=backend).test_client()
+    answer = client.post("/stream", json={**START, "arguments": {"usd_stage_uri": uri}})
+    assert answer.status_code in (200, 202)
+    (record,) = backend._sessions.values()
+    expected = uri or "/app/samples/stage01.usd"
+    assert record.request.kit.env_dict["USD_PATH"] == expected
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "file:///etc/passwd",
+        "/etc/passwd",
+        "/app/samples/../../etc/passwd",
+        "stage.usd; rm -rf /",
+        "$(reboot)",
+        "omniverse://x/" + "a" * 2100,
+        "https://x/a b",
+        "omniverse://",
+    ],
+)
+def test_other_stage_uris_are_422_and_start_nothing(uri):
+    client = make_client()
+    answer = client.post("/stream", json={**START, "arguments": {"usd_stage_uri": uri}})
+    assert answer.status_code == 422
+    assert answer.json["detail"][0]["loc"] == ["body", "arguments", "usd_stage_uri"]
+    assert client.get("/stream").json["count"] == 0
+
+
+def test_configured_roots_allow_their_paths():
+    client = make_client(USD_PATH_ROOTS="/data/stages,/mnt/usd")
+    body = {**START, "arguments": {"usd_stage_uri": "/mnt/usd/city.usd"}}
+    assert client.post("/stream", json=body).status_code in (200, 202)
+    body = {**START, "arguments": {"usd_stage_uri": "/app/samples/stage01.usd"}}
+    assert client.post("/stream", json=body).status_code == 422
+
+
+def test_security_headers_on_every_response(client):
+    for path in ("/cfg/apps", "/nothing", "/streaming/docs", "/health"):
+        answer = client.get(path)
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
+    assert client.get("/cfg/apps").headers["Cache-Control"] == "no-store"
+
+
+def test_request_id_is_taken_or_made_and_echoed(client):
+    assert (
+        client.get("/cfg/apps", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"]
+        == "abc-123"
+    )
+    made = client.get("/cfg/apps").headers["X-Request-ID"]
+    assert len(made) == 32
+    forged = client.get("/cfg/apps", headers={"X-Request-ID": "bad value <script>" + "x" * 200})
+    assert forged.headers["X-Request-ID"] != "bad value <script>" + "x" * 200
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_json_logs_carry_the_request_id_and_audit_every_start_and_stop(capsys):
+    client = make_client(LOG_FORMAT="json")
+    started = client.post("/stream", json=START, headers={"X-Request-ID": "req-1"})
+    client.delete(f"/stream/{started.json['id']}", headers={"X-Request-ID": "req-2"})
+    client.post("/stream", json={**START, "id": "nope"}, headers={"X-Request-ID": "req-3"})
+    lines = json_lines(capsys.readouterr().err)
+    audits = [line for line in lines if line.get("audit")]
+    assert [(a["audit"], a["outcome"], a["request_id"]) for a in audits] == [
+        ("session.start", "ok", "req-1"),
+        ("session.stop", "ok", "req-2"),
+        ("session.start", "error", "req-3"),
+    ]
+    first = audits[0]
+    assert first["user"] == "anonymous"
+    assert first["session"] == started.json["id"]
+    assert first["app"] == "usd-viewer"
+    assert first["time"].startswith("20")
+    assert audits[2]["status"] == 404
+
+
+def test_catalog_edits_are_audited(tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    from ovas.catalog_files import FileCatalog
+
+    folder = tmp_path / "c"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "config" / "catalog", folder)
+    config = {"TESTING": True, "LOG_FORMAT": "json", "EDITING_ENABLED": True}
+    client = create_app(config, backend=FakeBackend(FileCatalog(folder))).test_client()
+    client.post("/cfg/apps", json={"id": "factory"})
+    client.post("/cfg/apps", json={"id": "factory"})
+    client.delete("/cfg/apps/factory")
+    audits = [a for a in json_lines(capsys.readouterr().err) if a.get("audit")]
+    assert [(a["audit"], a["outcome"], a.get("status")) for a in audits] == [
+        ("application.create", "ok", None),
+        ("application.create", "error", 409),
+        ("application.delete", "ok", None),
+    ]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import sys
 
 import click
+import yaml
 from flask import current_app
 from flask.cli import with_appcontext
 
 from ovas import registry
+from ovas.auth import ROLES, STREAMER, hash_key, new_key
 from ovas.errors import OvasError
 
 
@@ -89,6 +91,30 @@ def sessions_list() -> None:
         raise click.ClickException(exc.message) from None
     for s in sorted(items, key=lambda s: s.created_time):
         click.echo(f"{s.id}  {s.state.value:<11} {s.app_id} {s.version} {s.profile} {s.username}")
+
+
+@ovas_cli.group("apikey")
+def apikey_group() -> None:
+    """Make API keys for OVAS_AUTH=apikey."""
+
+
+@apikey_group.command("new")
+@click.option("--user", required=True, help="Who the key belongs to")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    default=[STREAMER],
+    show_default=True,
+    help="A role of the key (repeatable)",
+)
+def apikey_new(user: str, roles: tuple[str, ...]) -> None:
+    """Print a new key (shown once) and the entry to add to OVAS_APIKEYS_FILE."""
+    key = new_key()
+    entry = yaml.safe_dump([{"sha256": hash_key(key), "user": user, "roles": list(roles)}])
+    click.echo(f"key: {key}", err=True)
+    click.echo(entry, nl=False)
 
 
 @with_appcontext

@@ -287,6 +287,8 @@ class SessionService:
     def get(self, session_id: str, caller: Identity | None = None) -> Session:
         """The session in whatever state it is. Raises `SessionNotFound`, also for another
         user's session when `caller` is not an admin (indistinguishable from a missing one)."""
+        if not is_session_id(session_id):
+            raise SessionNotFound(session_id[:64])
         session = self.backend.get(session_id)
         if caller is not None and not caller.is_admin and session.username != caller.username:
             raise SessionNotFound(session_id)
@@ -315,6 +317,8 @@ class SessionService:
         return Page(offset=offset, limit=limit, items=sessions[offset : offset + limit])
 
     def stop(self, session_id: str, caller: Identity | None = None) -> None:
+        if not is_session_id(session_id):
+            raise SessionNotFound(session_id[:64])
         if caller is not None and not caller.is_admin:
             self.get(session_id, caller)
         self.backend.stop(session_id)

@@ -237,3 +237,38 @@ def test_ownership_across_two_users(key_server):
     only = call(key_server, "GET", "/streaming/stream?username=bob", "key-root").json()["items"]
     assert [s["username"] for s in only] == ["bob"]
     assert call(key_server, "DELETE", f"/streaming/stream/{sid}", "key-root").status_code == 204
+
+
+def test_apikey_new_makes_a_key_that_authenticates(serve, tmp_path):
+    import subprocess
+    import sys
+
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "ovas",
+            "ovas",
+            "apikey",
+            "new",
+            "--user",
+            "carol",
+            "--role",
+            "viewer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    key = made.stderr.split("key: ", 1)[1].split()[0]
+    assert key not in made.stdout  # only the hash goes to the file
+    path = tmp_path / "keys.yaml"
+    path.write_text(made.stdout)
+    config = {"TESTING": True, "AUTH": "apikey", "APIKEYS_FILE": str(path)}
+    server = serve(create_app(config, backend=FakeBackend()))
+    answer = call(server, "GET", "/streaming/stream", key)
+    assert answer.status_code == 200
+    assert call(server, "POST", "/streaming/stream", key, json=START).status_code == 403

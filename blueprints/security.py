@@ -5,33 +5,24 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
-import uuid
-from contextlib import contextmanager, nullcontext
+import math
+import time
+from contextlib import contextmanager
 
 from flask import Flask, current_app, g, request
-from flask_limiter import Limiter
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 
+from blueprints.edge import REQUEST_ID_KEY, EdgeMiddleware
 from ovas.auth import ADMIN, ANONYMOUS, STREAMER, VIEWER, Authenticator, Identity, NoAuth
-from ovas.errors import OvasError
+from ovas.errors import ConfigurationError, OvasError, UserCapacityExceeded
 
 log = logging.getLogger("ovas")
 audit_log = logging.getLogger("ovas.audit")
 
 # Reachable without credentials: probes, metrics, and the docs.
 PUBLIC_ENDPOINTS = {"health.health", "health.ready", "metrics.metrics", "docs_assets.asset"}
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    # The docs pages run Swagger UI from our own files with one inline bootstrap script.
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"
-    ),
-}
 
 
 def current_identity() -> Identity:
@@ -45,13 +36,33 @@ def _rate_key() -> str:
     return f"addr:{request.remote_addr}"
 
 
-def rate_limited():
-    """A context that counts one session start against the caller's rate limit and raises a
-    429 when it is spent (`OVAS_START_RATE_LIMIT`; empty turns it off)."""
-    rule = current_app.config["START_RATE_LIMIT"]
-    if not rule:
-        return nullcontext()
-    return current_app.extensions["ovas_limiter"].limit(rule, key_func=_rate_key)
+class StartRateLimiter:
+    """Counts session starts per caller in a moving window (the `limits` library, on which
+    flask-limiter is built, used directly so no other request pays for it). Storage is
+    `OVAS_RATELIMIT_STORAGE_URI`: `memory://` per process, or e.g. `redis://` shared by every
+    worker."""
+
+    def __init__(self, rule: str, storage_uri: str):
+        self.rule = parse(rule) if rule else None
+        self.strategy = MovingWindowRateLimiter(storage_from_string(storage_uri))
+
+    def hit(self, key: str) -> None:
+        if self.rule is None or self.strategy.hit(self.rule, "session-start", key):
+            return
+        reset = self.strategy.get_window_stats(self.rule, "session-start", key).reset_time
+        raise RateLimited(
+            f"Too many session starts: the limit is {self.rule}",
+            retry_after=max(1, math.ceil(reset - time.time())),
+        )
+
+
+class RateLimited(UserCapacityExceeded):
+    default_message = "Too many session starts; try again later"
+
+
+def rate_limited() -> None:
+    """Count one session start against the caller's rate limit; raise a 429 when spent."""
+    current_app.extensions["ovas_rate_limiter"].hit(_rate_key())
 
 
 def _required_role() -> str:
@@ -72,17 +83,22 @@ def _is_public() -> bool:
 
 
 def init_app(app: Flask, authenticator: Authenticator) -> None:
-    # One limiter per app: its storage (memory, or OVAS_RATELIMIT_STORAGE_URI such as redis://
-    # shared by every worker) belongs to this app alone.
-    app.extensions["ovas_limiter"] = Limiter(
-        key_func=_rate_key, app=app, default_limits=[], headers_enabled=True
-    )
+    try:
+        limiter = StartRateLimiter(
+            app.config["START_RATE_LIMIT"], app.config["RATELIMIT_STORAGE_URI"]
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"OVAS_START_RATE_LIMIT or its storage: {exc}") from None
+    app.extensions["ovas_rate_limiter"] = limiter
     warned: list[bool] = []
+
+    app.wsgi_app = EdgeMiddleware(app.wsgi_app, origins=app.config["CORS_ORIGINS"])
+    reaper = app.extensions["ovas"].reaper
 
     @app.before_request
     def _identify() -> None:
-        given = request.headers.get("X-Request-ID", "")
-        g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        reaper.start()
+        g.request_id = request.environ[REQUEST_ID_KEY]
         if isinstance(authenticator, NoAuth):
             g.ovas_identity = ANONYMOUS
             if not warned and not _loopback(request.remote_addr):
@@ -98,15 +114,6 @@ def init_app(app: Flask, authenticator: Authenticator) -> None:
         identity = authenticator.identify(request.headers, request.remote_addr)
         g.ovas_identity = identity
         identity.require(_required_role())
-
-    @app.after_request
-    def _headers(response):
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if request.blueprint != "docs_assets":
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
 
 
 def _loopback(address: str | None) -> bool:

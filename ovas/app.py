@@ -11,10 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
-from flask_cors import CORS
 from flask_smorest import Api
 
-from blueprints import applications, docs_assets, errors, health, security, streaming
+from blueprints import (
+    applications,
+    docs_assets,
+    errors,
+    health,
+    jsonprovider,
+    security,
+    streaming,
+)
 from blueprints.common import ErrorSchema
 from ovas import config, logs, registry
 from ovas.auth import NoAuth, build_authenticator
@@ -82,6 +89,7 @@ def create_app(
     extensions, the two services on both their path forms, and the backend (the given one,
     or the one `BACKEND` names). Raises `ConfigurationError` for bad settings."""
     app = Flask("ovas")
+    app.json = jsonprovider.OrjsonProvider(app)
     app.config.update(config.DEFAULTS)
     app.config.from_prefixed_env("OVAS")
     config.apply_environment(app.config)
@@ -89,7 +97,6 @@ def create_app(
         app.config.update(test_config)
     config.normalise(app.config)
     app.url_map.strict_slashes = False
-    app.json.sort_keys = False
     logs.configure(app.config["LOG_FORMAT"], app.config["LOG_LEVEL"])
     authenticator = build_authenticator(app.config)
     if isinstance(authenticator, NoAuth) and _exposed():
@@ -112,12 +119,6 @@ def create_app(
     state = Ovas(backend, catalogs, sessions, Reaper(backend, app.config["REAP_INTERVAL"]))
     app.extensions["ovas"] = state
 
-    CORS(
-        app,
-        origins=app.config["CORS_ORIGINS"],
-        expose_headers=["Retry-After", "X-Request-ID"],
-        max_age=600,
-    )
     app.config.update(_api_settings("APPLICATIONS_", "Application & Profile", "/applications"))
     app.config.update(_api_settings("STREAMING_", "Streaming Session", "/streaming"))
     app_api = OvasApi(app, config_prefix="APPLICATIONS_")
@@ -134,9 +135,5 @@ def create_app(
     app.register_blueprint(docs_assets.blp)
     security.init_app(app, authenticator)
     errors.register(app)
-
-    @app.before_request
-    def _start_reaper() -> None:
-        state.reaper.start()
 
     return app

@@ -44,13 +44,13 @@ def _no_content() -> Response:
 
 @blp.route("/apps")
 class Applications(MethodView):
-    @blp.arguments(TagsQuerySchema, location="query")
+    @blp.arguments(TagsQuerySchema(), location="query")
     @blp.response(200, ApplicationListSchema)
     def get(self, query):
         """List applications, optionally only those carrying every given tag"""
         return _all(catalogs().list_applications(query["tags"]))
 
-    @blp.arguments(ApplicationCreateSchema)
+    @blp.arguments(ApplicationCreateSchema())
     @blp.response(201, CreatedApplicationSchema)
     @error_responses(blp, 405, 409)
     def post(self, body):
@@ -73,7 +73,7 @@ class ApplicationById(MethodView):
         """Get one application"""
         return catalogs().get_application(app_id)
 
-    @blp.arguments(ApplicationUpdateSchema)
+    @blp.arguments(ApplicationUpdateSchema())
     @blp.response(200, ApplicationSchema)
     @error_responses(blp, 404, 405)
     def put(self, body, app_id):
@@ -81,7 +81,7 @@ class ApplicationById(MethodView):
         with audited("application.update", app=app_id):
             return catalogs().update_application(app_id, body)
 
-    @blp.arguments(ApplicationUpdateSchema)
+    @blp.arguments(ApplicationUpdateSchema())
     @blp.response(200, ApplicationSchema)
     @error_responses(blp, 404, 405)
     def patch(self, body, app_id):
@@ -106,7 +106,7 @@ class Versions(MethodView):
         """List an application's versions, newest first"""
         return _all(catalogs().list_versions(app_id))
 
-    @blp.arguments(VersionCreateSchema)
+    @blp.arguments(VersionCreateSchema())
     @blp.response(201, VersionRefSchema)
     @error_responses(blp, 404, 405, 409)
     def post(self, body, app_id):
@@ -114,7 +114,7 @@ class Versions(MethodView):
         with audited("version.create", app=app_id, version=body["version"]):
             return catalogs().create_version(Version(app_id=app_id, **body))
 
-    @blp.arguments(VersionRefSchema)
+    @blp.arguments(VersionRefSchema())
     @blp.response(204)
     @error_responses(blp, 404, 405)
     def delete(self, body, app_id):

@@ -27,7 +27,7 @@ class ProfileSchema(Schema):
 
 
 def _page(item_schema: type[Schema], name: str) -> type[Schema]:
-    return Schema.from_dict(
+    base = Schema.from_dict(
         {
             "offset": fields.Integer(required=True),
             "limit": fields.Integer(required=True),
@@ -36,6 +36,20 @@ def _page(item_schema: type[Schema], name: str) -> type[Schema]:
         },
         name=name,
     )
+    names = tuple(item_schema().fields)
+
+    def dump(self, page, *, many=None):
+        # Lists are read often and their items are flat: copy the documented attributes
+        # directly rather than walk marshmallow's fields (tests/test_catalog_api.py checks
+        # every field of every item).
+        items = [{n: _plain(getattr(item, n)) for n in names} for item in page.items]
+        return {"offset": page.offset, "limit": page.limit, "count": page.count, "items": items}
+
+    return type(name, (base,), {"dump": dump})
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 ApplicationListSchema = _page(ApplicationSchema, "ApplicationList")

@@ -41,21 +41,22 @@ def _stop(session_id: str) -> Response:
 
 @blp.route("")
 class Streams(MethodView):
-    @blp.arguments(StreamListQuerySchema, location="query")
+    @blp.arguments(StreamListQuerySchema(), location="query")
     @blp.response(200, StreamListSchema)
     @error_responses(blp, 503)
     def get(self, query):
         """List sessions, paged and sorted"""
         return sessions().list(**query, caller=current_identity())
 
-    @blp.arguments(StreamRequestSchema)
+    @blp.arguments(StreamRequestSchema())
     @blp.response(202, StreamResponseSchema, description="The session is starting")
     @blp.alt_response(200, schema=StreamResponseSchema, description="The session is ready")
     @error_responses(blp, 404, 429, 503)
     def post(self, body):
         """Start a session of an application version with a profile; poll it until 200"""
         target = {"app": body["id"], "version": body.get("version"), "profile": body["profile"]}
-        with audited("session.start", **target) as record, rate_limited():
+        with audited("session.start", **target) as record:
+            rate_limited()
             session = sessions().start(
                 body["id"],
                 body["profile"],
@@ -66,7 +67,7 @@ class Streams(MethodView):
             record["session"] = session.id
         return session, 200 if session.ready else 202
 
-    @blp.arguments(StreamIdSchema)
+    @blp.arguments(StreamIdSchema())
     @blp.response(204)
     @error_responses(blp, 404, 503)
     def delete(self, body):

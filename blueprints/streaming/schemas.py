@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_dump, pre_load, validate
+from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_load, validate
 
 from ovas.models import Session, SessionState
 
@@ -45,26 +45,12 @@ class StreamResponseSchema(Schema):
     username = fields.String()
     created_time = fields.DateTime()
 
-    @pre_dump
-    def _from_session(self, session: Session, **kwargs) -> dict:
-        routes = {}
-        if session.ready and session.host:
-            routes = {session.host: {"routes": session.routes}}
-        message = session.message or ("Session is active" if session.ready else "")
-        return {
-            "id": session.id,
-            "routes": routes,
-            "status": {
-                "condition": session.state.value,
-                "message": message,
-                "status": session.ready,
-            },
-            "app_id": session.app_id,
-            "version": session.version,
-            "profile": session.profile,
-            "username": session.username,
-            "created_time": session.created_time,
-        }
+    def dump(self, obj, *, many=None):
+        # The route every client polls: a plain function, not marshmallow's field walk
+        # (tests/test_session_json.py holds the two to the same output).
+        if many or (many is None and self.many):
+            return [session_to_json(s) for s in obj]
+        return session_to_json(obj)
 
 
 class StreamListSchema(Schema):
@@ -72,6 +58,48 @@ class StreamListSchema(Schema):
     limit = fields.Integer(required=True)
     count = fields.Integer(required=True)
     items = fields.List(fields.Nested(StreamResponseSchema), required=True)
+
+    def dump(self, obj, *, many=None):
+        return {
+            "offset": obj.offset,
+            "limit": obj.limit,
+            "count": obj.count,
+            "items": [session_to_json(s) for s in obj.items],
+        }
+
+
+def session_to_json(session: Session) -> dict:
+    """A session as OVAS clients read it: `routes` is `{}` until the session is ready."""
+    routes = {}
+    if session.state is SessionState.READY and session.host:
+        routes = {
+            session.host: {
+                "routes": [
+                    {
+                        "description": r.description,
+                        "protocol": r.protocol,
+                        "source_port": r.source_port,
+                        "destination_port": r.destination_port,
+                    }
+                    for r in session.routes
+                ]
+            }
+        }
+    ready = session.state is SessionState.READY
+    return {
+        "id": session.id,
+        "routes": routes,
+        "status": {
+            "condition": session.state.value,
+            "message": session.message or ("Session is active" if ready else ""),
+            "status": ready,
+        },
+        "app_id": session.app_id,
+        "version": session.version,
+        "profile": session.profile,
+        "username": session.username,
+        "created_time": session.created_time.isoformat(),
+    }
 
 
 class StreamArgumentsSchema(Schema):

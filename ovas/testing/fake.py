@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
@@ -145,6 +145,22 @@ class _Record:
     request: SessionRequest
     started: float  # time.monotonic() at start
     port: int
+    exit_code: str | None  # the STANDIN_* knobs, read once at start
+    ready_delay: float | None
+    never_ready: bool
+
+    @classmethod
+    def of(cls, request: SessionRequest, port: int) -> _Record:
+        env = request.kit.env_dict
+        delay = env.get(STANDIN_READY_DELAY)
+        return cls(
+            request,
+            time.monotonic(),
+            port,
+            env.get(STANDIN_EXIT_CODE),
+            float(delay) if delay is not None else None,
+            env.get(STANDIN_NEVER_READY) == "1",
+        )
 
 
 class FakeBackend(Backend):
@@ -209,7 +225,7 @@ class FakeBackend(Backend):
                 raise UserCapacityExceeded(
                     f"User '{request.username}' already has {mine} sessions", retry_after=30
                 )
-            record = _Record(request, time.monotonic(), self._next_port)
+            record = _Record.of(request, self._next_port)
             self._next_port += 2
             self._sessions[request.id] = record
         return self._session(record)
@@ -244,7 +260,6 @@ class FakeBackend(Backend):
 
     def _session(self, record: _Record) -> Session:
         request = record.request
-        env = request.kit.env_dict
         session = Session(
             id=request.id,
             app_id=request.app.id,
@@ -253,30 +268,29 @@ class FakeBackend(Backend):
             username=request.username,
             created_time=request.created_time,
         )
-        if self.fail_reason:
-            return replace(session, state=SessionState.FAILED, message=self.fail_reason)
-        if STANDIN_EXIT_CODE in env:
-            message = f"The container exited with code {env[STANDIN_EXIT_CODE]}"
-            return replace(session, state=SessionState.FAILED, message=message)
-        delay = float(env.get(STANDIN_READY_DELAY, self.ready_after))
-        never = self.never_ready or env.get(STANDIN_NEVER_READY) == "1"
-        if never or time.monotonic() < record.started + delay:
+        if self.fail_reason or record.exit_code is not None:
+            session.state = SessionState.FAILED
+            session.message = self.fail_reason or (
+                f"The container exited with code {record.exit_code}"
+            )
+            return session
+        delay = self.ready_after if record.ready_delay is None else record.ready_delay
+        if self.never_ready or record.never_ready or time.monotonic() < record.started + delay:
             if datetime.now(UTC) >= request.deadline:
                 seconds = (request.deadline - request.created_time).total_seconds()
-                message = f"The session was not ready within {seconds:.0f} seconds"
-                return replace(session, state=SessionState.FAILED, message=message)
-            return replace(session, message="Starting the Kit application")
-        routes = (
+                session.state = SessionState.FAILED
+                session.message = f"The session was not ready within {seconds:.0f} seconds"
+            else:
+                session.message = "Starting the Kit application"
+            return session
+        session.state = SessionState.READY
+        session.message = "Session is active"
+        session.host = self.host
+        session.routes = (
             Route("signaling", "TCP", record.port, request.kit.signaling_port),
             Route("media", "UDP", record.port + 1, request.kit.media_port),
         )
-        return replace(
-            session,
-            state=SessionState.READY,
-            message="Session is active",
-            host=self.host,
-            routes=routes,
-        )
+        return session
 
 
 class SlowBackend(FakeBackend):

@@ -90,7 +90,7 @@ def session_to_json(session: Session) -> dict:
         "id": session.id,
         "routes": routes,
         "status": {
-            "condition": session.state.value,
+            "condition": session.state,  # a str
             "message": session.message or ("Session is active" if ready else ""),
             "status": ready,
         },

@@ -148,6 +148,7 @@ class _Record:
     exit_code: str | None  # the STANDIN_* knobs, read once at start
     ready_delay: float | None
     never_ready: bool
+    ready: Session | None = None  # once ready a session stays so: built once
 
     @classmethod
     def of(cls, request: SessionRequest, port: int) -> _Record:
@@ -259,6 +260,8 @@ class FakeBackend(Backend):
         return removed
 
     def _session(self, record: _Record) -> Session:
+        if record.ready is not None and not self.fail_reason:
+            return record.ready
         request = record.request
         session = Session(
             id=request.id,
@@ -290,6 +293,7 @@ class FakeBackend(Backend):
             Route("signaling", "TCP", record.port, request.kit.signaling_port),
             Route("media", "UDP", record.port + 1, request.kit.media_port),
         )
+        record.ready = session
         return session
 
 

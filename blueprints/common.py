@@ -34,7 +34,7 @@ ERROR_DESCRIPTIONS = {
     409: "Already exists",
     410: "The session failed; the body is the session, with the reason in status.message",
     422: "The request is not valid",
-    429: "Your own limit of sessions is reached (see Retry-After)",
+    429: "Your limit of sessions, or of session starts per minute, is reached (see Retry-After)",
     503: "No capacity (see Retry-After), or the session backend cannot be reached",
 }
 
@@ -43,7 +43,8 @@ def error_responses(blp, *statuses: int):
     """Document a view's error answers: `@error_responses(blp, 404, 503)`."""
 
     def decorate(view):
-        for status in statuses:
+        # Any route may answer 401 or 403 once authentication is on.
+        for status in (401, 403, *statuses):
             view = blp.alt_response(
                 status,
                 schema=ErrorSchema,

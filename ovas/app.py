@@ -19,6 +19,7 @@ from blueprints import (
     errors,
     health,
     jsonprovider,
+    metrics,
     security,
     streaming,
 )
@@ -135,5 +136,6 @@ def create_app(
     app.register_blueprint(docs_assets.blp)
     security.init_app(app, authenticator)
     errors.register(app)
+    metrics.init_app(app)
 
     return app

@@ -46,6 +46,7 @@ def _no_content() -> Response:
 class Applications(MethodView):
     @blp.arguments(TagsQuerySchema(), location="query")
     @blp.response(200, ApplicationListSchema)
+    @error_responses(blp)
     def get(self, query):
         """List applications, optionally only those carrying every given tag"""
         return _all(catalogs().list_applications(query["tags"]))

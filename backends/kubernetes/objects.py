@@ -1,0 +1,342 @@
+"""Pure builders of the Kubernetes objects of a session: Pod, Service, HelmRelease and the
+admission slots. No I/O; every function returns plain dicts ready to send to the API server.
+
+Every object of a session carries the label `ovas/session=<id>`; the exact request (app,
+version, profile, username, times) rides in annotations, because label values cannot hold
+everything a username or a semver build may contain. Label values are made safe with
+`label_value`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from datetime import datetime
+from typing import Any
+
+from ovas.kitspec import GPU_RESOURCE
+from ovas.models import SessionRequest
+
+PREFIX = "ovas/"
+SESSION = PREFIX + "session"
+APP = PREFIX + "app"
+VERSION = PREFIX + "version"
+PROFILE = PREFIX + "profile"
+USER = PREFIX + "user"
+SLOT = PREFIX + "slot"  # "global" or "user", on admission slots only
+USERNAME = PREFIX + "username"  # annotations from here on
+CREATED = PREFIX + "created-time"
+DEADLINE = PREFIX + "deadline"
+FAILED = PREFIX + "failed"  # why the session failed, once ovas has seen it fail
+FAILED_AT = PREFIX + "failed-at"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+OURS = {MANAGED_BY: "ovas"}
+
+CONTAINER = "kit"
+SIGNALING = "signaling"
+MEDIA = "media"
+DEFAULT_SERVICE_TYPE = "LoadBalancer"
+FLUX_API_VERSION = "helm.toolkit.fluxcd.io/v2"
+DEFAULT_HELM_REPOSITORY = "omniverse"
+
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+_PROBE_KEYS = (
+    "httpGet",
+    "tcpSocket",
+    "initialDelaySeconds",
+    "periodSeconds",
+    "timeoutSeconds",
+    "failureThreshold",
+    "successThreshold",
+)
+
+
+def label_value(text: str) -> str:
+    """`text` itself when it is a valid label value, else a readable, unique stand-in
+    (invalid characters replaced, a hash of the original appended, at most 63 characters)."""
+    if _LABEL_VALUE.match(text):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:40].strip("._-")
+    return f"{cleaned}-{digest}" if cleaned else f"x-{digest}"
+
+
+def object_name(session_id: str) -> str:
+    """The name of the session's Pod, Service and HelmRelease (a Service name must start
+    with a letter; a session id may not)."""
+    return f"ovas-{session_id}"
+
+
+def session_labels(request: SessionRequest) -> dict[str, str]:
+    return {
+        SESSION: request.id,
+        APP: label_value(request.app.id),
+        VERSION: label_value(request.version.version),
+        PROFILE: label_value(request.profile.id),
+        USER: label_value(request.username),
+    }
+
+
+def session_annotations(request: SessionRequest) -> dict[str, str]:
+    return {
+        APP: request.app.id,
+        VERSION: request.version.version,
+        PROFILE: request.profile.id,
+        USERNAME: request.username,
+        CREATED: request.created_time.isoformat(),
+        DEADLINE: request.deadline.isoformat(),
+    }
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    """A reference making `owner` (an object read back from the API server) the owner, so
+    the cluster's garbage collector removes the owned object with it."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner.get("apiVersion", "v1"),
+        "kind": owner.get("kind", "Pod"),
+        "name": meta["name"],
+        "uid": meta["uid"],
+    }
+
+
+def _kit(request: SessionRequest) -> dict[str, Any]:
+    kit = request.values.get("streamingKit")
+    return kit if isinstance(kit, dict) else {}
+
+
+def _probe(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        return None
+    return {k: copy.deepcopy(raw[k]) for k in _PROBE_KEYS if k in raw}
+
+
+def _resources(kit: dict[str, Any], gpus: int) -> dict[str, Any]:
+    raw = kit.get("resources") if isinstance(kit.get("resources"), dict) else {}
+    resources: dict[str, Any] = {}
+    for part in ("limits", "requests"):
+        values = raw.get(part)
+        if isinstance(values, dict) and values:
+            resources[part] = {str(k): str(v) for k, v in values.items() if v is not None}
+    if gpus:
+        # The device plugin only honours GPUs asked for as limits.
+        resources.setdefault("limits", {})[GPU_RESOURCE] = str(gpus)
+    return resources
+
+
+def image_pull_secrets(values: dict[str, Any]) -> list[dict[str, str]]:
+    """`global.imagePullSecrets`, given as names or as `{name: ...}`."""
+    glob = values.get("global")
+    raw = glob.get("imagePullSecrets") if isinstance(glob, dict) else None
+    secrets = []
+    for entry in raw or []:
+        name = entry.get("name") if isinstance(entry, dict) else entry
+        if isinstance(name, str) and name:
+            secrets.append({"name": name})
+    return secrets
+
+
+def build_pod(request: SessionRequest, namespace: str) -> dict[str, Any]:
+    """The Pod running the session's Kit container, from `streamingKit` of the chart values.
+
+    With neither a startup nor a readiness probe, a TCP readiness probe on the signaling
+    port stands in, so "Ready" always means the app answers. The pod never restarts: a Kit
+    app that exits has failed, and the session says so at once.
+    """
+    kit = _kit(request)
+    spec_kit = request.kit
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec_kit.image,
+        "imagePullPolicy": spec_kit.pull_policy,
+        "env": [{"name": k, "value": v} for k, v in spec_kit.env],
+        "ports": [
+            {"name": SIGNALING, "containerPort": spec_kit.signaling_port, "protocol": "TCP"},
+            {"name": MEDIA, "containerPort": spec_kit.media_port, "protocol": "UDP"},
+        ],
+    }
+    resources = _resources(kit, spec_kit.gpus)
+    if resources:
+        container["resources"] = resources
+    startup, readiness = _probe(kit.get("startupProbe")), _probe(kit.get("readinessProbe"))
+    if startup:
+        container["startupProbe"] = startup
+    if readiness:
+        container["readinessProbe"] = readiness
+    if not startup and not readiness:
+        container["readinessProbe"] = {
+            "tcpSocket": {"port": spec_kit.signaling_port},
+            "periodSeconds": 2,
+        }
+    spec: dict[str, Any] = {
+        "containers": [container],
+        "restartPolicy": "Never",
+        # Thousands of sessions in a namespace would otherwise each get an env var per service.
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+    }
+    if isinstance(kit.get("nodeSelector"), dict) and kit["nodeSelector"]:
+        spec["nodeSelector"] = {str(k): str(v) for k, v in kit["nodeSelector"].items()}
+    if isinstance(kit.get("tolerations"), list) and kit["tolerations"]:
+        spec["tolerations"] = copy.deepcopy(kit["tolerations"])
+    if isinstance(kit.get("runtimeClassName"), str) and kit["runtimeClassName"]:
+        spec["runtimeClassName"] = kit["runtimeClassName"]
+    secrets = image_pull_secrets(request.values)
+    if secrets:
+        spec["imagePullSecrets"] = secrets
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": object_name(request.id),
+            "namespace": namespace,
+            "labels": {**OURS, **session_labels(request)},
+            "annotations": session_annotations(request),
+        },
+        "spec": spec,
+    }
+
+
+def service_settings(values: dict[str, Any]) -> dict[str, Any]:
+    kit = values.get("streamingKit")
+    service = kit.get("service") if isinstance(kit, dict) else None
+    return service if isinstance(service, dict) else {}
+
+
+def build_service(
+    request: SessionRequest, namespace: str, owner: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The Service exposing the session's signaling (TCP) and media (UDP) ports, owned by
+    `owner` (the session's pod as read back) so the cluster removes it with the pod.
+
+    For NodePort and LoadBalancer services the cluster picks the node ports, so sessions
+    never collide on them; `signalingPort` / `mediaPort` are the service's own ports.
+    """
+    settings = service_settings(request.values)
+    kind = str(settings.get("type") or DEFAULT_SERVICE_TYPE)
+    kit = request.kit
+    metadata: dict[str, Any] = {
+        "name": object_name(request.id),
+        "namespace": namespace,
+        "labels": {**OURS, **session_labels(request)},
+        # The pod holds the session's annotations; the service only the profile's.
+        "annotations": {str(k): str(v) for k, v in (settings.get("annotations") or {}).items()},
+    }
+    if owner is not None:
+        metadata["ownerReferences"] = [owner_reference(owner)]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "type": kind,
+            "selector": {SESSION: request.id},
+            "ports": [
+                {
+                    "name": SIGNALING,
+                    "protocol": "TCP",
+                    "port": int(settings.get("signalingPort") or kit.signaling_port),
+                    "targetPort": kit.signaling_port,
+                },
+                {
+                    "name": MEDIA,
+                    "protocol": "UDP",
+                    "port": int(settings.get("mediaPort") or kit.media_port),
+                    "targetPort": kit.media_port,
+                },
+            ],
+        },
+    }
+
+
+def chart_reference(helm_chart: str, default_repository: str) -> tuple[str, str]:
+    """`repo/chart` -> (repo, chart); a bare chart name comes from `default_repository`."""
+    repository, _, chart = helm_chart.rpartition("/")
+    return (repository or default_repository), chart
+
+
+def release_values(request: SessionRequest) -> dict[str, Any]:
+    """The chart values of a session's release: the rendered values, the session id, and the
+    labels and annotations the chart must put on the session's pod and service."""
+    values = copy.deepcopy(request.values)
+    kit = values.setdefault("streamingKit", {})
+    kit.setdefault("name", request.id)
+    kit["sessionId"] = request.id
+    kit["labels"] = {**kit.get("labels", {}), **session_labels(request)}
+    kit["annotations"] = {**kit.get("annotations", {}), **session_annotations(request)}
+    return values
+
+
+def build_helmrelease(
+    request: SessionRequest,
+    namespace: str,
+    *,
+    default_repository: str = DEFAULT_HELM_REPOSITORY,
+) -> dict[str, Any]:
+    """A Flux HelmRelease installing the version's chart for this one session. Installs are
+    not retried: a session whose chart cannot be installed has failed."""
+    repository, chart = chart_reference(request.version.helm_chart, default_repository)
+    name = object_name(request.id)
+    return {
+        "apiVersion": FLUX_API_VERSION,
+        "kind": "HelmRelease",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**OURS, **session_labels(request)},
+            "annotations": session_annotations(request),
+        },
+        "spec": {
+            "interval": "10m",
+            "releaseName": name,
+            "chart": {
+                "spec": {
+                    "chart": chart,
+                    "version": request.version.helm_chart_version or "*",
+                    "sourceRef": {"kind": "HelmRepository", "name": repository},
+                }
+            },
+            "install": {"remediation": {"retries": 0}},
+            "values": release_values(request),
+        },
+    }
+
+
+def slot_name(index: int, username: str | None = None) -> str:
+    """`ovas-slot-<k>` for the shared capacity, `ovas-user-<hash>-<k>` for a user's."""
+    if username is None:
+        return f"ovas-slot-{index}"
+    digest = hashlib.sha256(username.encode()).hexdigest()[:12]
+    return f"ovas-user-{digest}-{index}"
+
+
+def build_slot(name: str, request: SessionRequest, namespace: str, scope: str) -> dict[str, Any]:
+    """A ConfigMap whose existence holds one unit of capacity for the session; creating it
+    is the atomic admission step (a second create of the same name is refused)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                **OURS,
+                SLOT: scope,
+                SESSION: request.id,
+                USER: label_value(request.username),
+            },
+            "annotations": {USERNAME: request.username, CREATED: request.created_time.isoformat()},
+        },
+        "data": {"session": request.id},
+    }
+
+
+def parse_time(text: Any) -> datetime | None:
+    """An RFC 3339 / ISO 8601 time as the API server or our annotations write it."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -1,0 +1,178 @@
+"""The deployable base (config/deploy): it renders with `kubectl kustomize`, every object is
+valid against the Kubernetes schemas (kubernetes-validate, offline), every catalog object
+against our CRDs' schemas, and the Role grants exactly the calls the backend makes."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from support.kube_requests import request_for, wait_for
+from support.kube_server import catalog_documents
+
+from ovas.models import Application, SessionState, Version
+from ovas.services import CatalogService
+
+pytestmark = pytest.mark.kubernetes
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "config" / "deploy"
+K8S_VERSION = "1.30"
+SCHEMA = "openAPIV3Schema"
+
+
+def render_in_python() -> list[dict]:
+    """The base as kustomize renders it: it only lists resource files."""
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    assert set(kustomization) <= {"apiVersion", "kind", "resources"}, "keep the base plain"
+    docs = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((BASE / name).read_text()) if d]
+    return docs
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        # config/system-deps.sh installs kubectl; without it the plain base is read directly.
+        return render_in_python()
+    out = subprocess.run(
+        [kubectl, "kustomize", str(BASE)], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert sorted(docs, key=key) == sorted(render_in_python(), key=key)
+    return docs
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_every_builtin_object_is_valid(rendered):
+    custom = {c["spec"]["names"]["kind"] for c in by_kind(rendered, "CustomResourceDefinition")}
+    checked = 0
+    for doc in rendered:
+        if doc["kind"] in custom:
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        checked += 1
+        if doc["kind"] not in ("Namespace", "CustomResourceDefinition"):
+            assert doc["metadata"]["namespace"] == "omni-streaming", doc["metadata"]["name"]
+    assert checked == 9
+
+
+def _closed(schema: dict) -> dict:
+    """The schema as the API server applies it: unknown fields are pruned unless preserved,
+    so here they are errors."""
+    schema = copy.deepcopy(schema)
+    if schema.get("type") == "object" and "properties" in schema:
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema.setdefault("additionalProperties", False)
+        for name, sub in schema["properties"].items():
+            schema["properties"][name] = _closed(sub)
+    if isinstance(schema.get("items"), dict):
+        schema["items"] = _closed(schema["items"])
+    return schema
+
+
+def test_every_catalog_object_is_valid_against_its_crd(rendered):
+    schemas = {
+        crd["spec"]["names"]["kind"]: _closed(crd["spec"]["versions"][0]["schema"][SCHEMA])
+        for crd in by_kind(rendered, "CustomResourceDefinition")
+    }
+    assert set(schemas) == {"Application", "ApplicationVersion", "ApplicationProfile"}
+    custom = [d for d in rendered if d["kind"] in schemas]
+    assert custom
+    for doc in custom:
+        jsonschema.validate(doc, schemas[doc["kind"]])
+    broken = {**custom[0], "spec": {**custom[0]["spec"], "nmae": "typo"}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schemas[broken["kind"]])
+
+
+def test_the_sample_catalog_is_the_one_of_config_catalog(rendered):
+    deployed = [d for d in rendered if d["apiVersion"] == "omniverse.nvidia.com/v1"]
+    for doc in deployed:
+        doc["metadata"].pop("namespace")
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert sorted(deployed, key=key) == sorted(catalog_documents(), key=key)
+
+
+def test_the_deployment_is_replicated_probed_and_locked_down(rendered):
+    (deployment,) = by_kind(rendered, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["serviceAccountName"] == "ovas"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["OVAS_BACKEND"]["value"] == "kubernetes"
+    assert env["OVAS_BIND"]["value"].endswith(":8080")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "config/gunicorn.conf.py" in dockerfile and ".[kubernetes,serve]" in dockerfile
+
+
+VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
+
+
+def verb(request) -> str:
+    method = request.method.value
+    if method == "GET":
+        return "get" if request.name else "list"
+    if method == "DELETE":
+        return "delete" if request.name else "deletecollection"
+    return VERBS[method]
+
+
+def exercise(make_backend, mode: str) -> None:
+    """Everything the backend does: start, read, fail, stop, reap, check, edit the catalog."""
+    backend = make_backend(mode)
+    backend.check()
+    backend.catalog.check()
+    ok = backend.start(request_for(backend, capacity=5, user_capacity=5))
+    exits = {"env": [{"name": "STANDIN_EXIT_CODE", "value": "1"}]}
+    crash = backend.start(request_for(backend, exits))
+    wait_for(backend, ok.id, {SessionState.READY})
+    wait_for(backend, crash.id, {SessionState.FAILED})
+    backend.list()
+    backend.stop(ok.id)
+    backend.admission.acquire(request_for(backend, capacity=9))  # a start that died midway
+    backend.reap(datetime.now(UTC) + timedelta(hours=1))
+    editor = CatalogService(backend.catalog, editing_enabled=True)
+    editor.create_application(Application(f"app-{mode}", "App"))
+    editor.update_application(f"app-{mode}", {"name": "Renamed"})
+    editor.create_version(Version(f"app-{mode}", "1.0.0", "reg/app", "1.0.0"))
+    editor.delete_version(f"app-{mode}", "1.0.0")
+    editor.delete_application(f"app-{mode}")
+    backend.catalog.profile("standin")
+
+
+def test_the_role_grants_exactly_what_the_backend_uses(rendered, make_backend, cluster):
+    (role,) = by_kind(rendered, "Role")
+    granted = {
+        (group, resource, v)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for v in rule["verbs"]
+    }
+    for mode in ("pod", "helmrelease"):
+        exercise(make_backend, mode)
+    used = {(r.resource.group, r.resource.plural, verb(r)) for r in cluster.emulator.calls()}
+    assert used - granted == set(), "calls the Role does not allow"
+    assert granted - used == set(), "grants nothing uses"
+    (binding,) = by_kind(rendered, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == "ovas"

@@ -1,0 +1,319 @@
+"""The rest of a cluster, played on a `ClusterEmulator`'s objects: the scheduler (GPUs per
+node, node selectors), the kubelets (image pulls, the Kit container honouring the
+`STANDIN_*` variables of its environment, readiness, graceful deletion), a cloud load
+balancer (an address for each LoadBalancer Service) and Flux (a HelmRelease becomes the
+chart's Service and Pod; deleting it uninstalls them).
+
+Every `interval` seconds `step()` moves each object one stage on, under the emulator's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import fnmatch
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from support.kube_emulator import ClusterEmulator, now_text
+
+GPU = "nvidia.com/gpu"
+FLUX_FINALIZER = "finalizers.fluxcd.io"
+
+
+@dataclass
+class Node:
+    name: str
+    address: str
+    gpus: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FakeCluster:
+    emulator: ClusterEmulator
+    nodes: list[Node] = field(
+        default_factory=lambda: [Node(f"node-{i}", f"10.0.0.{i + 10}", 4) for i in range(3)]
+    )
+    interval: float = 0.05
+    pull_seconds: float = 0.05  # image pull, and every later kubelet stage
+    missing_images: tuple[str, ...] = ("*does-not-exist*",)
+    missing_charts: tuple[str, ...] = ("*missing*",)
+    running: bool = True  # False pauses the cluster (objects stay as they are)
+    _seen: dict[tuple, float] = field(default_factory=dict)
+    _lb: int = 0
+    _used: dict[str, int] | None = None
+
+    async def run(self) -> None:
+        while True:
+            if self.running:
+                async with self.emulator._lock:
+                    self.step(time.monotonic())
+            await asyncio.sleep(self.interval)
+
+    def step(self, now: float) -> None:
+        em = self.emulator
+        self._used: dict[str, int] | None = None  # GPUs in use per node, counted once a step
+        for key, release in list(em.items("helm.toolkit.fluxcd.io/v2/helmreleases")):
+            self._flux(key, release)
+        for key, service in list(em.items("v1/services")):
+            self._load_balancer(key, service)
+        for key, pod in list(em.items("v1/pods")):
+            self._kubelet(key, pod, now)
+
+    # Stages
+
+    def _due(self, key: tuple, stage: str, now: float) -> bool:
+        """True once `pull_seconds` have passed since `key` first reached `stage`."""
+        since = self._seen.setdefault((key, stage), now)
+        return now - since >= self.pull_seconds
+
+    def _save(self, key: tuple, old: dict[str, Any], new: dict[str, Any]) -> None:
+        if new != old:
+            self.emulator.update(key, new)
+
+    def _kubelet(self, key: tuple, pod: dict[str, Any], now: float) -> None:
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp"):
+            if self._due(key, "terminating", now):
+                self.emulator.remove(key)
+            return
+        new = copy.deepcopy(pod)
+        spec, status = new["spec"], new.setdefault("status", {})
+        container = spec["containers"][0]
+        env = {e["name"]: e.get("value", "") for e in container.get("env") or []}
+        if not spec.get("nodeName"):
+            node, why = self._schedule(pod)
+            if node is None:
+                old = (status.get("conditions") or [{}])[0]
+                if (old.get("reason"), old.get("message")) != ("Unschedulable", why):
+                    status["conditions"] = [_cond("PodScheduled", "False", "Unschedulable", why)]
+                    self._save(key, pod, new)
+                return None
+            spec["nodeName"] = node.name
+            status.update(hostIP=node.address, podIP=f"10.244.0.{len(self._seen) % 250 + 1}")
+            status["conditions"] = [_cond("PodScheduled", "True")]
+            status["containerStatuses"] = [_waiting(container, "ContainerCreating")]
+            status["startTime"] = now_text()
+            return self._save(key, pod, new)
+        current = (status.get("containerStatuses") or [{}])[0].get("state") or {}
+        waiting = (current.get("waiting") or {}).get("reason")
+        if waiting in ("ContainerCreating", "ErrImagePull") and self._due(key, "pull", now):
+            image = container["image"]
+            if any(fnmatch.fnmatch(image, p) for p in self.missing_images):
+                reason = "ImagePullBackOff" if waiting == "ErrImagePull" else "ErrImagePull"
+                message = f'failed to pull image "{image}": not found'
+                status["containerStatuses"] = [_waiting(container, reason, message)]
+            elif "STANDIN_EXIT_CODE" in env:
+                self._exit(new, container, int(env["STANDIN_EXIT_CODE"]))
+            else:
+                status["phase"] = "Running"
+                state = {"running": {"startedAt": now_text()}}
+                status["containerStatuses"] = [_status(container, state, ready=False)]
+                self._seen[(key, "started")] = now
+            return self._save(key, pod, new)
+        if (status.get("containerStatuses") or [{}])[0].get("ready"):
+            return None
+        if current.get("running") and env.get("STANDIN_NEVER_READY") != "1":
+            started = self._seen.get((key, "started"), now)
+            if now - started >= float(env.get("STANDIN_READY_DELAY") or 0):
+                status["containerStatuses"][0]["ready"] = True
+                status["conditions"] = [
+                    _cond("PodScheduled", "True"),
+                    _cond("ContainersReady", "True"),
+                    _cond("Ready", "True"),
+                ]
+                self._save(key, pod, new)
+
+    def _exit(self, pod: dict[str, Any], container: dict[str, Any], code: int) -> None:
+        status = pod["status"]
+        terminated = {"exitCode": code, "reason": "Error", "finishedAt": now_text()}
+        if pod["spec"].get("restartPolicy", "Always") == "Never":
+            status["phase"] = "Failed"
+            status["containerStatuses"] = [_status(container, {"terminated": terminated})]
+        else:
+            status["phase"] = "Running"
+            waiting = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}}
+            entry = _status(container, waiting)
+            entry.update(lastState={"terminated": terminated}, restartCount=1)
+            status["containerStatuses"] = [entry]
+
+    def _schedule(self, pod: dict[str, Any]) -> tuple[Node | None, str]:
+        wanted = _gpus(pod)
+        selector = pod["spec"].get("nodeSelector") or {}
+        if self._used is None:
+            self._used = {}
+            for _, other in self.emulator.items("v1/pods"):
+                node = other["spec"].get("nodeName")
+                if node and (other.get("status") or {}).get("phase") not in ("Failed", "Succeeded"):
+                    self._used[node] = self._used.get(node, 0) + _gpus(other)
+        used = self._used
+        short_gpu = short_selector = 0
+        for node in self.nodes:
+            if any(node.labels.get(k) != v for k, v in selector.items()):
+                short_selector += 1
+            elif node.gpus - used.get(node.name, 0) < wanted:
+                short_gpu += 1
+            else:
+                used[node.name] = used.get(node.name, 0) + wanted
+                return node, ""
+        parts = []
+        if short_gpu:
+            parts.append(f"{short_gpu} Insufficient {GPU}")
+        if short_selector:
+            parts.append(f"{short_selector} node(s) didn't match Pod's node affinity/selector")
+        return None, f"0/{len(self.nodes)} nodes are available: {', '.join(parts)}."
+
+    def _load_balancer(self, key: tuple, service: dict[str, Any]) -> None:
+        spec = service.get("spec") or {}
+        ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+        if spec.get("type") != "LoadBalancer" or ingress:
+            return
+        if service["metadata"].get("deletionTimestamp"):
+            return
+        if self._due(key, "lb", time.monotonic()):
+            self._lb += 1
+            new = copy.deepcopy(service)
+            address = f"203.0.113.{self._lb % 250 + 1}" if self._lb < 250 else None
+            entry = {"ip": address} if address else {"hostname": f"lb-{self._lb}.example"}
+            new["status"] = {"loadBalancer": {"ingress": [entry]}}
+            self.emulator.update(key, new)
+
+    # Flux
+
+    def _flux(self, key: tuple, release: dict[str, Any]) -> None:
+        em = self.emulator
+        meta = release["metadata"]
+        name = release["spec"].get("releaseName") or meta["name"]
+        namespace = key[1]
+        if meta.get("deletionTimestamp"):
+            for resource in ("v1/pods", "v1/services"):
+                for other, obj in list(em.items(resource, namespace)):
+                    labels = obj["metadata"].get("labels") or {}
+                    if labels.get("app.kubernetes.io/instance") == name:
+                        em.delete(other)
+            done = copy.deepcopy(release)
+            done["metadata"]["finalizers"] = []
+            em.update(key, done)
+            return
+        if FLUX_FINALIZER not in (meta.get("finalizers") or []):
+            new = copy.deepcopy(release)
+            new["metadata"]["finalizers"] = [FLUX_FINALIZER]
+            em.update(key, new)
+            return
+        if (release.get("status") or {}).get("conditions"):
+            return
+        chart = release["spec"]["chart"]["spec"]
+        new = copy.deepcopy(release)
+        if any(
+            fnmatch.fnmatch(f"{chart['chart']}:{chart['version']}", p) for p in self.missing_charts
+        ):
+            message = f"chart {chart['chart']} {chart['version']} not found in repository"
+            new["status"] = {
+                "conditions": [
+                    _cond("Ready", "False", "InstallFailed", message),
+                    _cond("Stalled", "True", "RetriesExceeded", message),
+                ]
+            }
+            em.update(key, new)
+            return
+        service, pod = render_chart(name, release["spec"].get("values") or {})
+        em.create("v1/services", namespace, service)  # Helm installs Services before Pods
+        em.create("v1/pods", namespace, pod)
+        new["status"] = {"conditions": [_cond("Ready", "True", "InstallSucceeded", "installed")]}
+        em.update(key, new)
+
+
+def render_chart(release: str, values: dict[str, Any]) -> tuple[dict, dict]:
+    """What a kit-appstreaming-session-like chart makes of the values: a Service and a Pod
+    (restarted on failure, as a Deployment's would be) carrying `streamingKit.labels` and
+    `streamingKit.annotations`."""
+    kit = values.get("streamingKit") or {}
+    image = kit.get("image") or {}
+    ports = kit.get("ports") or {}
+    service_values = kit.get("service") or {}
+    signaling, media = ports.get("signaling", 49100), ports.get("media", 47998)
+    labels = {
+        **(kit.get("labels") or {}),
+        "app.kubernetes.io/instance": release,
+        "app.kubernetes.io/managed-by": "Helm",
+    }
+    meta = {"labels": labels, "annotations": dict(kit.get("annotations") or {})}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": release, **copy.deepcopy(meta)},
+        "spec": {
+            "type": service_values.get("type", "LoadBalancer"),
+            "selector": {"app.kubernetes.io/instance": release},
+            "ports": [
+                {
+                    "name": "signaling",
+                    "protocol": "TCP",
+                    "targetPort": "signaling",
+                    "port": service_values.get("signalingPort", signaling),
+                },
+                {
+                    "name": "media",
+                    "protocol": "UDP",
+                    "targetPort": "media",
+                    "port": service_values.get("mediaPort", media),
+                },
+            ],
+        },
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{release}-kit", **copy.deepcopy(meta)},
+        "spec": {
+            "restartPolicy": "Always",
+            "containers": [
+                {
+                    "name": "kit",
+                    "image": f"{image.get('repository')}:{image.get('tag')}",
+                    "env": copy.deepcopy(kit.get("env") or []),
+                    "resources": copy.deepcopy(kit.get("resources") or {}),
+                    "ports": [
+                        {"name": "signaling", "containerPort": signaling, "protocol": "TCP"},
+                        {"name": "media", "containerPort": media, "protocol": "UDP"},
+                    ],
+                }
+            ],
+            "nodeSelector": copy.deepcopy(kit.get("nodeSelector") or {}),
+        },
+    }
+    return service, pod
+
+
+def _gpus(pod: dict[str, Any]) -> int:
+    total = 0
+    for container in pod["spec"].get("containers") or []:
+        limits = (container.get("resources") or {}).get("limits") or {}
+        total += int(str(limits.get(GPU, 0)))
+    return total
+
+
+def _cond(kind: str, status: str, reason: str | None = None, message: str | None = None) -> dict:
+    condition = {"type": kind, "status": status, "lastTransitionTime": now_text()}
+    if reason:
+        condition["reason"] = reason
+    if message:
+        condition["message"] = message
+    return condition
+
+
+def _status(container: dict[str, Any], state: dict[str, Any], ready: bool = False) -> dict:
+    return {
+        "name": container["name"],
+        "image": container["image"],
+        "ready": ready,
+        "restartCount": 0,
+        "state": state,
+    }
+
+
+def _waiting(container: dict[str, Any], reason: str, message: str | None = None) -> dict:
+    waiting = {"reason": reason, **({"message": message} if message else {})}
+    return _status(container, {"waiting": waiting})

@@ -1,0 +1,376 @@
+"""kmock's Kubernetes emulator with the API server semantics ovas relies on.
+
+kmock 0.8 stores objects and serves them, but ignores label selectors, sets no uid or
+resourceVersion, never collects owned objects, and knows neither PUT nor delete-collection.
+`ClusterEmulator` keeps kmock's server, request log, object store and discovery, and adds:
+
+- uid, resourceVersion, creationTimestamp and generateName on create; 409 AlreadyExists;
+- label selectors (equality and set-based) and field selectors on list and delete-collection;
+- merge and JSON patches, and PUT with optimistic concurrency (409 Conflict on a stale
+  resourceVersion);
+- finalizers and graceful deletion of pods (a deletionTimestamp; the fake kubelet removes
+  them), and the garbage collector's cascade over ownerReferences;
+- cluster IPs and node ports for Services; 404 for resources the cluster does not serve.
+
+User reactions (`emulator['list pods'] << 500`) still come first, as in kmock.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import kmock
+from kmock._internal import apps, k8s
+
+CORE = {"pods": "Pod", "services": "Service", "configmaps": "ConfigMap", "events": "Event"}
+CUSTOM = {
+    "omniverse.nvidia.com/v1/applications": "Application",
+    "omniverse.nvidia.com/v1/applicationversions": "ApplicationVersion",
+    "omniverse.nvidia.com/v1/applicationprofiles": "ApplicationProfile",
+}
+FLUX = {"helm.toolkit.fluxcd.io/v2/helmreleases": "HelmRelease"}
+NODE_PORTS = range(30000, 32768)
+
+
+def error(status: int, reason: str, message: str) -> k8s.KubernetesError:
+    return k8s.KubernetesError(status=status, reason=reason, message=message, details={})
+
+
+def now_text() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+_REQUIREMENT = re.compile(
+    r"\s*(?P<neg>!)?(?P<key>[A-Za-z0-9./_-]+)\s*"
+    r"(?:(?P<op>==|=|!=)\s*(?P<value>[A-Za-z0-9._-]*)"
+    r"|\s+(?P<setop>in|notin)\s*\((?P<values>[^)]*)\))?\s*(,|$)"
+)
+
+
+def label_matcher(selector: str | None):
+    """A predicate over a labels dict for a Kubernetes label selector."""
+    checks = []
+    text = (selector or "").strip()
+    pos = 0
+    while pos < len(text):
+        match = _REQUIREMENT.match(text, pos)
+        if not match or match.end() == pos:
+            raise error(400, "BadRequest", f"unable to parse requirement: {text[pos:]!r}")
+        pos = match.end()
+        key, op, value = match["key"], match["op"], match["value"]
+        if match["neg"]:
+            checks.append(lambda labels, k=key: k not in labels)
+        elif op in ("=", "=="):
+            checks.append(lambda labels, k=key, v=value: labels.get(k) == v)
+        elif op == "!=":
+            checks.append(lambda labels, k=key, v=value: labels.get(k) != v)
+        elif match["setop"]:
+            values = {v.strip() for v in match["values"].split(",") if v.strip()}
+            if match["setop"] == "in":
+                checks.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
+            else:
+                checks.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+        else:
+            checks.append(lambda labels, k=key: k in labels)
+    return lambda labels: all(check(labels) for check in checks)
+
+
+def field_matcher(selector: str | None):
+    checks = []
+    for part in filter(None, (selector or "").split(",")):
+        negate = "!=" in part
+        path, _, value = part.replace("!=", "=").replace("==", "=").partition("=")
+
+        def get(obj: dict, path: str = path.strip()) -> str:
+            node: Any = obj
+            for key in path.split("."):
+                node = node.get(key) if isinstance(node, dict) else None
+            return "" if node is None else str(node)
+
+        wanted = value.strip()
+        checks.append(lambda obj, g=get, v=wanted, n=negate: (g(obj) == v) != n)
+    return lambda obj: all(check(obj) for check in checks)
+
+
+def merge(base: Any, patch: Any) -> Any:
+    """RFC 7386 merge patch (strategic merge patches are treated the same way)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(base) if isinstance(base, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge(result.get(key), value)
+    return result
+
+
+@attrs.define(kw_only=True)
+class ClusterEmulator(k8s.KubernetesEmulator):
+    """See the module's docstring. Mutating helpers expect `self._lock` to be held."""
+
+    flux: bool = True
+    graceful_pods: bool = True
+    _revision: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _node_ports: set[int] = attrs.field(factory=set, init=False)
+    _addresses: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _builtin: int = attrs.field(default=0, init=False)  # reactions kmock and we register
+    _encoded: dict[tuple, tuple[str, bytes]] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for plural, kind in CORE.items():
+            self.resources[f"v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=True)
+        self.resources["v1/nodes"] = kmock.ResourceInfo(kind="Node", namespaced=False)
+        for name, kind in {**CUSTOM, **(FLUX if self.flux else {})}.items():
+            self.resources[name] = kmock.ResourceInfo(kind=kind, namespaced=True)
+        served = (self**-1000)[lambda request: bool(request.resource and request.resource.plural)]
+        served << self._serve
+        self._builtin = len(self._payloads)
+
+    async def _handle(self, request: kmock.Request):
+        # Skip KubernetesEmulator's own bookkeeping of writes: `_serve` does it, with the
+        # semantics above. kmock matches every reaction against its whole request history,
+        # which grows with each request; with no user reactions, serve directly.
+        direct = request.resource is not None and request.resource.plural
+        if direct and len(self._payloads) == self._builtin and request.action != kmock.action.WATCH:
+            answer = await self._serve(request)
+            if isinstance(answer, kmock.Response):
+                return aiohttp.web.json_response(answer.payload, status=answer.status or 200)
+            if isinstance(answer, bytes):
+                return aiohttp.web.Response(body=answer, content_type="application/json")
+            return aiohttp.web.json_response(answer)
+        return await apps.RawHandler._handle(self, request)
+
+    # Reading the store
+
+    def key(self, resource: Any, namespace: str | None, name: str) -> tuple:
+        return (kmock.resource(resource), namespace, name)
+
+    def live(self, key: tuple) -> dict[str, Any] | None:
+        if key not in self._objects:
+            return None
+        obj = self._objects[key]
+        return None if obj.deleted else obj.raw
+
+    def items(self, resource: Any, namespace: str | None = None):
+        """(key, object) of every live object of a resource, in creation order."""
+        wanted = kmock.resource(resource)
+        for key, obj in list(self._objects.items()):
+            in_namespace = namespace is None or key[1] == namespace
+            if key[0] == wanted and in_namespace and not obj.deleted:
+                yield key, obj.raw
+
+    def calls(self) -> list[kmock.Request]:
+        """Every request to a resource (discovery left out), oldest first."""
+        return [r for r in self._requests if r.resource is not None and r.resource.plural]
+
+    # Writing the store
+
+    def store(self, key: tuple, obj: dict[str, Any]) -> dict[str, Any]:
+        """Save a new version of the object with a fresh resourceVersion."""
+        obj = copy.deepcopy(obj)
+        obj.setdefault("metadata", {})["resourceVersion"] = str(next(self._revision))
+        if key in self._objects:
+            self._objects[key].create(obj)
+        else:
+            self._objects[key] = obj
+        return obj
+
+    def create(self, resource: Any, namespace: str | None, body: dict[str, Any]) -> dict:
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        if not meta.get("name"):
+            raise error(422, "Invalid", "metadata.name: Required value")
+        if namespace is not None:
+            if meta.get("namespace", namespace) != namespace:
+                raise error(400, "BadRequest", "the namespace of the object does not match")
+            meta["namespace"] = namespace
+        key = self.key(resource, namespace, meta["name"])
+        if self.live(key) is not None:
+            raise error(409, "AlreadyExists", f'{key[0].plural} "{meta["name"]}" already exists')
+        for field in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
+            meta.pop(field, None)
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_text(), generation=1)
+        if key[0].plural == "services":
+            self._allocate(obj)
+        if key[0].plural == "pods":
+            obj.setdefault("status", {"phase": "Pending"})
+        return self.store(key, obj)
+
+    def _allocate(self, service: dict[str, Any]) -> None:
+        spec = service.setdefault("spec", {})
+        n = next(self._addresses)
+        spec.setdefault("clusterIP", f"10.96.{n // 250}.{n % 250 + 1}")
+        if spec.get("type") not in ("NodePort", "LoadBalancer"):
+            return
+        for port in spec.get("ports") or []:
+            wanted = port.get("nodePort")
+            if wanted and wanted in self._node_ports:
+                raise error(422, "Invalid", f"spec.ports.nodePort: {wanted} is already allocated")
+            if not wanted:
+                wanted = next(p for p in NODE_PORTS if p not in self._node_ports)
+            self._node_ports.add(wanted)
+            port["nodePort"] = wanted
+
+    def update(self, key: tuple, new: dict[str, Any], *, expected: str | None = None) -> dict:
+        """Replace the object; 409 if `expected` is not its resourceVersion."""
+        current = self.live(key)
+        if current is None:
+            raise error(404, "NotFound", f'{key[0].plural} "{key[2]}" not found')
+        meta = current["metadata"]
+        if expected and expected != meta.get("resourceVersion"):
+            raise error(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {key[0].plural} "{key[2]}": the object '
+                "has been modified; please apply your changes to the latest version",
+            )
+        new = copy.deepcopy(new)
+        new_meta = new.setdefault("metadata", {})
+        for field in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp"):
+            if field in meta:
+                new_meta[field] = meta[field]
+        saved = self.store(key, new)
+        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
+            self.remove(key)
+        return saved
+
+    def delete(self, key: tuple, *, grace: int | None = None, cascade: bool = True) -> dict:
+        """Delete as the API server does: mark objects with finalizers (and pods, which the
+        kubelet removes), remove the rest and, unless orphaning, what they own."""
+        current = self.live(key)
+        if current is None:
+            raise error(404, "NotFound", f'{key[0].plural} "{key[2]}" not found')
+        meta = current["metadata"]
+        if meta.get("deletionTimestamp"):
+            return current
+        graceful = key[0].plural == "pods" and self.graceful_pods and grace != 0
+        if meta.get("finalizers") or graceful:
+            marked = copy.deepcopy(current)
+            marked["metadata"]["deletionTimestamp"] = now_text()
+            marked["metadata"]["deletionGracePeriodSeconds"] = 30 if grace is None else grace
+            return self.store(key, marked)
+        self.remove(key, cascade=cascade)
+        return current
+
+    def remove(self, key: tuple, *, cascade: bool = True) -> None:
+        """Remove at once (the end of a graceful deletion), then collect the dependents."""
+        current = self.live(key)
+        if current is None:
+            return
+        self._objects[key].delete()
+        if key[0].plural == "services":
+            for port in (current.get("spec") or {}).get("ports") or []:
+                self._node_ports.discard(port.get("nodePort"))
+        if not cascade:
+            return
+        uid = current["metadata"].get("uid")
+        for other, obj in list(self._objects.items()):
+            if other[1] != key[1] or obj.deleted:
+                continue
+            owners = (obj.raw.get("metadata") or {}).get("ownerReferences") or []
+            if any(ref.get("uid") == uid for ref in owners):
+                self.delete(other)
+
+    # Serving
+
+    def _check_served(self, request: kmock.Request) -> None:
+        if request.resource not in self.resources:
+            raise error(404, "NotFound", "the server could not find the requested resource")
+
+    def _selected(self, request: kmock.Request):
+        labels = label_matcher(request.params.get("labelSelector"))
+        fields = field_matcher(request.params.get("fieldSelector"))
+        for key, obj in self.items(request.resource, request.namespace):
+            if labels((obj.get("metadata") or {}).get("labels") or {}) and fields(obj):
+                yield key, obj
+
+    async def _serve(self, request: kmock.Request):
+        if request.action == kmock.action.WATCH:
+            raise NotImplementedError  # kmock's own watch serves it
+        self._check_served(request)
+        method = request.method.value
+        body = request.data if isinstance(request.data, dict | list) else {}
+        async with self._lock:
+            if request.name is None:
+                if method == "GET":
+                    return self._list_body(request)
+                if method == "POST":
+                    created = self.create(request.resource, request.namespace, body)
+                    return kmock.Response(status=201, payload=created)
+                if method == "DELETE":
+                    for key, _ in list(self._selected(request)):
+                        self.delete(key, **self._options(request, body))
+                    return {"kind": "Status", "apiVersion": "v1", "status": "Success"}
+                raise error(405, "MethodNotAllowed", f"{method} on a collection")
+            key = self.key(request.resource, request.namespace, request.name)
+            current = self.live(key)
+            if current is None:
+                raise error(
+                    404, "NotFound", f'{request.resource.plural} "{request.name}" not found'
+                )
+            if method == "GET":
+                return current
+            if method == "DELETE":
+                return self.delete(key, **self._options(request, body))
+            if method == "PUT":
+                expected = (body.get("metadata") or {}).get("resourceVersion")
+                return self.update(key, body, expected=expected)
+            if method == "PATCH":
+                content_type = request.headers.get("Content-Type", "")
+                if "json-patch" in content_type or isinstance(body, list):
+                    new = jsonpatch.apply_patch(current, body)
+                else:
+                    new = merge(current, body)
+                expected = (
+                    (body.get("metadata") or {}).get("resourceVersion")
+                    if isinstance(body, dict)
+                    else None
+                )
+                return self.update(key, new, expected=expected)
+            raise error(405, "MethodNotAllowed", method)
+
+    def _list_body(self, request: kmock.Request) -> bytes:
+        """The list as JSON, from each object's JSON kept while it is unchanged (as an API
+        server's cache does): a test double this slow at a thousand objects would measure
+        itself rather than ovas."""
+        encoded = []
+        for key, obj in self._selected(request):
+            revision = obj["metadata"].get("resourceVersion")
+            cached = self._encoded.get(key)
+            if cached is None or cached[0] != revision:
+                cached = (revision, json.dumps(obj, separators=(",", ":")).encode())
+                self._encoded[key] = cached
+            encoded.append(cached[1])
+        kind = self.resources[request.resource].kind or ""
+        head = {
+            "apiVersion": _api_version(request.resource),
+            "kind": f"{kind}List",
+            "metadata": {"resourceVersion": str(next(self._revision))},
+        }
+        return json.dumps(head)[:-1].encode() + b',"items":[' + b",".join(encoded) + b"]}"
+
+    @staticmethod
+    def _options(request: kmock.Request, body: Any) -> dict[str, Any]:
+        options = {**(body if isinstance(body, dict) else {}), **request.params}
+        grace = options.get("gracePeriodSeconds")
+        return {
+            "grace": None if grace is None else int(grace),
+            "cascade": options.get("propagationPolicy") != "Orphan",
+        }
+
+
+def _api_version(resource: Any) -> str:
+    return f"{resource.group}/{resource.version}" if resource.group else resource.version

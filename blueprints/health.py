@@ -30,4 +30,6 @@ def ready():
     problems = [f"{name}: {result}" for name, result in checks.items() if result != "ok"]
     if problems:
         return jsonify(status="unavailable", detail="; ".join(problems), checks=checks), 503
-    return jsonify(status="ok", checks=checks)
+    # Invalid catalog documents are skipped and shown here, but do not make ovas unready.
+    invalid = state.catalog.problems
+    return jsonify(status="ok", checks=checks, catalog_problems=invalid)

@@ -58,8 +58,16 @@ class Catalog(abc.ABC):
                 return profile
         raise ProfileNotFound(profile_id)
 
+    @property
+    def problems(self) -> list[str]:
+        """Every invalid document, as `where: field: what is wrong` (served documents are
+        valid; these are skipped and reported)."""
+        return []
+
     def check(self) -> None:
-        """Raise `CatalogError` or `BackendUnavailable` if the catalog cannot be read now."""
+        """Raise `CatalogError` or `BackendUnavailable` if the catalog cannot be read now.
+        Invalid documents alone are not a reason: they are reported in `problems`, and one
+        bad document must not make every replica unready."""
         self.applications()
         self.profiles()
 

@@ -177,9 +177,8 @@ class FileCatalog(Catalog):
         return list(self._current().problems)
 
     def check(self) -> None:
-        problems = self.problems
-        if problems:
-            raise CatalogError(problems)
+        if not self.root.is_dir():
+            raise CatalogError([f"{self.root}: the catalog folder does not exist"])
 
     def applications(self) -> list[Application]:
         return list(self._current().apps.values())

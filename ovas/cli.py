@@ -50,10 +50,9 @@ def catalog_check(path: str | None) -> None:
     else:
         catalog = _app_state().catalog
     try:
+        catalog.check()
         apps = catalog.applications()
-        problems = getattr(catalog, "problems", [])
-        if not problems:
-            catalog.check()
+        problems = catalog.problems
     except OvasError as exc:
         problems = getattr(exc, "problems", None) or [exc.message]
         apps = []

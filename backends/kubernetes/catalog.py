@@ -16,7 +16,6 @@ from ovas.backend import Catalog
 from ovas.errors import (
     ApplicationNotFound,
     BackendUnavailable,
-    CatalogError,
     Conflict,
     ProfileNotFound,
     VersionNotFound,
@@ -124,9 +123,8 @@ class KubernetesCatalog(Catalog):
         return problems
 
     def check(self) -> None:
-        problems = self.problems
-        if problems:
-            raise CatalogError(problems)
+        for kind in (APPLICATIONS, VERSIONS, PROFILES):
+            self._list(kind)
 
     # Editing
 

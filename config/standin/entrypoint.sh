@@ -4,7 +4,8 @@
 #   STANDIN_NEVER_READY=1  never open the ports (an app that hangs while starting)
 #   STANDIN_READY_DELAY=S  wait S seconds (a slow start), then open the ports
 # Ready means: GET /v1/streaming/ready on 8011 answers 200, and the signaling port 49100
-# accepts TCP connections; media 47998/UDP has a bound socket.
+# accepts TCP connections. The media port 47998/UDP is published, but the stand-in streams
+# nothing, so nothing answers there (busybox has no UDP server).
 trap 'exit 0' TERM INT
 
 echo "stand-in Kit app: USD_PATH=${USD_PATH:-}"

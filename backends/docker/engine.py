@@ -1,0 +1,263 @@
+"""The connection to the Docker engine: made lazily from the environment (DOCKER_HOST,
+DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), dropped after a connection failure and made again on
+the next call, so ovas starts without a daemon and recovers when it is back, unrestarted.
+SDK exceptions are translated here into ovas errors."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import tarfile
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from backends.docker import containers as c
+from backends.docker.pulls import PullFailed
+from ovas.errors import BackendUnavailable, OvasError
+
+log = logging.getLogger(__name__)
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+CALL_TIMEOUT = 30  # seconds for one ordinary engine call
+PULL_TIMEOUT = 600  # seconds a pull may go without a progress event
+# What the SDK raises when the engine cannot be reached (APIError, a subclass of the first,
+# is caught before these).
+UNREACHABLE = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+class EngineError(OvasError):
+    """The engine answered an error ovas has no better word for."""
+
+    default_message = "The Docker engine reported an error"
+
+
+class Engine:
+    """One Docker engine, reached through clients built on demand."""
+
+    def __init__(self, base_url: str | None = None):
+        self._explicit_url = base_url
+        self._lock = threading.RLock()  # re-entered when a failed connect drops the client
+        self._client: docker.APIClient | None = None
+        self._id: str | None = None
+        self._record_image = False
+
+    @property
+    def url(self) -> str:
+        """The engine's address, as messages name it."""
+        return self._explicit_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+
+    @property
+    def is_local(self) -> bool:
+        """True when the engine runs on this host (a unix socket), so its published ports
+        are this host's ports."""
+        return self.url.startswith("unix://")
+
+    def new_client(self, timeout: float = CALL_TIMEOUT) -> docker.APIClient:
+        """A fresh client. Raises `BackendUnavailable` when the engine cannot be reached
+        (building one asks the engine for its API version)."""
+        kwargs = docker.utils.kwargs_from_env()
+        if self._explicit_url:
+            kwargs["base_url"] = self._explicit_url
+        with self.translated():
+            return docker.APIClient(version="auto", timeout=timeout, max_pool_size=32, **kwargs)
+
+    def api(self) -> docker.APIClient:
+        """The shared client, made on first use or after a failure."""
+        with self._lock:
+            if self._client is None:
+                client = self.new_client()
+                with self.translated():
+                    self._id = str(client.info().get("ID") or self.url)
+                self._client = client
+            return self._client
+
+    @property
+    def key(self) -> str:
+        """A short stable name for this engine (for its lock files): from the daemon's own
+        id, so two addresses of one daemon share their locks. Connects if needed."""
+        self.api()
+        return hashlib.sha1((self._id or self.url).encode()).hexdigest()[:16]
+
+    def drop(self) -> None:
+        """Forget the client, so the next call connects afresh."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def unavailable(self, exc: BaseException) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"The Docker engine at {self.url} cannot be reached; is the Docker daemon running?",
+            detail=repr(exc),
+        )
+
+    @contextlib.contextmanager
+    def translated(self) -> Iterator[None]:
+        """Turn the SDK's failures into ovas errors: unreachable -> `BackendUnavailable`
+        (and the client is dropped); any other engine error -> `EngineError`. Callers catch
+        the SDK errors they expect (404, 409) inside this block."""
+        try:
+            yield
+        except OvasError:
+            raise
+        except docker.errors.APIError as exc:
+            raise EngineError(detail=str(exc)) from exc
+        except UNREACHABLE as exc:
+            self.drop()
+            raise self.unavailable(exc) from exc
+
+    def close(self) -> None:
+        self.drop()
+
+    # The calls ovas makes. Idempotent where that matters: creating what exists and
+    # removing what is gone are not errors.
+
+    def ping(self) -> None:
+        api = self.api()
+        with self.translated():
+            api.ping()
+
+    def summaries(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """Our containers (all, or one session's) as `containers.list` summaries: one call."""
+        label = f"{c.SESSION}={session_id}" if session_id else c.SESSION
+        api = self.api()
+        with self.translated():
+            return api.containers(all=True, filters={"label": label})
+
+    def image_present(self, image: str) -> bool:
+        api = self.api()
+        with self.translated():
+            try:
+                api.inspect_image(image)
+                return True
+            except docker.errors.ImageNotFound:
+                return False
+
+    def create_kit(self, spec: Mapping[str, Any]) -> tuple[str, str]:
+        """Create a Kit container: (its id, '') or ('', the engine's reason for refusing).
+        ('', '') when it exists already (another process created it)."""
+        api = self.api()
+        create, host = c.create_arguments(spec)
+        with self.translated():
+            try:
+                host_config = api.create_host_config(**host)
+                return api.create_container(**create, host_config=host_config)["Id"], ""
+            except docker.errors.APIError as exc:
+                if is_conflict(exc):
+                    return "", ""
+                return "", f"The container could not be created: {explanation(exc)}"
+
+    def create_record(self, spec: Mapping[str, Any]) -> None:
+        """Create a record (a never-started container); one that exists already is kept."""
+        api = self.api()
+        create, _ = c.create_arguments(spec)
+        with self.translated():
+            for attempt in (1, 2):
+                self._ensure_record_image(api)
+                try:
+                    api.create_container(**create)
+                    return
+                except docker.errors.ImageNotFound:
+                    self._record_image = False  # someone removed it: make it again
+                    if attempt == 2:
+                        raise
+                except docker.errors.APIError as exc:
+                    if not is_conflict(exc):
+                        raise
+                    return
+
+    def _ensure_record_image(self, api: docker.APIClient) -> None:
+        """The empty image records are made from; they are never started, so it needs no
+        files. Built here from an empty archive, so it needs no registry."""
+        if self._record_image:
+            return
+        try:
+            api.inspect_image(c.RECORD_IMAGE)
+        except docker.errors.ImageNotFound:
+            empty = io.BytesIO()
+            tarfile.open(fileobj=empty, mode="w").close()
+            repository, tag = c.RECORD_IMAGE.split(":")
+            api.import_image_from_data(empty.getvalue(), repository=repository, tag=tag)
+        self._record_image = True
+
+    def start(self, container_id: str) -> str:
+        """Start a container: '' when it runs, or when it is gone or going (the session was
+        stopped meanwhile), else the engine's reason."""
+        api = self.api()
+        with self.translated():
+            try:
+                api.start(container_id)
+                return ""
+            except docker.errors.NotFound:
+                return ""
+            except docker.errors.APIError as exc:
+                reason = explanation(exc)
+            # A start that loses the race with a forced removal fails too; that is no
+            # failure of the session.
+            try:
+                state = api.inspect_container(container_id)["State"]
+            except docker.errors.NotFound:
+                return ""
+        return "" if state.get("Status") == "removing" or state.get("Dead") else reason
+
+    def remove(self, name_or_id: str) -> bool:
+        """Force-remove a container; False if it was already gone (or going)."""
+        api = self.api()
+        with self.translated():
+            try:
+                api.remove_container(name_or_id, force=True)
+                return True
+            except docker.errors.NotFound:
+                return False
+            except docker.errors.APIError as exc:
+                if is_conflict(exc):
+                    return False
+                raise
+
+    def pull(self, image: str, on_event: Callable[[Mapping[str, Any]], None]) -> None:
+        """Pull `image`, reporting each progress event. Raises `PullFailed` when the engine
+        refuses or the registry fails, `BackendUnavailable` when the engine is gone."""
+        client = self.new_client(timeout=PULL_TIMEOUT)
+        try:
+            with self.translated():
+                try:
+                    for event in client.pull(image, stream=True, decode=True):
+                        if "error" in event:
+                            raise PullFailed(str(event["error"]).strip())
+                        on_event(event)
+                except docker.errors.APIError as exc:
+                    raise PullFailed(explanation(exc)) from None
+        finally:
+            client.close()
+
+    def ended_state(self, container_id: str, *, logs: int = 0) -> tuple[dict[str, Any], str]:
+        """An ended container's `State` and its last `logs` log lines ({} if it is gone)."""
+        api = self.api()
+        with self.translated():
+            try:
+                state = api.inspect_container(container_id)["State"]
+                text = api.logs(container_id, tail=logs).decode(errors="replace") if logs else ""
+            except docker.errors.NotFound:
+                return {}, ""
+        return state, text
+
+
+def is_conflict(exc: docker.errors.APIError) -> bool:
+    """409: a container of that name exists, or a removal is already in progress."""
+    return exc.status_code == 409
+
+
+def explanation(exc: docker.errors.APIError) -> str:
+    """The engine's own words for an error, without the SDK's HTTP wrapping."""
+    text = exc.explanation
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return str(text or exc).strip()

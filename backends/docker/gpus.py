@@ -1,0 +1,194 @@
+"""The host's GPUs (the inventory) and which of them sessions hold (the ledger).
+
+The inventory comes from NVML (nvidia-ml-py), else from `nvidia-smi`, else is empty; the
+setting OVAS_DOCKER_GPUS overrides it: `auto`, `none`, or indexes/UUIDs such as `0,1`.
+The ledger keeps no state of its own: the caller passes the device ids that ovas's
+containers hold (read from their labels), so it is rebuilt after every restart for free.
+One session per GPU: a GPU is either free or held by exactly one session.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ovas.errors import CapacityExceeded, ConfigurationError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU: `device_id` is what a Docker DeviceRequest names (the UUID when known, as
+    it stays the same when device indexes change)."""
+
+    index: int
+    uuid: str = ""
+    name: str = ""
+    memory_bytes: int = 0
+
+    @property
+    def device_id(self) -> str:
+        return self.uuid or str(self.index)
+
+    @property
+    def ids(self) -> set[str]:
+        """Every id a container's label may use for this GPU."""
+        return {str(self.index), self.uuid} - {""}
+
+    def describe(self) -> str:
+        parts = [p for p in (self.name, _gib(self.memory_bytes), self.uuid) if p]
+        return f"GPU {self.index}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The GPUs ovas may hand out, and where that list came from (for messages)."""
+
+    gpus: tuple[Gpu, ...]
+    source: str
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.0f} GiB" if size else ""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def nvml_gpus() -> list[Gpu]:
+    """The GPUs NVML reports. Raises `RuntimeError` when NVML cannot be used."""
+    try:
+        import pynvml
+    except ImportError as exc:
+        raise RuntimeError("nvidia-ml-py is not installed") from exc
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        raise RuntimeError(f"NVML: {exc}") from exc
+    try:
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(
+                Gpu(
+                    index=index,
+                    uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+                    name=_text(pynvml.nvmlDeviceGetName(handle)),
+                    memory_bytes=int(memory.total),
+                )
+            )
+        return gpus
+    except pynvml.NVMLError as exc:
+        raise RuntimeError(f"NVML: {exc}") from exc
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def parse_nvidia_smi(output: str) -> list[Gpu]:
+    """Rows of `nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,
+    nounits` (memory in MiB) as GPUs."""
+    gpus = []
+    for line in output.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) < 4 or not fields[0].isdigit():
+            continue
+        memory = int(fields[3]) * 2**20 if fields[3].isdigit() else 0
+        gpus.append(Gpu(int(fields[0]), fields[1], fields[2], memory))
+    return gpus
+
+
+def nvidia_smi_gpus() -> list[Gpu]:
+    """The GPUs `nvidia-smi` reports. Raises `RuntimeError` when it cannot be run."""
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        raise RuntimeError("nvidia-smi is not on PATH")
+    query = ["--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"]
+    try:
+        done = subprocess.run(
+            [binary, *query], capture_output=True, text=True, timeout=20, check=True
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"nvidia-smi: {exc}") from exc
+    return parse_nvidia_smi(done.stdout)
+
+
+def detect() -> Inventory:
+    """The host's GPUs: NVML first, `nvidia-smi` second, none when neither works."""
+    reasons = []
+    for source, finder in (("NVML", nvml_gpus), ("nvidia-smi", nvidia_smi_gpus)):
+        try:
+            return Inventory(tuple(finder()), source)
+        except RuntimeError as exc:
+            reasons.append(str(exc))
+    return Inventory((), "no NVIDIA GPU found (" + "; ".join(reasons) + ")")
+
+
+def inventory(setting: str | None = "auto", detector=detect) -> Inventory:
+    """The GPUs ovas may use under OVAS_DOCKER_GPUS (`auto`, `none`, or `0,1` / UUIDs).
+
+    Listed GPUs are described from detection where it works, and used as given where it
+    does not. Raises `ConfigurationError` for an entry that is neither an index nor a UUID.
+    """
+    raw = str(setting if setting is not None else "auto").strip()
+    if raw.lower() == "auto" or raw == "":
+        return detector()
+    if raw.lower() == "none":
+        return Inventory((), "OVAS_DOCKER_GPUS=none")
+    detected = detector().gpus
+    chosen = []
+    for position, token in enumerate(t.strip() for t in raw.split(",") if t.strip()):
+        known = next((g for g in detected if token in g.ids), None)
+        if known:
+            chosen.append(known)
+        elif token.isdigit():
+            chosen.append(Gpu(int(token)))
+        elif token.startswith(("GPU-", "MIG-")):
+            chosen.append(Gpu(position, uuid=token))
+        else:
+            raise ConfigurationError(
+                f"OVAS_DOCKER_GPUS must be auto, none, or GPU indexes/UUIDs such as 0,1; "
+                f"{token!r} is neither"
+            )
+    return Inventory(tuple(chosen), f"OVAS_DOCKER_GPUS={raw}")
+
+
+class GpuLedger:
+    """Which GPUs of an inventory are free, given the device ids sessions hold."""
+
+    def __init__(self, inventory: Inventory):
+        self.inventory = inventory
+
+    @property
+    def gpus(self) -> Sequence[Gpu]:
+        return self.inventory.gpus
+
+    def free(self, in_use: Iterable[str]) -> list[Gpu]:
+        held = set(in_use)
+        return [g for g in self.gpus if not (g.ids & held)]
+
+    def allocate(self, count: int, in_use: Iterable[str]) -> list[Gpu]:
+        """`count` free GPUs, lowest index first; [] for 0.
+
+        Raises `CapacityExceeded` saying what was asked and what is free. The caller
+        serialises calls; the reservation is the label on the container it creates."""
+        if count <= 0:
+            return []
+        free = self.free(in_use)
+        if len(free) >= count:
+            return free[:count]
+        asked = f"The session asks for {count} GPU{'s' if count > 1 else ''}"
+        if not self.gpus:
+            message = f"{asked}; ovas has no GPU to give ({self.inventory.source})"
+        else:
+            listed = ", ".join(g.describe() for g in free) or "none"
+            message = (
+                f"{asked}; {len(free)} of the {len(self.gpus)} GPUs ovas may use "
+                f"{'is' if len(free) == 1 else 'are'} free: {listed}"
+            )
+        raise CapacityExceeded(message, retry_after=60)

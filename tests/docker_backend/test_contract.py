@@ -1,0 +1,24 @@
+"""The Docker backend passes the contract every backend passes, on a real Docker daemon with
+the stand-in Kit image."""
+
+from __future__ import annotations
+
+import pytest
+
+from ovas.testing import BackendContract
+
+pytestmark = pytest.mark.docker
+
+
+class TestDockerBackend(BackendContract):
+    @pytest.fixture
+    def backend(self, new_backend):
+        return new_backend()
+
+    @pytest.fixture
+    def request_options(self) -> dict:
+        return {"app_id": "kit-standin", "profile_id": "standin"}
+
+    @pytest.fixture
+    def ready_timeout(self) -> float:
+        return 30.0

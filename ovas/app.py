@@ -3,6 +3,7 @@ core that knows Flask's extensions, the blueprints and the backend registry."""
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import logging
 import os
@@ -108,6 +109,8 @@ def create_app(
 
     if backend is None:
         backend = registry.load(app.config["BACKEND"]).from_settings(app.config)
+        # Lets background work (a Docker pull and start) finish or hand over on exit.
+        atexit.register(backend.close)
     catalogs = CatalogService(backend.catalog, editing_enabled=app.config["EDITING_ENABLED"])
     sessions = SessionService(
         backend,

@@ -32,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
     "DOCKER_PUBLIC_HOST": "127.0.0.1",
     "DOCKER_PORT_RANGE": "31000-31999",
     "DOCKER_GPUS": "auto",
+    "DOCKER_BIND_ADDRESS": "127.0.0.1",
+    "DOCKER_PROBE_HOST": "",
+    "DOCKER_STATE_DIR": "",
     "KUBERNETES_NAMESPACE": "omni-streaming",
     "KUBERNETES_SESSION_MODE": "pod",
     # Request bodies of this API are small; refuse anything larger outright.

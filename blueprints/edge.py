@@ -10,9 +10,11 @@ age. No credentials are allowed: ovas uses no cookies.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 REQUEST_ID_KEY = "ovas.request_id"
+STARTED_KEY = "ovas.started"  # perf_counter() when the request arrived, for its latency
 ASSETS_PREFIX = "/docs-assets/"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _HEADER_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~, -]{0,1024}$")
@@ -63,6 +65,7 @@ class EdgeMiddleware:
         return headers
 
     def __call__(self, environ, start_response):
+        environ[STARTED_KEY] = time.perf_counter()
         given = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         environ[REQUEST_ID_KEY] = request_id

@@ -60,7 +60,6 @@ from flask import (
     got_request_exception,
     request,
     request_finished,
-    request_started,
 )
 from prometheus_client import (
     CollectorRegistry,
@@ -76,6 +75,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.exceptions import HTTPException
 
+from blueprints.edge import STARTED_KEY
 from blueprints.streaming.resources import StreamById, Streams
 from ovas import errors
 from ovas.errors import BackendUnavailable, ConfigurationError, OvasError
@@ -100,7 +100,6 @@ SEEN_LIMIT = 10_000
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # A Kit app takes from seconds (warm image) to many minutes (cold pull of a large image).
 _READY_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1800, 3600)
-_START_KEY = "ovas_metrics_start"
 blp = Blueprint("metrics", __name__)
 _ERROR_KEY = "ovas_metrics_error"
 
@@ -290,9 +289,6 @@ class Metrics:
 
     # Hooks
 
-    def on_started(self, sender, **extra) -> None:
-        g.setdefault(_START_KEY, time.perf_counter())
-
     def on_exception(self, sender, exception=None, **extra) -> None:
         g.setdefault(_ERROR_KEY, exception)
 
@@ -308,7 +304,7 @@ class Metrics:
         method = request.method if request.method in METHODS else "other"
         status = response.status_code
         self.requests.labels(rule, method, str(status)).inc()
-        started = g.get(_START_KEY)
+        started = request.environ.get(STARTED_KEY)
         if started is not None:
             self.latency.labels(rule, method).observe(time.perf_counter() - started)
         exc = g.get(_ERROR_KEY)
@@ -377,11 +373,10 @@ def init_app(app: Flask) -> Metrics:
     recorder = Metrics(app)
     app.extensions[EXTENSION] = recorder
     app.register_blueprint(blp)
-    # Signals rather than before/after_request: `request_started` fires before any
-    # before_request hook (one that refuses the request still gets timed) and
-    # `request_finished` sees the final response, after every after_request hook.
+    # A signal rather than after_request: `request_finished` sees the final response, after
+    # every after_request hook. The clock starts in the edge middleware, before any hook,
+    # so a request refused by one is timed too.
     # blinker holds bound methods weakly; the app's extensions keep `recorder` alive.
-    request_started.connect(recorder.on_started, app)
     request_finished.connect(recorder.on_finished, app)
     got_request_exception.connect(recorder.on_exception, app)
     _remember_handled_errors(app)

@@ -6,7 +6,7 @@ from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from blueprints.common import error_responses, sessions
+from blueprints.common import document, error_responses, sessions
 from blueprints.security import audited, current_identity, rate_limited
 from blueprints.streaming.schemas import (
     StreamIdSchema,
@@ -50,7 +50,9 @@ class Streams(MethodView):
 
     @blp.arguments(StreamRequestSchema())
     @blp.response(202, StreamResponseSchema, description="The session is starting")
-    @blp.alt_response(200, schema=StreamResponseSchema, description="The session is ready")
+    @document(
+        blp, 200, schema=StreamResponseSchema, description="The session is ready", success=True
+    )
     @error_responses(blp, 404, 429, 503)
     def post(self, body):
         """Start a session of an application version with a profile; poll it until 200"""
@@ -78,8 +80,10 @@ class Streams(MethodView):
 @blp.route("/<session_id>")
 class StreamById(MethodView):
     @blp.response(200, StreamResponseSchema, description="The session is ready")
-    @blp.alt_response(202, schema=StreamResponseSchema, description="The session is starting")
-    @blp.alt_response(410, schema=StreamResponseSchema, description="The session failed")
+    @document(
+        blp, 202, schema=StreamResponseSchema, description="The session is starting", success=True
+    )
+    @document(blp, 410, schema=StreamResponseSchema, description="The session failed")
     @error_responses(blp, 404, 503)
     def get(self, session_id):
         """Get a session: 200 only when ready, 202 while starting, 410 when failed"""

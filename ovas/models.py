@@ -98,6 +98,19 @@ class Session:
     host: str | None = None
     routes: tuple[Route, ...] = ()
 
+    @classmethod
+    def of(cls, request: SessionRequest, **fields) -> Session:
+        """The session a request describes, with `fields` (state, message...) set."""
+        return cls(
+            id=request.id,
+            app_id=request.app.id,
+            version=request.version.version,
+            profile=request.profile.id,
+            username=request.username,
+            created_time=request.created_time,
+            **fields,
+        )
+
     @property
     def ready(self) -> bool:
         return self.state is SessionState.READY

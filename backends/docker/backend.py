@@ -173,13 +173,8 @@ class DockerBackend(Backend):
 
                 then = start_it if container_id else None  # else a pull, then `_carry_on`
                 self.pulls.begin(request.id, "" if present else kit.image, job, then)
-        session = Session(
-            id=request.id,
-            app_id=request.app.id,
-            version=request.version.version,
-            profile=request.profile.id,
-            username=request.username,
-            created_time=request.created_time,
+        session = Session.of(
+            request,
             message="Starting the container" if present else f"Pulling the image {kit.image}",
         )
         if failure:

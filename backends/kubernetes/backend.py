@@ -133,13 +133,8 @@ class KubernetesBackend(Backend):
             self.admission.release(request.id)
             raise
         self.admission.bind(slots, owner)
-        return Session(
-            id=request.id,
-            app_id=request.app.id,
-            version=request.version.version,
-            profile=request.profile.id,
-            username=request.username,
-            created_time=request.created_time,
+        return Session.of(
+            request,
             state=SessionState.CREATING,
             message=message,
         )

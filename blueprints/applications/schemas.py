@@ -71,19 +71,6 @@ class TagsQuerySchema(Schema):
 _TEXT = validate.Length(max=1024)
 
 
-class ApplicationCreateSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
-    id = fields.String(required=True, validate=validate.Length(min=1, max=63))
-    name = fields.String(validate=validate.Length(max=256))
-    description = fields.String(validate=_TEXT)
-    tags = fields.List(
-        fields.String(validate=validate.Length(min=1, max=63)),
-        validate=validate.Length(max=64),
-    )
-
-
 class ApplicationUpdateSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -95,6 +82,10 @@ class ApplicationUpdateSchema(Schema):
         fields.String(validate=validate.Length(min=1, max=63)),
         validate=validate.Length(max=64),
     )
+
+
+class ApplicationCreateSchema(ApplicationUpdateSchema):
+    id = fields.String(required=True, validate=validate.Length(min=1, max=63))
 
 
 class CreatedApplicationSchema(Schema):

@@ -263,14 +263,7 @@ class FakeBackend(Backend):
         if record.ready is not None and not self.fail_reason:
             return record.ready
         request = record.request
-        session = Session(
-            id=request.id,
-            app_id=request.app.id,
-            version=request.version.version,
-            profile=request.profile.id,
-            username=request.username,
-            created_time=request.created_time,
-        )
+        session = Session.of(request)
         if self.fail_reason or record.exit_code is not None:
             session.state = SessionState.FAILED
             session.message = self.fail_reason or (

@@ -107,6 +107,9 @@ def test_capacity_exhausted_is_503_with_retry_after(backend):
     assert "slots" in detail(refused, 503)
     assert int(refused.headers["Retry-After"]) > 0
     assert client.get("/streaming/stream").json["count"] == 1
+    (held,) = client.get("/streaming/stream").json["items"]
+    assert client.delete(f"/streaming/stream/{held['id']}").status_code == 204
+    assert client.post("/streaming/stream", json=START).status_code in (200, 202)
 
 
 def test_per_user_limit_is_429(backend):
@@ -116,6 +119,9 @@ def test_per_user_limit_is_429(backend):
     refused = client.post("/streaming/stream", json=START)
     assert detail(refused, 429)
     assert refused.headers["Retry-After"]
+    (mine,) = client.get("/streaming/stream").json["items"]
+    assert client.delete(f"/streaming/stream/{mine['id']}").status_code == 204
+    assert client.post("/streaming/stream", json=START).status_code in (200, 202)
 
 
 def test_engine_down_is_503_naming_it_and_recovers(client, backend):

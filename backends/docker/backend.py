@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -101,6 +102,35 @@ class DockerBackend(Backend):
         path = self._state_root / self.engine.key
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    # A session once ready stays ready until its container ends: a later probe miss (a Kit
+    # busy loading a stage) or the start deadline passing must never fail a live stream.
+    # Being ready is recorded in a file of the host's state folder, so every worker and a
+    # restarted ovas know it too.
+
+    def _ready_mark(self, container_id: str) -> Path:
+        return self._state_dir() / f"ready-{container_id}"
+
+    def _was_ready(self, container_id: str) -> bool:
+        if container_id in self._ready:
+            return True
+        if self._ready_mark(container_id).exists():
+            self._ready.add(container_id)
+            return True
+        return False
+
+    def _mark_ready(self, container_id: str) -> None:
+        self._ready.add(container_id)
+        self._ready_mark(container_id).touch()
+
+    def _forget_ready_marks(self, live: set[str]) -> None:
+        # Only old marks: one written just after our listing belongs to a live container.
+        stale_before = time.time() - 60
+        for mark in self._state_dir().glob("ready-*"):
+            if mark.name.removeprefix("ready-") not in live:
+                with contextlib.suppress(FileNotFoundError):
+                    if mark.stat().st_mtime < stale_before:
+                        mark.unlink()
 
     @contextlib.contextmanager
     def _admission(self) -> Iterator[None]:
@@ -228,6 +258,7 @@ class DockerBackend(Backend):
         sessions, _ = records.group(self.engine.summaries())
         live = {r.container_id for s in sessions.values() for r in s.records}
         self._ready &= live
+        self._forget_ready_marks(live)
         for entry in sessions.values():
             self._resume_if_unattended(entry)
         return self._views(list(sessions.values()))
@@ -244,6 +275,7 @@ class DockerBackend(Backend):
         for summary in summaries:
             self.engine.remove(summary["Id"])
             self._ready.discard(summary["Id"])
+            self._ready_mark(summary["Id"]).unlink(missing_ok=True)
 
     def reap(self, now: datetime) -> list[str]:
         sessions, malformed = records.group(self.engine.summaries())
@@ -282,17 +314,17 @@ class DockerBackend(Backend):
         futures = {
             e.container.container_id: self._probes.submit(self._probe_job(e))
             for e in entries
-            if records.needs_probe(e) and e.container.container_id not in self._ready
+            if records.needs_probe(e) and not self._was_ready(e.container.container_id)
         }
         if futures:
             wait_futures(futures.values(), timeout=PROBE_BUDGET)
         for cid, future in futures.items():
             if future.done() and future.exception() is None and future.result():
-                self._ready.add(cid)
+                self._mark_ready(cid)
         views = []
         for entry in entries:
             container = entry.container
-            ready = container is not None and container.container_id in self._ready
+            ready = container is not None and self._was_ready(container.container_id)
             detail = self._exit_detail(entry) if detailed else ""
             pull = self.pulls.message(entry.session_id) if entry.container is None else ""
             views.append(

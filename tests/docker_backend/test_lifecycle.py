@@ -185,3 +185,19 @@ def test_a_get_answers_within_about_a_second_while_starting(backend, standin_req
         began = time.monotonic()
         assert backend.get(session.id).state is SessionState.CREATING
         assert time.monotonic() - began < 1.5
+
+
+def test_a_ready_session_outlives_its_start_deadline_and_a_restart(
+    new_backend, standin_request, ours
+):
+    first = new_backend()
+    session = first.start(standin_request(start_timeout=3))
+    wait_for(first, session.id, SessionState.READY)
+    time.sleep(3.5)  # past its start deadline
+    # A restarted ovas whose probes cannot reach the session (as when Kit is busy loading a
+    # stage) still knows it was ready: a live stream is never failed by its start deadline.
+    restarted = new_backend(probe_host="127.0.0.2")
+    assert restarted.get(session.id).state is SessionState.READY
+    later = datetime.now(UTC) + timedelta(seconds=restarted.reap_grace + 1)
+    assert session.id not in restarted.reap(later)
+    assert ours(session.id)

@@ -33,6 +33,7 @@ from backends.kubernetes.status import (
     is_live,
     observe,
     pod_state,
+    ready_mark,
     record_of,
 )
 from ovas.backend import Backend, Catalog
@@ -190,15 +191,22 @@ class KubernetesBackend(Backend):
             raise SessionNotFound(session_id)
         return self._observe(record, pod=None, service=None, release=release, now=now).session
 
-    def _observe(self, record: Observed, **parts: Any) -> Observed:
+    def _observe(self, record: Observed, *, mark_ready: bool = True, **parts: Any) -> Observed:
+        """`mark_ready`: write a first readiness on the pod. `get` and the reaper do; a listing
+        does not, so that it costs the same number of calls for any number of sessions."""
         seen = observe(record, public_host=self.public_host, **parts)
         if seen.unmarked_pod and seen.failed_at:
             # Once failed, failed for good: write it on the pod (one call, once per session).
             mark = failure_mark(seen.session.message, seen.failed_at)
             self.kube.patch(POD, seen.unmarked_pod, mark)
+        elif seen.unmarked_ready and mark_ready:
+            # Once ready, never failed by the start deadline (one call, once per session).
+            self.kube.patch(POD, seen.unmarked_ready, ready_mark(datetime.now(UTC)))
         return seen
 
-    def _observe_all(self, now: datetime) -> tuple[list[Observed], dict[str, list]]:
+    def _observe_all(
+        self, now: datetime, *, mark_ready: bool = False
+    ) -> tuple[list[Observed], dict[str, list]]:
         """Every session, from one list per kind; also the lists, for the reaper."""
         lists: dict[str, list] = {
             "pods": self._list(POD, ALL_SESSIONS),
@@ -217,6 +225,7 @@ class KubernetesBackend(Backend):
                 found.append(
                     self._observe(
                         record,
+                        mark_ready=mark_ready,
                         pod=pods.get(sid),
                         service=services.get(sid),
                         release=release,
@@ -227,7 +236,15 @@ class KubernetesBackend(Backend):
             for sid, pod in pods.items():
                 record = record_of(pod)
                 if record is not None:
-                    found.append(self._observe(record, pod=pod, service=services.get(sid), now=now))
+                    found.append(
+                        self._observe(
+                            record,
+                            mark_ready=mark_ready,
+                            pod=pod,
+                            service=services.get(sid),
+                            now=now,
+                        )
+                    )
         return found, lists
 
     def list(self) -> list[Session]:
@@ -256,7 +273,7 @@ class KubernetesBackend(Backend):
         self.admission.release(session_id)
 
     def reap(self, now: datetime) -> list[str]:
-        found, lists = self._observe_all(now)
+        found, lists = self._observe_all(now, mark_ready=True)
         removed = []
         for seen in found:
             failed = seen.session.state is SessionState.FAILED

@@ -30,6 +30,7 @@ CREATED = PREFIX + "created-time"
 DEADLINE = PREFIX + "deadline"
 FAILED = PREFIX + "failed"  # why the session failed, once ovas has seen it fail
 FAILED_AT = PREFIX + "failed-at"
+READY_AT = PREFIX + "ready-at"  # when ovas first saw the session ready
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OURS = {MANAGED_BY: "ovas"}
 

@@ -37,12 +37,19 @@ class Observed:
     deadline: datetime | None
     failed_at: datetime | None = None  # when it failed, for the reaper's grace
     unmarked_pod: str | None = None  # a pod whose failure is not yet written on it
+    unmarked_ready: str | None = None  # a ready pod whose readiness is not yet written on it
 
 
 def failure_mark(message: str, when: datetime) -> dict[str, Any]:
     """The patch that records a session's failure on its pod, so that it stays failed (and
     is reaped) even if the pod later runs: a pending pod is scheduled when GPUs free up."""
     return {"metadata": {"annotations": {o.FAILED: message, o.FAILED_AT: when.isoformat()}}}
+
+
+def ready_mark(when: datetime) -> dict[str, Any]:
+    """The patch that records on its pod that a session was ready once: from then on, the
+    start deadline no longer applies, so a readiness blip never fails a live stream."""
+    return {"metadata": {"annotations": {o.READY_AT: when.isoformat()}}}
 
 
 def _meta(obj: dict[str, Any] | None) -> dict[str, Any]:
@@ -247,8 +254,11 @@ def observe(
         state, message, failed_at = release_state(release)
     else:
         state, message = SessionState.CREATING, session.message
+    was_ready = o.READY_AT in notes
     if state is SessionState.FAILED:
         failed_at = failed_at or now
+    elif state is not SessionState.READY and was_ready:
+        message = f"The session's pod is not ready right now ({message})"
     elif state is not SessionState.READY and record.deadline and now >= record.deadline:
         seconds = (record.deadline - session.created_time).total_seconds()
         state = SessionState.FAILED
@@ -256,4 +266,7 @@ def observe(
         failed_at = record.deadline
     session = replace(session, state=state, message=message, host=host, routes=routes)
     unmarked = _meta(pod).get("name") if state is SessionState.FAILED else None
-    return Observed(session, record.deadline, failed_at, unmarked)
+    ready_unmarked = (
+        _meta(pod).get("name") if state is SessionState.READY and not was_ready else None
+    )
+    return Observed(session, record.deadline, failed_at, unmarked, ready_unmarked)

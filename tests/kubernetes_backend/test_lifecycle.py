@@ -184,3 +184,16 @@ def test_the_reaper_removes_objects_of_no_session(make_backend, cluster):
     removed = backend.reap(datetime.now(UTC) + timedelta(seconds=61))
     assert sorted(removed) == ["pod/p1", "service/s1"]
     assert [s.id for s in backend.list()] == [fine.id]
+
+
+def test_a_ready_session_is_marked_ready_on_its_pod(make_backend, cluster):
+    backend = make_backend()
+    session = backend.start(request_for(backend))
+    wait_for(backend, session.id, READY)
+    (pod,) = [
+        obj
+        for obj in cluster.objects(KINDS[0])
+        if (obj["metadata"].get("labels") or {}).get(o.SESSION) == session.id
+    ]
+    # From now on its start deadline no longer applies (a readiness blip is no failure).
+    assert o.READY_AT in (pod["metadata"].get("annotations") or {})

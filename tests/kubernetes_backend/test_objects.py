@@ -275,3 +275,28 @@ def test_routes_per_service_type():
     assert (host, routes[0].source_port, routes[1].source_port) == ("10.0.0.7", 30500, 30501)
     assert routes_of(_service("NodePort"), pod, "streams.example")[0] == "streams.example"
     assert routes_of(_service("ClusterIP"), pod, None)[0] == "10.96.0.9"
+
+
+def test_a_session_once_ready_is_never_failed_by_its_start_deadline():
+    record = _record(deadline_in=60)
+    now = datetime.now(UTC)
+    ready = observe(record, pod=_with_ports(_pod(READY)), service=_service("NodePort"), now=now)
+    assert ready.session.state is SessionState.READY
+    assert ready.unmarked_ready == "p"  # the backend writes the readiness on the pod once
+    later = now + timedelta(seconds=3600)
+    blip = {"conditions": [{"type": "Ready", "status": "False"}], "hostIP": "10.0.0.7"}
+    marked = _with_ports(_pod(blip))
+    marked["metadata"]["annotations"] = {o.READY_AT: now.isoformat()}
+    seen = observe(record, pod=marked, service=_service("NodePort"), now=later)
+    assert seen.session.state is SessionState.CREATING
+    assert "not ready right now" in seen.session.message
+    assert seen.failed_at is None
+    # Never seen ready: the deadline still fails it.
+    assert observe(record, pod=_pod(blip), service=None, now=later).session.state is (
+        SessionState.FAILED
+    )
+
+
+def _with_ports(pod: dict) -> dict:
+    pod["spec"]["containers"][0]["ports"] = [{"name": "media", "containerPort": 47998}]
+    return pod

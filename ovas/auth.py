@@ -69,7 +69,8 @@ def _roles(value: Any) -> frozenset[str]:
         value = value.replace(",", " ").split()
     if not isinstance(value, list | tuple | set | frozenset):
         return frozenset()
-    return frozenset(str(r) for r in value if str(r) in _RANK)
+    names = (str(r).strip().lower() for r in value)
+    return frozenset(r for r in names if r in _RANK)
 
 
 class Authenticator:
@@ -137,7 +138,10 @@ class HeaderAuth(Authenticator):
         user = headers.get(self.user_header)
         if not user:
             raise Unauthorized(f"The {self.user_header} header is missing", scheme=self.scheme)
-        roles = _roles(headers.get(self.roles_header, "")) or self.default_roles
+        # The default roles stand in only for a missing header: a gateway that names roles
+        # ovas does not know ("guest") grants none, never the default.
+        raw = headers.get(self.roles_header)
+        roles = self.default_roles if raw is None else _roles(raw)
         return Identity(_username(user), roles)
 
 

@@ -327,10 +327,13 @@ class _Edit:
         for doc in self.docs:
             if id(doc) not in self.before or self.before[id(doc)][1] is not doc.raw:
                 changed.add(doc.path)
-        for path in sorted(changed):
-            docs = after.get(path, [])
-            # A file may also hold documents this catalog could not read; keep them as they are.
-            untouched = _unparsed(path, self.catalog)
+        # A file may also hold documents this catalog could not read: keep them as they are.
+        # Every file is read before any is written, so an edit that cannot be made changes
+        # nothing.
+        plans = [
+            (path, after.get(path, []), _unparsed(path, self.catalog)) for path in sorted(changed)
+        ]
+        for path, docs, untouched in plans:
             if not docs and not untouched:
                 path.unlink(missing_ok=True)
                 continue
@@ -338,12 +341,17 @@ class _Edit:
 
 
 def _unparsed(path: Path, catalog: FileCatalog) -> list[Any]:
+    """The documents of `path` that this catalog does not serve, to be written back as they
+    are. A file that cannot be read at all is never overwritten: an edit fails instead."""
     if not path.exists():
         return []
     try:
         documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-    except (OSError, yaml.YAMLError):
-        return []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise Conflict(
+            f"{catalog._rel(path)} cannot be read, so ovas will not rewrite it; fix the file "
+            f"first ({exc})"
+        ) from None
     kept = []
     for raw in documents:
         if raw is None:

@@ -169,3 +169,14 @@ def test_a_crash_mid_write_leaves_the_old_file_whole(folder, monkeypatch):
         catalog.create_version(Version("usd-viewer", "9.0.0"))
     assert snapshot(folder) == before
     assert not list(folder.glob(".*.tmp"))
+
+
+def test_a_file_being_hand_edited_is_never_overwritten(folder):
+    client = make_client(folder, EDITING_ENABLED=True)
+    broken = "apiVersion: omniverse.nvidia.com/v1\nkind: Application\nmetadata: {name: [\n"
+    (folder / "factory.yaml").write_text(broken)
+    before = snapshot(folder)
+    answer = client.post("/cfg/apps", json={"id": "factory"})
+    assert answer.status_code == 409
+    assert "factory.yaml cannot be read" in answer.json["detail"]
+    assert snapshot(folder) == before

@@ -182,3 +182,10 @@ def test_unexpected_error_is_500_without_a_traceback():
 def test_oversized_body_is_refused(client):
     big = {**START, "padding": "x" * 100_000}
     assert detail(client.post("/streaming/stream", json=big), 413)
+
+
+@pytest.mark.parametrize("extra", [{"arguments": None}, {"version": ""}, {"version": None}])
+def test_empty_version_and_null_arguments_mean_the_defaults(client, extra):
+    answer = client.post("/streaming/stream", json={**START, **extra})
+    assert answer.status_code in (200, 202)
+    assert answer.json["version"] == "107.3.2"

@@ -64,7 +64,7 @@ class Streams(MethodView):
                 body["profile"],
                 body.get("version"),
                 username=current_identity().username,
-                usd_stage_uri=body["arguments"].get("usd_stage_uri"),
+                usd_stage_uri=(body["arguments"] or {}).get("usd_stage_uri"),
             )
             record["session"] = session.id
         return session, 200 if session.ready else 202

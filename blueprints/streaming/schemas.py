@@ -125,10 +125,10 @@ class StreamRequestSchema(Schema):
     profile = fields.String(required=True, validate=validate.Length(min=1, max=253))
     version = fields.String(
         allow_none=True,
-        validate=validate.Length(min=1, max=128),
-        metadata={"description": "A version, or `latest` (the default)"},
+        validate=validate.Length(max=128),
+        metadata={"description": "A version, or `latest` (the default; so is empty)"},
     )
-    arguments = fields.Nested(StreamArgumentsSchema, load_default=dict)
+    arguments = fields.Nested(StreamArgumentsSchema, load_default=dict, allow_none=True)
 
 
 class StreamListQuerySchema(Schema):

@@ -9,9 +9,9 @@ age. No credentials are allowed: ovas uses no cookies.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 
 REQUEST_ID_KEY = "ovas.request_id"
 STARTED_KEY = "ovas.started"  # perf_counter() when the request arrived, for its latency
@@ -67,7 +67,7 @@ class EdgeMiddleware:
     def __call__(self, environ, start_response):
         environ[STARTED_KEY] = time.perf_counter()
         given = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
         environ[REQUEST_ID_KEY] = request_id
         is_asset = environ.get("PATH_INFO", "").startswith(ASSETS_PREFIX)
         extra = [*(SECURITY_HEADERS if is_asset else API_HEADERS), *self._cors(environ)]

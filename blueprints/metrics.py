@@ -232,6 +232,8 @@ class Metrics:
         self.started = datetime.now(UTC)
         self.seen_ready = _Seen()
         self.seen_failed = _Seen()
+        self._child_cache: dict[tuple, tuple] = {}
+        self._resources: dict[str | None, type] = {}
         r = self.registry
         self.requests = Counter(
             "ovas_http_requests",
@@ -300,18 +302,33 @@ class Metrics:
             log.exception("recording metrics failed")
 
     def _record(self, response: Response) -> None:
-        rule = request.url_rule.rule if request.url_rule else UNMATCHED
-        method = request.method if request.method in METHODS else "other"
+        # Every request passes here: read the request once, and keep each label set's child
+        # metric rather than looking it up through `labels()` and its lock every time.
+        req = request._get_current_object()
+        url_rule = req.url_rule
+        rule = url_rule.rule if url_rule else UNMATCHED
+        method = req.method if req.method in METHODS else "other"
         status = response.status_code
-        self.requests.labels(rule, method, str(status)).inc()
-        started = request.environ.get(STARTED_KEY)
+        counted, timed = self._children(rule, method, status)
+        counted.inc()
+        started = req.environ.get(STARTED_KEY)
         if started is not None:
-            self.latency.labels(rule, method).observe(time.perf_counter() - started)
+            timed.observe(time.perf_counter() - started)
         exc = g.get(_ERROR_KEY)
         if isinstance(exc, BackendUnavailable):
             self.backend_errors.labels(rule, method).inc()
-        view = current_app.view_functions.get(request.endpoint or "")
-        resource = getattr(view, "view_class", None)
+        resource = self._resources.get(req.endpoint)
+        if resource is None:
+            view = current_app.view_functions.get(req.endpoint or "")
+            resource = self._resources.setdefault(req.endpoint, getattr(view, "view_class", type))
+        if resource is StreamById and method == "GET":
+            # Clients poll a ready session again and again: look at the body only once.
+            if status == 200:
+                if (req.view_args or {}).get("session_id") not in self.seen_ready:
+                    self._seen_ready(response)
+            elif status == 410:
+                self._seen_failed(response)
+            return
         outcome = "ok" if status < 400 else error_outcome(exc, status)
         if resource is Streams and method == "POST":
             self.starts.labels(outcome).inc()
@@ -319,12 +336,19 @@ class Metrics:
                 self._seen_ready(response)
         elif resource in (Streams, StreamById) and method == "DELETE":
             self.stops.labels(outcome).inc()
-        elif resource is StreamById and method == "GET":
-            # Clients poll a ready session again and again: look at the body only once.
-            if status == 200 and (request.view_args or {}).get("session_id") not in self.seen_ready:
-                self._seen_ready(response)
-            elif status == 410:
-                self._seen_failed(response)
+
+    def _children(self, rule: str, method: str, status: int):
+        key = (rule, method, status)
+        found = self._child_cache.get(key)
+        if found is None:
+            found = (
+                self.requests.labels(rule, method, str(status)),
+                self.latency.labels(rule, method),
+            )
+            # Bounded: routes are patterns, methods and statuses few; never grows per path.
+            if len(self._child_cache) < 4096:
+                self._child_cache[key] = found
+        return found
 
     def _session(self, response: Response) -> dict | None:
         if response.is_streamed or not response.is_json:

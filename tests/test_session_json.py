@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
-from blueprints.streaming.schemas import StreamListSchema, StreamResponseSchema, session_to_json
+from blueprints.streaming.schemas import StreamListSchema, StreamResponseSchema
+from blueprints.streaming.schemas import session_to_json as to_python
 from ovas.models import Route, Session, SessionState
 from ovas.services import Page
+
+
+def session_to_json(session: Session) -> dict:
+    """What a client receives: the serializer's output as the app's JSON provider writes it."""
+    return orjson.loads(orjson.dumps(to_python(session)))
+
 
 ROUTES = (Route("signaling", "TCP", 31000, 49100), Route("media", "UDP", 31001, 47998))
 
@@ -65,6 +73,6 @@ def test_routes_appear_only_when_ready():
 
 def test_list_dump_validates_too():
     page = Page(offset=0, limit=50, items=[session(s) for s in SessionState])
-    body = StreamListSchema().dump(page)
+    body = orjson.loads(orjson.dumps(StreamListSchema().dump(page)))
     assert StreamListSchema().validate(body) == {}
     assert body["count"] == 4

@@ -69,26 +69,14 @@ class StreamListSchema(Schema):
 
 
 def session_to_json(session: Session) -> dict:
-    """A session as OVAS clients read it: `routes` is `{}` until the session is ready."""
-    routes = {}
-    if session.state is SessionState.READY and session.host:
-        routes = {
-            session.host: {
-                "routes": [
-                    {
-                        "description": r.description,
-                        "protocol": r.protocol,
-                        "source_port": r.source_port,
-                        "destination_port": r.destination_port,
-                    }
-                    for r in session.routes
-                ]
-            }
-        }
+    """A session as OVAS clients read it: `routes` is `{}` until the session is ready.
+
+    The routes (dataclasses) and the creation time (a datetime) are left for the app's
+    JSON provider (orjson) to write, as it does in C: this runs once per session listed."""
     ready = session.state is SessionState.READY
     return {
         "id": session.id,
-        "routes": routes,
+        "routes": {session.host: {"routes": session.routes}} if ready and session.host else {},
         "status": {
             "condition": session.state,  # a str
             "message": session.message or ("Session is active" if ready else ""),
@@ -98,7 +86,7 @@ def session_to_json(session: Session) -> dict:
         "version": session.version,
         "profile": session.profile,
         "username": session.username,
-        "created_time": session.created_time.isoformat(),
+        "created_time": session.created_time,
     }
 
 

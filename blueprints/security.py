@@ -95,13 +95,16 @@ def init_app(app: Flask, authenticator: Authenticator) -> None:
     app.wsgi_app = EdgeMiddleware(app.wsgi_app, origins=app.config["CORS_ORIGINS"])
     reaper = app.extensions["ovas"].reaper
 
+    open_access = isinstance(authenticator, NoAuth)
+
     @app.before_request
     def _identify() -> None:
         reaper.start()
-        g.request_id = request.environ[REQUEST_ID_KEY]
-        if isinstance(authenticator, NoAuth):
+        environ = request.environ
+        g.request_id = environ[REQUEST_ID_KEY]
+        if open_access:
             g.ovas_identity = ANONYMOUS
-            if not warned and not _loopback(request.remote_addr):
+            if not warned and not _loopback(environ.get("REMOTE_ADDR")):
                 warned.append(True)
                 log.warning(
                     "ovas is reached from %s with OVAS_AUTH=none: anyone who can reach it can "
@@ -117,6 +120,8 @@ def init_app(app: Flask, authenticator: Authenticator) -> None:
 
 
 def _loopback(address: str | None) -> bool:
+    if address in ("127.0.0.1", "::1"):  # the usual case, without parsing
+        return True
     try:
         return ipaddress.ip_address(address or "").is_loopback
     except ValueError:

@@ -36,6 +36,18 @@ ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 EXPOSED_HEADERS = "Retry-After, X-Request-ID, WWW-Authenticate"
 
 
+def canonical_path(path: str) -> str:
+    """Clients reach each service with and without its prefix (an ingress may strip it):
+    `/applications/cfg/...` is served as `/cfg/...`, and `/stream...` as
+    `/streaming/stream...`, the forms the OpenAPI documents describe. One set of routes then
+    serves both, and metrics count both as one."""
+    if path.startswith("/applications/cfg/") or path == "/applications/cfg":
+        return path[len("/applications") :]
+    if path.startswith("/stream/") or path == "/stream":
+        return "/streaming" + path
+    return path
+
+
 class EdgeMiddleware:
     def __init__(self, wsgi_app, *, origins: list[str], max_age: int = 600):
         self.wsgi_app = wsgi_app
@@ -66,6 +78,7 @@ class EdgeMiddleware:
 
     def __call__(self, environ, start_response):
         environ[STARTED_KEY] = time.perf_counter()
+        environ["PATH_INFO"] = canonical_path(environ.get("PATH_INFO", ""))
         given = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
         environ[REQUEST_ID_KEY] = request_id

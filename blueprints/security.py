@@ -66,7 +66,7 @@ def rate_limited() -> None:
 
 
 def _required_role() -> str:
-    blueprint = (request.blueprint or "").split("-")[0]
+    blueprint = request.blueprint
     if request.method in ("GET", "HEAD"):
         return VIEWER
     if blueprint == "applications":

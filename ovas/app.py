@@ -144,14 +144,10 @@ def create_app(
     app.config.update(_api_settings("STREAMING_", "Streaming Session", "/streaming"))
     app_api = OvasApi(app, config_prefix="APPLICATIONS_")
     stream_api = OvasApi(app, config_prefix="STREAMING_")
-    # Clients reach each service with and without its prefix (an ingress may strip it); the
-    # docs describe the form clients build: `/cfg/apps...` and `/streaming/stream...`.
+    # The forms clients build: `/cfg/apps...` and `/streaming/stream...`; the edge middleware
+    # serves `/applications/cfg/...` and `/stream...` as these.
     app_api.register_blueprint(applications.blp)
-    app.register_blueprint(
-        applications.blp, name="applications-prefixed", url_prefix="/applications/cfg"
-    )
     stream_api.register_blueprint(streaming.blp, url_prefix="/streaming/stream")
-    app.register_blueprint(streaming.blp, name="streaming-bare", url_prefix="/stream")
     app.register_blueprint(health.blp)
     app.register_blueprint(docs_assets.blp)
     security.init_app(app, authenticator)

@@ -93,7 +93,7 @@ def test_a_start_and_a_stop_move_the_counters_and_the_gauge(client):
         value(
             after_stop,
             "ovas_http_requests_total",
-            route="/stream/<session_id>",
+            route="/streaming/stream/<session_id>",
             method="DELETE",
             status="204",
         )
@@ -114,7 +114,7 @@ def test_failed_starts_and_stops_are_named_by_their_error(client, backend):
     assert value(samples, "ovas_session_starts_total", outcome="backend_unavailable") == 1
     assert value(samples, "ovas_session_starts_total", outcome="ok") == 0
     assert value(samples, "ovas_session_stops_total", outcome="session_not_found") == 1
-    assert value(samples, "ovas_backend_errors_total", route="/stream", method="POST") == 1
+    assert value(samples, "ovas_backend_errors_total", route="/streaming/stream", method="POST") == 1
     # The scrape itself found the engine down, and still answered.
     assert value(samples, "ovas_backend_up", backend="fake") == 0
     assert value(samples, "ovas_backend_scrape_error", backend="fake", error="unavailable") == 1
@@ -130,7 +130,7 @@ def test_capacity_is_an_outcome_of_its_own():
     assert client.post("/stream", json=START).status_code == 503
     samples = scrape(client)
     assert value(samples, "ovas_session_starts_total", outcome="capacity_exceeded") == 1
-    assert value(samples, "ovas_backend_errors_total", route="/stream", method="POST") == 0
+    assert value(samples, "ovas_backend_errors_total", route="/streaming/stream", method="POST") == 0
 
 
 @pytest.mark.parametrize("backend", [FakeBackend(ready_after=0.3)])
@@ -189,12 +189,12 @@ def test_routes_are_labelled_by_rule_never_by_raw_path(client):
     routes = {
         dict(labels)["route"] for name, labels in samples if name == "ovas_http_requests_total"
     }
-    assert routes == {"/stream/<session_id>", "<unmatched>"} | (routes & {"/metrics"})
+    assert routes == {"/streaming/stream/<session_id>", "<unmatched>"} | (routes & {"/metrics"})
     assert (
         value(
             samples,
             "ovas_http_requests_total",
-            route="/stream/<session_id>",
+            route="/streaming/stream/<session_id>",
             method="GET",
             status="404",
         )

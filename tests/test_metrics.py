@@ -114,7 +114,9 @@ def test_failed_starts_and_stops_are_named_by_their_error(client, backend):
     assert value(samples, "ovas_session_starts_total", outcome="backend_unavailable") == 1
     assert value(samples, "ovas_session_starts_total", outcome="ok") == 0
     assert value(samples, "ovas_session_stops_total", outcome="session_not_found") == 1
-    assert value(samples, "ovas_backend_errors_total", route="/streaming/stream", method="POST") == 1
+    assert (
+        value(samples, "ovas_backend_errors_total", route="/streaming/stream", method="POST") == 1
+    )
     # The scrape itself found the engine down, and still answered.
     assert value(samples, "ovas_backend_up", backend="fake") == 0
     assert value(samples, "ovas_backend_scrape_error", backend="fake", error="unavailable") == 1
@@ -130,7 +132,9 @@ def test_capacity_is_an_outcome_of_its_own():
     assert client.post("/stream", json=START).status_code == 503
     samples = scrape(client)
     assert value(samples, "ovas_session_starts_total", outcome="capacity_exceeded") == 1
-    assert value(samples, "ovas_backend_errors_total", route="/streaming/stream", method="POST") == 0
+    assert (
+        value(samples, "ovas_backend_errors_total", route="/streaming/stream", method="POST") == 0
+    )
 
 
 @pytest.mark.parametrize("backend", [FakeBackend(ready_after=0.3)])

@@ -20,7 +20,7 @@ from ovas.testing.fake import (
     SlowBackend,
     sample_catalog,
 )
-from ovas.testing.requests import make_request, with_env
+from ovas.testing.requests import make_request, wait_for, with_env
 
 __all__ = [
     "BackendContract",
@@ -31,6 +31,7 @@ __all__ = [
     "SlowBackend",
     "make_request",
     "sample_catalog",
+    "wait_for",
     "with_env",
 ]
 

@@ -32,6 +32,7 @@ from ovas.testing.requests import (
     STANDIN_NEVER_READY,
     STANDIN_READY_DELAY,
     make_request,
+    wait_for,
 )
 
 
@@ -73,16 +74,7 @@ class BackendContract:
             with contextlib.suppress(SessionNotFound):
                 backend.stop(session_id)
 
-    @staticmethod
-    def wait_for(
-        backend: Backend, session_id: str, states: set[SessionState], timeout: float
-    ) -> Session:
-        deadline = time.monotonic() + timeout
-        while True:
-            session = backend.get(session_id)
-            if session.state in states or time.monotonic() > deadline:
-                return session
-            time.sleep(0.2)
+    wait_for = staticmethod(wait_for)
 
     def test_start_answers_at_once_with_the_request_recorded(self, backend, start):
         began = time.monotonic()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
-from ovas.backend import Catalog
+from ovas.backend import Backend, Catalog
 from ovas.kitspec import parse_kit
-from ovas.models import SessionRequest
+from ovas.models import Session, SessionRequest, SessionState
 from ovas.services import CatalogService, SessionService
 
 STANDIN_READY_DELAY = "STANDIN_READY_DELAY"
@@ -47,6 +48,24 @@ def make_request(
         app_id, profile_id, resolved, username=username, usd_stage_uri=usd_stage_uri
     )
     return with_env(request, env) if env else request
+
+
+def wait_for(
+    backend: Backend,
+    session_id: str,
+    states: SessionState | set[SessionState],
+    timeout: float = 30.0,
+    interval: float = 0.1,
+) -> Session:
+    """Poll `backend.get` until the session is in one of `states`, or `timeout` seconds pass;
+    returns the session as last seen (the caller asserts on its state)."""
+    wanted = {states} if isinstance(states, SessionState) else set(states)
+    deadline = time.monotonic() + timeout
+    while True:
+        session = backend.get(session_id)
+        if session.state in wanted or time.monotonic() > deadline:
+            return session
+        time.sleep(interval)
 
 
 def with_env(request: SessionRequest, env: dict[str, str]) -> SessionRequest:

@@ -18,6 +18,7 @@ from backends.docker import containers as c
 from backends.docker.gpus import Gpu, Inventory
 from ovas.errors import CapacityExceeded
 from ovas.models import SessionState
+from ovas.testing import wait_for
 from ovas.testing.requests import STANDIN_READY_DELAY
 
 pytestmark = pytest.mark.docker
@@ -91,14 +92,6 @@ def test_the_port_range_is_shared_out_without_overlap(new_backend, standin_reque
         restarted.start(standin_request(env=SLOW))
     restarted.stop(started[0].id)
     assert restarted.start(standin_request(env=SLOW)).state is SessionState.CREATING
-
-
-def wait_for(backend, session_id, state, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while (session := backend.get(session_id)).state is not state:
-        assert time.monotonic() < deadline, session
-        time.sleep(0.1)
-    return session
 
 
 def label_of(backend, session_id):

@@ -16,18 +16,10 @@ from backends.docker import containers as c
 from ovas import create_app
 from ovas.errors import SessionNotFound
 from ovas.models import SessionState
+from ovas.testing import wait_for
 from ovas.testing.requests import STANDIN_EXIT_CODE, STANDIN_NEVER_READY, STANDIN_READY_DELAY
 
 pytestmark = pytest.mark.docker
-
-
-def wait_for(backend, session_id, state, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        session = backend.get(session_id)
-        if session.state is state or time.monotonic() > deadline:
-            return session
-        time.sleep(0.1)
 
 
 def test_ovas_client_sequence_over_http(backend, serve, engine, ours):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import replace
 
+from ovas import testing
 from ovas.kitspec import parse_kit
 from ovas.models import Session, SessionRequest, SessionState
 from ovas.testing import make_request
@@ -28,9 +28,4 @@ def request_for(backend, kit: dict | None = None, **kw) -> SessionRequest:
 
 
 def wait_for(backend, session_id: str, states: set[SessionState], timeout: float = 10) -> Session:
-    deadline = time.monotonic() + timeout
-    while True:
-        session = backend.get(session_id)
-        if session.state in states or time.monotonic() > deadline:
-            return session
-        time.sleep(0.05)
+    return testing.wait_for(backend, session_id, states, timeout, interval=0.05)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Self
 
 from ovas.errors import ApplicationNotFound, ProfileNotFound, VersionNotFound
-from ovas.models import Application, Profile, Session, SessionRequest, Version
+from ovas.models import Application, Profile, Session, SessionQuery, SessionRequest, Version
 
 
 class Catalog(abc.ABC):
@@ -132,6 +132,15 @@ class Backend(abc.ABC):
     def list(self) -> list[Session]:
         """Every session, with one call to the engine (not one per session). Readiness may be
         reported from the engine's record without probing each session."""
+
+    def page(self, query: SessionQuery) -> list[Session]:
+        """One page of sessions, sorted and filtered as `query` says (`GET /stream`).
+
+        By default `query.select(self.list())`. A backend whose engine lists its sessions'
+        records more cheaply than their states overrides it to read the records of all and
+        the state of only the page's sessions, in a number of calls that does not grow with
+        the number of sessions."""
+        return query.select(self.list())
 
     @abc.abstractmethod
     def stop(self, session_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -114,3 +115,34 @@ class Session:
     @property
     def ready(self) -> bool:
         return self.state is SessionState.READY
+
+
+@dataclass(frozen=True)
+class SessionQuery:
+    """One page of `GET /stream`: the sessions of `username` (everyone's when None), sorted
+    by `sort_by` ("created_time", or "username" then created time), `offset` and `limit`."""
+
+    offset: int = 0
+    limit: int = 50
+    sort_by: str = "created_time"
+    descending: bool = True
+    username: str | None = None
+
+    def select(self, sessions: Iterable[Session]) -> list[Session]:
+        """The page out of `sessions`. Reads only `id`, `username` and `created_time`, so a
+        backend may select from stand-ins that carry no state yet."""
+        if self.username is not None:
+            sessions = [s for s in sessions if s.username == self.username]
+        if self.sort_by == "username":
+            ordered = sorted(sessions, key=_by_user, reverse=self.descending)
+        else:
+            ordered = sorted(sessions, key=_by_time, reverse=self.descending)
+        return ordered[self.offset : self.offset + self.limit]
+
+
+def _by_user(session: Session) -> tuple[str, datetime, str]:
+    return session.username, session.created_time, session.id
+
+
+def _by_time(session: Session) -> tuple[datetime, str]:
+    return session.created_time, session.id

@@ -23,7 +23,7 @@ from ovas.errors import (
     VersionNotFound,
 )
 from ovas.kitspec import parse_kit, render_values
-from ovas.models import Application, Profile, Session, SessionRequest, Version
+from ovas.models import Application, Profile, Session, SessionQuery, SessionRequest, Version
 
 APP_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
 PROFILE_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
@@ -305,16 +305,18 @@ class SessionService:
         caller: Identity | None = None,
     ) -> Page:
         """A page of sessions; a non-admin `caller` sees only their own."""
-        sessions = self.backend.list()
         if caller is not None and not caller.is_admin:
             if username and username != caller.username:
                 return Page(offset=offset, limit=limit, items=[])
             username = caller.username
-        if username:
-            sessions = [s for s in sessions if s.username == username]
-        key = (lambda s: (s.username, s.created_time)) if sort_by == "username" else None
-        sessions.sort(key=key or (lambda s: s.created_time), reverse=order.upper() == "DESC")
-        return Page(offset=offset, limit=limit, items=sessions[offset : offset + limit])
+        query = SessionQuery(
+            offset=offset,
+            limit=limit,
+            sort_by=sort_by,
+            descending=order.upper() == "DESC",
+            username=username or None,
+        )
+        return Page(offset=offset, limit=limit, items=self.backend.page(query))
 
     def stop(self, session_id: str, caller: Identity | None = None) -> None:
         if not is_session_id(session_id):

@@ -42,6 +42,8 @@ POD = Kind("Pod", "pods", core="pod")
 SERVICE = Kind("Service", "services", core="service")
 CONFIG_MAP = Kind("ConfigMap", "configmaps", core="config_map")
 HELM_RELEASE = Kind("HelmRelease", "helmreleases", "helm.toolkit.fluxcd.io", "v2")
+# As client-go asks for it: metadata alone, or else the whole objects.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 LARGE = 256 * 1024  # bytes of a response worth decoding without the garbage collector
 
 
@@ -188,17 +190,21 @@ class Kube:
         except Missing:
             return None
 
-    def list(self, kind: Kind, selector: str | None = None) -> list[dict[str, Any]]:
+    def list(
+        self, kind: Kind, selector: str | None = None, *, metadata_only: bool = False
+    ) -> list[dict[str, Any]]:
         """The objects matching the label selector (one call). Raises `Missing` when the
-        resource itself is unknown (a CRD not installed)."""
+        resource itself is unknown (a CRD not installed). `metadata_only`: ask for each
+        object's metadata alone (a `PartialObjectMetadataList`), a fraction of the bytes;
+        a server that cannot answer so sends the whole objects."""
         what = f"{kind.plural} list"
+        kw: dict[str, Any] = {"label_selector": selector}
+        if metadata_only:
+            kw["_headers"] = {"Accept": METADATA_ONLY}
         if kind.core:
-            found = self._call(
-                what, self._core("list", kind), self.namespace, label_selector=selector
-            )
+            found = self._call(what, self._core("list", kind), self.namespace, **kw)
         else:
-            method = self._custom("list")
-            found = self._call(what, method, *self._args(kind), label_selector=selector)
+            found = self._call(what, self._custom("list"), *self._args(kind), **kw)
         return found.get("items") or []
 
     def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import pytest
 
 from ovas.backend import Backend
 from ovas.errors import CapacityExceeded, SessionNotFound
-from ovas.models import Session, SessionRequest, SessionState
+from ovas.models import Session, SessionQuery, SessionRequest, SessionState
 from ovas.testing.requests import (
     STANDIN_EXIT_CODE,
     STANDIN_NEVER_READY,
@@ -110,6 +110,27 @@ class BackendContract:
         listed = [s for s in backend.list() if s.id in {first.id, second.id}]
         assert sorted(s.id for s in listed) == sorted([first.id, second.id])
         assert {s.id: s.username for s in listed}[second.id] == "bob"
+
+    def test_pages_agree_with_the_whole_list(self, backend, start):
+        """`page()`, however a backend reads it, is the page `list()` holds."""
+        users = ("carol@example.com", "alice", "carol@example.com")
+        for user in users:
+            start(env={STANDIN_READY_DELAY: "30"}, username=user)
+        queries = [
+            SessionQuery(),
+            SessionQuery(limit=1, offset=1),
+            SessionQuery(sort_by="username", descending=False, limit=2),
+            SessionQuery(username="carol@example.com"),
+            SessionQuery(username="carol@example.com", descending=False, offset=1),
+            SessionQuery(username="nobody"),
+            SessionQuery(limit=1000),
+        ]
+        for query in queries:
+            expected = [(s.id, s.username) for s in query.select(backend.list())]
+            assert [(s.id, s.username) for s in backend.page(query)] == expected, query
+        mine = backend.page(SessionQuery(username="carol@example.com"))
+        assert len(mine) == 2
+        assert all(s.state is SessionState.CREATING for s in mine)
 
     def test_stop_removes_the_session(self, backend, start, ready_timeout):
         session = start()

@@ -6,6 +6,7 @@ resourceVersion, never collects owned objects, and knows neither PUT nor delete-
 
 - uid, resourceVersion, creationTimestamp and generateName on create; 409 AlreadyExists;
 - label selectors (equality and set-based) and field selectors on list and delete-collection;
+- metadata-only lists (`PartialObjectMetadataList`), asked for in the Accept header;
 - merge and JSON patches, and PUT with optimistic concurrency (409 Conflict on a stale
   resourceVersion);
 - finalizers and graceful deletion of pods (a deletionTimestamp; the fake kubelet removes
@@ -39,6 +40,7 @@ CUSTOM = {
 }
 FLUX = {"helm.toolkit.fluxcd.io/v2/helmreleases": "HelmRelease"}
 NODE_PORTS = range(30000, 32768)
+PARTIAL = {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata"}
 
 
 def error(status: int, reason: str, message: str) -> k8s.KubernetesError:
@@ -81,6 +83,8 @@ def label_matcher(selector: str | None):
                 checks.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
         else:
             checks.append(lambda labels, k=key: k in labels)
+    if len(checks) == 1:
+        return checks[0]
     return lambda labels: all(check(labels) for check in checks)
 
 
@@ -125,6 +129,9 @@ class ClusterEmulator(k8s.KubernetesEmulator):
     _addresses: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _builtin: int = attrs.field(default=0, init=False)  # reactions kmock and we register
     _encoded: dict[tuple, tuple[str, bytes]] = attrs.field(factory=dict, init=False)
+    # The live objects by (resource, namespace), as an API server's cache indexes them; kmock
+    # keeps its own store too (its watches read it), written alongside.
+    _live: dict[tuple, dict[tuple, dict[str, Any]]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -157,18 +164,14 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         return (kmock.resource(resource), namespace, name)
 
     def live(self, key: tuple) -> dict[str, Any] | None:
-        if key not in self._objects:
-            return None
-        obj = self._objects[key]
-        return None if obj.deleted else obj.raw
+        return self._live.get(key[:2], {}).get(key)
 
     def items(self, resource: Any, namespace: str | None = None):
         """(key, object) of every live object of a resource, in creation order."""
         wanted = kmock.resource(resource)
-        for key, obj in list(self._objects.items()):
-            in_namespace = namespace is None or key[1] == namespace
-            if key[0] == wanted and in_namespace and not obj.deleted:
-                yield key, obj.raw
+        for (kind, space), objects in list(self._live.items()):
+            if kind == wanted and (namespace is None or space == namespace):
+                yield from list(objects.items())
 
     def calls(self) -> list[kmock.Request]:
         """Every request to a resource (discovery left out), oldest first."""
@@ -184,6 +187,7 @@ class ClusterEmulator(k8s.KubernetesEmulator):
             self._objects[key].create(obj)
         else:
             self._objects[key] = obj
+        self._live.setdefault(key[:2], {})[key] = obj
         return obj
 
     def create(self, resource: Any, namespace: str | None, body: dict[str, Any]) -> dict:
@@ -271,16 +275,23 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         if current is None:
             return
         self._objects[key].delete()
+        del self._live[key[:2]][key]
         if key[0].plural == "services":
             for port in (current.get("spec") or {}).get("ports") or []:
                 self._node_ports.discard(port.get("nodePort"))
         if not cascade:
             return
         uid = current["metadata"].get("uid")
-        for other, obj in list(self._objects.items()):
-            if other[1] != key[1] or obj.deleted:
-                continue
-            owners = (obj.raw.get("metadata") or {}).get("ownerReferences") or []
+        dependents = [
+            item
+            for (_, space), objs in self._live.items()
+            if space == key[1]
+            for item in objs.items()
+        ]
+        for other, obj in dependents:
+            if self.live(other) is None:
+                continue  # collected already, through another owner
+            owners = (obj.get("metadata") or {}).get("ownerReferences") or []
             if any(ref.get("uid") == uid for ref in owners):
                 self.delete(other)
 
@@ -345,21 +356,25 @@ class ClusterEmulator(k8s.KubernetesEmulator):
     def _list_body(self, request: kmock.Request) -> bytes:
         """The list as JSON, from each object's JSON kept while it is unchanged (as an API
         server's cache does): a test double this slow at a thousand objects would measure
-        itself rather than ovas."""
+        itself rather than ovas. Asked for `as=PartialObjectMetadataList` in Accept, as
+        client-go's metadata client asks, it sends each object's metadata alone."""
+        partial = "as=PartialObjectMetadataList" in request.headers.get("Accept", "")
         encoded = []
         for key, obj in self._selected(request):
             revision = obj["metadata"].get("resourceVersion")
-            cached = self._encoded.get(key)
+            cache_key = (key, partial)
+            cached = self._encoded.get(cache_key)
             if cached is None or cached[0] != revision:
-                cached = (revision, json.dumps(obj, separators=(",", ":")).encode())
-                self._encoded[key] = cached
+                shown = {**PARTIAL, "metadata": obj["metadata"]} if partial else obj
+                cached = (revision, json.dumps(shown, separators=(",", ":")).encode())
+                self._encoded[cache_key] = cached
             encoded.append(cached[1])
-        kind = self.resources[request.resource].kind or ""
-        head = {
-            "apiVersion": _api_version(request.resource),
-            "kind": f"{kind}List",
-            "metadata": {"resourceVersion": str(next(self._revision))},
-        }
+        if partial:
+            head = {"apiVersion": PARTIAL["apiVersion"], "kind": "PartialObjectMetadataList"}
+        else:
+            kind = self.resources[request.resource].kind or ""
+            head = {"apiVersion": _api_version(request.resource), "kind": f"{kind}List"}
+        head["metadata"] = {"resourceVersion": str(next(self._revision))}
         return json.dumps(head)[:-1].encode() + b',"items":[' + b",".join(encoded) + b"]}"
 
     @staticmethod

@@ -241,7 +241,7 @@ def profile_ovas(app: Flask, endpoints: list[Endpoint], requests: int = 500) -> 
         }
 
         def call(environ=environ, expected=endpoint.body):
-            body = b"".join(app.wsgi_app(dict(environ), lambda status, headers: None))
+            body = b"".join(app.wsgi_app(dict(environ), lambda *start: None))
             assert body == expected
 
         for _ in range(50):

@@ -13,7 +13,8 @@ import os
 import re
 import time
 
-REQUEST_ID_KEY = "ovas.request_id"
+from ovas.logs import REQUEST_ID_KEY
+
 STARTED_KEY = "ovas.started"  # perf_counter() when the request arrived, for its latency
 ASSETS_PREFIX = "/docs-assets/"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

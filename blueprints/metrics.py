@@ -56,7 +56,6 @@ from flask import (
     Flask,
     Response,
     current_app,
-    g,
     got_request_exception,
     request,
 )
@@ -232,7 +231,7 @@ class Metrics:
         self.seen_ready = _Seen()
         self.seen_failed = _Seen()
         self._child_cache: dict[tuple, tuple] = {}
-        self._resources: dict[str | None, type] = {}
+        self._rules: dict[int, tuple[str, type]] = {}  # id(url rule) -> (label, view class)
         r = self.registry
         self.requests = Counter(
             "ovas_http_requests",
@@ -291,7 +290,7 @@ class Metrics:
     # Hooks
 
     def on_exception(self, sender, exception=None, **extra) -> None:
-        g.setdefault(_ERROR_KEY, exception)
+        request.environ.setdefault(_ERROR_KEY, exception)
 
     def after_request(self, response: Response) -> Response:
         try:
@@ -305,22 +304,27 @@ class Metrics:
         # Every request passes here: read the request once, and keep each label set's child
         # metric rather than looking it up through `labels()` and its lock every time.
         req = request._get_current_object()
+        environ = req.environ
         url_rule = req.url_rule
-        rule = url_rule.rule if url_rule else UNMATCHED
-        method = req.method if req.method in METHODS else "other"
+        known = self._rules.get(id(url_rule))
+        if known is None:
+            view = current_app.view_functions.get(url_rule.endpoint) if url_rule else None
+            known = (url_rule.rule if url_rule else UNMATCHED, getattr(view, "view_class", type))
+            # Rules live as long as the app (and are not hashable): bounded by its routes.
+            self._rules[id(url_rule)] = known
+        rule, resource = known
+        method = req.method
+        if method not in METHODS:
+            method = "other"
         status = response.status_code
         counted, timed = self._children(rule, method, status)
         counted.inc()
-        started = req.environ.get(STARTED_KEY)
+        started = environ.get(STARTED_KEY)
         if started is not None:
             timed.observe(time.perf_counter() - started)
-        exc = g.get(_ERROR_KEY)
+        exc = environ.get(_ERROR_KEY)
         if isinstance(exc, BackendUnavailable):
             self.backend_errors.labels(rule, method).inc()
-        resource = self._resources.get(req.endpoint)
-        if resource is None:
-            view = current_app.view_functions.get(req.endpoint or "")
-            resource = self._resources.setdefault(req.endpoint, getattr(view, "view_class", type))
         if resource is StreamById and method == "GET":
             # Clients poll a ready session again and again: look at the body only once.
             if status == 200:
@@ -419,7 +423,7 @@ def _remember_handled_errors(app: Flask) -> None:
     handle = app.handle_user_exception
 
     def handle_user_exception(e):
-        g.setdefault(_ERROR_KEY, e)
+        request.environ.setdefault(_ERROR_KEY, e)
         return handle(e)
 
     app.handle_user_exception = handle_user_exception

@@ -14,7 +14,7 @@ from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from blueprints.edge import REQUEST_ID_KEY, EdgeMiddleware
+from blueprints.edge import EdgeMiddleware
 from ovas.auth import ADMIN, ANONYMOUS, STREAMER, VIEWER, Authenticator, Identity, NoAuth
 from ovas.errors import ConfigurationError, OvasError, UserCapacityExceeded
 
@@ -100,11 +100,9 @@ def init_app(app: Flask, authenticator: Authenticator) -> None:
     @app.before_request
     def _identify() -> None:
         reaper.start()
-        environ = request.environ
-        g.request_id = environ[REQUEST_ID_KEY]
         if open_access:
-            g.ovas_identity = ANONYMOUS
-            if not warned and not _loopback(environ.get("REMOTE_ADDR")):
+            # Everyone is ANONYMOUS, which `current_identity()` answers when none is set.
+            if not warned and not _loopback(request.environ.get("REMOTE_ADDR")):
                 warned.append(True)
                 log.warning(
                     "ovas is reached from %s with OVAS_AUTH=none: anyone who can reach it can "

@@ -8,15 +8,18 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from flask import g, has_request_context
+from flask import has_request_context, request
 
+# Where the WSGI edge puts each request's id in its environ.
+REQUEST_ID_KEY = "ovas.request_id"
 _FIELDS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+            in_request = has_request_context()
+            record.request_id = request.environ.get(REQUEST_ID_KEY, "-") if in_request else "-"
         return True
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from flask import Response, request
-from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from blueprints.applications.schemas import (
     ApplicationCreateSchema,
@@ -20,7 +18,7 @@ from blueprints.applications.schemas import (
     VersionRefSchema,
     VersionSchema,
 )
-from blueprints.common import catalogs, error_responses
+from blueprints.common import Blueprint, Resource, catalogs, error_responses
 from blueprints.security import audited
 from ovas.errors import EditingDisabled
 from ovas.models import Application, Version
@@ -43,7 +41,7 @@ def _no_content() -> Response:
 
 
 @blp.route("/apps")
-class Applications(MethodView):
+class Applications(Resource):
     @blp.arguments(TagsQuerySchema(), location="query")
     @blp.response(200, ApplicationListSchema)
     @error_responses(blp)
@@ -67,7 +65,7 @@ class Applications(MethodView):
 
 
 @blp.route("/apps/<app_id>")
-class ApplicationById(MethodView):
+class ApplicationById(Resource):
     @blp.response(200, ApplicationSchema)
     @error_responses(blp, 404)
     def get(self, app_id):
@@ -100,7 +98,7 @@ class ApplicationById(MethodView):
 
 
 @blp.route("/apps/<app_id>/versions")
-class Versions(MethodView):
+class Versions(Resource):
     @blp.response(200, VersionListSchema)
     @error_responses(blp, 404)
     def get(self, app_id):
@@ -126,7 +124,7 @@ class Versions(MethodView):
 
 
 @blp.route("/apps/<app_id>/versions/<version>")
-class VersionById(MethodView):
+class VersionById(Resource):
     @blp.response(200, VersionSchema)
     @error_responses(blp, 404)
     def get(self, app_id, version):
@@ -143,7 +141,7 @@ class VersionById(MethodView):
 
 
 @blp.route("/apps/<app_id>/versions/<version>/profiles")
-class Profiles(MethodView):
+class Profiles(Resource):
     @blp.response(200, ProfileListSchema)
     @error_responses(blp, 404)
     def get(self, app_id, version):
@@ -152,7 +150,7 @@ class Profiles(MethodView):
 
 
 @blp.route("/apps/<app_id>/versions/<version>/profiles/<profile_id>")
-class ProfileById(MethodView):
+class ProfileById(Resource):
     @blp.response(200, ProfileSchema)
     @error_responses(blp, 404)
     def get(self, app_id, version, profile_id):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from flask import Response
-from flask.views import MethodView
-from flask_smorest import Blueprint
 
-from blueprints.common import document, error_responses, sessions
+from blueprints.common import Blueprint, Resource, document, error_responses, sessions
 from blueprints.security import audited, current_identity, rate_limited
 from blueprints.streaming.schemas import (
     StreamIdSchema,
@@ -40,7 +38,7 @@ def _stop(session_id: str) -> Response:
 
 
 @blp.route("")
-class Streams(MethodView):
+class Streams(Resource):
     @blp.arguments(StreamListQuerySchema(), location="query")
     @blp.response(200, StreamListSchema)
     @error_responses(blp, 503)
@@ -78,7 +76,7 @@ class Streams(MethodView):
 
 
 @blp.route("/<session_id>")
-class StreamById(MethodView):
+class StreamById(Resource):
     @blp.response(200, StreamResponseSchema, description="The session is ready")
     @document(
         blp, 202, schema=StreamResponseSchema, description="The session is starting", success=True

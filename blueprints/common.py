@@ -101,9 +101,27 @@ def schema_dump(schema):
 
 
 class Resource(MethodView):
-    """A MethodView made once, not once per request: ovas's views keep no state."""
+    """A MethodView made once, not once per request (ovas's views keep no state), whose
+    methods are called directly when none of them is a coroutine (flask-smorest's wrappers,
+    ours included, are plain functions that run a coroutine view themselves)."""
 
     init_every_request = False
+    _direct = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        views = [getattr(cls, name, None) for name in ("get", "post", "put", "patch", "delete")]
+        cls._direct = not any(inspect.iscoroutinefunction(view) for view in views)
+
+    def dispatch_request(self, **kwargs):
+        if not self._direct:
+            return super().dispatch_request(**kwargs)
+        method = request.method
+        view = getattr(self, method.lower(), None)
+        if view is None and method == "HEAD":
+            view = getattr(self, "get", None)
+        assert view is not None, f"Unimplemented method {method!r}"
+        return view(**kwargs)
 
 
 class ErrorSchema(Schema):

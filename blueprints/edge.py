@@ -33,6 +33,9 @@ SECURITY_HEADERS = [
     ),
 ]
 API_HEADERS = [*SECURITY_HEADERS, ("Cache-Control", "no-store")]
+# (header, its name in lower case): what the edge adds unless the app has set it.
+API_EXTRA = [(h, h[0].lower()) for h in API_HEADERS]
+ASSET_EXTRA = [(h, h[0].lower()) for h in SECURITY_HEADERS]
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 EXPOSED_HEADERS = "Retry-After, X-Request-ID, WWW-Authenticate"
 
@@ -83,12 +86,14 @@ class EdgeMiddleware:
         given = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
         environ[REQUEST_ID_KEY] = request_id
-        is_asset = environ.get("PATH_INFO", "").startswith(ASSETS_PREFIX)
-        extra = [*(SECURITY_HEADERS if is_asset else API_HEADERS), *self._cors(environ)]
+        extra = ASSET_EXTRA if environ["PATH_INFO"].startswith(ASSETS_PREFIX) else API_EXTRA
+        cors = self._cors(environ) if "HTTP_ORIGIN" in environ else None
+        if cors:
+            extra = [*extra, *((h, h[0].lower()) for h in cors)]
 
         def start(status, headers, exc_info=None):
             present = {name.lower() for name, _ in headers}
-            headers.extend(h for h in extra if h[0].lower() not in present)
+            headers.extend(h for h, lower in extra if lower not in present)
             headers.append(("X-Request-ID", request_id))
             return start_response(status, headers, exc_info)
 

@@ -107,7 +107,7 @@ def create_app(
     """Build the ovas app: defaults, then `OVAS_*` variables, then `test_config`; then the
     extensions, the two services on both their path forms, and the backend (the given one,
     or the one `BACKEND` names). Raises `ConfigurationError` for bad settings."""
-    app = OvasFlask("ovas")
+    app = OvasFlask("ovas", static_folder=None)
     app.json = jsonprovider.OrjsonProvider(app)
     app.config.update(config.DEFAULTS)
     app.config.from_prefixed_env("OVAS")

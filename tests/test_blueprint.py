@@ -115,3 +115,25 @@ def test_a_coroutine_view_keeps_flask_smorests_wrappers():
         wrapper = decorate(view)
         assert "Blueprint." not in wrapper.__code__.co_qualname
         assert wrapper._apidoc
+
+
+def test_head_is_answered_by_get(client):
+    response = client.head("/things?size=1")
+    assert response.status_code == 200
+    assert response.data == b""
+
+
+def test_a_resource_with_a_coroutine_method_keeps_methodviews_dispatch():
+    class Plain(Resource):
+        def get(self):
+            return "plain"
+
+    class Mixed(Resource):
+        def get(self):
+            return "plain"
+
+        async def post(self):
+            return "later"
+
+    assert Plain._direct is True
+    assert Mixed._direct is False

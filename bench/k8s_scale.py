@@ -2,7 +2,7 @@
 
 With 10, 100 and 1000 ready sessions in the emulated cluster (kmock's emulator over real HTTP
 on 127.0.0.1, with the fake kubelet of tests/support, in a process of its own as an API
-server would be), measures GET /stream and
+server would be), measures GET /stream (its default page of 50) and
 GET /stream/{id} through the ovas app, and the Kubernetes API calls each costs (from the
 emulator's request log). Goals: calls constant in the number of sessions; GET /stream at 1000
 sessions within 5x its latency at 10.

@@ -6,7 +6,9 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+S = TypeVar("S")  # a Session, or a stand-in with its id, username and created_time
 
 
 class SessionState(enum.StrEnum):
@@ -128,7 +130,7 @@ class SessionQuery:
     descending: bool = True
     username: str | None = None
 
-    def select(self, sessions: Iterable[Session]) -> list[Session]:
+    def select(self, sessions: Iterable[S]) -> list[S]:
         """The page out of `sessions`. Reads only `id`, `username` and `created_time`, so a
         backend may select from stand-ins that carry no state yet."""
         if self.username is not None:
@@ -140,9 +142,9 @@ class SessionQuery:
         return ordered[self.offset : self.offset + self.limit]
 
 
-def _by_user(session: Session) -> tuple[str, datetime, str]:
+def _by_user(session: Any) -> tuple[str, datetime, str]:
     return session.username, session.created_time, session.id
 
 
-def _by_time(session: Session) -> tuple[datetime, str]:
+def _by_time(session: Any) -> tuple[datetime, str]:
     return session.created_time, session.id

@@ -31,6 +31,7 @@ from backends.kubernetes.status import (
     Observed,
     failure_mark,
     is_live,
+    listed_of,
     observe,
     pod_state,
     ready_mark,
@@ -265,8 +266,8 @@ class KubernetesBackend(Backend):
             # Narrowed by the user's label; equal usernames have equal labels.
             selector += f",{o.USER}={o.label_value(query.username)}"
         owners = self._list(HELM_RELEASE if self.helm else POD, selector, metadata_only=True)
-        records = [record_of(obj) for obj in owners if is_live(obj)]
-        chosen = query.select([seen.session for seen in records if seen is not None])
+        listed = [listed_of(obj) for obj in owners if is_live(obj)]
+        chosen = query.select([entry for entry in listed if entry is not None])
         if not chosen:
             return []
         ids = [session.id for session in chosen]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from backends.kubernetes import objects as o
 from ovas.models import Route, Session, SessionState
@@ -65,22 +65,43 @@ def session_id_of(obj: dict[str, Any]) -> str | None:
     return (_meta(obj).get("labels") or {}).get(o.SESSION)
 
 
-def record_of(obj: dict[str, Any]) -> Observed | None:
-    """The session an object's labels and annotations describe; None if they are not ours
-    or not complete (such objects are orphans for the reaper)."""
+class Listed(NamedTuple):
+    """What choosing a page of sessions reads (`SessionQuery.select`): cheap to make from
+    the metadata of a thousand objects."""
+
+    id: str
+    username: str
+    created_time: datetime
+
+
+def listed_of(obj: dict[str, Any]) -> Listed | None:
+    """The session an object's labels and annotations name; None if they are not ours or
+    not complete (such objects are orphans for the reaper). Reads the metadata alone."""
     meta = _meta(obj)
     notes = meta.get("annotations") or {}
-    session_id = session_id_of(obj)
-    created = o.parse_time(notes.get(o.CREATED))
-    if not session_id or created is None or not notes.get(o.APP):
+    session_id = (meta.get("labels") or {}).get(o.SESSION)
+    if not session_id or not notes.get(o.APP):
         return None
+    created = o.parse_time(notes.get(o.CREATED))
+    if created is None:
+        return None
+    return Listed(session_id, notes.get(o.USERNAME, ""), created)
+
+
+def record_of(obj: dict[str, Any]) -> Observed | None:
+    """The session an object describes, as `listed_of` finds it, with the rest of what its
+    annotations record."""
+    listed = listed_of(obj)
+    if listed is None:
+        return None
+    notes = _meta(obj).get("annotations") or {}
     session = Session(
-        id=session_id,
+        id=listed.id,
         app_id=notes.get(o.APP, ""),
         version=notes.get(o.VERSION, ""),
         profile=notes.get(o.PROFILE, ""),
-        username=notes.get(o.USERNAME, ""),
-        created_time=created,
+        username=listed.username,
+        created_time=listed.created_time,
         message="Waiting for the pod",
     )
     return Observed(session, o.parse_time(notes.get(o.DEADLINE)))

@@ -94,10 +94,12 @@ class Blueprint(flask_smorest.Blueprint):
 
 
 def schema_dump(schema):
-    """`schema.dump`, or the identity for a response without a schema."""
-    if schema is None:
-        return lambda result: result
-    return resolve_schema_instance(schema).dump
+    """`schema.dump`; the identity for a response without a schema, or documented by a
+    reference or a dict (flask-smorest allows those for views that return a Response)."""
+    instance = resolve_schema_instance(schema)
+    if isinstance(instance, Schema):
+        return instance.dump
+    return lambda result: result
 
 
 class Resource(MethodView):
@@ -110,7 +112,7 @@ class Resource(MethodView):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        views = [getattr(cls, name, None) for name in ("get", "post", "put", "patch", "delete")]
+        views = [getattr(cls, name.lower(), None) for name in cls.methods or ()]
         cls._direct = not any(inspect.iscoroutinefunction(view) for view in views)
 
     def dispatch_request(self, **kwargs):

@@ -135,5 +135,13 @@ def test_a_resource_with_a_coroutine_method_keeps_methodviews_dispatch():
         async def post(self):
             return "later"
 
+    class Head(Resource):
+        async def head(self):
+            return ""
+
     assert Plain._direct is True
     assert Mixed._direct is False
+    assert Head._direct is False
+    app = Flask("mixed")
+    app.add_url_rule("/", view_func=Mixed.as_view("mixed"))
+    assert app.test_client().get("/").get_data(as_text=True) == "plain"

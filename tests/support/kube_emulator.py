@@ -167,7 +167,8 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         return self._live.get(key[:2], {}).get(key)
 
     def items(self, resource: Any, namespace: str | None = None):
-        """(key, object) of every live object of a resource, in creation order."""
+        """(key, object) of every live object of a resource, by namespace, each in the order
+        it was last created."""
         wanted = kmock.resource(resource)
         for (kind, space), objects in list(self._live.items()):
             if kind == wanted and (namespace is None or space == namespace):

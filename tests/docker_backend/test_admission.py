@@ -109,9 +109,11 @@ def test_the_gpu_ledger_gives_each_gpu_to_one_session(new_backend, standin_reque
     assert all("asks for 1 GPU; 0 of the 2 GPUs" in e.message for e in refused)
     held = sorted(s["Labels"][c.GPUS] for s in ours())
     assert held[-2:] == ["GPU-0000-test", "GPU-1111-test"]
-    # This daemon has no NVIDIA runtime: the session fails and says why.
-    failed = wait_for(backend, started[0].id, SessionState.FAILED)
-    assert "could not be started" in failed.message and "NVIDIA" in failed.message
+    # This daemon has no NVIDIA runtime: each session fails and says why. Both are waited
+    # for, as each is started in the background and only a failed session is reaped.
+    for session in started:
+        failed = wait_for(backend, session.id, SessionState.FAILED)
+        assert "could not be started" in failed.message and "NVIDIA" in failed.message
 
     restarted = new_backend(gpus=TWO_GPUS)  # the ledger is rebuilt from the labels
     with pytest.raises(CapacityExceeded, match="0 of the 2 GPUs"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from ovas.errors import InvalidInput, OvasError
@@ -50,6 +50,7 @@ def _json(status: int, detail, headers=None):
 def register(app: Flask) -> None:
     @app.errorhandler(OvasError)
     def ovas_error(exc: OvasError):
+        g.ovas_error = exc  # for metrics: which error a request was answered with
         if exc.http_status >= 500 and exc.detail:
             log.warning("%s: %s", exc.message, exc.detail)
         if isinstance(exc, InvalidInput):

@@ -8,21 +8,21 @@ What is measured (every label takes a bounded set of values):
   `ovas_http_request_duration_seconds{route, method}`: `route` is the URL rule
   (`/stream/<session_id>`), never the raw path, and `<unmatched>` for paths no rule matches;
   `method` is one of the HTTP methods or `other`.
+Session metrics come from the events the session service emits (`ovas.events`), with the
+structured reason, never from message text or response bodies:
+
 - `ovas_session_starts_total{outcome}` and `ovas_session_stops_total{outcome}`: `outcome` is
   `ok`, or the error as a snake-case name of its class in `ovas.errors`
-  (`capacity_exceeded`, `backend_unavailable`, `application_not_found`...),
-  `invalid_request` for a body that failed validation, or `http_<status>` otherwise.
-- `ovas_session_failures_total{reason}`: sessions first seen failed (a 410 on
-  `GET /stream/<id>`), `reason` derived from the message: one of `REASONS`.
-- `ovas_session_start_to_ready_seconds{app, profile}`: now minus the session's
-  `created_time`, observed the first time this process answers a session as ready
-  (`GET /stream/<id>` or `POST /stream` with 200). Lists are not used: their readiness is the
-  engine's record, not a probe, and every worker serving a dashboard's list would count each
-  session again. Sessions created before this process started are skipped, so a restarted
-  worker does not record hours for a session it never saw starting. With several workers a
-  session is counted again only if a client keeps polling it after its first 200.
+  (`capacity_exceeded`, `backend_unavailable`, `application_not_found`...). A body that
+  fails validation never reaches the service: it is a 422 in `ovas_http_requests_total`.
+- `ovas_session_ends_total{state, reason}`: sessions that reached their outcome, `state`
+  `ended` or `failed` and `reason` one of `ovas.models.Reason`; and
+  `ovas_session_failures_total{reason}` for the failed ones. Each session is counted once
+  across every worker and replica: by the process that recorded its outcome.
+- `ovas_session_start_to_ready_seconds{app, profile}`: from the session's creation until it
+  was first seen ready, observed once, by the process that recorded its readiness.
 - `ovas_backend_errors_total{route, method}`: answers made from `BackendUnavailable`.
-- At scrape time, from one `backend.list()` by the worker answering the scrape:
+- At scrape time, from one listing of every session by the worker answering the scrape:
   `ovas_sessions{state, app, profile}`, `ovas_backend_up{backend}`,
   `ovas_backend_scrape_duration_seconds{backend}` and, only when the list failed,
   `ovas_backend_scrape_error{backend, error}` (`unavailable` or `error`).
@@ -45,20 +45,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 import time
 from collections import Counter as Tally
-from collections import OrderedDict
-from datetime import UTC, datetime
 
-from flask import (
-    Blueprint,
-    Flask,
-    Response,
-    current_app,
-    got_request_exception,
-    request,
-)
+from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -71,35 +61,22 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
-from werkzeug.exceptions import HTTPException
 
 from blueprints.edge import STARTED_KEY
-from blueprints.streaming.resources import StreamById, Streams
-from ovas import errors
+from ovas import errors, events
 from ovas.errors import BackendUnavailable, ConfigurationError, OvasError
+from ovas.models import SessionState
 
 log = logging.getLogger("ovas")
 
 EXTENSION = "ovas_metrics"
 UNMATCHED = "<unmatched>"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-REASONS = ("timeout", "image_pull", "no_gpu", "capacity", "exited", "other")
-# Checked in order: a timeout message may carry an image or exit detail in parentheses, and
-# "no node has a free GPU" is about GPUs before it is about capacity.
-_REASON_PATTERNS = (
-    ("timeout", re.compile(r"not ready within|timed? ?out|deadline", re.I)),
-    ("image_pull", re.compile(r"\bimage\b|\bpull", re.I)),
-    ("no_gpu", re.compile(r"\bgpus?\b|nvidia", re.I)),
-    ("capacity", re.compile(r"capacity|no node|unschedulable|insufficient|no room", re.I)),
-    ("exited", re.compile(r"exit|crash|oomkilled|terminated|pod failed", re.I)),
-)
-# Remembering more ids than this would let a long-lived worker grow without bound.
-SEEN_LIMIT = 10_000
+ERROR_KEY = "ovas_error"  # where blueprints.errors leaves the OvasError a request answered
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # A Kit app takes from seconds (warm image) to many minutes (cold pull of a large image).
 _READY_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1800, 3600)
 blp = Blueprint("metrics", __name__)
-_ERROR_KEY = "ovas_metrics_error"
 
 
 def multiprocess_mode() -> bool:
@@ -107,55 +84,21 @@ def multiprocess_mode() -> bool:
     return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
-def failure_reason(message: str) -> str:
-    """A failed session's message -> one of `REASONS`."""
-    for reason, pattern in _REASON_PATTERNS:
-        if pattern.search(message or ""):
-            return reason
-    return "other"
-
-
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def error_outcome(exc: BaseException | None, status: int) -> str:
-    """The `outcome` label of a failed request: bounded by the classes of `ovas.errors`."""
-    if isinstance(exc, OvasError):
-        # A backend's own subclass is named after the ovas error it extends.
-        for cls in type(exc).__mro__:
-            if cls.__module__ == errors.__name__:
-                return _snake(cls.__name__)
-    if isinstance(exc, HTTPException) and exc.code in (400, 422):
-        return "invalid_request"
-    if exc is not None and not isinstance(exc, HTTPException):
-        return "internal_error"
-    return f"http_{status}"
-
-
-class _Seen:
-    """A bounded, thread-safe set of ids: `add` is True only the first time."""
-
-    def __init__(self, limit: int = SEEN_LIMIT):
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._limit = limit
-        self._lock = threading.Lock()
-
-    def add(self, key: str) -> bool:
-        with self._lock:
-            if key in self._ids:
-                return False
-            self._ids[key] = None
-            if len(self._ids) > self._limit:
-                self._ids.popitem(last=False)
-            return True
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._ids
+def error_outcome(exc: OvasError) -> str:
+    """The `outcome` label of a refused start or stop: bounded by the classes of
+    `ovas.errors` (a backend's own subclass is named after the ovas error it extends)."""
+    for cls in type(exc).__mro__:
+        if cls.__module__ == errors.__name__:
+            return _snake(cls.__name__)
+    return "error"
 
 
 class SessionCollector:
-    """Sessions by state, app and profile, from one `backend.list()` per scrape."""
+    """Sessions by state, app and profile, from one listing of every session per scrape."""
 
     def __init__(self, app: Flask):
         self.app = app
@@ -185,9 +128,10 @@ class SessionCollector:
         )
 
     def collect(self):
-        backend = self.app.extensions["ovas"].backend
+        state = self.app.extensions["ovas"]
+        backend = state.backend
         name = type(backend).name or type(backend).__name__
-        sessions, up, duration, error = self._list(backend)
+        sessions, up, duration, error = self._list(state.sessions)
         by_state, backend_up, took, failed = self._families(name)
         tally = Tally((s.state.value, s.app_id, s.profile) for s in sessions)
         for labels, count in sorted(tally.items()):
@@ -200,10 +144,10 @@ class SessionCollector:
             families.append(failed)
         return families
 
-    def _list(self, backend):
+    def _list(self, service):
         started = time.perf_counter()
         try:
-            sessions = backend.list()
+            sessions = service.all()
         except BackendUnavailable:
             return [], 0, time.perf_counter() - started, "unavailable"
         except Exception:
@@ -227,11 +171,6 @@ class Metrics:
                 )
         self.registry = CollectorRegistry()
         self.sessions = SessionCollector(app)
-        self.started = datetime.now(UTC)
-        self.seen_ready = _Seen()
-        self.seen_failed = _Seen()
-        self._child_cache: dict[tuple, tuple] = {}
-        self._rules: dict[int, tuple[str, type]] = {}  # id(url rule) -> (label, view class)
         r = self.registry
         self.requests = Counter(
             "ovas_http_requests",
@@ -252,8 +191,14 @@ class Metrics:
         self.stops = Counter(
             "ovas_session_stops", "Requests to stop a session", ["outcome"], registry=r
         )
+        self.ends = Counter(
+            "ovas_session_ends",
+            "Sessions that ended or failed, by state and reason",
+            ["state", "reason"],
+            registry=r,
+        )
         self.failures = Counter(
-            "ovas_session_failures", "Sessions seen failed, by reason", ["reason"], registry=r
+            "ovas_session_failures", "Sessions that failed, by reason", ["reason"], registry=r
         )
         self.ready = Histogram(
             "ovas_session_start_to_ready_seconds",
@@ -289,9 +234,6 @@ class Metrics:
 
     # Hooks
 
-    def on_exception(self, sender, exception=None, **extra) -> None:
-        request.environ.setdefault(_ERROR_KEY, exception)
-
     def after_request(self, response: Response) -> Response:
         try:
             self._record(response)
@@ -301,96 +243,36 @@ class Metrics:
         return response
 
     def _record(self, response: Response) -> None:
-        # Every request passes here: read the request once, and keep each label set's child
-        # metric rather than looking it up through `labels()` and its lock every time.
-        req = request._get_current_object()
-        environ = req.environ
-        url_rule = req.url_rule
-        known = self._rules.get(id(url_rule))
-        if known is None:
-            view = current_app.view_functions.get(url_rule.endpoint) if url_rule else None
-            known = (url_rule.rule if url_rule else UNMATCHED, getattr(view, "view_class", type))
-            # Rules live as long as the app (and are not hashable): bounded by its routes.
-            self._rules[id(url_rule)] = known
-        rule, resource = known
-        method = req.method
-        if method not in METHODS:
-            method = "other"
-        status = response.status_code
-        counted, timed = self._children(rule, method, status)
-        counted.inc()
-        started = environ.get(STARTED_KEY)
+        url_rule = request.url_rule
+        rule = url_rule.rule if url_rule is not None else UNMATCHED
+        method = request.method if request.method in METHODS else "other"
+        self.requests.labels(rule, method, str(response.status_code)).inc()
+        started = request.environ.get(STARTED_KEY)
         if started is not None:
-            timed.observe(time.perf_counter() - started)
-        exc = environ.get(_ERROR_KEY)
-        if isinstance(exc, BackendUnavailable):
+            self.latency.labels(rule, method).observe(time.perf_counter() - started)
+        if isinstance(g.get(ERROR_KEY), BackendUnavailable):
             self.backend_errors.labels(rule, method).inc()
-        if resource is StreamById and method == "GET":
-            # Clients poll a ready session again and again: look at the body only once.
-            if status == 200:
-                if (req.view_args or {}).get("session_id") not in self.seen_ready:
-                    self._seen_ready(response)
-            elif status == 410:
-                self._seen_failed(response)
-            return
-        outcome = "ok" if status < 400 else error_outcome(exc, status)
-        if resource is Streams and method == "POST":
-            self.starts.labels(outcome).inc()
-            if status == 200:
-                self._seen_ready(response)
-        elif resource in (Streams, StreamById) and method == "DELETE":
-            self.stops.labels(outcome).inc()
 
-    def _children(self, rule: str, method: str, status: int):
-        key = (rule, method, status)
-        found = self._child_cache.get(key)
-        if found is None:
-            found = (
-                self.requests.labels(rule, method, str(status)),
-                self.latency.labels(rule, method),
-            )
-            # Bounded: routes are patterns, methods and statuses few; never grows per path.
-            if len(self._child_cache) < 4096:
-                self._child_cache[key] = found
-        return found
-
-    def _session(self, response: Response) -> dict | None:
-        if response.is_streamed or not response.is_json:
-            return None
-        body = response.get_json(silent=True)
-        if isinstance(body, dict) and isinstance(body.get("id"), str):
-            return body
-        return None
-
-    def _seen_ready(self, response: Response) -> None:
-        session = self._session(response)
-        if session is None:
-            return
-        created = _parse_time(session.get("created_time"))
-        if created is None or created < self.started:
-            return
-        if self.seen_ready.add(session["id"]):
-            elapsed = max(0.0, (datetime.now(UTC) - created).total_seconds())
-            app_id, profile = str(session.get("app_id", "")), str(session.get("profile", ""))
-            self.ready.labels(app_id, profile).observe(elapsed)
-
-    def _seen_failed(self, response: Response) -> None:
-        session = self._session(response)
-        if session is None or not self.seen_failed.add(session["id"]):
-            return
-        status = session.get("status")
-        message = status.get("message", "") if isinstance(status, dict) else ""
-        self.failures.labels(failure_reason(str(message))).inc()
-
-
-def _parse_time(value) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    def on_event(self, event: events.Event) -> None:
+        """Count what the session service tells (subscribed in `init_app`)."""
+        if isinstance(event, events.SessionStarted):
+            self.starts.labels("ok").inc()
+        elif isinstance(event, events.StartRefused):
+            self.starts.labels(error_outcome(event.error)).inc()
+        elif isinstance(event, events.SessionStopped):
+            self.stops.labels("ok").inc()
+        elif isinstance(event, events.StopRefused):
+            self.stops.labels(error_outcome(event.error)).inc()
+        elif isinstance(event, events.SessionReady):
+            session = event.session
+            elapsed = max(0.0, (event.at - session.created_time).total_seconds())
+            self.ready.labels(session.app_id, session.profile).observe(elapsed)
+        elif isinstance(event, events.SessionEnded):
+            session = event.session
+            reason = session.reason.value if session.reason else "unknown"
+            self.ends.labels(session.state.value, reason).inc()
+            if session.state is SessionState.FAILED:
+                self.failures.labels(reason).inc()
 
 
 def init_app(app: Flask) -> Metrics:
@@ -401,13 +283,12 @@ def init_app(app: Flask) -> Metrics:
     recorder = Metrics(app)
     app.extensions[EXTENSION] = recorder
     app.register_blueprint(blp)
-    # An after_request hook sees every answer, error handlers' included, and costs less than
-    # a signal on every request. ovas registers no other after_request hook that could change
-    # the status (the edge middleware only adds headers). The clock starts in that
-    # middleware, before any hook, so a request refused by one is timed too.
+    # An after_request hook sees every answer, error handlers' included. ovas registers no
+    # other after_request hook that could change the status (the edge middleware only adds
+    # headers). The clock starts in that middleware, before any hook, so a request refused
+    # by one is timed too.
     app.after_request(recorder.after_request)
-    got_request_exception.connect(recorder.on_exception, app)
-    _remember_handled_errors(app)
+    app.extensions["ovas"].sessions.events.subscribe(recorder.on_event)
     return recorder
 
 
@@ -417,16 +298,4 @@ def metrics():
     return current_app.extensions[EXTENSION].scrape()
 
 
-def _remember_handled_errors(app: Flask) -> None:
-    # Flask signals only unhandled exceptions; errors answered by an error handler (every
-    # OvasError) are seen here, so that outcomes name the error, not just the status.
-    handle = app.handle_user_exception
-
-    def handle_user_exception(e):
-        request.environ.setdefault(_ERROR_KEY, e)
-        return handle(e)
-
-    app.handle_user_exception = handle_user_exception
-
-
-__all__ = ["REASONS", "Metrics", "failure_reason", "init_app"]
+__all__ = ["Metrics", "init_app"]

@@ -15,6 +15,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from blueprints.edge import EdgeMiddleware
+from ovas import events
 from ovas.auth import ADMIN, ANONYMOUS, STREAMER, VIEWER, Authenticator, Identity, NoAuth
 from ovas.errors import ConfigurationError, OvasError, UserCapacityExceeded
 
@@ -94,6 +95,7 @@ def init_app(app: Flask, authenticator: Authenticator) -> None:
 
     app.wsgi_app = EdgeMiddleware(app.wsgi_app, origins=app.config["CORS_ORIGINS"])
     reaper = app.extensions["ovas"].reaper
+    app.extensions["ovas"].sessions.events.subscribe(audit_event)
 
     open_access = isinstance(authenticator, NoAuth)
 
@@ -140,6 +142,25 @@ def audited(action: str, **target):
         _audit(fields, "error", 500, "unexpected error")
         raise
     _audit(fields, "ok", None, "")
+
+
+def audit_event(event: events.Event) -> None:
+    """The audit lines of what happens to sessions with nobody asking: ends and removals."""
+    if isinstance(event, events.SessionEnded):
+        session = event.session
+        fields = {
+            "audit": "session.end",
+            "user": "ovas",
+            "session": session.id,
+            "owner": session.username,
+            "state": session.state.value,
+            "reason": session.reason.value if session.reason else "",
+        }
+        _audit(fields, "ok", None, "")
+    elif isinstance(event, events.SessionRemoved):
+        _audit(
+            {"audit": "session.remove", "user": "ovas", "session": event.session_id}, "ok", None, ""
+        )
 
 
 def _audit(fields: dict, outcome: str, status: int | None, reason: str) -> None:

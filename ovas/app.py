@@ -29,6 +29,7 @@ from blueprints.common import ErrorSchema
 from ovas import config, logs, registry
 from ovas.auth import NoAuth, build_authenticator
 from ovas.backend import Backend, Catalog
+from ovas.models import Clocks
 from ovas.reaper import Reaper
 from ovas.services import CatalogService, SessionService
 
@@ -136,8 +137,16 @@ def create_app(
         user_capacity=app.config["USER_SESSION_CAPACITY"],
         start_timeout=app.config["START_TIMEOUT"],
         stage_roots=app.config["USD_PATH_ROOTS"],
+        clocks=Clocks(
+            connect_timeout=app.config["SESSION_CONNECT_TIMEOUT"],
+            idle_timeout=app.config["SESSION_IDLE_TIMEOUT"],
+            max_lifetime=app.config["SESSION_MAX_LIFETIME"],
+        ),
+        retention=app.config["SESSION_RETENTION"],
+        # One clock for the backend and the rules: a test injects it into the backend.
+        now=backend.now,
     )
-    state = Ovas(backend, catalogs, sessions, Reaper(backend, app.config["REAP_INTERVAL"]))
+    state = Ovas(backend, catalogs, sessions, Reaper(sessions.reap, app.config["REAP_INTERVAL"]))
     app.extensions["ovas"] = state
 
     app.config.update(_api_settings("APPLICATIONS_", "Application & Profile", "/applications"))

@@ -1,20 +1,27 @@
 """The two interfaces a backend plugin implements: `Catalog` (apps, versions, profiles) and
 `Backend` (sessions).
 
-Both are synchronous, return `ovas.models` objects and raise `ovas.errors` only: an SDK's
-exceptions never leave a backend. Rules that hold for every backend ("latest", profile
-matching, sorting, paging) live in `ovas.services`, not here.
+Both are synchronous, return `ovas.models` and `ovas.lifecycle` objects and raise
+`ovas.errors` only: an SDK's exceptions never leave a backend. Rules that hold for every
+backend ("latest", profile matching, sorting, paging, the session lifecycle and its clocks)
+live in `ovas.services` and `ovas.lifecycle`, not here.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
 from ovas.errors import ApplicationNotFound, ProfileNotFound, VersionNotFound
-from ovas.models import Application, Profile, Session, SessionQuery, SessionRequest, Version
+from ovas.lifecycle import Mark, Observed, Outcome
+from ovas.models import Application, Profile, SessionQuery, SessionRequest, Version
+
+
+def utcnow() -> datetime:
+    """The time now, in UTC: the clock backends and the services use unless given another."""
+    return datetime.now(UTC)
 
 
 class Catalog(abc.ABC):
@@ -95,15 +102,22 @@ class Catalog(abc.ABC):
 
 
 class Backend(abc.ABC):
-    """Runs Kit streams. One instance serves every request of one ovas process, from many
-    threads at once; several processes (gunicorn workers, replicas) may share one engine, so
-    the engine, never this object's memory, is the record of which sessions exist.
+    """Runs Kit streams, and reports what its engine shows of them: backends observe, the core
+    decides (`ovas.lifecycle`). One instance serves every request of one ovas process, from
+    many threads at once; several processes (gunicorn workers, replicas) may share one
+    engine, so the engine, never this object's memory, is the record of which sessions exist.
 
+    A session's `Record` (what was asked, its marks, its outcome) lives with the session in
+    the engine (labels, annotations). `observe*` read it with an `Observation` of the
+    workload; the core then asks `mark` and `finish` to persist what it decided.
+
+    `now` is the clock, a callable returning an aware UTC datetime; tests inject one.
     Plugins register a subclass in the `ovas.backends` entry-point group.
     """
 
     name: ClassVar[str] = ""
     catalog: Catalog
+    now: Callable[[], datetime] = staticmethod(utcnow)
 
     @classmethod
     @abc.abstractmethod
@@ -112,47 +126,68 @@ class Backend(abc.ABC):
         `DOCKER_PORT_RANGE`...). Must not contact the engine: ovas starts without one."""
 
     @abc.abstractmethod
-    def start(self, request: SessionRequest) -> Session:
-        """Begin a session and return at once, normally in state CREATING.
+    def start(self, request: SessionRequest) -> Observed:
+        """Begin a session and return at once, normally with its workload WAITING. Records
+        `request.clocks` and `request.deadline` with the session.
 
         Admission is atomic across processes: with `request.capacity` (all users) or
-        `request.user_capacity` (this user) > 0, never more sessions than that exist at once.
+        `request.user_capacity` (this user) > 0, never more live sessions than that exist at
+        once (ended and failed sessions kept for their retention do not count).
         Raises `CapacityExceeded` / `UserCapacityExceeded` (nothing is left behind),
         `BackendUnavailable`.
         """
 
     @abc.abstractmethod
-    def get(self, session_id: str) -> Session:
-        """The session's current state, probing readiness for at most about a second.
-
-        A session past its deadline that is not ready is FAILED. Raises `SessionNotFound`.
-        """
+    def observe(self, session_id: str) -> Observed:
+        """The session's record and its workload now, probing readiness for at most about a
+        second. Raises `SessionNotFound`."""
 
     @abc.abstractmethod
-    def list(self) -> list[Session]:
+    def observe_all(self) -> list[Observed]:
         """Every session, with one call to the engine (not one per session). Readiness may be
-        reported from the engine's record without probing each session."""
+        reported from the record without probing each session."""
 
-    def page(self, query: SessionQuery) -> list[Session]:
+    def observe_page(self, query: SessionQuery) -> list[Observed]:
         """One page of sessions, sorted and filtered as `query` says (`GET /stream`).
 
-        By default `query.select(self.list())`. A backend whose engine lists its sessions'
-        records more cheaply than their states overrides it to read the records of all and
-        the state of only the page's sessions, in a number of calls that does not grow with
-        the number of sessions."""
-        return query.select(self.list())
+        By default `query.select(self.observe_all())`. A backend whose engine lists its
+        sessions' records more cheaply than their states overrides it to read the records of
+        all and the state of only the page's sessions, in a number of calls that does not
+        grow with the number of sessions."""
+        return query.select(self.observe_all(), key=lambda o: o.record)
+
+    @abc.abstractmethod
+    def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
+        """Remember `mark` at `at` with the session (None forgets it), for every process and
+        restart. True when this call set it, False when it was set already (or, for None,
+        was not set): the first process to mark a session READY reports it ready. A session
+        gone meanwhile is not an error (False)."""
+
+    @abc.abstractmethod
+    def finish(self, session_id: str, outcome: Outcome) -> bool:
+        """The session reached `outcome`: record it, then end the workload (its container or
+        pod stops) and free everything it holds (GPUs, ports, capacity slots), keeping the
+        record, with its last log lines, until the core removes it with `stop`.
+
+        Idempotent: True only for the call that recorded the outcome; later calls complete
+        what an interrupted one left and return False. A session gone is not an error."""
 
     @abc.abstractmethod
     def stop(self, session_id: str) -> None:
-        """Remove everything of the session, also while it is still starting.
+        """Remove everything of the session now, also while it is still starting.
 
         Raises `SessionNotFound` if no such session exists; stopping a session that vanished
         while stopping is not an error."""
 
-    def reap(self, now: datetime) -> list[str]:
-        """Remove failed sessions after a grace period, sessions past their deadline, and
-        anything labelled as ours that belongs to no well-formed session. Returns the ids
-        (or names) removed. Safe to run in several processes at once."""
+    def collect(self, now: datetime) -> list[str]:
+        """Remove anything labelled as ours that belongs to no well-formed session, and
+        complete finishes an interrupted process left undone. Returns what it removed. Safe
+        to run in several processes at once."""
+        return []
+
+    def logs(self, session_id: str, tail: int = 100) -> list[str]:
+        """The session's last `tail` log lines, while it is kept. Raises `SessionNotFound`."""
+        self.observe(session_id)
         return []
 
     def check(self) -> None:

@@ -30,6 +30,7 @@ from ovas.errors import (
     VersionNotFound,
 )
 from ovas.models import Application, Profile, Version
+from ovas.names import APP_ID_PATTERN
 from ovas.resources import (
     API_VERSION,
     APPLICATION,
@@ -42,7 +43,6 @@ from ovas.resources import (
     version_from_resource,
     version_to_resource,
 )
-from ovas.services import APP_ID_PATTERN
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".ovas-catalog.lock"

@@ -85,7 +85,7 @@ def sessions_reap() -> None:
 def sessions_list() -> None:
     """List every session with its state."""
     try:
-        items = _app_state().backend.list()
+        items = _app_state().sessions.all()
     except OvasError as exc:
         raise click.ClickException(exc.message) from None
     for s in sorted(items, key=lambda s: s.created_time):

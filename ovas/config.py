@@ -20,8 +20,11 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_CAPACITY": 0,
     "USER_SESSION_CAPACITY": 0,
     "START_TIMEOUT": 900,
+    "SESSION_CONNECT_TIMEOUT": 300,
+    "SESSION_IDLE_TIMEOUT": 300,
+    "SESSION_MAX_LIFETIME": 28800,
+    # SESSION_RETENTION: 3600, unless only the older OVAS_REAP_GRACE is set (see normalise).
     "REAP_INTERVAL": 30,
-    "REAP_GRACE": 60,
     "CORS_ORIGINS": "*",
     "AUTH": "none",
     "START_RATE_LIMIT": "30/minute",
@@ -47,9 +50,13 @@ _INTEGERS = (
     "SESSION_CAPACITY",
     "USER_SESSION_CAPACITY",
     "START_TIMEOUT",
+    "SESSION_CONNECT_TIMEOUT",
+    "SESSION_IDLE_TIMEOUT",
+    "SESSION_MAX_LIFETIME",
+    "SESSION_RETENTION",
     "REAP_INTERVAL",
-    "REAP_GRACE",
 )
+DEFAULT_RETENTION = 3600
 
 
 def as_bool(value: Any) -> bool:
@@ -68,6 +75,8 @@ def normalise(config: MutableMapping[str, Any]) -> None:
     """Coerce settings that came in as text; raise `ConfigurationError` naming a bad one."""
     for key in _BOOLEANS:
         config[key] = as_bool(config.get(key, False))
+    # OVAS_REAP_GRACE is what OVAS_SESSION_RETENTION was called before session clocks.
+    config.setdefault("SESSION_RETENTION", config.get("REAP_GRACE", DEFAULT_RETENTION))
     for key in _INTEGERS:
         try:
             value = int(config.get(key, 0))

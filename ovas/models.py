@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 S = TypeVar("S")  # a Session, or a stand-in with its id, username and created_time
@@ -16,8 +16,47 @@ class SessionState(enum.StrEnum):
 
     CREATING = "creating"
     READY = "ready"
-    FAILED = "failed"
+    FAILED = "failed"  # a fault ended it: `reason` says which
+    ENDED = "ended"  # it ended with no fault: the app quit after it was ready, or a clock
     TERMINATING = "terminating"
+
+    @property
+    def final(self) -> bool:
+        """True for FAILED and ENDED: the session will never run again."""
+        return self in (SessionState.FAILED, SessionState.ENDED)
+
+
+class Reason(enum.StrEnum):
+    """Why a session ended or failed, as `reason` in a StreamResponse and in metrics.
+
+    The first four end a session without a fault (`ENDED`); the rest are faults (`FAILED`).
+    """
+
+    APP_EXITED = "app_exited"  # the Kit app quit by itself (exit code 0) after it was ready
+    CONNECT_TIMEOUT = "connect_timeout"  # ready, and nobody ever connected
+    IDLE_TIMEOUT = "idle_timeout"  # the last client left long enough ago
+    MAX_LIFETIME = "max_lifetime"  # the session reached its maximum age
+    START_TIMEOUT = "start_timeout"  # not ready by its start deadline
+    IMAGE_PULL = "image_pull"  # the image cannot be pulled
+    EXITED = "exited"  # the Kit app exited with an error (or before it was ready)
+    OOM = "oom"  # the Kit app was killed for want of memory
+    EVICTED = "evicted"  # the node evicted the session (memory, disk pressure...)
+    UNSCHEDULABLE = "unschedulable"  # no node can ever run the session as asked
+    NO_GPU = "no_gpu"  # no GPU the session asks for can be had
+    CREATE_FAILED = "create_failed"  # the engine refused to create or start the container
+    CRASH_LOOP = "crash_loop"  # the Kit app keeps crashing
+    INSTALL_FAILED = "install_failed"  # the session's Helm chart cannot be installed
+    LOST = "lost"  # the session's container or pod was removed outside ovas
+
+    @property
+    def fault(self) -> bool:
+        """True when the reason is a fault (the session is FAILED, not ENDED)."""
+        return self not in _NOT_FAULTS
+
+
+_NOT_FAULTS = frozenset(
+    {Reason.APP_EXITED, Reason.CONNECT_TIMEOUT, Reason.IDLE_TIMEOUT, Reason.MAX_LIFETIME}
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +93,8 @@ class Profile:
     supported_applications: tuple[SupportedApplication, ...] = ()
     chart_mappings: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     chart_values: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # `metadata.annotations`: `ovas/connect-timeout` and the other session clocks.
+    annotations: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -62,6 +103,19 @@ class Route:
     protocol: str  # "TCP" or "UDP"
     source_port: int  # the port a client connects to
     destination_port: int  # the port inside the Kit container
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """A session's clocks, in seconds; 0 turns one off. See `ovas.lifecycle`."""
+
+    connect_timeout: float = 300  # ready, and no client ever connected
+    idle_timeout: float = 300  # since the last client left
+    max_lifetime: float = 28800  # since the session was created
+
+    def expires(self, created: datetime) -> datetime | None:
+        """When the max lifetime ends a session created at `created`; None without one."""
+        return created + timedelta(seconds=self.max_lifetime) if self.max_lifetime else None
 
 
 @dataclass(frozen=True)
@@ -84,11 +138,13 @@ class SessionRequest:
     usd_stage_uri: str | None = None
     capacity: int = 0  # most sessions at once, all users; 0 = no limit of ours
     user_capacity: int = 0  # most sessions at once for this username; 0 = no limit
+    clocks: Clocks = field(default_factory=Clocks)
 
 
 @dataclass
 class Session:
-    """A session as the backend sees it now."""
+    """A session as clients see it now: decided by `ovas.lifecycle` from what the backend
+    observed. `connected` is None when the backend cannot tell whether a client is."""
 
     id: str
     app_id: str
@@ -100,6 +156,11 @@ class Session:
     message: str = ""
     host: str | None = None
     routes: tuple[Route, ...] = ()
+    reason: Reason | None = None  # why it ended or failed; None while alive
+    connected: bool | None = None
+    last_connected_time: datetime | None = None
+    expires_time: datetime | None = None  # when the max lifetime ends it
+    ended_time: datetime | None = None
 
     @classmethod
     def of(cls, request: SessionRequest, **fields) -> Session:
@@ -130,15 +191,16 @@ class SessionQuery:
     descending: bool = True
     username: str | None = None
 
-    def select(self, sessions: Iterable[S]) -> list[S]:
-        """The page out of `sessions`. Reads only `id`, `username` and `created_time`, so a
-        backend may select from stand-ins that carry no state yet."""
+    def select(self, sessions: Iterable[S], key: Callable[[S], Any] | None = None) -> list[S]:
+        """The page out of `sessions`. Reads only `id`, `username` and `created_time` (of
+        `key(item)` when given), so a backend may select from stand-ins that carry no state
+        yet, or from its observations."""
+        of = key or (lambda item: item)
+        items = list(sessions)
         if self.username is not None:
-            sessions = [s for s in sessions if s.username == self.username]
-        if self.sort_by == "username":
-            ordered = sorted(sessions, key=_by_user, reverse=self.descending)
-        else:
-            ordered = sorted(sessions, key=_by_time, reverse=self.descending)
+            items = [s for s in items if of(s).username == self.username]
+        order = _by_user if self.sort_by == "username" else _by_time
+        ordered = sorted(items, key=lambda s: order(of(s)), reverse=self.descending)
         return ordered[self.offset : self.offset + self.limit]
 
 

@@ -1,20 +1,21 @@
-"""Runs `Backend.reap` every few seconds in a background thread of a serving process."""
+"""Runs the session service's reaper (`SessionService.reap`) every few seconds in a background
+thread of a serving process: the session clocks, the retention, and the clean-up."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime
+from collections.abc import Callable
 
-from ovas.backend import Backend
 from ovas.errors import OvasError
 
 log = logging.getLogger(__name__)
 
 
 class Reaper:
-    def __init__(self, backend: Backend, interval: float):
-        self.backend = backend
+    def __init__(self, reap: Callable[[], list[str]], interval: float):
+        """`reap()` does one pass and returns what it removed; every `interval` seconds."""
+        self.reap = reap
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -33,7 +34,7 @@ class Reaper:
         self._stop.set()
 
     def run_once(self) -> list[str]:
-        removed = self.backend.reap(datetime.now(UTC))
+        removed = self.reap()
         for name in removed:
             log.info("reaped %s", name)
         return removed

@@ -10,8 +10,9 @@ import re
 from typing import Any
 
 from ovas.kitspec import parse_kit, render_values
+from ovas.lifecycle import CLOCK_ANNOTATIONS, parse_seconds
 from ovas.models import Application, Profile, SupportedApplication, Version
-from ovas.services import is_semver
+from ovas.names import is_semver
 
 API_VERSION = "omniverse.nvidia.com/v1"
 GROUP, API = API_VERSION.split("/")
@@ -137,9 +138,27 @@ def profile_from_resource(doc: dict[str, Any]) -> Profile:
         supported_applications=tuple(supported),
         chart_mappings=dict(mappings),
         chart_values=values,
+        annotations=_annotations(doc),
     )
     _check_values(profile)
     return profile
+
+
+def _annotations(doc: dict[str, Any]) -> dict[str, str]:
+    """`metadata.annotations`, with the session clocks (`ovas/idle-timeout`...) checked."""
+    raw = doc["metadata"].get("annotations") or {}
+    if not isinstance(raw, dict):
+        raise ValueError("metadata.annotations: must be a mapping")
+    annotations = {}
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            # Kubernetes refuses annotation values that are not strings; so does ovas.
+            raise ValueError(f"metadata.annotations.{key}: must be a string (quote it)")
+        annotations[str(key)] = value
+    for key in CLOCK_ANNOTATIONS:
+        if key in annotations:
+            parse_seconds(annotations[key], f"metadata.annotations.{key}")
+    return annotations
 
 
 def _check_values(profile: Profile) -> None:

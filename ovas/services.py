@@ -4,59 +4,56 @@ capacity settings, session listing. Views call these; these call the `Backend` a
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import logging
 import posixpath
-import re
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-
-import semver
+from datetime import datetime, timedelta
 
 from ovas.auth import Identity
-from ovas.backend import Backend, Catalog
+from ovas.backend import Backend, Catalog, utcnow
 from ovas.errors import (
     EditingDisabled,
     InvalidInput,
+    OvasError,
     ProfileNotFound,
     SessionNotFound,
     VersionNotFound,
 )
-from ovas.kitspec import parse_kit, render_values
-from ovas.models import Application, Profile, Session, SessionQuery, SessionRequest, Version
-
-APP_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
-PROFILE_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
-SESSION_ID_PATTERN = re.compile(
-    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+from ovas.events import (
+    Events,
+    SessionEnded,
+    SessionReady,
+    SessionRemoved,
+    SessionStarted,
+    SessionStopped,
+    StartRefused,
+    StopRefused,
 )
+from ovas.kitspec import parse_kit, render_values
+from ovas.lifecycle import Mark, Observed, clocks_for, decide
+from ovas.models import (
+    Application,
+    Clocks,
+    Profile,
+    Session,
+    SessionQuery,
+    SessionRequest,
+    Version,
+)
+from ovas.names import APP_ID_PATTERN, is_semver, is_session_id, new_session_id, semver_key
+
+log = logging.getLogger("ovas.sessions")
 LATEST = "latest"
 STAGE_URI_SCHEMES = ("omniverse://", "http://", "https://", "s3://")
 MAX_STAGE_URI = 2048
 
 
-def new_session_id() -> str:
-    return str(uuid.uuid4())
-
-
-def is_session_id(value: str) -> bool:
-    return bool(SESSION_ID_PATTERN.match(value))
-
-
-def is_semver(value: str) -> bool:
-    return len(value) <= 128 and semver.Version.is_valid(value)
-
-
-def _semver_key(version: str) -> tuple[int, semver.Version | str]:
-    # Versions that are not semver sort after every semver one, by text.
-    if is_semver(version):
-        return (1, semver.Version.parse(version))
-    return (0, version)
-
-
 def sort_versions(versions: list[Version]) -> list[Version]:
     """Newest semver first."""
-    return sorted(versions, key=lambda v: _semver_key(v.version), reverse=True)
+    return sorted(versions, key=lambda v: semver_key(v.version), reverse=True)
 
 
 def glob_match(pattern: str, value: str) -> bool:
@@ -214,7 +211,12 @@ class CatalogService:
 
 
 class SessionService:
-    """The Streaming Session service's rules."""
+    """The Streaming Session service's rules, over one backend: requests are checked against
+    the catalog before the backend is asked; what the backend observes is decided by
+    `ovas.lifecycle`, and what that decides is written back through the backend (marks,
+    outcomes) and told to `events` (metrics, audit, logs listen there).
+
+    `now` is the clock (an aware UTC datetime); tests inject one and move it."""
 
     def __init__(
         self,
@@ -225,6 +227,10 @@ class SessionService:
         user_capacity: int = 0,
         start_timeout: float = 900,
         stage_roots: tuple[str, ...] = (),
+        clocks: Clocks | None = None,
+        retention: float = 3600,
+        now: Callable[[], datetime] = utcnow,
+        events: Events | None = None,
     ):
         self.stage_roots = tuple(stage_roots)
         self.backend = backend
@@ -232,6 +238,10 @@ class SessionService:
         self.capacity = capacity
         self.user_capacity = user_capacity
         self.start_timeout = start_timeout
+        self.clocks = clocks or Clocks()
+        self.retention = timedelta(seconds=retention)
+        self.now = now
+        self.events = events or Events()
 
     def build_request(
         self,
@@ -259,12 +269,13 @@ class SessionService:
         values = render_values(profile, app, resolved, session_id, usd_stage_uri)
         try:
             kit = parse_kit(values)
+            clocks = clocks_for(self.clocks, profile.annotations)
         except ValueError as exc:
             raise InvalidInput(
                 f"Profile '{profile_id}' cannot run {app.id} {resolved.version}: {exc}",
                 field="profile",
             ) from None
-        created = now or datetime.now(UTC)
+        created = now or self.now()
         return SessionRequest(
             id=session_id,
             app=app,
@@ -278,21 +289,30 @@ class SessionService:
             usd_stage_uri=usd_stage_uri or None,
             capacity=self.capacity,
             user_capacity=self.user_capacity,
+            clocks=clocks,
         )
 
     def start(self, app_id: str, profile_id: str, version: str | None = None, **kw) -> Session:
-        request = self.build_request(app_id, profile_id, version, **kw)
-        return self.backend.start(request)
+        """Start a session; returns it as first decided (normally CREATING). Raises what
+        `build_request` and `Backend.start` raise; every start, admitted or refused, is
+        told to `events`."""
+        try:
+            request = self.build_request(app_id, profile_id, version, **kw)
+            session = self._settle(self.backend.start(request))
+        except OvasError as exc:
+            self.events.emit(StartRefused(exc))
+            raise
+        self.events.emit(SessionStarted(session))
+        return session
 
     def get(self, session_id: str, caller: Identity | None = None) -> Session:
         """The session in whatever state it is. Raises `SessionNotFound`, also for another
         user's session when `caller` is not an admin (indistinguishable from a missing one)."""
         if not is_session_id(session_id):
             raise SessionNotFound(session_id[:64])
-        session = self.backend.get(session_id)
-        if caller is not None and not caller.is_admin and session.username != caller.username:
-            raise SessionNotFound(session_id)
-        return session
+        observed = self.backend.observe(session_id)
+        _check_owner(observed.record.username, caller, session_id)
+        return self._settle(observed)
 
     def list(
         self,
@@ -304,7 +324,9 @@ class SessionService:
         username: str | None = None,
         caller: Identity | None = None,
     ) -> Page:
-        """A page of sessions; a non-admin `caller` sees only their own."""
+        """A page of sessions; a non-admin `caller` sees only their own. Listing decides each
+        session's state but writes nothing (its cost must not grow with the sessions): `get`
+        and the reaper write what the lifecycle asks."""
         if caller is not None and not caller.is_admin:
             if username and username != caller.username:
                 return Page(offset=offset, limit=limit, items=[])
@@ -316,11 +338,66 @@ class SessionService:
             descending=order.upper() == "DESC",
             username=username or None,
         )
-        return Page(offset=offset, limit=limit, items=self.backend.page(query))
+        now = self.now()
+        items = [decide(o, now).session for o in self.backend.observe_page(query)]
+        return Page(offset=offset, limit=limit, items=items)
+
+    def all(self) -> list[Session]:
+        """Every session, as decided now (for metrics and the command line); writes nothing."""
+        now = self.now()
+        return [decide(o, now).session for o in self.backend.observe_all()]
 
     def stop(self, session_id: str, caller: Identity | None = None) -> None:
-        if not is_session_id(session_id):
-            raise SessionNotFound(session_id[:64])
-        if caller is not None and not caller.is_admin:
-            self.get(session_id, caller)
-        self.backend.stop(session_id)
+        """Remove the session now, also while it starts. Raises `SessionNotFound`."""
+        try:
+            if not is_session_id(session_id):
+                raise SessionNotFound(session_id[:64])
+            if caller is not None and not caller.is_admin:
+                self.get(session_id, caller)
+            self.backend.stop(session_id)
+        except OvasError as exc:
+            self.events.emit(StopRefused(exc))
+            raise
+        self.events.emit(SessionStopped(session_id))
+
+    def reap(self) -> list[str]:
+        """One pass of the reaper: decide every session now, write what that asks (ending
+        those whose clock ran out), remove ended and failed sessions whose retention has
+        passed, and let the backend collect what belongs to no session. Returns the ids and
+        names removed. Safe in several processes at once: a session is ended once."""
+        now = self.now()
+        removed = []
+        for observed in self.backend.observe_all():
+            session_id = observed.record.id
+            try:
+                session = self._settle(observed, now=now)
+                if session.ended_time is not None and now >= session.ended_time + self.retention:
+                    with contextlib.suppress(SessionNotFound):
+                        self.backend.stop(session_id)
+                        removed.append(session_id)
+                        self.events.emit(SessionRemoved(session_id))
+            except OvasError as exc:
+                log.warning("reaping session %s: %s", session_id, exc.message)
+        removed.extend(self.backend.collect(now))
+        return removed
+
+    def _settle(self, observed: Observed, *, now: datetime | None = None) -> Session:
+        """Decide the session, and write through the backend what the decision asks: marks,
+        and the outcome of a session that has just ended. A write that fails is logged and
+        left to the next reader (the decision holds meanwhile: it is made again the same)."""
+        decision = decide(observed, now or self.now())
+        session_id = observed.record.id
+        try:
+            for mark, at in decision.marks.items():
+                if self.backend.mark(session_id, mark, at) and mark is Mark.READY and at:
+                    self.events.emit(SessionReady(decision.session, at))
+            if decision.outcome is not None and self.backend.finish(session_id, decision.outcome):
+                self.events.emit(SessionEnded(decision.session))
+        except OvasError as exc:
+            log.warning("session %s: %s", session_id, exc.message)
+        return decision.session
+
+
+def _check_owner(owner: str, caller: Identity | None, session_id: str) -> None:
+    if caller is not None and not caller.is_admin and owner != caller.username:
+        raise SessionNotFound(session_id)

@@ -138,16 +138,17 @@ def test_engine_down_is_503_naming_it_and_recovers(client, backend):
 
 
 def test_failed_session_is_410_with_the_reason():
-    app = create_app({"TESTING": True}, backend=FailingBackend(reason="No GPU is free"))
+    app = create_app({"TESTING": True}, backend=FailingBackend(detail="every GPU is in use"))
     client = app.test_client()
     started = client.post("/streaming/stream", json=START)
     answer = client.get(f"/streaming/stream/{started.json['id']}")
     assert answer.status_code == 410
     assert answer.json["status"] == {
         "condition": "failed",
-        "message": "No GPU is free",
+        "message": "No GPU can be had for the session: every GPU is in use",
         "status": False,
     }
+    assert answer.json["reason"] == "no_gpu"
     assert answer.json["id"] == started.json["id"]
 
 
@@ -167,7 +168,7 @@ def test_unknown_session_is_404(client):
 
 
 class ExplodingBackend(FakeBackend):
-    def list(self):
+    def observe_all(self):
         raise RuntimeError("secret internal state /etc/passwd")
 
 

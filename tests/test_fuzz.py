@@ -14,7 +14,6 @@ before each test, in turn ready, starting and failed), which reaches the 200, 20
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,8 @@ from hypothesis import strategies as st
 
 from ovas import create_app
 from ovas.catalog_files import FileCatalog
-from ovas.models import Session, SessionState
+from ovas.lifecycle import Mark, Observation, Stage
+from ovas.models import SessionState
 from ovas.testing import FakeBackend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,31 +63,31 @@ LIVE_SESSIONS: list[str] = []
 
 
 class MixedBackend(FakeBackend):
-    """Sessions in turn ready, starting and failed, so that every state is answered."""
+    """Sessions in turn ready, starting, failed and ended, so that every state is answered."""
 
-    FATES = (SessionState.READY, SessionState.CREATING, SessionState.FAILED)
+    FATES = (SessionState.READY, SessionState.CREATING, SessionState.FAILED, SessionState.ENDED)
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self._fates: dict[str, SessionState] = {}
 
-    def _fate(self, session: Session) -> Session:
-        fate = self._fates.setdefault(session.id, self.FATES[len(self._fates) % 3])
-        if fate is SessionState.READY:
-            return session
-        message = (
-            "Starting" if fate is SessionState.CREATING else "The container exited with code 137"
-        )
-        return replace(session, state=fate, message=message, host=None, routes=())
-
     def start(self, request):
-        return self._fate(super().start(request))
+        fate = self._fates.setdefault(request.id, self.FATES[len(self._fates) % 4])
+        started = super().start(request)
+        if fate is SessionState.ENDED:
+            self.mark(request.id, Mark.READY, self.now())
+            return self.observe(request.id)
+        return started
 
-    def get(self, session_id):
-        return self._fate(super().get(session_id))
-
-    def list(self):
-        return [self._fate(s) for s in super().list()]
+    def _seen(self, entry):
+        fate = self._fates.get(entry.record.id, SessionState.READY)
+        if fate is SessionState.CREATING:
+            return Observation(Stage.WAITING, detail="Pulling the image")
+        if fate is SessionState.FAILED:
+            return Observation(Stage.EXITED, exit_code=137)
+        if fate is SessionState.ENDED:
+            return Observation(Stage.EXITED, exit_code=0)
+        return super()._seen(entry)
 
 
 # Who calls: anyone (`OVAS_AUTH=none`, the default); a gateway-vouched viewer, whose reads

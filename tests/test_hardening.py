@@ -53,7 +53,7 @@ def test_allowed_stage_uris_reach_usd_path(uri):
     assert answer.status_code in (200, 202)
     (record,) = backend._sessions.values()
     expected = uri or "/app/samples/stage01.usd"
-    assert record.request.kit.env_dict["USD_PATH"] == expected
+    assert record.env["USD_PATH"] == expected
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ and the example third-party plugin (tests/plugin_example) passing the contract a
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from importlib.metadata import EntryPoint
@@ -89,8 +90,10 @@ def test_flask_ovas_backends_lists_them_even_when_the_configured_one_is_broken()
 
 class TestExamplePluginContract(BackendContract):
     @pytest.fixture
-    def backend(self):
-        return registry.load("example").from_settings({})
+    def backend(self, clock):
+        backend = registry.load("example").from_settings({})
+        backend.now = clock
+        return backend
 
     @pytest.fixture
     def ready_timeout(self):
@@ -99,8 +102,20 @@ class TestExamplePluginContract(BackendContract):
 
 class TestFakeBackendContract(BackendContract):
     @pytest.fixture
-    def backend(self):
-        return FakeBackend()
+    def backend(self, clock):
+        return FakeBackend(now=clock)
+
+    @pytest.fixture
+    def client(self, backend):
+        @contextlib.contextmanager
+        def connected(session):
+            backend.connect(session.id)
+            try:
+                yield
+            finally:
+                backend.disconnect(session.id)
+
+        return connected
 
     @pytest.fixture
     def ready_timeout(self):

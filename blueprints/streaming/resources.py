@@ -22,8 +22,9 @@ blp = Blueprint(
     description="Streaming sessions: start a Kit app, poll until it is ready, stop it",
 )
 
-# Clients poll until exactly 200; a failed session answers 410 with the reason in the body.
-_STATUS = {SessionState.READY: 200, SessionState.FAILED: 410}
+# Clients poll until exactly 200; a failed or ended session answers 410 with the reason in
+# the body.
+_STATUS = {SessionState.READY: 200, SessionState.FAILED: 410, SessionState.ENDED: 410}
 
 
 def _answer(session: Session) -> tuple[Session, int]:
@@ -81,10 +82,15 @@ class StreamById(Resource):
     @document(
         blp, 202, schema=StreamResponseSchema, description="The session is starting", success=True
     )
-    @document(blp, 410, schema=StreamResponseSchema, description="The session failed")
+    @document(
+        blp,
+        410,
+        schema=StreamResponseSchema,
+        description="The session failed or ended; `reason` and `status.message` say why",
+    )
     @error_responses(blp, 404, 503)
     def get(self, session_id):
-        """Get a session: 200 only when ready, 202 while starting, 410 when failed"""
+        """Get a session: 200 only when ready, 202 while starting, 410 when failed or ended"""
         return _answer(sessions().get(session_id, current_identity()))
 
     @blp.response(204)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_load, validate
 
-from ovas.models import Session, SessionState
+from ovas.models import Reason, Session, SessionState
 
 
 class RouteSchema(Schema):
@@ -44,6 +44,26 @@ class StreamResponseSchema(Schema):
     profile = fields.String()
     username = fields.String()
     created_time = fields.DateTime()
+    reason = fields.String(
+        allow_none=True,
+        validate=validate.OneOf([r.value for r in Reason]),
+        metadata={
+            "description": "Why the session ended or failed (machine-readable); null while "
+            "it is alive"
+        },
+    )
+    connected = fields.Boolean(
+        allow_none=True,
+        metadata={
+            "description": "Whether a client is connected to the signaling port; null when "
+            "the backend cannot tell"
+        },
+    )
+    last_connected_time = fields.DateTime(allow_none=True)
+    expires_time = fields.DateTime(
+        allow_none=True, metadata={"description": "When the max lifetime ends the session"}
+    )
+    ended_time = fields.DateTime(allow_none=True)
 
     def dump(self, obj, *, many=None):
         # The route every client polls: a plain function, not marshmallow's field walk
@@ -87,6 +107,11 @@ def session_to_json(session: Session) -> dict:
         "profile": session.profile,
         "username": session.username,
         "created_time": session.created_time,
+        "reason": session.reason,
+        "connected": session.connected,
+        "last_connected_time": session.last_connected_time,
+        "expires_time": session.expires_time,
+        "ended_time": session.ended_time,
     }
 
 

@@ -3,15 +3,21 @@
 - `FakeBackend` (and `SlowBackend`, `NeverReadyBackend`, `FailingBackend`): an in-memory
   backend that doubles as the test fake of the web layer.
 - `InMemoryCatalog`: a catalog held in memory.
+- `FakeClock`: a clock tests move past deadlines instead of waiting for them.
 - `BackendContract` (needs pytest): the suite every backend passes. Subclass it in a test
   module and supply a `backend` fixture.
+- `service_for(backend)`, `wait_for(...)`, `make_request(...)`: the core's rules over a
+  backend, without a web request.
 
-Backends honour three container environment variables, so that one request can say how its
+Backends honour these container environment variables, so that one request can say how its
 stand-in Kit app behaves on every backend (see `config/standin/`):
 `STANDIN_READY_DELAY` (seconds before the app is ready), `STANDIN_NEVER_READY=1`,
-`STANDIN_EXIT_CODE` (the app exits at once with that code).
+`STANDIN_EXIT_CODE` (the app exits at once with that code, or, with `STANDIN_EXIT_AFTER`,
+that many seconds after it is ready), `STANDIN_QUIT_ON_LEAVE=1` (the app quits with code 0
+when its last client leaves, as Kit apps built for OVAS do).
 """
 
+from ovas.testing.clock import FakeClock
 from ovas.testing.fake import (
     FailingBackend,
     FakeBackend,
@@ -20,17 +26,19 @@ from ovas.testing.fake import (
     SlowBackend,
     sample_catalog,
 )
-from ovas.testing.requests import make_request, wait_for, with_env
+from ovas.testing.requests import make_request, service_for, wait_for, with_env
 
 __all__ = [
     "BackendContract",
     "FailingBackend",
     "FakeBackend",
+    "FakeClock",
     "InMemoryCatalog",
     "NeverReadyBackend",
     "SlowBackend",
     "make_request",
     "sample_catalog",
+    "service_for",
     "wait_for",
     "with_env",
 ]

@@ -6,42 +6,69 @@ Use it in a test module::
 
     class TestMyBackend(BackendContract):
         @pytest.fixture
-        def backend(self):
-            yield MyBackend(...)
+        def backend(self, clock):
+            yield MyBackend(..., now=clock)
 
-The backend's catalog must hold an application whose latest version, with the first profile
-that supports it, starts a container honouring the `STANDIN_*` variables (see
-`ovas.testing`); override `request_options` to choose others, and `ready_timeout` if the
-backend is slow to start.
+The backend must take its time from the `clock` fixture (a ticking `FakeClock`: real time
+passes, and the tests jump it past deadlines instead of waiting for them). Its catalog must
+hold an application whose latest version, with the first profile that supports it, starts
+a container honouring the `STANDIN_*` variables (see `ovas.testing`); override
+`request_options` to choose others, and `ready_timeout` if the backend is slow to start.
+
+The tests run the backend under the core's rules (`SessionService`), as ovas does: the
+session clocks, the outcomes, the retention. Override `client` if a client of a session is
+not a TCP connection to its signaling route, and `peer` to give a second instance on the
+same engine (as another worker process would be).
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
 
 from ovas.backend import Backend
 from ovas.errors import CapacityExceeded, SessionNotFound
-from ovas.models import Session, SessionQuery, SessionRequest, SessionState
+from ovas.events import SessionEnded, SessionReady
+from ovas.lifecycle import Observed
+from ovas.models import Clocks, Reason, Session, SessionQuery, SessionRequest, SessionState
+from ovas.services import SessionService
+from ovas.testing.clock import FakeClock
 from ovas.testing.requests import (
+    STANDIN_EXIT_AFTER,
     STANDIN_EXIT_CODE,
     STANDIN_NEVER_READY,
     STANDIN_READY_DELAY,
     make_request,
+    service_for,
     wait_for,
 )
 
+CLOCKS = Clocks(connect_timeout=300, idle_timeout=300, max_lifetime=3600)
+RETENTION = 600
+SLOW = {STANDIN_READY_DELAY: "60"}
+
 
 class BackendContract:
-    """Every backend passes these. Supply a `backend` fixture."""
+    """Every backend passes these. Supply a `backend` fixture that uses `clock`."""
 
     @pytest.fixture
-    def backend(self) -> Backend:
+    def clock(self) -> FakeClock:
+        return FakeClock(ticking=True)
+
+    @pytest.fixture
+    def backend(self, clock) -> Backend:
         raise NotImplementedError("a BackendContract subclass must supply a `backend` fixture")
+
+    @pytest.fixture
+    def peer(self, backend) -> Backend:
+        """Another instance on the same engine, as another ovas process would have."""
+        return backend
 
     @pytest.fixture
     def request_options(self) -> dict:
@@ -53,28 +80,67 @@ class BackendContract:
         return 60.0
 
     @pytest.fixture
+    def sessions(self, backend) -> SessionService:
+        return service_for(backend, retention=RETENTION, clocks=CLOCKS)
+
+    @pytest.fixture
     def new_request(self, backend, request_options) -> Callable[..., SessionRequest]:
         def build(**kw) -> SessionRequest:
-            return make_request(backend.catalog, **{**request_options, **kw})
+            options = {"clocks": CLOCKS, "now": backend.now(), **request_options, **kw}
+            return make_request(backend.catalog, **options)
 
         return build
 
     @pytest.fixture
-    def start(self, backend, new_request) -> Iterator[Callable[..., Session]]:
-        """Start a session from `new_request(**kw)`; every one is stopped at the end."""
+    def start(self, backend, sessions, new_request) -> Iterator[Callable[..., Session]]:
+        """Start a session from `new_request(**kw)` through the rules; every one is stopped
+        at the end."""
         started: list[str] = []
 
         def start(**kw) -> Session:
             request = new_request(**kw)
             started.append(request.id)
-            return backend.start(request)
+            return sessions._settle(backend.start(request))
 
         yield start
         for session_id in started:
             with contextlib.suppress(SessionNotFound):
                 backend.stop(session_id)
 
-    wait_for = staticmethod(wait_for)
+    @pytest.fixture
+    def client(self, backend) -> Callable[[Session], contextlib.AbstractContextManager]:
+        """`with client(session):` a client connected to the session's signaling route."""
+
+        @contextlib.contextmanager
+        def connected(session: Session) -> Iterator[None]:
+            route = next(r for r in session.routes if r.description == "signaling")
+            with socket.create_connection((session.host, route.source_port), timeout=5):
+                yield
+
+        return connected
+
+    def ready(self, sessions, session_id: str, timeout: float) -> Session:
+        session = wait_for(sessions, session_id, {SessionState.READY}, timeout)
+        assert session.state is SessionState.READY, session.message
+        return session
+
+    def until(self, sessions, session_id: str, check: Callable[[Session], bool], timeout=20.0):
+        """Reap and read until `check(session)` holds (the engine may take a moment to
+        show what happened); returns the session as last read."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sessions.reap()
+            session = sessions.get(session_id)
+            if check(session) or time.monotonic() > deadline:
+                return session
+            time.sleep(0.1)
+
+    # Starting and reading
+
+    def test_the_backend_runs_on_the_injected_clock(self, clock, start):
+        clock.advance(86400)
+        session = start(env=SLOW)
+        assert abs((session.created_time - clock()).total_seconds()) < 30
 
     def test_start_answers_at_once_with_the_request_recorded(self, backend, start):
         began = time.monotonic()
@@ -82,19 +148,21 @@ class BackendContract:
         assert time.monotonic() - began < 10
         assert session.state is SessionState.CREATING
         assert session.routes == ()
+        assert session.reason is None
         uuid.UUID(session.id, version=4)
-        seen = backend.get(session.id)
+        seen = backend.observe(session.id).record
         assert (seen.id, seen.username) == (session.id, "alice")
         assert (seen.app_id, seen.version, seen.profile) == (
             session.app_id,
             session.version,
             session.profile,
         )
+        assert seen.clocks == CLOCKS
+        lifetime = timedelta(seconds=CLOCKS.max_lifetime)
+        assert session.expires_time == session.created_time + lifetime
 
-    def test_becomes_ready_with_signaling_and_media_routes(self, backend, start, ready_timeout):
-        session = start()
-        ready = self.wait_for(backend, session.id, {SessionState.READY}, ready_timeout)
-        assert ready.state is SessionState.READY, ready.message
+    def test_becomes_ready_with_signaling_and_media_routes(self, sessions, start, ready_timeout):
+        ready = self.ready(sessions, start().id, ready_timeout)
         assert ready.message == "Session is active"
         assert ready.host
         by_name = {r.description: r for r in ready.routes}
@@ -103,18 +171,19 @@ class BackendContract:
         assert by_name["signaling"].source_port > 0
         assert by_name["signaling"].destination_port == 49100
         assert by_name["media"].destination_port == 47998
+        assert ready.connected in (False, None)
 
     def test_list_has_each_session_once(self, backend, start):
-        first = start(env={STANDIN_READY_DELAY: "30"})
-        second = start(env={STANDIN_READY_DELAY: "30"}, username="bob")
-        listed = [s for s in backend.list() if s.id in {first.id, second.id}]
-        assert sorted(s.id for s in listed) == sorted([first.id, second.id])
-        assert {s.id: s.username for s in listed}[second.id] == "bob"
+        first = start(env=SLOW)
+        second = start(env=SLOW, username="bob")
+        listed = [o.record for o in backend.observe_all() if o.record.id in {first.id, second.id}]
+        assert sorted(r.id for r in listed) == sorted([first.id, second.id])
+        assert {r.id: r.username for r in listed}[second.id] == "bob"
 
     def test_pages_agree_with_the_whole_list(self, backend, start):
-        """`page()`, however a backend reads it, is the page `list()` holds."""
+        """`observe_page()`, however a backend reads it, is the page `observe_all()` holds."""
         users = ("carol@example.com", "alice", "carol@example.com")
-        ids = [start(env={STANDIN_READY_DELAY: "30"}, username=user).id for user in users]
+        ids = [start(env=SLOW, username=user).id for user in users]
         queries = [
             SessionQuery(),
             SessionQuery(limit=1, offset=1),
@@ -124,21 +193,31 @@ class BackendContract:
             SessionQuery(username="nobody"),
             SessionQuery(limit=1000),
         ]
+
+        def key(o: Observed):
+            return o.record
+
         for query in queries:
-            expected = [(s.id, s.username) for s in query.select(backend.list())]
-            assert [(s.id, s.username) for s in backend.page(query)] == expected, query
-        mine = {s.id: s for s in backend.page(SessionQuery(username="carol@example.com"))}
+            expected = [
+                (o.record.id, o.record.username)
+                for o in query.select(backend.observe_all(), key=key)
+            ]
+            page = backend.observe_page(query)
+            assert [(o.record.id, o.record.username) for o in page] == expected, query
+        mine = {
+            o.record.id: o for o in backend.observe_page(SessionQuery(username="carol@example.com"))
+        }
         assert {ids[0], ids[2]} <= set(mine)
         assert ids[1] not in mine
-        assert mine[ids[0]].state is SessionState.CREATING
 
-    def test_stop_removes_the_session(self, backend, start, ready_timeout):
-        session = start()
-        self.wait_for(backend, session.id, {SessionState.READY}, ready_timeout)
+    # Stopping
+
+    def test_stop_removes_the_session(self, backend, sessions, start, ready_timeout):
+        session = self.ready(sessions, start().id, ready_timeout)
         backend.stop(session.id)
         with pytest.raises(SessionNotFound):
-            backend.get(session.id)
-        assert session.id not in {s.id for s in backend.list()}
+            sessions.get(session.id)
+        assert session.id not in {o.record.id for o in backend.observe_all()}
 
     def test_stop_twice_reports_not_found(self, backend, start):
         session = start()
@@ -146,46 +225,149 @@ class BackendContract:
         with pytest.raises(SessionNotFound):
             backend.stop(session.id)
 
-    def test_stop_while_starting_cancels_the_start(self, backend, start):
-        session = start(env={STANDIN_READY_DELAY: "60"})
+    def test_stop_while_starting_cancels_the_start(self, backend, sessions, start):
+        session = start(env=SLOW)
         backend.stop(session.id)
         with pytest.raises(SessionNotFound):
-            backend.get(session.id)
-        assert session.id not in {s.id for s in backend.list()}
+            sessions.get(session.id)
+        assert session.id not in {o.record.id for o in backend.observe_all()}
 
     def test_unknown_session_is_not_found(self, backend):
         with pytest.raises(SessionNotFound):
-            backend.get(str(uuid.uuid4()))
+            backend.observe(str(uuid.uuid4()))
         with pytest.raises(SessionNotFound):
             backend.stop(str(uuid.uuid4()))
 
-    def test_exit_is_reported_as_failure_with_the_reason(self, backend, start, ready_timeout):
+    # Failures and ends
+
+    def test_an_exit_fails_the_session_with_its_code(self, backend, sessions, start, ready_timeout):
         session = start(env={STANDIN_EXIT_CODE: "3"})
-        failed = self.wait_for(backend, session.id, {SessionState.FAILED}, ready_timeout)
+        failed = wait_for(sessions, session.id, {SessionState.FAILED}, ready_timeout)
         assert failed.state is SessionState.FAILED
-        assert "3" in failed.message
+        assert failed.reason is Reason.EXITED
+        assert "code 3" in failed.message
+        assert failed.ended_time is not None
+        # Kept, with its reason, until it is stopped or its retention passes.
+        assert sessions.get(session.id).reason is Reason.EXITED
         backend.stop(session.id)
         with pytest.raises(SessionNotFound):
-            backend.get(session.id)
+            sessions.get(session.id)
 
-    def test_never_ready_fails_at_its_deadline(self, backend, start, ready_timeout):
-        session = start(env={STANDIN_NEVER_READY: "1"}, start_timeout=3)
-        failed = self.wait_for(backend, session.id, {SessionState.FAILED}, ready_timeout)
-        assert failed.state is SessionState.FAILED
-        assert "ready" in failed.message.lower()
+    def test_an_app_that_quits_after_it_was_ready_has_ended(self, sessions, start, ready_timeout):
+        session = start(env={STANDIN_EXIT_CODE: "0", STANDIN_EXIT_AFTER: "1"})
+        self.ready(sessions, session.id, ready_timeout)
+        ended = wait_for(sessions, session.id, {SessionState.ENDED, SessionState.FAILED}, 30)
+        assert (ended.state, ended.reason) == (SessionState.ENDED, Reason.APP_EXITED), ended
+        assert ended.message.startswith("Ended:")
 
-    def test_capacity_is_never_exceeded_and_is_released(self, backend, start):
-        first = start(capacity=1, env={STANDIN_READY_DELAY: "30"})
+    def test_never_ready_fails_at_its_deadline(self, clock, sessions, start):
+        session = start(env={STANDIN_NEVER_READY: "1"}, start_timeout=30)
+        assert sessions.get(session.id).state is SessionState.CREATING
+        clock.advance(31)
+        failed = sessions.get(session.id)
+        assert (failed.state, failed.reason) == (SessionState.FAILED, Reason.START_TIMEOUT)
+        assert "not ready within 30 seconds" in failed.message
+
+    def test_the_max_lifetime_ends_a_session(self, clock, sessions, start, ready_timeout):
+        session = self.ready(sessions, start().id, ready_timeout)
+        assert session.expires_time is not None
+        clock.advance(CLOCKS.max_lifetime + 1)
+        assert session.id not in sessions.reap()
+        ended = sessions.get(session.id)
+        assert (ended.state, ended.reason) == (SessionState.ENDED, Reason.MAX_LIFETIME)
+        assert "3600 seconds" in ended.message
+
+    def test_nobody_connecting_ends_a_session_if_the_backend_can_tell(
+        self, clock, sessions, start, ready_timeout
+    ):
+        session = self.ready(sessions, start().id, ready_timeout)
+        clock.advance(CLOCKS.connect_timeout + 1)
+        sessions.reap()
+        later = sessions.get(session.id)
+        if session.connected is None:
+            # The backend cannot tell: only the max lifetime applies.
+            assert later.state is SessionState.READY
+            return
+        assert (later.state, later.reason) == (SessionState.ENDED, Reason.CONNECT_TIMEOUT)
+        assert later.connected is False
+
+    def test_the_idle_timeout_ends_a_session_its_client_left(
+        self, clock, sessions, start, client, ready_timeout
+    ):
+        session = self.ready(sessions, start().id, ready_timeout)
+        if session.connected is None:
+            clock.advance(CLOCKS.idle_timeout + CLOCKS.connect_timeout + 1)
+            sessions.reap()
+            assert sessions.get(session.id).state is SessionState.READY
+            return
+        with client(session):
+            seen = self.until(sessions, session.id, lambda s: s.connected)
+            assert seen.connected is True, seen
+            assert seen.last_connected_time is not None
+            clock.advance(CLOCKS.connect_timeout + CLOCKS.idle_timeout + 1)
+            sessions.reap()
+            assert sessions.get(session.id).state is SessionState.READY  # connected: no clock
+        left = self.until(sessions, session.id, lambda s: s.connected is False)
+        assert left.state is SessionState.READY, left
+        clock.advance(CLOCKS.idle_timeout - 5)
+        sessions.reap()
+        assert sessions.get(session.id).state is SessionState.READY
+        clock.advance(10)
+        sessions.reap()
+        ended = sessions.get(session.id)
+        assert (ended.state, ended.reason) == (SessionState.ENDED, Reason.IDLE_TIMEOUT)
+        assert ended.message == "Ended: nobody was connected for 300 seconds"
+
+    def test_an_ended_session_is_kept_for_its_retention_then_removed(
+        self, backend, clock, sessions, start, ready_timeout
+    ):
+        session = self.ready(sessions, start().id, ready_timeout)
+        clock.advance(CLOCKS.max_lifetime + 1)
+        sessions.reap()
+        assert sessions.get(session.id).state is SessionState.ENDED
+        clock.advance(RETENTION - 10)
+        assert session.id not in sessions.reap()
+        assert sessions.get(session.id).reason is Reason.MAX_LIFETIME
+        clock.advance(20)
+        assert session.id in sessions.reap()
+        with pytest.raises(SessionNotFound):
+            sessions.get(session.id)
+        assert session.id not in {o.record.id for o in backend.observe_all()}
+
+    def test_two_processes_end_a_session_once(
+        self, backend, peer, clock, sessions, start, ready_timeout
+    ):
+        session = self.ready(sessions, start().id, ready_timeout)
+        other = service_for(peer, retention=RETENTION, clocks=CLOCKS)
+        events = []
+        for service in (sessions, other):
+            service.events.subscribe(events.append)
+        clock.advance(CLOCKS.max_lifetime + 1)
+        sessions.reap()
+        other.reap()
+        assert sessions.get(session.id) == other.get(session.id)
+        ended = [e for e in events if isinstance(e, SessionEnded)]
+        assert [e.session.id for e in ended] == [session.id]
+        assert not [e for e in events if isinstance(e, SessionReady)]
+
+    # Capacity
+
+    def test_capacity_is_never_exceeded_and_is_released(self, backend, sessions, start):
+        first = start(capacity=1, env=SLOW)
         with pytest.raises(CapacityExceeded):
             start(capacity=1)
         backend.stop(first.id)
         assert start(capacity=1).state in {SessionState.CREATING, SessionState.READY}
 
-    def test_concurrent_sessions_get_distinct_routes(self, backend, start, ready_timeout):
-        sessions = [start(), start()]
-        ready = [
-            self.wait_for(backend, s.id, {SessionState.READY}, ready_timeout) for s in sessions
-        ]
-        assert all(s.state is SessionState.READY for s in ready), [s.message for s in ready]
+    def test_an_ended_session_holds_no_capacity(self, sessions, start, ready_timeout):
+        broken = start(capacity=1, env={STANDIN_EXIT_CODE: "3"})
+        failed = wait_for(sessions, broken.id, {SessionState.FAILED}, ready_timeout)
+        assert failed.state is SessionState.FAILED
+        # Still listed with its reason, but its slot is free for the next session.
+        assert start(capacity=1, env=SLOW).state is SessionState.CREATING
+        assert sessions.get(broken.id).reason is Reason.EXITED
+
+    def test_concurrent_sessions_get_distinct_routes(self, sessions, start, ready_timeout):
+        ready = [self.ready(sessions, start().id, ready_timeout) for _ in range(2)]
         ports = [(s.host, r.source_port) for s in ready for r in s.routes]
         assert len(ports) == len(set(ports))

@@ -4,14 +4,13 @@ the behaviour every real backend must show."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
-from ovas.backend import Backend, Catalog
+from ovas.backend import Backend, Catalog, utcnow
 from ovas.errors import (
     ApplicationNotFound,
     BackendUnavailable,
@@ -21,17 +20,23 @@ from ovas.errors import (
     UserCapacityExceeded,
     VersionNotFound,
 )
+from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage
 from ovas.models import (
     Application,
     Profile,
+    Reason,
     Route,
-    Session,
     SessionRequest,
-    SessionState,
     SupportedApplication,
     Version,
 )
-from ovas.testing.requests import STANDIN_EXIT_CODE, STANDIN_NEVER_READY, STANDIN_READY_DELAY
+from ovas.testing.requests import (
+    STANDIN_EXIT_AFTER,
+    STANDIN_EXIT_CODE,
+    STANDIN_NEVER_READY,
+    STANDIN_QUIT_ON_LEAVE,
+    STANDIN_READY_DELAY,
+)
 
 
 class InMemoryCatalog(Catalog):
@@ -141,38 +146,40 @@ def sample_catalog() -> InMemoryCatalog:
 
 
 @dataclass
-class _Record:
-    request: SessionRequest
-    started: float  # time.monotonic() at start
-    port: int
-    exit_code: str | None  # the STANDIN_* knobs, read once at start
-    ready_delay: float | None
-    never_ready: bool
-    ready: Session | None = None  # once ready a session stays so: built once
+class _Entry:
+    """One session of the fake engine: its record, and how its stand-in app behaves."""
 
-    @classmethod
-    def of(cls, request: SessionRequest, port: int) -> _Record:
-        env = request.kit.env_dict
-        delay = env.get(STANDIN_READY_DELAY)
-        return cls(
-            request,
-            time.monotonic(),
-            port,
-            env.get(STANDIN_EXIT_CODE),
-            float(delay) if delay is not None else None,
-            env.get(STANDIN_NEVER_READY) == "1",
-        )
+    record: Record
+    started: datetime  # by the backend's clock
+    port: int  # the host port of its signaling route; media has the next one
+    kit_ports: tuple[int, int]  # signaling and media inside the container
+    image: str
+    env: dict[str, str]
+    clients: int = 0  # connected now (see `connect`)
+    exited: tuple[int, datetime] | None = None  # (code, when) once the app quit
+    ended: bool = False  # its workload was ended by `finish`
+
+    def knob(self, name: str) -> str | None:
+        return self.env.get(name)
+
+    def delay(self, default: float) -> float:
+        value = self.knob(STANDIN_READY_DELAY)
+        return default if value is None else float(value)
 
 
 class FakeBackend(Backend):
-    """An in-memory backend. Knobs, settable at any time:
+    """An in-memory backend, a model of what every real backend observes. Knobs, settable at
+    any time:
 
-    - `ready_after`: seconds from start until a session is ready (default 0);
+    - `ready_after`: seconds (by `now`) from start until a session is ready (default 0);
     - `never_ready`: sessions never become ready (and fail at their deadline);
-    - `fail_reason`: sessions fail at once with this message;
-    - `unavailable`: every call raises `BackendUnavailable`, as if the engine were down.
+    - `fault`: sessions fail at once with this reason (and `fault_detail`);
+    - `unavailable`: every call raises `BackendUnavailable`, as if the engine were down;
+    - `counts_clients`: False makes `connections` None, as for an engine that cannot tell.
 
-    The `STANDIN_*` variables of a request's environment act per session.
+    `connect(id)` and `disconnect(id)` play a client on a session's signaling port. The
+    `STANDIN_*` variables of a request's environment act per session (see `ovas.testing`).
+    `now` is the clock (default: the real one).
     """
 
     name = "fake"
@@ -184,18 +191,22 @@ class FakeBackend(Backend):
         *,
         ready_after: float = 0.0,
         never_ready: bool = False,
-        fail_reason: str | None = None,
+        fault: Reason | None = None,
+        fault_detail: str = "",
         unavailable: bool = False,
-        reap_grace: float = 60.0,
+        counts_clients: bool = True,
+        now: Callable[[], datetime] = utcnow,
     ):
         self.catalog = catalog if catalog is not None else sample_catalog()
         self.ready_after = ready_after
         self.never_ready = never_ready
-        self.fail_reason = fail_reason
+        self.fault = fault
+        self.fault_detail = fault_detail
         self.unavailable = unavailable
-        self.reap_grace = reap_grace
+        self.counts_clients = counts_clients
+        self.now = now
         self._lock = threading.Lock()
-        self._sessions: dict[str, _Record] = {}
+        self._sessions: dict[str, _Entry] = {}
         self._next_port = 31000
 
     @classmethod
@@ -211,36 +222,69 @@ class FakeBackend(Backend):
         if self.unavailable:
             raise BackendUnavailable("The fake engine is unavailable")
 
+    def _entry(self, session_id: str) -> _Entry:
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            raise SessionNotFound(session_id)
+        return entry
+
     def check(self) -> None:
         self._engine()
 
-    def start(self, request: SessionRequest) -> Session:
+    def start(self, request: SessionRequest) -> Observed:
         self._engine()
         with self._lock:
-            if request.capacity and len(self._sessions) >= request.capacity:
+            live = [e for e in self._sessions.values() if e.record.outcome is None]
+            if request.capacity and len(live) >= request.capacity:
                 raise CapacityExceeded(
                     f"All {request.capacity} session slots are in use", retry_after=30
                 )
-            mine = sum(1 for r in self._sessions.values() if r.request.username == request.username)
+            mine = sum(1 for e in live if e.record.username == request.username)
             if request.user_capacity and mine >= request.user_capacity:
                 raise UserCapacityExceeded(
                     f"User '{request.username}' already has {mine} sessions", retry_after=30
                 )
-            record = _Record.of(request, self._next_port)
+            entry = _Entry(
+                Record.of(request),
+                self.now(),
+                self._next_port,
+                (request.kit.signaling_port, request.kit.media_port),
+                request.kit.image,
+                request.kit.env_dict,
+            )
             self._next_port += 2
-            self._sessions[request.id] = record
-        return self._session(record)
+            self._sessions[request.id] = entry
+        return self._observed(entry)
 
-    def get(self, session_id: str) -> Session:
+    def observe(self, session_id: str) -> Observed:
         self._engine()
-        record = self._sessions.get(session_id)
-        if record is None:
-            raise SessionNotFound(session_id)
-        return self._session(record)
+        return self._observed(self._entry(session_id))
 
-    def list(self) -> list[Session]:
+    def observe_all(self) -> list[Observed]:
         self._engine()
-        return [self._session(r) for r in list(self._sessions.values())]
+        return [self._observed(e) for e in list(self._sessions.values())]
+
+    def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
+        self._engine()
+        with self._lock:
+            entry = self._sessions.get(session_id)
+            if entry is None or (at is not None) == (mark in entry.record.marks):
+                return False
+            marks = {k: v for k, v in entry.record.marks.items() if k is not mark}
+            if at is not None:
+                marks[mark] = at
+            entry.record = replace(entry.record, marks=marks)
+            return True
+
+    def finish(self, session_id: str, outcome: Outcome) -> bool:
+        self._engine()
+        with self._lock:
+            entry = self._sessions.get(session_id)
+            if entry is None or entry.record.outcome is not None:
+                return False
+            entry.record = replace(entry.record, outcome=outcome)
+            entry.ended, entry.clients = True, 0
+            return True
 
     def stop(self, session_id: str) -> None:
         self._engine()
@@ -248,46 +292,67 @@ class FakeBackend(Backend):
             if self._sessions.pop(session_id, None) is None:
                 raise SessionNotFound(session_id)
 
-    def reap(self, now: datetime) -> list[str]:
+    def logs(self, session_id: str, tail: int = 100) -> list[str]:
         self._engine()
-        removed = []
-        for session in self.list():
-            failed_since = session.created_time + timedelta(seconds=self.reap_grace)
-            if session.state is SessionState.FAILED and now >= failed_since:
-                with self._lock:
-                    if self._sessions.pop(session.id, None) is not None:
-                        removed.append(session.id)
-        return removed
+        entry = self._entry(session_id)
+        return [f"stand-in Kit app: {entry.image}", f"USD_PATH={entry.env.get('USD_PATH', '')}"][
+            -tail:
+        ]
 
-    def _session(self, record: _Record) -> Session:
-        if record.ready is not None and not self.fail_reason:
-            return record.ready
-        request = record.request
-        session = Session.of(request)
-        if self.fail_reason or record.exit_code is not None:
-            session.state = SessionState.FAILED
-            session.message = self.fail_reason or (
-                f"The container exited with code {record.exit_code}"
-            )
-            return session
-        delay = self.ready_after if record.ready_delay is None else record.ready_delay
-        if self.never_ready or record.never_ready or time.monotonic() < record.started + delay:
-            if datetime.now(UTC) >= request.deadline:
-                seconds = (request.deadline - request.created_time).total_seconds()
-                session.state = SessionState.FAILED
-                session.message = f"The session was not ready within {seconds:.0f} seconds"
-            else:
-                session.message = "Starting the Kit application"
-            return session
-        session.state = SessionState.READY
-        session.message = "Session is active"
-        session.host = self.host
-        session.routes = (
-            Route("signaling", "TCP", record.port, request.kit.signaling_port),
-            Route("media", "UDP", record.port + 1, request.kit.media_port),
+    # Clients
+
+    def connect(self, session_id: str) -> None:
+        """A client connects to the session's signaling port."""
+        self._entry(session_id).clients += 1
+
+    def disconnect(self, session_id: str) -> None:
+        """A client leaves; with `STANDIN_QUIT_ON_LEAVE=1` the app then quits (code 0), as a
+        Kit app built for OVAS does."""
+        entry = self._entry(session_id)
+        entry.clients = max(0, entry.clients - 1)
+        if entry.clients == 0 and entry.knob(STANDIN_QUIT_ON_LEAVE) == "1":
+            entry.exited = (0, self.now())
+
+    # What the fake engine shows
+
+    def _observed(self, entry: _Entry) -> Observed:
+        return Observed(entry.record, self._seen(entry))
+
+    def _seen(self, entry: _Entry) -> Observation:
+        if entry.ended:
+            return Observation(Stage.GONE)
+        if self.fault is not None:
+            return Observation(Stage.FAULT, fault=self.fault, detail=self.fault_detail)
+        code = entry.knob(STANDIN_EXIT_CODE)
+        after = entry.knob(STANDIN_EXIT_AFTER)
+        if code is not None and after is None:
+            return self._exit(entry, int(code), entry.started)
+        now = self.now()
+        ready_at = entry.started + timedelta(seconds=entry.delay(self.ready_after))
+        never = self.never_ready or entry.knob(STANDIN_NEVER_READY) == "1"
+        if never or now < ready_at:
+            return Observation(Stage.RUNNING, detail="Starting the Kit application")
+        if after is not None:
+            seen_ready = entry.record.marks.get(Mark.READY, ready_at)
+            if now >= seen_ready + timedelta(seconds=float(after)):
+                when = seen_ready + timedelta(seconds=float(after))
+                return self._exit(entry, int(code or 0), when)
+        if entry.exited is not None:
+            return self._exit(entry, *entry.exited)
+        return Observation(
+            Stage.RUNNING,
+            probe_ok=True,
+            host=self.host,
+            routes=(
+                Route("signaling", "TCP", entry.port, entry.kit_ports[0]),
+                Route("media", "UDP", entry.port + 1, entry.kit_ports[1]),
+            ),
+            connections=entry.clients if self.counts_clients else None,
         )
-        record.ready = session
-        return session
+
+    def _exit(self, entry: _Entry, code: int, when: datetime) -> Observation:
+        logs = (f"stand-in Kit app: exiting with code {code} as asked",)
+        return Observation(Stage.EXITED, exit_code=code, finished_time=when, logs=logs)
 
 
 class SlowBackend(FakeBackend):
@@ -305,7 +370,14 @@ class NeverReadyBackend(FakeBackend):
 
 
 class FailingBackend(FakeBackend):
-    """Sessions fail at once with `reason`."""
+    """Sessions fail at once with `fault` (default: no GPU) and the engine's `detail`."""
 
-    def __init__(self, catalog: Catalog | None = None, *, reason: str = "No GPU is free", **kw):
-        super().__init__(catalog, fail_reason=reason, **kw)
+    def __init__(
+        self,
+        catalog: Catalog | None = None,
+        *,
+        fault: Reason = Reason.NO_GPU,
+        detail: str = "no GPU is free",
+        **kw,
+    ):
+        super().__init__(catalog, fault=fault, fault_detail=detail, **kw)

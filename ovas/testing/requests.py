@@ -1,4 +1,4 @@
-"""Build `SessionRequest`s for tests without a web request."""
+"""Build `SessionRequest`s and session services for tests without a web request."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from dataclasses import replace
 
 from ovas.backend import Backend, Catalog
 from ovas.kitspec import parse_kit
-from ovas.models import Session, SessionRequest, SessionState
+from ovas.models import Clocks, Session, SessionRequest, SessionState
 from ovas.services import CatalogService, SessionService
 
 STANDIN_READY_DELAY = "STANDIN_READY_DELAY"
 STANDIN_NEVER_READY = "STANDIN_NEVER_READY"
 STANDIN_EXIT_CODE = "STANDIN_EXIT_CODE"
+STANDIN_EXIT_AFTER = "STANDIN_EXIT_AFTER"
+STANDIN_QUIT_ON_LEAVE = "STANDIN_QUIT_ON_LEAVE"
 
 
 def make_request(
@@ -27,10 +29,12 @@ def make_request(
     start_timeout: float = 120,
     capacity: int = 0,
     user_capacity: int = 0,
+    clocks: Clocks | None = None,
+    now=None,
 ) -> SessionRequest:
     """A request for `app_id` (default: the first application), `version` (default latest)
     and `profile_id` (default: the first profile supporting them), as `POST /stream` builds
-    it, with `env` added to the container's environment."""
+    it, with `env` added to the container's environment. `now` is the creation time."""
     catalogs = CatalogService(catalog)
     if app_id is None:
         app_id = catalogs.list_applications()[0].id
@@ -43,26 +47,36 @@ def make_request(
         capacity=capacity,
         user_capacity=user_capacity,
         start_timeout=start_timeout,
+        clocks=clocks,
     )
     request = sessions.build_request(
-        app_id, profile_id, resolved, username=username, usd_stage_uri=usd_stage_uri
+        app_id, profile_id, resolved, username=username, usd_stage_uri=usd_stage_uri, now=now
     )
     return with_env(request, env) if env else request
 
 
+def service_for(backend: Backend, **options) -> SessionService:
+    """A session service over `backend`, its catalog and its clock, as `create_app` makes one
+    (`options`: retention, clocks, capacity...)."""
+    return SessionService(backend, CatalogService(backend.catalog), now=backend.now, **options)
+
+
 def wait_for(
-    backend: Backend,
+    sessions: SessionService | Backend,
     session_id: str,
     states: SessionState | set[SessionState],
     timeout: float = 30.0,
     interval: float = 0.1,
 ) -> Session:
-    """Poll `backend.get` until the session is in one of `states`, or `timeout` seconds pass;
-    returns the session as last seen (the caller asserts on its state)."""
+    """Poll the session (through `sessions`, or a service over a backend) until it is in one
+    of `states`, or `timeout` seconds pass; returns the session as last seen (the caller
+    asserts on its state). Polling writes what the lifecycle asks, as a client's polls do."""
+    if isinstance(sessions, Backend):
+        sessions = service_for(sessions)
     wanted = {states} if isinstance(states, SessionState) else set(states)
     deadline = time.monotonic() + timeout
     while True:
-        session = backend.get(session_id)
+        session = sessions.get(session_id)
         if session.state in wanted or time.monotonic() > deadline:
             return session
         time.sleep(interval)

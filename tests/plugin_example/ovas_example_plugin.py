@@ -2,38 +2,45 @@
 
 Each session is a listening TCP socket on 127.0.0.1 standing in for Kit's signaling port:
 the session is ready once the socket listens. It keeps its sessions in memory, so it suits
-one process only; it shows the shape of a plugin: subclass `ovas.Backend`, implement the
-abstract methods, raise `ovas.errors` only, register under `ovas.backends`.
+one process only; it shows the shape of a plugin: subclass `ovas.Backend`, report what the
+engine shows (`Observation`), keep the marks and outcome ovas asks for, raise `ovas.errors`
+only, and register under `ovas.backends`. The session clocks, the states, the messages and
+the metrics come from ovas. It cannot tell whether a client is connected (`connections` is
+None), so of the clocks only the max lifetime applies to its sessions.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, Self
 
-from ovas import Backend, Route, Session, SessionRequest, SessionState
+from ovas import Backend, Route, SessionRequest
 from ovas.errors import CapacityExceeded, SessionNotFound, UserCapacityExceeded
+from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage
 from ovas.testing import sample_catalog
 
 
 @dataclass
 class _Entry:
-    request: SessionRequest
-    ready_at: float | None  # monotonic time; None = never
-    exit_code: str | None
+    record: Record
+    ready_at: datetime | None  # by the backend's clock; None = never
+    exit_code: int | None  # exits at once with it
+    exit_after: float | None  # ... or this many seconds after it was ready
+    kit_ports: tuple[int, int]  # signaling and media inside the "container"
     sockets: list[socket.socket] = field(default_factory=list)
 
 
 class ExampleBackend(Backend):
     name = "example"
 
-    def __init__(self, catalog=None):
+    def __init__(self, catalog=None, *, now=None):
         self.catalog = catalog or sample_catalog()
+        if now is not None:
+            self.now = now
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
 
@@ -48,61 +55,100 @@ class ExampleBackend(Backend):
                 return cls(catalog)
         return cls()
 
-    def start(self, request: SessionRequest) -> Session:
+    def start(self, request: SessionRequest) -> Observed:
         env = request.kit.env_dict
         never = env.get("STANDIN_NEVER_READY") == "1"
-        delay = float(env.get("STANDIN_READY_DELAY", "0"))
+        delay = timedelta(seconds=float(env.get("STANDIN_READY_DELAY", "0")))
+        code = env.get("STANDIN_EXIT_CODE")
+        after = env.get("STANDIN_EXIT_AFTER")
         entry = _Entry(
-            request, None if never else time.monotonic() + delay, env.get("STANDIN_EXIT_CODE")
+            Record.of(request),
+            None if never else self.now() + delay,
+            int(code) if code is not None else None,
+            float(after) if after is not None else None,
+            (request.kit.signaling_port, request.kit.media_port),
         )
         with self._lock:
-            if request.capacity and len(self._entries) >= request.capacity:
+            live = [e for e in self._entries.values() if e.record.outcome is None]
+            if request.capacity and len(live) >= request.capacity:
                 raise CapacityExceeded(f"All {request.capacity} sessions are in use")
-            mine = [e for e in self._entries.values() if e.request.username == request.username]
+            mine = [e for e in live if e.record.username == request.username]
             if request.user_capacity and len(mine) >= request.user_capacity:
                 raise UserCapacityExceeded(f"{request.username} has {len(mine)} sessions")
             self._entries[request.id] = entry
-        return self._view(entry)
+        return self._observed(entry)
 
-    def get(self, session_id: str) -> Session:
+    def _entry(self, session_id: str) -> _Entry:
         entry = self._entries.get(session_id)
         if entry is None:
             raise SessionNotFound(session_id)
-        return self._view(entry)
+        return entry
 
-    def list(self) -> list[Session]:
-        return [self._view(e) for e in list(self._entries.values())]
+    def observe(self, session_id: str) -> Observed:
+        return self._observed(self._entry(session_id))
+
+    def observe_all(self) -> list[Observed]:
+        return [self._observed(e) for e in list(self._entries.values())]
+
+    def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is None or (at is not None) == (mark in entry.record.marks):
+                return False
+            marks = {k: v for k, v in entry.record.marks.items() if k is not mark}
+            if at is not None:
+                marks[mark] = at
+            entry.record = replace(entry.record, marks=marks)
+            return True
+
+    def finish(self, session_id: str, outcome: Outcome) -> bool:
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is None or entry.record.outcome is not None:
+                return False
+            entry.record = replace(entry.record, outcome=outcome)
+        self._close(entry)
+        return True
 
     def stop(self, session_id: str) -> None:
         with self._lock:
             entry = self._entries.pop(session_id, None)
         if entry is None:
             raise SessionNotFound(session_id)
+        self._close(entry)
+
+    def _close(self, entry: _Entry) -> None:
         for sock in entry.sockets:
             sock.close()
 
-    def _view(self, entry: _Entry) -> Session:
-        r = entry.request
-        session = Session(
-            r.id, r.app.id, r.version.version, r.profile.id, r.username, r.created_time
+    def _observed(self, entry: _Entry) -> Observed:
+        return Observed(entry.record, self._seen(entry))
+
+    def _seen(self, entry: _Entry) -> Observation:
+        if entry.record.outcome is not None:
+            return Observation(Stage.GONE)
+        now = self.now()
+        if entry.exit_code is not None and entry.exit_after is None:
+            return Observation(Stage.EXITED, exit_code=entry.exit_code, finished_time=now)
+        if entry.ready_at is None or now < entry.ready_at:
+            return Observation(Stage.WAITING, detail="Opening the signaling socket")
+        ready_at = entry.record.marks.get(Mark.READY)
+        if ready_at and entry.exit_after is not None:
+            exit_time = ready_at + timedelta(seconds=entry.exit_after)
+            if now >= exit_time:
+                code = entry.exit_code or 0
+                return Observation(Stage.EXITED, exit_code=code, finished_time=exit_time)
+        self._listen(entry)
+        signaling, media = (s.getsockname()[1] for s in entry.sockets)
+        return Observation(
+            Stage.RUNNING,
+            probe_ok=True,
+            host="127.0.0.1",
+            routes=(
+                Route("signaling", "TCP", signaling, entry.kit_ports[0]),
+                Route("media", "UDP", media, entry.kit_ports[1]),
+            ),
         )
-        if entry.exit_code is not None:
-            session.state = SessionState.FAILED
-            session.message = f"The process exited with code {entry.exit_code}"
-        elif entry.ready_at is not None and time.monotonic() >= entry.ready_at:
-            self._listen(entry)
-            session.state = SessionState.READY
-            session.message = "Session is active"
-            session.host = "127.0.0.1"
-            signaling, media = (s.getsockname()[1] for s in entry.sockets)
-            session.routes = (
-                Route("signaling", "TCP", signaling, r.kit.signaling_port),
-                Route("media", "UDP", media, r.kit.media_port),
-            )
-        elif datetime.now(UTC) >= r.deadline:
-            session.state = SessionState.FAILED
-            session.message = "The session was not ready in time"
-        return session
 
     def _listen(self, entry: _Entry) -> None:
         with self._lock:

@@ -124,7 +124,6 @@ def main() -> int:
             docker_host=daemon.url,
             port_range="30900-30980",
             gpus="none",
-            state_dir=work / "state",
         )
         app = create_app({"REAP_INTERVAL": 0}, backend=backend)
         logging.getLogger("ovas").setLevel(logging.WARNING)

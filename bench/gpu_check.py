@@ -63,19 +63,18 @@ def main() -> int:
     held: set[str] = set()
     for number in range(1, len(found.gpus) + 1):
         request = one_gpu_request(number)
-        (gpu,) = ledger.allocate(request.kit.gpus, held)
+        gpu = ledger.candidates(request.kit.gpus, held)[0]  # the one a claim takes first
         if gpu.ids & held:
             print(f"gpu_check: FAILED, {gpu.describe()} was given twice", file=sys.stderr)
             return 1
         held |= gpu.ids
-        ports = containers.map_ports(request.kit, [31000 + 3 * number, 31001 + 3 * number])
-        spec = containers.container_spec(request, ports, [gpu.device_id])
+        spec = containers.container_spec(request, [gpu.device_id])
         _, host = containers.create_arguments(spec)
         print(f"session {number}: given {gpu.describe()}")
         print(f"  its container's device request: {host['device_requests']}")
 
     try:
-        extra = ledger.allocate(1, held)
+        extra = ledger.candidates(1, held)
     except CapacityExceeded as refusal:
         print(f"session {len(found.gpus) + 1}: refused (HTTP {refusal.http_status}): {refusal}")
     else:
@@ -92,15 +91,15 @@ def main() -> int:
 
 def on_docker(count: int) -> int:
     """Start `count` + 1 one-GPU stand-in sessions on the Docker engine (DOCKER_HOST)."""
-    import time
     from dataclasses import replace
 
     from backends.docker import DockerBackend
     from ovas.catalog_files import FileCatalog
-    from ovas.testing import make_request
+    from ovas.testing import make_request, service_for, wait_for
 
     catalog = FileCatalog(Path(__file__).resolve().parents[1] / "config/catalog")
     backend = DockerBackend(catalog, gpus=os.environ.get("OVAS_DOCKER_GPUS", "auto"))
+    sessions = service_for(backend)
     started, status = [], 0
     print(f"On the Docker engine at {backend.engine.url}:")
     try:
@@ -108,16 +107,18 @@ def on_docker(count: int) -> int:
             request = make_request(catalog, app_id="kit-standin", profile_id="standin")
             request = replace(request, kit=replace(request.kit, gpus=1))
             try:
-                session = backend.start(request)
+                session_id = backend.start(request).record.id
             except CapacityExceeded as refusal:
                 print(f"  session {number}: refused (HTTP {refusal.http_status}): {refusal}")
                 return status if number == count + 1 else 1
-            started.append(session.id)
-            deadline = time.monotonic() + 60
-            while session.state.value == "creating" and time.monotonic() < deadline:
-                time.sleep(0.2)
-                session = backend.get(session.id)
-            record = backend.engine.summaries(session.id)[0]
+            started.append(session_id)
+            session = wait_for(sessions, session_id, {"ready", "failed", "ended"}, timeout=60)
+            kinds = (containers.CONTAINER, containers.PENDING)
+            (record, *_) = [
+                s
+                for s in backend.engine.summaries(session_id)
+                if s["Labels"].get(containers.RECORD) in kinds
+            ]
             gpu = record["Labels"][containers.GPUS]
             print(f"  session {number}: {session.state.value} with GPU {gpu}: {session.message}")
             if not session.ready:

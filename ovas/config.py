@@ -37,7 +37,6 @@ DEFAULTS: dict[str, Any] = {
     "DOCKER_GPUS": "auto",
     "DOCKER_BIND_ADDRESS": "127.0.0.1",
     "DOCKER_PROBE_HOST": "",
-    "DOCKER_STATE_DIR": "",
     "KUBERNETES_NAMESPACE": "omni-streaming",
     "KUBERNETES_SESSION_MODE": "pod",
     # Request bodies of this API are small; refuse anything larger outright.

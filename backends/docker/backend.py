@@ -1,41 +1,45 @@
 """`DockerBackend`: each session is one Kit container on a Docker engine.
 
-The engine is the only record: sessions are read back from labelled containers (see
-`containers`), so any number of ovas processes on the host, and ovas after a restart, see
-the same sessions. Admission (capacity, host ports, GPUs) is decided under one lock file
-per engine, around "list the containers, choose, create", so concurrent starts in several
-processes never over-admit.
+The engine is the record and the lock. Sessions are read back from labelled containers
+(see `containers`), so any number of ovas processes, on one host or several sharing the
+engine, and ovas after a restart, see the same sessions; admission claims uniquely named
+containers (see `admission`), so none over-admits, with no lock and no state folder.
 """
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any, Self
 
-import filelock
-
 from backends.docker import containers as c
-from backends.docker import probes, records
-from backends.docker.engine import Engine
+from backends.docker import observe as seen
+from backends.docker import probes
+from backends.docker.admission import Admission
+from backends.docker.connections import Clients
+from backends.docker.engine import Engine, ImageMissing, PullFailed, is_port_clash
 from backends.docker.gpus import GpuLedger, Inventory, inventory
-from backends.docker.ports import PortAllocator, parse_port_range
-from backends.docker.pulls import Pulls
-from backends.docker.records import SessionRecords
-from ovas.backend import Backend, Catalog
-from ovas.errors import CapacityExceeded, SessionNotFound, UserCapacityExceeded
-from ovas.models import Session, SessionRequest, SessionState
-from ovas.services import is_session_id
+from backends.docker.ports import as_text, ephemeral_overlap, parse_port_range
+from backends.docker.pulls import Jobs
+from ovas.backend import Backend, Catalog, utcnow
+from ovas.errors import SessionNotFound
+from ovas.kitspec import KitSpec, cpu_to_nano
+from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage
+from ovas.models import Reason, SessionRequest
+from ovas.names import is_session_id
 
-PROBE_BUDGET = 1.0  # seconds a GET or a list may spend probing
-ADMISSION_TIMEOUT = 30  # seconds to wait for the admission lock before answering 503
+log = logging.getLogger(__name__)
+PROBE_BUDGET = 1.0  # seconds an observation may spend probing and counting clients
+# A probe that started before a session was marked ready may still hold the signaling port
+# this long after; connections seen sooner might be ovas's own.
+PROBE_SETTLE = timedelta(seconds=2 * PROBE_BUDGET)
+PORT_TRIES = 8  # starts tried when a host port of the range is held by another program
+ORPHAN_GRACE = timedelta(seconds=60)  # claims and marks of no session, kept this long
+LOG_LINES = 100  # kept with a session's outcome
+GPU_HINT = " (GPUs need the NVIDIA Container Toolkit on the Docker host)"
 
 
 class DockerBackend(Backend):
@@ -53,10 +57,11 @@ class DockerBackend(Backend):
         probe_host: str | None = None,
         port_range: str = "31000-31999",
         gpus: str | Inventory = "auto",
-        reap_grace: float = 60.0,
-        state_dir: str | Path | None = None,
+        stop_grace: float = 10.0,
+        now: Callable[[], datetime] = utcnow,
     ):
         self.catalog = catalog
+        self.now = now
         self.engine = Engine(docker_host)
         self.public_host = public_host
         self.bind_address = bind_address
@@ -64,25 +69,30 @@ class DockerBackend(Backend):
         # container's bridge address (which a remote engine or a VM would not route).
         wildcard = bind_address in ("0.0.0.0", "::", "")
         self.probe_host = probe_host or ("127.0.0.1" if wildcard else bind_address)
-        self.ports = PortAllocator(
-            parse_port_range(port_range),
-            bind_address=bind_address or "0.0.0.0",
-            check_host=self.engine.is_local,
-        )
+        self.ports = parse_port_range(port_range)
+        self.stop_grace = stop_grace
         self._gpu_setting = gpus
         self._ledger: GpuLedger | None = None
-        self.reap_grace = reap_grace
-        self._state_root = Path(state_dir or Path(tempfile.gettempdir()) / "ovas-docker")
-        self._thread_lock = threading.Lock()
-        self._ready: set[str] = set()  # ids of containers seen ready (a startup probe passes once)
-        self._probes = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ovas-probe")
-        self.pulls = Pulls(self._state_dir, self.engine.pull, self._carry_on, self._pull_failed)
+        self.admission = Admission(self.engine, self._ledger_now)
+        self.jobs = Jobs(self.engine.pull)
+        self.clients = Clients(self.engine)
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ovas-probe")
+        overlap = ephemeral_overlap(self.ports) if self.engine.is_local else None
+        if overlap is not None:
+            log.warning(
+                "OVAS_DOCKER_PORT_RANGE %s overlaps this host's ephemeral ports (%s): the "
+                "kernel may take any of those %d ports for an outgoing connection; choose a "
+                "range outside /proc/sys/net/ipv4/ip_local_port_range",
+                as_text(self.ports),
+                as_text(overlap),
+                len(overlap),
+            )
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
-        """Build from `CATALOG_PATH`, `REAP_GRACE` and the `DOCKER_*` settings (PUBLIC_HOST,
-        BIND_ADDRESS, PROBE_HOST, PORT_RANGE, GPUS, STATE_DIR). Contacts no engine; raises
-        `ConfigurationError` for a bad port range."""
+        """Build from `CATALOG_PATH` and the `DOCKER_*` settings (PUBLIC_HOST, BIND_ADDRESS,
+        PROBE_HOST, PORT_RANGE, GPUS). Contacts no engine; raises `ConfigurationError` for
+        a bad port range."""
         from ovas.catalog_files import FileCatalog
 
         return cls(
@@ -92,62 +102,7 @@ class DockerBackend(Backend):
             probe_host=settings.get("DOCKER_PROBE_HOST") or None,
             port_range=str(settings.get("DOCKER_PORT_RANGE") or "31000-31999"),
             gpus=str(settings.get("DOCKER_GPUS") or "auto"),
-            reap_grace=float(settings.get("REAP_GRACE", 60)),
-            state_dir=settings.get("DOCKER_STATE_DIR") or None,
         )
-
-    # Engine plumbing
-
-    def _state_dir(self) -> Path:
-        path = self._state_root / self.engine.key
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    # A session once ready stays ready until its container ends: a later probe miss (a Kit
-    # busy loading a stage) or the start deadline passing must never fail a live stream.
-    # Being ready is recorded in a file of the host's state folder, so every worker and a
-    # restarted ovas know it too.
-
-    def _ready_mark(self, container_id: str) -> Path:
-        return self._state_dir() / f"ready-{container_id}"
-
-    def _was_ready(self, container_id: str) -> bool:
-        if container_id in self._ready:
-            return True
-        if self._ready_mark(container_id).exists():
-            self._ready.add(container_id)
-            return True
-        return False
-
-    def _mark_ready(self, container_id: str) -> None:
-        self._ready.add(container_id)
-        self._ready_mark(container_id).touch()
-
-    def _forget_ready_marks(self, live: set[str]) -> None:
-        # Only old marks: one written just after our listing belongs to a live container.
-        stale_before = time.time() - 60
-        for mark in self._state_dir().glob("ready-*"):
-            if mark.name.removeprefix("ready-") not in live:
-                with contextlib.suppress(FileNotFoundError):
-                    if mark.stat().st_mtime < stale_before:
-                        mark.unlink()
-
-    @contextlib.contextmanager
-    def _admission(self) -> Iterator[None]:
-        # The thread lock keeps this process's threads in line; the file lock, the other
-        # processes on the host (flock is released by the kernel if a process dies).
-        lock = filelock.FileLock(self._state_dir() / "admission.lock", thread_local=False)
-        with self._thread_lock:
-            try:
-                lock.acquire(timeout=ADMISSION_TIMEOUT)
-            except filelock.Timeout:
-                raise CapacityExceeded(
-                    "ovas is busy starting other sessions; try again", retry_after=5
-                ) from None
-            try:
-                yield
-            finally:
-                lock.release()
 
     def _ledger_now(self) -> GpuLedger:
         if self._ledger is None:
@@ -156,281 +111,348 @@ class DockerBackend(Backend):
             self._ledger = GpuLedger(found)
         return self._ledger
 
-    # Backend
+    # Starting
 
     def check(self) -> None:
         self.engine.ping()
 
-    def start(self, request: SessionRequest) -> Session:
+    def start(self, request: SessionRequest) -> Observed:
         kit = request.kit
-        present = kit.pull_policy != "Always" and self.engine.image_present(kit.image)
-        # Outside the lock: finding the GPUs may run nvidia-smi, once.
-        ledger = self._ledger_now() if kit.gpus else GpuLedger(Inventory((), "no GPU asked"))
-        failure = container_id = ""
-        job = None
-        with self._admission():
-            sessions, _ = records.group(self.engine.summaries())
-            self._check_capacity(request, sessions)
-            protocols = [proto for _, proto, _ in c.wanted_ports(kit)]
-            host_ports = self.ports.allocate(protocols, records.used_ports(sessions.values()))
-            gpus = ledger.allocate(kit.gpus, records.used_gpus(sessions.values()))
-            mapped = c.map_ports(kit, host_ports)
-            spec = c.container_spec(request, mapped, [g.device_id for g in gpus], self.bind_address)
-            labels = c.base_labels(spec["labels"])
-            if not present and kit.pull_policy == "Never":
-                failure = (
-                    f"The image {kit.image} is not on the Docker engine and the profile's "
-                    "pullPolicy is Never"
-                )
-            else:
-                # Hold the session's lock before its record exists, so no other process
-                # takes the fresh record for an abandoned one.
-                job = self.pulls.claim(request.id)
-                if present:
-                    container_id, failure = self.engine.create_kit(spec)
-                else:
-                    self.engine.create_record(c.record_spec(labels, c.PENDING, spec=spec))
-            if failure:
-                self.engine.create_record(c.record_spec(labels, c.FAILED, message=failure))
-        if job is not None:
-            if failure:
-                job.release()
-            else:
-                # Starting a container takes a few hundred milliseconds, pulling minutes:
-                # both go on in the background, so the POST answers at once.
-                def start_it(_: str) -> None:
-                    self._start_container(container_id, labels)
-
-                then = start_it if container_id else None  # else a pull, then `_carry_on`
-                self.pulls.begin(request.id, "" if present else kit.image, job, then)
-        session = Session.of(
-            request,
-            message="Starting the container" if present else f"Pulling the image {kit.image}",
-        )
-        if failure:
-            session.state, session.message = SessionState.FAILED, failure
-        return session
-
-    def _check_capacity(self, request: SessionRequest, sessions: dict[str, SessionRecords]) -> None:
-        if request.capacity and len(sessions) >= request.capacity:
-            raise CapacityExceeded(
-                f"All {request.capacity} session slots are in use; try again later", retry_after=30
+        cpus, note = self._cpus(kit)
+        claims = self.admission.claim(request)
+        try:
+            spec = c.container_spec(
+                request,
+                list(claims.gpu_ids),
+                bind_address=self.bind_address,
+                host_ports=as_text(self.ports),
+                cpu_limit=cpus,
+                note=note,
             )
-        mine = sum(1 for s in sessions.values() if s.labels.username == request.username)
-        if request.user_capacity and mine >= request.user_capacity:
-            raise UserCapacityExceeded(
-                f"User '{request.username}' already has {mine} sessions, the most allowed",
-                retry_after=30,
-            )
+            detail = self._create(request, spec)
+        except BaseException:
+            self.admission.release(claims.names)
+            raise
+        self.jobs.launch(request.id, lambda: self._carry_on(request.id))
+        return Observed(Record.of(request), Observation(Stage.WAITING, detail=detail, note=note))
 
-    def _start_container(self, container_id: str, labels: Mapping[str, str]) -> str:
-        """Start the Kit container; on failure, replace it by a failed record and return
-        why (else '')."""
-        refusal = self.engine.start(container_id)
-        if not refusal:
+    def _create(self, request: SessionRequest, spec: dict[str, Any]) -> str:
+        """Record the session: its Kit container, or, while its image is to be pulled, a
+        pending record. Returns what it waits for."""
+        kit = request.kit
+        if kit.pull_policy != "Always":
+            try:
+                _, refusal = self.engine.create_kit(spec)
+            except ImageMissing:
+                pass
+            else:
+                if refusal:
+                    self._record_pending(spec)
+                    self._fault(request.id, Reason.CREATE_FAILED, refusal)
+                return "Starting the container"
+        self._record_pending(spec)
+        if kit.pull_policy == "Never":
+            detail = f"the image {kit.image} is not on the Docker engine and the profile's "
+            self._fault(request.id, Reason.IMAGE_PULL, detail + "pullPolicy is Never")
+        return f"Pulling the image {kit.image}"
+
+    def _record_pending(self, spec: Mapping[str, Any]) -> None:
+        session_id = spec["labels"][c.SESSION]
+        name = c.container_name(session_id, c.PENDING)
+        self.engine.create_record(c.record_spec(name, c.pending_labels(spec)))
+
+    def _fault(self, session_id: str, reason: Reason, detail: str) -> None:
+        name = c.container_name(session_id, c.FAULT)
+        self.engine.create_record(c.record_spec(name, c.fault_labels(session_id, reason, detail)))
+
+    def _cpus(self, kit: KitSpec) -> tuple[str | None, str]:
+        """The CPU limit to run with, capped at the host's CPUs, and a note if capped."""
+        if not kit.cpu_limit:
+            return None, ""
+        host = self.engine.cpus
+        if host and cpu_to_nano(kit.cpu_limit) > host * 10**9:
+            note = (
+                f"The profile's CPU limit of {kit.cpu_limit} is more than this host's {host} "
+                f"CPUs; it runs with {host}"
+            )
+            return str(host), note
+        return None, ""
+
+    def _carry_on(self, session_id: str) -> None:
+        """Drive the session's start on from wherever the engine shows it is: pull the image
+        and create the Kit container from the pending record, then start it."""
+        objects = self._objects(session_id)
+        if objects is None or objects.outcome is not None or objects.fault is not None:
+            return
+        container = objects.container
+        if container is None and objects.pending is not None:
+            container_id = self._from_pending(objects.pending)
+            if not container_id:
+                return
+        elif container is not None and container.state == "created":
+            container_id = container.container_id
+        else:
+            return
+        self._start_container(session_id, container_id)
+
+    def _from_pending(self, pending: seen.Found) -> str:
+        """Pull, then create the Kit container the pending record holds; its id, or '' when
+        the session failed, was stopped meanwhile, or another process made the container."""
+        session_id = pending.labels[c.SESSION]
+        try:
+            spec = c.spec_from_labels(pending.labels)
+        except ValueError as exc:
+            self._fault(session_id, Reason.CREATE_FAILED, f"its pending record: {exc}")
             return ""
-        reason = f"The container could not be started: {refusal}"
-        if "device driver" in refusal or "nvidia" in refusal.lower():
-            reason += " (GPUs need the NVIDIA Container Toolkit on the Docker host)"
-        self._fail(labels, reason, [container_id])
-        return reason
+        try:
+            self.jobs.pull(spec["image"])
+            container_id, refusal = self.engine.create_kit(spec)
+        except PullFailed as exc:
+            self._fault(session_id, Reason.IMAGE_PULL, f"{spec['image']}: {exc}")
+            return ""
+        except ImageMissing:
+            self._fault(session_id, Reason.IMAGE_PULL, f"{spec['image']} is gone after its pull")
+            return ""
+        if refusal:
+            self._fault(session_id, Reason.CREATE_FAILED, refusal)
+            return ""
+        if container_id and not self.engine.remove(pending.container_id):
+            self.engine.remove(container_id)  # the session was stopped or ended meanwhile
+            return ""
+        return container_id
 
-    def _fail(self, labels: Mapping[str, str], reason: str, replace: list[str]) -> None:
-        """Record the session as failed, then remove `replace` (the failed record is created
-        first so the session's slot and resources are never briefly free). If `replace` was
-        gone already, the session was stopped meanwhile: the record goes too."""
-        self.engine.create_record(c.record_spec(labels, c.FAILED, message=reason))
-        removed = [self.engine.remove(name) for name in replace]
-        if replace and not any(removed):
-            self.engine.remove(c.container_name(labels[c.SESSION], c.FAILED))
+    def _start_container(self, session_id: str, container_id: str) -> None:
+        refusal = ""
+        for _ in range(PORT_TRIES):
+            refusal = self.engine.start(container_id)
+            if not is_port_clash(refusal):
+                break
+        if refusal:
+            hint = GPU_HINT if "device driver" in refusal or "nvidia" in refusal.lower() else ""
+            self._fault(session_id, Reason.CREATE_FAILED, refusal + hint)
+            return
+        objects = self._objects(session_id)
+        if objects is None:
+            self.engine.remove(container_id)  # stopped while it started
+        elif objects.outcome is not None:
+            self._teardown(objects)  # ended while it started: it must hold nothing
 
-    def get(self, session_id: str) -> Session:
+    # Reading
+
+    def _objects(self, session_id: str) -> seen.SessionObjects | None:
+        sessions, _ = seen.group(self.engine.summaries(session_id))
+        objects = sessions.get(session_id)
+        return objects if objects is not None and objects.exists else None
+
+    def observe(self, session_id: str) -> Observed:
         if not is_session_id(session_id):
             raise SessionNotFound(session_id)
-        sessions, _ = records.group(self.engine.summaries(session_id))
-        entry = sessions.get(session_id)
-        if entry is None:
+        objects = self._objects(session_id)
+        if objects is None:
             raise SessionNotFound(session_id)
-        self._resume_if_unattended(entry)
-        return self._views([entry], detailed=True)[0]
+        return self._observe([objects])[0]
 
-    def list(self) -> list[Session]:
-        sessions, _ = records.group(self.engine.summaries())
-        live = {r.container_id for s in sessions.values() for r in s.records}
-        self._ready &= live
-        self._forget_ready_marks(live)
-        for entry in sessions.values():
-            self._resume_if_unattended(entry)
-        return self._views(list(sessions.values()))
+    def observe_all(self) -> list[Observed]:
+        sessions, _ = seen.group(self.engine.summaries())
+        existing = [o for o in sessions.values() if o.exists]
+        running = [o.container.container_id for o in existing if _running(o)]
+        self.clients.forget(running)
+        return self._observe(existing)
+
+    def _observe(self, entries: list[seen.SessionObjects]) -> list[Observed]:
+        """Observations of `entries`: running containers not yet seen ready are probed,
+        ready ones have their clients counted, exited ones inspected, in parallel within
+        PROBE_BUDGET; unattended starts are carried on."""
+        now = self.now()
+        probes_: dict[str, Future] = {}
+        counts: dict[str, Future] = {}
+        exits: dict[str, Future] = {}
+        for entry in entries:
+            sid = entry.session_id
+            if entry.outcome is not None or entry.fault is not None:
+                continue
+            self._resume(entry)
+            if _running(entry):
+                ready_at = _mark_time(entry, Mark.READY)
+                if ready_at is None:
+                    probes_[sid] = self._pool.submit(self._probe, entry)
+                    counts[sid] = self._pool.submit(self._count_if_ready, probes_[sid], entry)
+                else:
+                    settled = now >= ready_at + PROBE_SETTLE
+                    counts[sid] = self._pool.submit(self._count, entry, settled)
+            elif entry.container is not None and entry.container.ended:
+                exits[sid] = self._pool.submit(self._exit, entry.container.container_id)
+        pending = [*probes_.values(), *counts.values(), *exits.values()]
+        if pending:
+            wait_futures(pending, timeout=PROBE_BUDGET)
+        found = []
+        for entry in entries:
+            sid = entry.session_id
+            progress = ""
+            if entry.container is None and entry.pending is not None:
+                progress = self.jobs.progress(c.parse_labels(entry.pending.labels).image)
+            observation = seen.observation(
+                entry,
+                public_host=self.public_host,
+                probe_ok=_result(probes_.get(sid), False),
+                connections=_result(counts.get(sid), None),
+                progress=progress,
+                exit_info=_result(exits.get(sid), None),
+            )
+            found.append(Observed(seen.record_of(entry), observation))
+        return found
+
+    def _resume(self, entry: seen.SessionObjects) -> None:
+        """Carry on a start no thread of this process works on (a pending record, or a Kit
+        container created but never started): its worker may have died."""
+        waiting = entry.container is None or entry.container.state == "created"
+        if waiting and not self.jobs.running_here(entry.session_id):
+            self.jobs.launch(entry.session_id, lambda: self._carry_on(entry.session_id))
+
+    def _probe(self, entry: seen.SessionObjects) -> bool:
+        port = seen.probe_target(entry)
+        if port is None:
+            return False
+        labels = c.parse_labels(entry.describing.labels)
+        return probes.probe(self.probe_host, port, labels.probe)
+
+    def _count_if_ready(self, probed: Future, entry: seen.SessionObjects) -> int | None:
+        # Just ready: whether ovas can count its clients shows in the very first answer.
+        return self._count(entry, settled=False) if probed.result() else None
+
+    def _count(self, entry: seen.SessionObjects, settled: bool) -> int | None:
+        """Clients of a ready session; none yet while a probe of ours may still hold its
+        signaling port (`settled` False), if ovas can count them at all."""
+        labels = c.parse_labels(entry.describing.labels)
+        signaling = next(p for p in labels.ports if p.name == "signaling")
+        count = self.clients.count(entry.container.container_id, signaling.container_port)
+        return count if settled or count is None else 0
+
+    def _exit(self, container_id: str) -> seen.Exit:
+        state = self.engine.state(container_id)
+        return seen.Exit(
+            oom=bool(state.get("OOMKilled")),
+            error=str(state.get("Error") or ""),
+            finished=_docker_time(state.get("FinishedAt", "")),
+            logs=tuple(self.engine.logs(container_id, tail=5)),
+        )
+
+    # What the lifecycle asks to keep
+
+    def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
+        name = c.mark_name(session_id, mark)
+        if at is None:
+            return self.engine.remove(name)
+        return self.engine.create_record(c.record_spec(name, c.mark_labels(session_id, mark, at)))
+
+    def finish(self, session_id: str, outcome: Outcome) -> bool:
+        """Record the outcome (its unique name makes this once), then free what the session
+        holds; a Kit container still running is stopped first, in the background (a stop
+        may take the grace period), and `collect` completes that if this process dies
+        first. The stopped container stays, holding nothing, for its logs, until the
+        session is removed."""
+        objects = self._objects(session_id)
+        if objects is None:
+            return False
+        recorded = False
+        if objects.outcome is None:
+            container = objects.container
+            logs = self.engine.logs(container.container_id, LOG_LINES) if container else []
+            name = c.container_name(session_id, c.OUTCOME)
+            labels = c.outcome_labels(objects.describing.labels, outcome, logs)
+            recorded = self.engine.create_record(c.record_spec(name, labels))
+        if _running(objects):
+            self.jobs.launch(f"end-{session_id}", lambda: self._teardown(objects))
+        else:
+            self._teardown(objects)
+        return recorded
+
+    def _teardown(self, objects: seen.SessionObjects) -> None:
+        """End the workload of a session that has its outcome, and free what it holds."""
+        container = objects.container
+        if container is not None and container.state in ("running", "restarting", "paused"):
+            self.engine.stop(container.container_id, self.stop_grace)
+        # Only once the Kit app is gone may another session have its GPU.
+        for found in (objects.pending, objects.fault, *objects.claims):
+            if found is not None:
+                self.engine.remove(found.container_id)
+
+    # Removing
 
     def stop(self, session_id: str) -> None:
         if not is_session_id(session_id):
             raise SessionNotFound(session_id)
-        summaries = self.engine.summaries(session_id)
-        sessions, _ = records.group(summaries)
-        if session_id not in sessions:
+        sessions, _ = seen.group(self.engine.summaries(session_id))
+        objects = sessions.get(session_id)
+        if objects is None or not objects.exists:
             raise SessionNotFound(session_id)
-        # A pull finishing meanwhile finds its pending record gone and removes what it made;
-        # its thread ends when the pull does (the image stays for next time).
-        for summary in summaries:
-            self.engine.remove(summary["Id"])
-            self._ready.discard(summary["Id"])
-            self._ready_mark(summary["Id"]).unlink(missing_ok=True)
+        # The Kit container goes first, then what it held. A pull finishing meanwhile
+        # finds its pending record gone and removes what it made.
+        for found in objects.every:
+            self.engine.remove(found.container_id)
 
-    def reap(self, now: datetime) -> list[str]:
-        sessions, malformed = records.group(self.engine.summaries())
+    def collect(self, now: datetime) -> list[str]:
+        sessions, malformed = seen.group(self.engine.summaries())
         removed = []
         for summary in malformed:
             if self.engine.remove(summary["Id"]):
                 removed.append((summary.get("Names") or [summary["Id"]])[0].lstrip("/"))
-        views = self._views(list(sessions.values()), now=now)
-        for entry, view in zip(sessions.values(), views, strict=True):
-            self._resume_if_unattended(entry)
-            if view.state is not SessionState.FAILED:
-                continue
-            since = records.failed_since(entry, self._finished_at(entry)) or entry.labels.deadline
-            if (now - since).total_seconds() >= self.reap_grace:
-                for record in entry.records:
-                    self.engine.remove(record.container_id)
-                removed.append(entry.session_id)
-        for session_id in self.pulls.stale_ids():
-            if session_id not in sessions:
-                self.pulls.forget(session_id)
+        for objects in sessions.values():
+            if not objects.exists:
+                # Claims and marks of no session: a start that died before recording its
+                # session, or a session removed meanwhile. Young ones may be a start now.
+                for found in objects.every:
+                    if now - found.created >= ORPHAN_GRACE and self.engine.remove(
+                        found.container_id
+                    ):
+                        removed.append(found.name)
+            elif objects.outcome is not None and (
+                _running(objects) or objects.claims or objects.pending or objects.fault
+            ):
+                self._teardown(objects)  # a finish its process did not complete
         return removed
 
+    def logs(self, session_id: str, tail: int = 100) -> list[str]:
+        objects = self._objects(session_id)
+        if objects is None:
+            raise SessionNotFound(session_id)
+        if objects.container is not None:
+            return self.engine.logs(objects.container.container_id, tail)
+        if objects.outcome is not None:
+            return c.parse_outcome(objects.outcome.labels)[1][-tail:]
+        return []
+
     def close(self) -> None:
-        self.pulls.join(timeout=5)
-        self._probes.shutdown(wait=False, cancel_futures=True)
+        self.jobs.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
 
-    # Reading sessions
 
-    def _views(
-        self, entries: list[SessionRecords], *, detailed: bool = False, now: datetime | None = None
-    ) -> list[Session]:
-        """Sessions from their records, probing running containers (in parallel, within
-        PROBE_BUDGET) that were not yet seen ready. `detailed` adds an exit's logs."""
-        now = now or datetime.now(UTC)
-        futures = {
-            e.container.container_id: self._probes.submit(self._probe_job(e))
-            for e in entries
-            if records.needs_probe(e) and not self._was_ready(e.container.container_id)
-        }
-        if futures:
-            wait_futures(futures.values(), timeout=PROBE_BUDGET)
-        for cid, future in futures.items():
-            if future.done() and future.exception() is None and future.result():
-                self._mark_ready(cid)
-        views = []
-        for entry in entries:
-            container = entry.container
-            ready = container is not None and self._was_ready(container.container_id)
-            detail = self._exit_detail(entry) if detailed else ""
-            pull = self.pulls.message(entry.session_id) if entry.container is None else ""
-            views.append(
-                records.session_state(
-                    entry,
-                    now,
-                    ready=ready,
-                    public_host=self.public_host,
-                    exit_detail=detail,
-                    pull_message=pull,
-                )
-            )
-        return views
+def _running(objects: seen.SessionObjects) -> bool:
+    return objects.container is not None and objects.container.state == "running"
 
-    def _probe_job(self, entry: SessionRecords) -> Callable[[], bool]:
-        labels = entry.labels
-        target = labels.probe.port if labels.probe else None
-        by_port = {(p.container_port, p.protocol): p.host_port for p in labels.ports}
-        host_port = by_port.get((target, "tcp")) if target else None
-        if host_port is None:
-            host_port = next(p.host_port for p in labels.ports if p.name == "signaling")
-        spec = labels.probe if target else None
-        return lambda: probes.probe(self.probe_host, host_port, spec)
 
-    def _exit_detail(self, entry: SessionRecords) -> str:
-        """For an exited Kit container: out of memory, the engine's error, last log lines."""
-        container = entry.container
-        if entry.failed is not None or container is None or not container.ended:
-            return ""
-        state, logs = self.engine.ended_state(container.container_id, logs=5)
-        parts = []
-        if state.get("OOMKilled"):
-            parts.append("out of memory")
-        if state.get("Error"):
-            parts.append(state["Error"])
-        lines = [line.strip() for line in logs.splitlines() if line.strip()]
-        if lines:
-            parts.append("last log lines: " + " | ".join(lines))
-        return "; ".join(parts)
-
-    def _finished_at(self, entry: SessionRecords) -> datetime | None:
-        container = entry.container
-        if container is None or not container.ended:
-            return None
-        text = self.engine.ended_state(container.container_id)[0].get("FinishedAt", "")
-        with contextlib.suppress(ValueError):
-            # Docker gives nanoseconds; Python's parser takes microseconds.
-            head, _, frac = text.rstrip("Z").partition(".")
-            return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+def _mark_time(objects: seen.SessionObjects, mark: Mark) -> datetime | None:
+    found = objects.marks.get(mark)
+    if found is None:
+        return None
+    try:
+        return datetime.fromisoformat(found.labels[c.AT])
+    except (KeyError, ValueError):
         return None
 
-    # Starts in the background
 
-    def _resume_if_unattended(self, entry: SessionRecords) -> None:
-        """Carry on a start that no live process works on (its process died, or lost the
-        engine): a pending record's pull, or a Kit container created but never started."""
-        container = entry.container
-        waiting = entry.pending is not None or (
-            container is not None and container.state == "created"
-        )
-        if entry.failed is not None or not waiting or self.pulls.running_here(entry.session_id):
-            return
-        lock = self.pulls.claim(entry.session_id)
-        if lock is None:
-            return  # another process works on it
-        pull = entry.labels.image if entry.pending is not None and container is None else ""
-        self.pulls.begin(entry.session_id, pull, lock)
+def _result(future: Future | None, default):
+    if future is None or not future.done() or future.exception() is not None:
+        return default
+    return future.result()
 
-    def _carry_on(self, session_id: str) -> None:
-        """The image is there: create the Kit container from the pending record (unless the
-        session was stopped meanwhile or its deadline passed), and start it."""
-        sessions, _ = records.group(self.engine.summaries(session_id))
-        entry = sessions.get(session_id)
-        if entry is None or entry.failed is not None:
-            return
-        labels = c.base_labels(entry.records[0].raw_labels)
-        container_id = entry.container.container_id if entry.container else ""
-        pending = entry.pending
-        if pending is not None:
-            if datetime.now(UTC) >= entry.labels.deadline:
-                reason = records.timeout_message(entry.labels, "the image pull took too long")
-                self._fail(labels, reason, [r.container_id for r in entry.records])
-                return
-            if not container_id:
-                try:
-                    spec = c.spec_from_labels(pending.raw_labels)
-                except ValueError as exc:
-                    reason = f"The session's pending record cannot be read: {exc}"
-                    self._fail(labels, reason, [pending.container_id])
-                    return
-                container_id, failure = self.engine.create_kit(spec)
-                if failure:
-                    self._fail(labels, failure, [pending.container_id])
-                    return
-            if not container_id:
-                return
-            if not self.engine.remove(pending.container_id):
-                self.engine.remove(container_id)  # the session was stopped meanwhile
-                return
-        elif entry.container is None or entry.container.state != "created":
-            return
-        self._start_container(container_id, labels)
 
-    def _pull_failed(self, session_id: str, reason: str) -> None:
-        sessions, _ = records.group(self.engine.summaries(session_id))
-        entry = sessions.get(session_id)
-        if entry is None or entry.pending is None or entry.failed is not None:
-            return
-        self._fail(c.base_labels(entry.pending.raw_labels), reason, [entry.pending.container_id])
+def _docker_time(text: str) -> datetime | None:
+    """Docker's RFC 3339 time with nanoseconds (Python's parser takes microseconds)."""
+    head, _, frac = text.rstrip("Z").partition(".")
+    try:
+        parsed = datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+    except ValueError:
+        return None
+    return parsed if parsed.year > 1 else None

@@ -1,20 +1,25 @@
 """Pure builders of what ovas asks Docker to create, and the reading of it back.
 
-A session is recorded only as labelled Docker containers (no database, no memory):
+The engine is the record and the lock: a session is nothing but labelled containers, and
+every decision that must hold across processes is the creation of a container whose name is
+unique (Docker refuses a second one, 409). All carry `ovas.session=<id>` and `ovas.record`:
 
-- the Kit container, named `ovas-<session id>`;
-- while its image is pulled, a *pending record*: a container that is never started, named
-  `ovas-<id>.pending`, made from a tiny empty image, holding the Kit container's spec;
-- once a start failed, a *failed record* `ovas-<id>.failed` holding the reason.
+- `container`: the Kit container, `ovas-<id>`; Docker picks its host ports from the range;
+- `pending`: `ovas-<id>.pending` while the image is pulled, holding the container's spec;
+- `fault`: `ovas-<id>.fault`, the engine's refusal to pull or start, with its words;
+- `outcome`: `ovas-<id>.outcome`, how the session ended (kept for the retention);
+- `mark`: `ovas-<id>.ready`, `.connected`, `.idle`: moments the lifecycle asked to keep;
+- `slot`: `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (per user): capacity;
+- `gpu`: `ovas-gpu-<device id>`: the one session holding that GPU.
 
-All carry the same labels (session id, app, version, profile, user, times, host ports,
-GPUs, probe), so one `containers.list` filtered on `ovas.session` tells every process
-everything about every session. Nothing here talks to Docker; nothing from a request
-reaches a command or shell: the request's data goes into labels and environment only.
+Records other than the Kit container are never started, made from a tiny empty image.
+Nothing here talks to Docker; nothing from a request reaches a command or shell: the
+request's data goes into labels and environment only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -23,36 +28,58 @@ from datetime import datetime
 from typing import Any
 
 from ovas.kitspec import KitSpec, Probe, cpu_to_nano, memory_to_bytes
-from ovas.models import SessionRequest
+from ovas.lifecycle import Mark, Outcome
+from ovas.models import Clocks, Reason, SessionRequest, SessionState
 
 PREFIX = "ovas."
 SESSION = "ovas.session"  # every object of ovas carries it; its value is the session id
-RECORD = "ovas.record"  # container | pending | failed
+RECORD = "ovas.record"
 APP = "ovas.app"
 VERSION = "ovas.version"
 PROFILE = "ovas.profile"
 USER = "ovas.user"
 CREATED = "ovas.created"
 DEADLINE = "ovas.deadline"
-PORTS = "ovas.ports"
+CLOCKS = "ovas.clocks"  # "connect,idle,max lifetime" in seconds
+PORTS = "ovas.ports"  # "signaling:49100/tcp,media:47998/udp,probe:8011/tcp"
 GPUS = "ovas.gpus"
 PROBE = "ovas.probe"
 IMAGE = "ovas.image"
-MESSAGE = "ovas.message"
-SPEC = "ovas.spec"
+NOTE = "ovas.note"
+SPEC = "ovas.spec"  # pending: the Kit container's spec
+REASON = "ovas.reason"  # fault, outcome
+DETAIL = "ovas.detail"  # fault
+STATE = "ovas.state"  # outcome
+MESSAGE = "ovas.message"  # outcome
+ENDED = "ovas.ended"  # outcome
+LOGS = "ovas.logs"  # outcome: the last log lines, one per line
+MARK = "ovas.mark"  # mark
+AT = "ovas.at"  # mark
+CLAIM = "ovas.claim"  # slot, gpu: present on claims alone, so one list finds them all
 
-CONTAINER, PENDING, FAILED = "container", "pending", "failed"
+CONTAINER, PENDING, FAULT, OUTCOME, MARK_RECORD, SLOT, GPU = (
+    "container",
+    "pending",
+    "fault",
+    "outcome",
+    "mark",
+    "slot",
+    "gpu",
+)
+SESSION_RECORDS = (CONTAINER, PENDING, OUTCOME)  # any of these is a session
+CLAIMS = (SLOT, GPU)  # what a session holds, released when it ends
+RECORD_KINDS = (*SESSION_RECORDS, FAULT, MARK_RECORD, *CLAIMS)
 RECORD_IMAGE = "ovas/record:1"
-_PORT = re.compile(r"^(\w+):(\d+)->(\d+)/(tcp|udp)$")
+MAX_LABEL = 4000  # characters of a message or logs kept in a label
+_PORT = re.compile(r"^(\w+):(\d+)/(tcp|udp)$")
 
 
 @dataclass(frozen=True)
-class PortMapping:
-    """A container port published on a host port."""
+class PortSpec:
+    """A container port ovas publishes: Docker picks its host port from the range."""
 
     name: str  # signaling, media, probe
     protocol: str  # tcp or udp
-    host_port: int
     container_port: int
 
     @property
@@ -62,7 +89,7 @@ class PortMapping:
 
 @dataclass(frozen=True)
 class SessionLabels:
-    """What one record's labels say about its session."""
+    """What the labels of a session record (Kit container, pending, outcome) say."""
 
     session_id: str
     record: str
@@ -72,49 +99,60 @@ class SessionLabels:
     username: str
     created_time: datetime
     deadline: datetime
+    clocks: Clocks
     image: str
-    ports: tuple[PortMapping, ...] = ()
+    ports: tuple[PortSpec, ...] = ()
     gpus: tuple[str, ...] = ()
     probe: Probe | None = None
-    message: str = ""
-    spec: str = ""
+    note: str = ""
 
 
 def container_name(session_id: str, record: str = CONTAINER) -> str:
-    """`ovas-<id>` for the Kit container, `ovas-<id>.pending` / `.failed` for records."""
+    """`ovas-<id>` for the Kit container, `ovas-<id>.<record>` for its records."""
     return f"ovas-{session_id}" if record == CONTAINER else f"ovas-{session_id}.{record}"
 
 
-def wanted_ports(kit: KitSpec) -> list[tuple[str, str, int]]:
-    """(name, protocol, container port) of each port to publish: signaling, media, and the
-    probe's port when it is another one, since ovas probes through the published port."""
-    ports = [("signaling", "tcp", kit.signaling_port), ("media", "udp", kit.media_port)]
+def mark_name(session_id: str, mark: Mark) -> str:
+    return f"ovas-{session_id}.{mark.value}"
+
+
+def slot_name(index: int, username: str | None = None) -> str:
+    """`ovas-slot-<k>` for the shared capacity, `ovas-user-<hash>-<k>` for a user's."""
+    if username is None:
+        return f"ovas-slot-{index}"
+    return f"ovas-user-{hashlib.sha256(username.encode()).hexdigest()[:12]}-{index}"
+
+
+def gpu_name(device_id: str) -> str:
+    """The claim of one GPU, by the id Docker's device request names it with."""
+    return "ovas-gpu-" + re.sub(r"[^A-Za-z0-9_.-]", "-", device_id)
+
+
+def wanted_ports(kit: KitSpec) -> tuple[PortSpec, ...]:
+    """Signaling, media, and the probe's port when it is another one, since ovas probes
+    through the published port."""
+    ports = [
+        PortSpec("signaling", "tcp", kit.signaling_port),
+        PortSpec("media", "udp", kit.media_port),
+    ]
     probe = kit.probe
     if probe is not None and probe.port != kit.signaling_port:
-        ports.append(("probe", "tcp", probe.port))
-    return ports
+        ports.append(PortSpec("probe", "tcp", probe.port))
+    return tuple(ports)
 
 
-def map_ports(kit: KitSpec, host_ports: list[int]) -> tuple[PortMapping, ...]:
-    """Pair `wanted_ports(kit)` with host ports, in order."""
-    wanted = wanted_ports(kit)
-    if len(host_ports) != len(wanted):
-        raise ValueError(f"needs {len(wanted)} host ports, got {len(host_ports)}")
-    return tuple(PortMapping(n, p, h, c) for (n, p, c), h in zip(wanted, host_ports, strict=True))
+def format_ports(ports: tuple[PortSpec, ...]) -> str:
+    return ",".join(f"{p.name}:{p.container_port}/{p.protocol}" for p in ports)
 
 
-def format_ports(ports: tuple[PortMapping, ...]) -> str:
-    return ",".join(f"{p.name}:{p.host_port}->{p.container_port}/{p.protocol}" for p in ports)
-
-
-def parse_ports(text: str) -> tuple[PortMapping, ...]:
+def parse_ports(text: str) -> tuple[PortSpec, ...]:
     ports = []
     for item in filter(None, text.split(",")):
         match = _PORT.match(item)
         if not match:
-            raise ValueError(f"bad port mapping {item!r}")
-        name, host, container, protocol = match.groups()
-        ports.append(PortMapping(name, protocol, int(host), int(container)))
+            raise ValueError(f"bad port {item!r}")
+        name, port, protocol = match.groups()
+        ports.append(PortSpec(name, protocol, int(port)))
     return tuple(ports)
 
 
@@ -139,10 +177,21 @@ def parse_probe(text: str) -> Probe | None:
     )
 
 
+def format_clocks(clocks: Clocks) -> str:
+    return f"{clocks.connect_timeout:g},{clocks.idle_timeout:g},{clocks.max_lifetime:g}"
+
+
+def parse_clocks(text: str) -> Clocks:
+    if not text:
+        return Clocks()
+    connect, idle, lifetime = (float(part) for part in text.split(","))
+    return Clocks(connect_timeout=connect, idle_timeout=idle, max_lifetime=lifetime)
+
+
 def session_labels(
-    request: SessionRequest, ports: tuple[PortMapping, ...], gpu_ids: list[str]
+    request: SessionRequest, gpu_ids: list[str] | tuple[str, ...] = (), note: str = ""
 ) -> dict[str, str]:
-    """The labels every record of the session carries (record kind excluded)."""
+    """The labels every record of the session that describes it carries."""
     kit: KitSpec = request.kit
     return {
         SESSION: request.id,
@@ -152,32 +201,41 @@ def session_labels(
         USER: request.username,
         CREATED: request.created_time.isoformat(),
         DEADLINE: request.deadline.isoformat(),
+        CLOCKS: format_clocks(request.clocks),
         IMAGE: kit.image,
-        PORTS: format_ports(ports),
+        PORTS: format_ports(wanted_ports(kit)),
         GPUS: ",".join(gpu_ids),
         PROBE: format_probe(kit.probe),
+        NOTE: note,
     }
 
 
 def container_spec(
     request: SessionRequest,
-    ports: tuple[PortMapping, ...],
     gpu_ids: list[str],
+    *,
     bind_address: str = "127.0.0.1",
+    host_ports: str = "31000-31999",
+    cpu_limit: str | None = None,
+    note: str = "",
 ) -> dict[str, Any]:
     """The Kit container of a session, as JSON-able data (a pending record keeps it).
 
-    Image, environment (with USD_PATH), cpu and memory limits, published ports bound to
-    `bind_address`, GPUs by device id. No command: the image's entrypoint runs Kit."""
+    Image, environment (with USD_PATH), cpu (`cpu_limit`, else the profile's) and memory
+    limits, each port published on `bind_address` at a host port Docker picks from
+    `host_ports` ("first-last"), GPUs by device id. No command: the image's entrypoint runs.
+    """
     kit: KitSpec = request.kit
-    labels = {**session_labels(request, ports, gpu_ids), RECORD: CONTAINER}
+    cpus = cpu_limit or kit.cpu_limit
     return {
         "image": kit.image,
         "name": container_name(request.id),
-        "labels": labels,
+        "labels": {**session_labels(request, gpu_ids, note), RECORD: CONTAINER},
         "environment": dict(kit.env),
-        "ports": [[p.container_port, p.protocol, bind_address, p.host_port] for p in ports],
-        "nano_cpus": cpu_to_nano(kit.cpu_limit) if kit.cpu_limit else None,
+        "ports": [
+            [p.container_port, p.protocol, bind_address, host_ports] for p in wanted_ports(kit)
+        ],
+        "nano_cpus": cpu_to_nano(cpus) if cpus else None,
         "mem_limit": memory_to_bytes(kit.memory_limit) if kit.memory_limit else None,
         "gpus": list(gpu_ids),
     }
@@ -189,14 +247,14 @@ def create_arguments(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     ports = spec.get("ports") or []
     host: dict[str, Any] = {}
     if ports:
-        host["port_bindings"] = {f"{c}/{proto}": (ip, hp) for c, proto, ip, hp in ports}
+        host["port_bindings"] = {f"{c}/{proto}": (ip, str(hp)) for c, proto, ip, hp in ports}
     if spec.get("nano_cpus"):
         host["nano_cpus"] = spec["nano_cpus"]
     if spec.get("mem_limit"):
         host["mem_limit"] = spec["mem_limit"]
     if spec.get("gpus"):
-        # Named devices, not a count: the ledger decided which GPUs this session holds. The
-        # driver is left to Docker, as `docker run --gpus` does.
+        # Named devices, not a count: the GPU claims decided which GPUs this session holds.
+        # The driver is left to Docker, as `docker run --gpus` does.
         host["device_requests"] = [
             {"driver": "", "device_ids": list(spec["gpus"]), "capabilities": [["gpu"]]}
         ]
@@ -213,56 +271,91 @@ def create_arguments(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     return create, host
 
 
-def record_spec(
-    labels: Mapping[str, str], record: str, *, message: str = "", spec: Mapping | None = None
-) -> dict[str, Any]:
-    """A pending or failed record of a session: a never-started container carrying the
-    session's labels, and the Kit container's spec (pending) or the reason (failed)."""
-    extra = {RECORD: record, MESSAGE: message[:4000]}
-    if spec is not None:
-        extra[SPEC] = json.dumps(spec, separators=(",", ":"))
+def record_spec(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """A record: a never-started container named `name` carrying `labels`."""
+    return {"image": RECORD_IMAGE, "name": name, "labels": dict(labels), "command": ["ovas-record"]}
+
+
+def describing(labels: Mapping[str, str]) -> dict[str, str]:
+    """A session record's labels that describe the session (not what is particular to it)."""
+    own = (RECORD, SPEC)
+    return {k: v for k, v in labels.items() if k.startswith(PREFIX) and k not in own}
+
+
+def pending_labels(spec: Mapping[str, Any]) -> dict[str, str]:
     return {
-        "image": RECORD_IMAGE,
-        "name": container_name(labels[SESSION], record),
-        "labels": {**{k: v for k, v in labels.items() if k not in (RECORD, SPEC)}, **extra},
-        "command": ["ovas-record"],
+        **describing(spec["labels"]),
+        RECORD: PENDING,
+        SPEC: json.dumps(spec, separators=(",", ":")),
     }
 
 
+def fault_labels(session_id: str, reason: Reason, detail: str) -> dict[str, str]:
+    return {SESSION: session_id, RECORD: FAULT, REASON: reason.value, DETAIL: detail[:MAX_LABEL]}
+
+
+def outcome_labels(
+    describing_labels: Mapping[str, str], outcome: Outcome, logs: list[str]
+) -> dict[str, str]:
+    return {
+        **describing(describing_labels),
+        RECORD: OUTCOME,
+        STATE: outcome.state.value,
+        REASON: outcome.reason.value,
+        MESSAGE: outcome.message[:MAX_LABEL],
+        ENDED: outcome.ended_time.isoformat(),
+        LOGS: "\n".join(logs)[-MAX_LABEL:],
+    }
+
+
+def mark_labels(session_id: str, mark: Mark, at: datetime) -> dict[str, str]:
+    return {SESSION: session_id, RECORD: MARK_RECORD, MARK: mark.value, AT: at.isoformat()}
+
+
+def claim_labels(session_id: str, kind: str, username: str = "") -> dict[str, str]:
+    return {SESSION: session_id, RECORD: kind, CLAIM: kind, USER: username}
+
+
 def parse_labels(labels: Mapping[str, str]) -> SessionLabels:
-    """Read a record's labels. Raises ValueError when they are not a well-formed session."""
+    """Read a session record's labels. Raises ValueError when they are not well formed."""
     try:
-        record = labels.get(RECORD, "")
-        if record not in (CONTAINER, PENDING, FAILED):
-            raise ValueError(f"unknown record kind {record!r}")
         created = datetime.fromisoformat(labels[CREATED])
         deadline = datetime.fromisoformat(labels[DEADLINE])
         if created.tzinfo is None or deadline.tzinfo is None:
             raise ValueError("times without a time zone")
         return SessionLabels(
             session_id=labels[SESSION],
-            record=record,
+            record=labels.get(RECORD, ""),
             app_id=labels[APP],
             version=labels[VERSION],
             profile=labels[PROFILE],
             username=labels.get(USER, ""),
             created_time=created,
             deadline=deadline,
+            clocks=parse_clocks(labels.get(CLOCKS, "")),
             image=labels.get(IMAGE, ""),
             ports=parse_ports(labels.get(PORTS, "")),
             gpus=tuple(filter(None, labels.get(GPUS, "").split(","))),
             probe=parse_probe(labels.get(PROBE, "")),
-            message=labels.get(MESSAGE, ""),
-            spec=labels.get(SPEC, ""),
+            note=labels.get(NOTE, ""),
         )
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed ovas labels: {exc!r}") from None
 
 
-def base_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    """A record's session labels, without what is particular to that record."""
-    own = (RECORD, SPEC, MESSAGE)
-    return {k: v for k, v in labels.items() if k.startswith(PREFIX) and k not in own}
+def parse_outcome(labels: Mapping[str, str]) -> tuple[Outcome, list[str]]:
+    """An outcome record's outcome and saved log lines. Raises ValueError."""
+    try:
+        outcome = Outcome(
+            state=SessionState(labels[STATE]),
+            reason=Reason(labels[REASON]),
+            message=labels.get(MESSAGE, ""),
+            ended_time=datetime.fromisoformat(labels[ENDED]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"malformed outcome: {exc!r}") from None
+    logs = labels.get(LOGS, "")
+    return outcome, logs.split("\n") if logs else []
 
 
 def spec_from_labels(labels: Mapping[str, str]) -> dict[str, Any]:

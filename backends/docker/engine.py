@@ -6,7 +6,6 @@ SDK exceptions are translated here into ovas errors."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -20,7 +19,6 @@ import docker.errors
 import requests.exceptions
 
 from backends.docker import containers as c
-from backends.docker.pulls import PullFailed
 from ovas.errors import BackendUnavailable, OvasError
 
 log = logging.getLogger(__name__)
@@ -38,6 +36,14 @@ class EngineError(OvasError):
     default_message = "The Docker engine reported an error"
 
 
+class PullFailed(Exception):
+    """The engine refused the pull (unknown image, no access, bad reference)."""
+
+
+class ImageMissing(Exception):
+    """The engine does not hold the image a container was to be created from."""
+
+
 class Engine:
     """One Docker engine, reached through clients built on demand."""
 
@@ -45,7 +51,7 @@ class Engine:
         self._explicit_url = base_url
         self._lock = threading.RLock()  # re-entered when a failed connect drops the client
         self._client: docker.APIClient | None = None
-        self._id: str | None = None
+        self._cpus: int | None = None
         self._record_image = False
 
     @property
@@ -72,23 +78,23 @@ class Engine:
         """The shared client, made on first use or after a failure."""
         with self._lock:
             if self._client is None:
-                client = self.new_client()
-                with self.translated():
-                    self._id = str(client.info().get("ID") or self.url)
-                self._client = client
+                self._client = self.new_client()
             return self._client
 
     @property
-    def key(self) -> str:
-        """A short stable name for this engine (for its lock files): from the daemon's own
-        id, so two addresses of one daemon share their locks. Connects if needed."""
-        self.api()
-        return hashlib.sha1((self._id or self.url).encode()).hexdigest()[:16]
+    def cpus(self) -> int:
+        """How many CPUs the engine's host has (asked once per connection)."""
+        if self._cpus is None:
+            api = self.api()
+            with self.translated():
+                self._cpus = int(api.info().get("NCPU") or 0)
+        return self._cpus
 
     def drop(self) -> None:
         """Forget the client, so the next call connects afresh."""
         with self._lock:
             client, self._client = self._client, None
+            self._cpus = None
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
@@ -141,22 +147,32 @@ class Engine:
             except docker.errors.ImageNotFound:
                 return False
 
+    def claims(self) -> list[dict[str, Any]]:
+        """Every capacity slot and GPU claim, of any session: one call."""
+        api = self.api()
+        with self.translated():
+            return api.containers(all=True, filters={"label": c.CLAIM})
+
     def create_kit(self, spec: Mapping[str, Any]) -> tuple[str, str]:
-        """Create a Kit container: (its id, '') or ('', the engine's reason for refusing).
-        ('', '') when it exists already (another process created it)."""
+        """Create a Kit container: (its id, '') or ('', the engine's reason for refusing);
+        ('', '') when it exists already (another process created it). Raises
+        `ImageMissing` when the engine does not hold the image."""
         api = self.api()
         create, host = c.create_arguments(spec)
         with self.translated():
             try:
                 host_config = api.create_host_config(**host)
                 return api.create_container(**create, host_config=host_config)["Id"], ""
+            except docker.errors.ImageNotFound:
+                raise ImageMissing(spec["image"]) from None
             except docker.errors.APIError as exc:
                 if is_conflict(exc):
                     return "", ""
-                return "", f"The container could not be created: {explanation(exc)}"
+                return "", explanation(exc)
 
-    def create_record(self, spec: Mapping[str, Any]) -> None:
-        """Create a record (a never-started container); one that exists already is kept."""
+    def create_record(self, spec: Mapping[str, Any]) -> bool:
+        """Create a record (a never-started container): True, or False when one of that
+        name exists already (the engine refused a second: the claim is someone else's)."""
         api = self.api()
         create, _ = c.create_arguments(spec)
         with self.translated():
@@ -164,7 +180,7 @@ class Engine:
                 self._ensure_record_image(api)
                 try:
                     api.create_container(**create)
-                    return
+                    return True
                 except docker.errors.ImageNotFound:
                     self._record_image = False  # someone removed it: make it again
                     if attempt == 2:
@@ -172,7 +188,8 @@ class Engine:
                 except docker.errors.APIError as exc:
                     if not is_conflict(exc):
                         raise
-                    return
+                    return False
+        return False
 
     def _ensure_record_image(self, api: docker.APIClient) -> None:
         """The empty image records are made from; they are never started, so it needs no
@@ -208,6 +225,12 @@ class Engine:
                 return ""
         return "" if state.get("Status") == "removing" or state.get("Dead") else reason
 
+    def stop(self, container_id: str, grace: float) -> None:
+        """Stop a container, killing it after `grace` seconds (gone already is fine)."""
+        api = self.api()
+        with self.translated(), contextlib.suppress(docker.errors.NotFound):
+            api.stop(container_id, timeout=max(0, int(grace)))
+
     def remove(self, name_or_id: str) -> bool:
         """Force-remove a container; False if it was already gone (or going)."""
         api = self.api()
@@ -238,16 +261,45 @@ class Engine:
         finally:
             client.close()
 
-    def ended_state(self, container_id: str, *, logs: int = 0) -> tuple[dict[str, Any], str]:
-        """An ended container's `State` and its last `logs` log lines ({} if it is gone)."""
+    def state(self, container_id: str) -> dict[str, Any]:
+        """A container's `State` (Pid, OOMKilled, FinishedAt...); {} if it is gone."""
         api = self.api()
         with self.translated():
             try:
-                state = api.inspect_container(container_id)["State"]
-                text = api.logs(container_id, tail=logs).decode(errors="replace") if logs else ""
+                return api.inspect_container(container_id)["State"]
             except docker.errors.NotFound:
-                return {}, ""
-        return state, text
+                return {}
+
+    def logs(self, container_id: str, tail: int) -> list[str]:
+        """A container's last `tail` log lines, stdout and stderr; [] if it is gone."""
+        api = self.api()
+        with self.translated():
+            try:
+                text = api.logs(container_id, tail=tail).decode(errors="replace")
+            except docker.errors.NotFound:
+                return []
+        return text.splitlines()
+
+    def run_inside(self, container_id: str, command: list[str]) -> str | None:
+        """The output of `command` run in a running container (no shell), or None when it
+        cannot be run there (no such program, the container ended)."""
+        api = self.api()
+        with self.translated():
+            try:
+                made = api.exec_create(container_id, command, stdout=True, stderr=False)
+                output = api.exec_start(made["Id"])
+                if api.exec_inspect(made["Id"]).get("ExitCode") not in (0, None):
+                    return None
+            except docker.errors.APIError:
+                return None
+        return output.decode(errors="replace")
+
+
+def is_port_clash(reason: str) -> bool:
+    """Whether a refused start is a host port taken by another program: Docker then moves
+    on to the range's next port when asked again."""
+    text = reason.lower()
+    return "address already in use" in text or "port is already allocated" in text
 
 
 def is_conflict(exc: docker.errors.APIError) -> bool:

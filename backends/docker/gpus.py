@@ -2,9 +2,9 @@
 
 The inventory comes from NVML (nvidia-ml-py), else from `nvidia-smi`, else is empty; the
 setting OVAS_DOCKER_GPUS overrides it: `auto`, `none`, or indexes/UUIDs such as `0,1`.
-The ledger keeps no state of its own: the caller passes the device ids that ovas's
-containers hold (read from their labels), so it is rebuilt after every restart for free.
-One session per GPU: a GPU is either free or held by exactly one session.
+The ledger keeps no state of its own: the caller passes the device ids that sessions hold
+(read from their GPU claims, see `backends.docker.admission`), so it is rebuilt after every
+restart for free. One session per GPU: a GPU is either free or held by exactly one session.
 """
 
 from __future__ import annotations
@@ -172,16 +172,20 @@ class GpuLedger:
         held = set(in_use)
         return [g for g in self.gpus if not (g.ids & held)]
 
-    def allocate(self, count: int, in_use: Iterable[str]) -> list[Gpu]:
-        """`count` free GPUs, lowest index first; [] for 0.
+    def candidates(self, count: int, in_use: Iterable[str]) -> list[Gpu]:
+        """Every free GPU, lowest index first, when at least `count` are; [] for 0.
 
-        Raises `CapacityExceeded` saying what was asked and what is free. The caller
-        serialises calls; the reservation is the label on the container it creates."""
+        Raises `CapacityExceeded` (see `refusal`). The caller claims them in turn; the claim,
+        not this call, is the reservation."""
         if count <= 0:
             return []
         free = self.free(in_use)
         if len(free) >= count:
-            return free[:count]
+            return free
+        raise self.refusal(count, free)
+
+    def refusal(self, count: int, free: list[Gpu]) -> CapacityExceeded:
+        """The answer to a session asking for `count` GPUs when only `free` are."""
         asked = f"The session asks for {count} GPU{'s' if count > 1 else ''}"
         if not self.gpus:
             message = f"{asked}; ovas has no GPU to give ({self.inventory.source})"
@@ -191,4 +195,4 @@ class GpuLedger:
                 f"{asked}; {len(free)} of the {len(self.gpus)} GPUs ovas may use "
                 f"{'is' if len(free) == 1 else 'are'} free: {listed}"
             )
-        raise CapacityExceeded(message, retry_after=60)
+        return CapacityExceeded(message, retry_after=60)

@@ -1,31 +1,27 @@
-"""The slow part of a start, in a background thread: pulling the image (when needed), then
-creating and starting the Kit container. `POST /stream` only admits the session and
-records it; this does the rest, visible to every ovas process on the host.
+"""The slow parts of a start, in background threads of this process: pulling an image (one
+pull per image, shared by every session waiting for it) and carrying a session on to its
+running Kit container. `POST /stream` only admits the session and records it.
 
-While a thread works for a session, it holds a lock file named after the session, and
-writes the pull's progress to a small file beside it; any process on the host reads the
-progress for `status.message`. When the working process dies, the kernel releases its lock,
-so a process that can take the lock knows no one works for the session and carries on from
-what the engine holds (a pending record, or a container created but not started).
+Nothing is written anywhere but the engine. Every process that observes a session whose
+start no thread of its own works on carries it on itself, from what the engine holds (a
+pending record, or a container created but not started): pulling an image the engine is
+already pulling joins that pull, and creating a container whose name exists is refused, so
+however many processes do this, one Kit container is made. A process that dies mid-start
+loses nothing: the next observer carries on.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-import filelock
+from backends.docker.engine import PullFailed
 
 log = logging.getLogger(__name__)
-WRITE_EVERY = 0.5  # seconds between progress writes
 
 
 def _size(count: float) -> str:
@@ -70,150 +66,89 @@ class PullProgress:
         return text
 
 
-class Pulls:
-    """The start jobs of this process, and the lock and progress files all processes share.
+@dataclass
+class _Pull:
+    progress: PullProgress
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str = ""
 
-    `pull(image, on_event)` pulls (raising `PullFailed`); then `finished(session_id)` carries
-    the start on, or `failed(session_id, message)` records why the pull failed."""
 
-    def __init__(
-        self,
-        directory: Callable[[], Path],
-        pull: Callable[[str, Callable[[Mapping[str, Any]], None]], None],
-        finished: Callable[[str], None],
-        failed: Callable[[str, str], None],
-    ):
-        self._directory = directory
+class Jobs:
+    """This process's background work: `pull(image)` (blocking; shared per image) and
+    `launch(key, work)` (one thread per key at a time)."""
+
+    def __init__(self, pull: Callable[[str, Callable[[Mapping[str, Any]], None]], None]):
         self._pull = pull
-        self._finished = finished
-        self._failed = failed
         self._lock = threading.Lock()
+        self._pulls: dict[str, _Pull] = {}
         self._threads: dict[str, threading.Thread] = {}
 
-    def _path(self, session_id: str, suffix: str) -> Path:
-        return self._directory() / f"pull-{session_id}.{suffix}"
-
-    def running_here(self, session_id: str) -> bool:
+    def launch(self, key: str, work: Callable[[], object]) -> bool:
+        """Run `work` in a thread unless one for `key` runs here already (False then)."""
         with self._lock:
-            thread = self._threads.get(session_id)
-            return thread is not None and thread.is_alive()
-
-    def claim(self, session_id: str) -> filelock.BaseFileLock | None:
-        """The session's lock if no process holds it (so no one works on its start), else
-        None. Whoever gets it must `begin`, or release it."""
-        lock = filelock.FileLock(self._path(session_id, "lock"), thread_local=False)
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            return None
-        return lock
-
-    def begin(
-        self,
-        session_id: str,
-        image: str,
-        lock: filelock.BaseFileLock | None = None,
-        then: Callable[[str], object] | None = None,
-    ) -> bool:
-        """Pull `image` (none when '') for the session in a background thread, then carry
-        its start on (with `then` instead of `finished`, when given). Returns False when
-        another thread or process already works on it."""
-        with self._lock:
-            if session_id in self._threads and self._threads[session_id].is_alive():
-                if lock is not None:
-                    lock.release()
-                return False
-            lock = lock or self.claim(session_id)
-            if lock is None:
+            running = self._threads.get(key)
+            if running is not None and running.is_alive():
                 return False
             thread = threading.Thread(
-                target=self._run,
-                args=(session_id, image, lock, then or self._finished),
-                name=f"ovas-start-{session_id[:8]}",
-                daemon=True,
+                target=self._run, args=(key, work), name=f"ovas-{key[:12]}", daemon=True
             )
-            self._threads[session_id] = thread
+            self._threads[key] = thread
         thread.start()
         return True
 
+    def running_here(self, key: str) -> bool:
+        with self._lock:
+            thread = self._threads.get(key)
+            return thread is not None and thread.is_alive()
+
+    def _run(self, key: str, work: Callable[[], object]) -> None:
+        try:
+            work()
+        except Exception:
+            # The engine went away or broke meanwhile: what the engine holds stays, and a
+            # process that finds it unattended (this one included) carries on later.
+            log.exception("background work %s stopped", key)
+        finally:
+            with self._lock:
+                if self._threads.get(key) is threading.current_thread():
+                    del self._threads[key]
+
+    def pull(self, image: str) -> None:
+        """Pull `image`, or wait for this process's pull of it. Raises `PullFailed`,
+        `BackendUnavailable`."""
+        with self._lock:
+            shared = self._pulls.get(image)
+            mine = shared is None
+            if mine:
+                shared = self._pulls[image] = _Pull(PullProgress(image))
+        if not mine:
+            shared.done.wait()
+            if shared.error:
+                raise PullFailed(shared.error)
+            return
+        try:
+            self._pull(image, shared.progress.update)
+        except PullFailed as exc:
+            shared.error = str(exc)
+            raise
+        except Exception as exc:
+            shared.error = f"the pull stopped: {exc}"
+            raise
+        finally:
+            shared.done.set()
+            with self._lock:
+                self._pulls.pop(image, None)
+
+    def progress(self, image: str) -> str:
+        """This process's latest progress line of a pull of `image`, or ''."""
+        shared = self._pulls.get(image)
+        return shared.progress.message() if shared is not None else ""
+
     def join(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds in all for this process's jobs to end (a pull may
-        outlast it: its thread is a daemon, and its session is carried on by whoever finds
-        it unattended)."""
+        """Wait up to `timeout` seconds in all for this process's work to end (a pull may
+        outlast it: its thread is a daemon, and whoever observes the session carries on)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             threads = list(self._threads.values())
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-
-    def message(self, session_id: str) -> str:
-        """The latest progress line of the session's pull, from whichever process pulls."""
-        try:
-            return json.loads(self._path(session_id, "json").read_text())["message"]
-        except (OSError, ValueError, KeyError):
-            return ""
-
-    def forget(self, session_id: str) -> None:
-        """Remove the files of a session that no longer exists, unless someone pulls."""
-        lock = self.claim(session_id)
-        if lock is None:
-            return
-        try:
-            for suffix in ("json", "lock"):
-                with contextlib.suppress(OSError):
-                    self._path(session_id, suffix).unlink()
-        finally:
-            lock.release()
-
-    def stale_ids(self) -> list[str]:
-        """Sessions with files here (the reaper forgets those that no longer exist)."""
-        with contextlib.suppress(OSError):
-            return sorted({p.name[5:-5] for p in self._directory().glob("pull-*.lock")})
-        return []
-
-    def _write(self, session_id: str, message: str) -> None:
-        target = self._path(session_id, "json")
-        with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False) as tmp:
-            json.dump({"message": message}, tmp)
-        os.replace(tmp.name, target)
-
-    def _run(
-        self,
-        session_id: str,
-        image: str,
-        lock: filelock.BaseFileLock,
-        then: Callable[[str], object],
-    ) -> None:
-        progress = PullProgress(image)
-        last_write = 0.0
-
-        def on_event(event: Mapping[str, Any]) -> None:
-            nonlocal last_write
-            progress.update(event)
-            if time.monotonic() - last_write >= WRITE_EVERY:
-                last_write = time.monotonic()
-                self._write(session_id, progress.message())
-
-        try:
-            if image:
-                self._write(session_id, progress.message())
-                try:
-                    self._pull(image, on_event)
-                except PullFailed as exc:
-                    self._failed(session_id, f"The image {image} could not be pulled: {exc}")
-                    return
-            then(session_id)
-        except Exception:
-            # The engine went away or broke meanwhile: what the engine holds stays, and a
-            # process that finds it unattended (this one included) carries on later.
-            log.exception("the start of session %s stopped", session_id)
-        finally:
-            with contextlib.suppress(OSError):
-                self._path(session_id, "json").unlink()
-            lock.release()
-            with self._lock:
-                self._threads.pop(session_id, None)
-
-
-class PullFailed(Exception):
-    """The engine refused the pull (unknown image, no access, bad reference)."""

@@ -78,16 +78,7 @@ def catalog(catalog_dir) -> FileCatalog:
 
 
 @pytest.fixture
-def state_dir(tmp_path) -> Path:
-    """Where backends of one test keep their lock and progress files (shared by all the
-    backends of the test, as processes on one host share theirs)."""
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def new_backend(
-    docker_daemon, catalog, state_dir, engine
-) -> Iterator[Callable[..., DockerBackend]]:
+def new_backend(docker_daemon, catalog, engine) -> Iterator[Callable[..., DockerBackend]]:
     """`new_backend(**options)`: a DockerBackend on the test daemon, as a freshly started ovas
     process would build it. At the end, every session made during the test is removed."""
     before = {s["Id"] for s in engine.containers(all=True, filters={"label": c.SESSION})}
@@ -98,7 +89,7 @@ def new_backend(
             "docker_host": docker_daemon.url,
             "port_range": TEST_PORTS,
             "gpus": "none",
-            "state_dir": state_dir,
+            "stop_grace": 2,
             **options,
         }
         backend = DockerBackend(catalog, **settings)

@@ -1,14 +1,15 @@
-"""Admission on a real Docker daemon: capacity, host ports and GPUs are never over-given,
-with concurrent starts in one process or in several, and after a restart of ovas."""
+"""Admission on a real Docker daemon: capacity slots and GPUs are never over-given, with
+concurrent starts in one process or in several, and after a restart of ovas; host ports are
+Docker's to pick from the range, skipping any another program holds."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,11 @@ from support import dockerd
 
 from backends.docker import containers as c
 from backends.docker.gpus import Gpu, Inventory
+from backends.docker.ports import parse_port_range
 from ovas.errors import CapacityExceeded
-from ovas.models import SessionState
-from ovas.testing import wait_for
-from ovas.testing.requests import STANDIN_READY_DELAY
+from ovas.models import Reason, SessionState
+from ovas.testing import FakeClock, service_for, wait_for
+from ovas.testing.requests import STANDIN_EXIT_CODE, STANDIN_READY_DELAY
 
 pytestmark = pytest.mark.docker
 WORKER = Path(__file__).resolve().parents[1] / "support" / "start_worker.py"
@@ -27,7 +29,7 @@ SLOW = {STANDIN_READY_DELAY: "60"}
 
 
 def start_all(backend, requests):
-    """Start every request at once from its own thread: (sessions, refusals)."""
+    """Start every request at once from its own thread: (observed starts, refusals)."""
     barrier = threading.Barrier(len(requests))
     started, refused = [], []
 
@@ -46,14 +48,18 @@ def start_all(backend, requests):
     return started, refused
 
 
+def kit_container(ours, session_id):
+    (found,) = [s for s in ours(session_id) if s["Labels"][c.RECORD] == c.CONTAINER]
+    return found
+
+
 def test_twenty_starts_in_four_processes_admit_exactly_capacity(
-    docker_daemon, catalog_dir, state_dir, backend, ours
+    docker_daemon, catalog_dir, backend, ours
 ):
     assert ours() == [], "the daemon should hold no session of ovas before this test"
     go_at = time.time() + 4  # after every worker has connected
     options = {
         "docker_host": docker_daemon.url,
-        "state_dir": str(state_dir),
         "catalog": str(catalog_dir),
         "count": 5,
         "capacity": 5,
@@ -70,64 +76,114 @@ def test_twenty_starts_in_four_processes_admit_exactly_capacity(
     refused = [m for r in results for m in r["refused"]]
     assert len(started) == 5, results
     assert len(refused) == 15 and all("All 5 session slots" in m for m in refused)
-    assert {s["Labels"][c.SESSION] for s in ours()} == set(started)
+    assert {s["Labels"][c.SESSION] for s in ours() if c.CLAIM not in s["Labels"]} == set(started)
+    slots = [s["Names"][0] for s in ours() if s["Labels"].get(c.RECORD) == c.SLOT]
+    assert sorted(slots) == [f"/ovas-slot-{k}" for k in range(5)]
 
     for session_id in started:
         backend.stop(session_id)
-    assert ours() == []  # nothing left behind
+    assert ours() == []  # nothing left behind: sessions, slots
 
 
-def test_the_port_range_is_shared_out_without_overlap(new_backend, standin_request):
-    # 7 ports; each stand-in session takes 3 (signaling, media, probe): room for two.
-    ports = dockerd.free_ports(7)
+def test_an_ended_session_frees_its_slot_while_it_is_kept(backend, standin_request, ours):
+    sessions = service_for(backend, retention=600)
+    broken = backend.start(standin_request(capacity=1, env={STANDIN_EXIT_CODE: "4"}))
+    with pytest.raises(CapacityExceeded, match="All 1 session slots"):
+        backend.start(standin_request(capacity=1))
+    failed = wait_for(sessions, broken.record.id, SessionState.FAILED)
+    assert failed.reason is Reason.EXITED
+    # Failed, it is kept for its retention, and holds no slot.
+    assert not [s for s in ours(failed.id) if s["Labels"][c.RECORD] == c.SLOT]
+    admitted = backend.start(standin_request(capacity=1))
+    assert sessions.get(admitted.record.id).state is SessionState.CREATING
+    assert sessions.get(failed.id).state is SessionState.FAILED
+
+
+def test_docker_picks_distinct_host_ports_from_the_range(new_backend, standin_request, engine):
+    ports = dockerd.free_ports(9)
     backend = new_backend(port_range=ports)
-    started, refused = start_all(backend, [standin_request(env=SLOW) for _ in range(8)])
-    assert len(started) == 2 and len(refused) == 6
-    assert all(f"OVAS_DOCKER_PORT_RANGE {ports}" in e.message for e in refused)
-    taken = [p.host_port for s in started for p in c.parse_labels(label_of(backend, s.id)).ports]
+    started, refused = start_all(backend, [standin_request() for _ in range(3)])
+    assert (len(started), refused) == (3, [])
+    sessions = service_for(backend)
+    taken = []
+    for start in started:
+        ready = wait_for(sessions, start.record.id, SessionState.READY)
+        assert ready.state is SessionState.READY, ready.message
+        taken += [(r.source_port, r.protocol) for r in ready.routes]
+    # Signaling (TCP) and media (UDP) of each; a number may serve both protocols.
     assert len(taken) == len(set(taken)) == 6
-
-    restarted = new_backend(port_range=ports)  # ports in use are read back
-    with pytest.raises(CapacityExceeded):
-        restarted.start(standin_request(env=SLOW))
-    restarted.stop(started[0].id)
-    assert restarted.start(standin_request(env=SLOW)).state is SessionState.CREATING
+    assert {port for port, _ in taken} <= set(parse_port_range(ports))
 
 
-def label_of(backend, session_id):
-    summaries = backend.engine.summaries(session_id)
-    return summaries[0]["Labels"]
+def test_a_port_another_program_holds_is_skipped(new_backend, standin_request, engine, ours):
+    ports = parse_port_range(dockerd.free_ports(8))
+    holders = []
+    for port in ports[:3]:  # the first ports of the range are held by someone else
+        held = socket.socket()
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        holders.append(held)
+    try:
+        backend = new_backend(port_range=f"{ports[0]}-{ports[-1]}")
+        session = backend.start(standin_request())
+        ready = wait_for(service_for(backend), session.record.id, SessionState.READY)
+        assert ready.state is SessionState.READY, ready.message
+        published = engine.inspect_container(kit_container(ours, ready.id)["Id"])
+        bound = {
+            (int(b["HostPort"]), key.rsplit("/", 1)[1])
+            for key, bindings in (published["NetworkSettings"]["Ports"] or {}).items()
+            for b in bindings or ()
+        }
+        tcp = {port for port, protocol in bound if protocol == "tcp"}
+        assert tcp and tcp.isdisjoint(ports[:3]) and tcp <= set(ports)
+        assert {(r.source_port, r.protocol.lower()) for r in ready.routes} <= bound
+    finally:
+        for held in holders:
+            held.close()
 
 
 TWO_GPUS = Inventory((Gpu(0, "GPU-0000-test"), Gpu(1, "GPU-1111-test")), "a test inventory")
 
 
 def test_the_gpu_ledger_gives_each_gpu_to_one_session(new_backend, standin_request, ours):
-    backend = new_backend(gpus=TWO_GPUS)
+    clock = FakeClock(ticking=True)
+    backend = new_backend(gpus=TWO_GPUS, now=clock)
     started, refused = start_all(backend, [standin_request(gpus=1) for _ in range(8)])
     assert len(started) == 2 and len(refused) == 6
     assert all("asks for 1 GPU; 0 of the 2 GPUs" in e.message for e in refused)
-    held = sorted(s["Labels"][c.GPUS] for s in ours())
-    assert held[-2:] == ["GPU-0000-test", "GPU-1111-test"]
-    # This daemon has no NVIDIA runtime: each session fails and says why. Both are waited
-    # for, as each is started in the background and only a failed session is reaped.
-    for session in started:
-        failed = wait_for(backend, session.id, SessionState.FAILED)
-        assert "could not be started" in failed.message and "NVIDIA" in failed.message
+    claims = sorted(s["Names"][0] for s in ours() if s["Labels"].get(c.RECORD) == c.GPU)
+    assert claims == ["/ovas-gpu-GPU-0000-test", "/ovas-gpu-GPU-1111-test"]
+    kinds = (c.PENDING, c.CONTAINER)
+    held = sorted(s["Labels"][c.GPUS] for s in ours() if s["Labels"].get(c.RECORD) in kinds)
+    assert held == ["GPU-0000-test", "GPU-1111-test"]
 
-    restarted = new_backend(gpus=TWO_GPUS)  # the ledger is rebuilt from the labels
+    restarted = new_backend(gpus=TWO_GPUS, now=clock)  # the claims are in the engine
     with pytest.raises(CapacityExceeded, match="0 of the 2 GPUs"):
         restarted.start(standin_request(gpus=1))
-    later = datetime.now(UTC) + timedelta(seconds=restarted.reap_grace + 1)
-    assert sorted(restarted.reap(later)) == sorted(s.id for s in started)
-    again = restarted.start(standin_request(gpus=1))  # admitted: a GPU is free
-    assert wait_for(restarted, again.id, SessionState.FAILED).state is SessionState.FAILED
-    assert c.parse_labels(label_of(restarted, again.id)).gpus == ("GPU-0000-test",)
+    # This daemon has no NVIDIA runtime: each session fails and says why, and its GPU is
+    # free again once it has failed.
+    sessions = service_for(restarted, retention=600)
+    for start in started:
+        failed = wait_for(sessions, start.record.id, SessionState.FAILED)
+        assert failed.reason is Reason.CREATE_FAILED
+        assert "could not be started" in failed.message and "NVIDIA" in failed.message
+    again = restarted.start(standin_request(gpus=1))
+    assert c.parse_labels(kit_or_pending(ours, again.record.id)).gpus in (
+        ("GPU-0000-test",),
+        ("GPU-1111-test",),
+    )
+    clock.advance(601)
+    assert sorted(sessions.reap()) == sorted(s.record.id for s in started)
+
+
+def kit_or_pending(ours, session_id):
+    kinds = (c.CONTAINER, c.PENDING)
+    return next(s["Labels"] for s in ours(session_id) if s["Labels"][c.RECORD] in kinds)
 
 
 def test_a_session_without_gpu_asks_docker_for_none(backend, standin_request, engine, ours):
     session = backend.start(standin_request())
-    (container,) = ours(session.id)
+    container = kit_container(ours, session.record.id)
     assert not engine.inspect_container(container["Id"])["HostConfig"].get("DeviceRequests")
 
 

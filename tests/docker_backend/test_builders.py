@@ -1,10 +1,9 @@
 """What the Docker backend asks of Docker, built from a request without any daemon: the Kit
-container's spec, its labels read back, host ports, the GPU inventory and ledger, and the
-state a session's records mean."""
+container's spec, its labels and records read back, the port range, the GPU inventory and
+ledger, client counts, and what a session's records show."""
 
 from __future__ import annotations
 
-import socket
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,13 +11,15 @@ from pathlib import Path
 import pytest
 
 from backends.docker import containers as c
-from backends.docker import records
+from backends.docker import observe
+from backends.docker.connections import count_established
 from backends.docker.gpus import Gpu, GpuLedger, Inventory, inventory, parse_nvidia_smi
-from backends.docker.ports import PortAllocator, parse_port_range
+from backends.docker.ports import ephemeral_overlap, parse_port_range
 from backends.docker.pulls import PullProgress
 from ovas.catalog_files import FileCatalog
 from ovas.errors import CapacityExceeded, ConfigurationError
-from ovas.models import SessionState
+from ovas.lifecycle import Mark, Outcome, Stage
+from ovas.models import Reason, SessionState
 from ovas.testing import make_request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,33 +39,35 @@ def request_(standin_catalog):
     )
 
 
-def mapped(request, first=31000):
-    wanted = c.wanted_ports(request.kit)
-    return c.map_ports(request.kit, list(range(first, first + len(wanted))))
-
-
 def test_standin_catalog_runs_the_standin_image_without_gpu(request_):
     assert request_.kit.image == "ovas/kit-standin:1.0.0"
     assert request_.kit.gpus == 0
     assert request_.kit.probe.path == "/v1/streaming/ready"
 
 
-def test_container_spec_carries_image_env_limits_and_published_ports(request_):
-    spec = c.container_spec(request_, mapped(request_), [], bind_address="127.0.0.1")
+def test_container_spec_carries_image_env_limits_and_ports_docker_picks(request_):
+    spec = c.container_spec(request_, [], bind_address="127.0.0.1", host_ports="31000-31099")
     create, host = c.create_arguments(spec)
     assert create["image"] == "ovas/kit-standin:1.0.0"
     assert create["name"] == f"ovas-{request_.id}"
     assert create["environment"]["USD_PATH"] == "/app/samples/stage01.usd"
     assert host["nano_cpus"] == 250_000_000
     assert host["mem_limit"] == 64 * 2**20
+    # Docker picks each host port from the range when it starts the container.
     assert host["port_bindings"] == {
-        "49100/tcp": ("127.0.0.1", 31000),
-        "47998/udp": ("127.0.0.1", 31001),
-        "8011/tcp": ("127.0.0.1", 31002),  # the probe's port: ovas probes through it
+        "49100/tcp": ("127.0.0.1", "31000-31099"),
+        "47998/udp": ("127.0.0.1", "31000-31099"),
+        "8011/tcp": ("127.0.0.1", "31000-31099"),  # the probe's port: ovas probes through it
     }
     assert (49100, "tcp") in create["ports"] and (47998, "udp") in create["ports"]
     assert "device_requests" not in host  # no GPU asked, none requested
     assert "command" not in create  # the image's own entrypoint runs
+
+
+def test_a_capped_cpu_limit_replaces_the_profiles(request_):
+    spec = c.container_spec(request_, [], cpu_limit="2", note="capped")
+    assert c.create_arguments(spec)[1]["nano_cpus"] == 2 * 10**9
+    assert c.parse_labels(spec["labels"]).note == "capped"
 
 
 def test_stage_uri_reaches_only_the_environment(standin_catalog):
@@ -72,7 +75,7 @@ def test_stage_uri_reaches_only_the_environment(standin_catalog):
     request = make_request(
         standin_catalog, app_id="kit-standin", profile_id="standin", usd_stage_uri=hostile
     )
-    create, host = c.create_arguments(c.container_spec(request, mapped(request), []))
+    create, host = c.create_arguments(c.container_spec(request, []))
     assert create["environment"]["USD_PATH"] == hostile
     assert "command" not in create and "entrypoint" not in create
     assert hostile not in repr(host)
@@ -80,17 +83,18 @@ def test_stage_uri_reaches_only_the_environment(standin_catalog):
 
 def test_gpus_become_a_device_request_for_those_devices(request_):
     request = replace(request_, kit=replace(request_.kit, gpus=2))
-    spec = c.container_spec(request, mapped(request), ["GPU-aaa", "GPU-bbb"])
+    spec = c.container_spec(request, ["GPU-aaa", "GPU-bbb"])
     _, host = c.create_arguments(spec)
     assert host["device_requests"] == [
         {"driver": "", "device_ids": ["GPU-aaa", "GPU-bbb"], "capabilities": [["gpu"]]}
     ]
     assert spec["labels"][c.GPUS] == "GPU-aaa,GPU-bbb"
+    assert c.gpu_name("GPU-aaa") == "ovas-gpu-GPU-aaa"
+    assert c.gpu_name("MIG-1/2") == "ovas-gpu-MIG-1-2"
 
 
 def test_labels_read_back_the_session(request_):
-    ports = mapped(request_)
-    spec = c.container_spec(request_, ports, ["0"])
+    spec = c.container_spec(request_, ["0"])
     labels = c.parse_labels(spec["labels"])
     assert labels.session_id == request_.id
     assert (labels.app_id, labels.version, labels.profile, labels.username) == (
@@ -101,21 +105,29 @@ def test_labels_read_back_the_session(request_):
     )
     assert labels.created_time == request_.created_time
     assert labels.deadline == request_.deadline
-    assert labels.ports == ports
+    assert labels.clocks == request_.clocks
+    assert [(p.name, p.key) for p in labels.ports] == [
+        ("signaling", "49100/tcp"),
+        ("media", "47998/udp"),
+        ("probe", "8011/tcp"),
+    ]
     assert labels.gpus == ("0",)
     assert labels.probe.kind == "http" and labels.probe.port == 8011
 
 
-def test_a_pending_record_keeps_the_container_spec_and_a_failed_one_the_reason(request_):
-    spec = c.container_spec(request_, mapped(request_), [])
-    base = c.base_labels(spec["labels"])
-    pending = c.record_spec(base, c.PENDING, spec=spec)
+def test_records_keep_the_spec_the_fault_and_the_outcome(request_):
+    spec = c.container_spec(request_, [])
+    pending = c.record_spec(c.container_name(request_.id, c.PENDING), c.pending_labels(spec))
     assert pending["name"] == f"ovas-{request_.id}.pending"
     assert pending["image"] == c.RECORD_IMAGE
     assert c.spec_from_labels(pending["labels"]) == spec
-    failed = c.record_spec(base, c.FAILED, message="no such image")
-    assert c.parse_labels(failed["labels"]).message == "no such image"
-    assert c.parse_labels(failed["labels"]).ports == c.parse_labels(spec["labels"]).ports
+    assert c.parse_labels(pending["labels"]).session_id == request_.id
+    fault = c.fault_labels(request_.id, Reason.IMAGE_PULL, "manifest unknown")
+    assert (fault[c.REASON], fault[c.DETAIL]) == ("image_pull", "manifest unknown")
+    outcome = Outcome(SessionState.ENDED, Reason.IDLE_TIMEOUT, "Ended: idle", request_.deadline)
+    kept = c.outcome_labels(spec["labels"], outcome, ["a", "b"])
+    assert c.parse_outcome(kept) == (outcome, ["a", "b"])
+    assert c.parse_labels(kept).session_id == request_.id
 
 
 @pytest.mark.parametrize(
@@ -130,65 +142,53 @@ def test_labels_that_are_no_session_are_refused(labels):
         c.parse_labels(labels)
 
 
-def test_port_range_setting():
+def test_port_range_setting_and_the_ephemeral_range(tmp_path):
     assert parse_port_range("31000-31999") == range(31000, 32000)
     assert parse_port_range("40000") == range(40000, 40001)
     for bad in ("31999-31000", "a-b", "0-10", "70000-70001"):
         with pytest.raises(ConfigurationError, match="OVAS_DOCKER_PORT_RANGE"):
             parse_port_range(bad)
+    kernel = tmp_path / "ip_local_port_range"
+    kernel.write_text("32768\t60999\n")
+    assert ephemeral_overlap(range(31000, 32000), kernel) is None
+    assert ephemeral_overlap(range(32000, 33000), kernel) == range(32768, 33000)
+    assert ephemeral_overlap(range(32000, 33000), tmp_path / "missing") is None
 
 
-def held_port() -> socket.socket:
-    """A listening TCP socket on a port below the ephemeral range (so no other connection
-    takes its neighbours meanwhile)."""
-    for port in range(30500, 30600, 5):
-        holder = socket.socket()
-        try:
-            holder.bind(("127.0.0.1", port))
-        except OSError:
-            holder.close()
-            continue
-        holder.listen()
-        return holder
-    pytest.skip("no free port to hold in 30500-30600")
+TABLE = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
+   0: 00000000:BFCC 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
+   1: 020011AC:BFCC 010011AC:D4F2 01 00000000:00000000 00:00000000 00000000     0
+   2: 020011AC:BFCC 010011AC:D4F4 01 00000000:00000000 00:00000000 00000000     0
+   3: 020011AC:BFCC 010011AC:D4F6 06 00000000:00000000 00:00000000 00000000     0
+   4: 020011AC:1F4B 010011AC:D4F8 01 00000000:00000000 00:00000000 00000000     0
+"""
 
 
-def test_ports_in_use_by_sessions_or_other_programs_are_skipped():
-    with held_port() as holder:
-        busy = holder.getsockname()[1]
-        allocator = PortAllocator(range(busy - 2, busy + 3), bind_address="127.0.0.1")
-        chosen = allocator.allocate(["tcp", "tcp", "tcp"], in_use={busy - 2})
-        assert chosen == [busy - 1, busy + 1, busy + 2]
-        # Another program's TCP port does not hold the same number for UDP.
-        assert allocator.allocate(["udp"], in_use={busy - 2, busy - 1}) == [busy]
-
-
-def test_a_full_port_range_is_capacity_exceeded():
-    allocator = PortAllocator(range(31000, 31004), check_host=False)
-    with pytest.raises(CapacityExceeded, match="31000-31003") as caught:
-        allocator.allocate(["tcp", "udp", "tcp"], in_use={31000, 31001})
-    assert caught.value.headers["Retry-After"]
+def test_clients_are_the_established_connections_to_the_signaling_port():
+    assert count_established(TABLE, 49100) == 2  # not the listener, not one in TIME_WAIT
+    assert count_established(TABLE, 8011) == 1
+    assert count_established(TABLE.splitlines()[0], 49100) == 0
 
 
 GPUS = Inventory((Gpu(0, "GPU-aaa", "NVIDIA L40S", 48 * 2**30), Gpu(1, "GPU-bbb")), "test")
 
 
-def test_ledger_gives_free_gpus_and_refuses_saying_what_is_free():
+def test_ledger_lists_free_gpus_and_refuses_saying_what_is_free():
     ledger = GpuLedger(GPUS)
-    assert [g.uuid for g in ledger.allocate(1, in_use=set())] == ["GPU-aaa"]
-    # Labels may name a GPU by index or UUID; both hold it.
-    assert [g.uuid for g in ledger.allocate(1, in_use={"0"})] == ["GPU-bbb"]
+    assert [g.uuid for g in ledger.candidates(1, in_use=set())] == ["GPU-aaa", "GPU-bbb"]
+    # A claim may name a GPU by index or UUID; both hold it.
+    assert [g.uuid for g in ledger.candidates(1, in_use={"0"})] == ["GPU-bbb"]
     with pytest.raises(CapacityExceeded) as caught:
-        ledger.allocate(2, in_use={"GPU-aaa"})
+        ledger.candidates(2, in_use={"GPU-aaa"})
     assert "asks for 2 GPUs" in caught.value.message
     assert "1 of the 2 GPUs" in caught.value.message and "GPU 1" in caught.value.message
-    assert ledger.allocate(0, in_use={"GPU-aaa", "GPU-bbb"}) == []
+    assert ledger.candidates(0, in_use={"GPU-aaa", "GPU-bbb"}) == []
 
 
 def test_no_gpu_at_all_says_so():
     ledger = GpuLedger(Inventory((), "no NVIDIA GPU found (NVML: driver not loaded)"))
     with pytest.raises(CapacityExceeded, match=r"no GPU to give.*NVML"):
-        ledger.allocate(1, in_use=())
+        ledger.candidates(1, in_use=())
 
 
 def test_gpu_setting_overrides_detection():
@@ -225,61 +225,88 @@ def test_pull_progress_reads_as_one_line():
     )
 
 
-def summary(labels, record, state="running", status="Up 1 second"):
-    name = c.container_name(labels[c.SESSION], record)
-    labels = {**labels, c.RECORD: record}
+def summary(labels, record, state="running", status="Up 1 second", ports=()):
+    session_id = labels[c.SESSION]
+    name = c.container_name(session_id, record) if record in c.SESSION_RECORDS else record
+    kind = record if record in c.SESSION_RECORDS else labels[c.RECORD]
     return {
         "Id": name,
         "Names": [f"/{name}"],
-        "Labels": labels,
+        "Labels": {**labels, c.RECORD: kind},
         "State": state,
         "Status": status,
         "Created": 0,
+        "Ports": [
+            {"IP": "127.0.0.1", "PrivatePort": p, "PublicPort": h, "Type": t} for p, t, h in ports
+        ],
     }
 
 
-def test_records_of_a_session_mean_one_state(request_):
-    spec = c.container_spec(request_, mapped(request_), [])
-    base = c.base_labels(spec["labels"])
-    now = request_.created_time + timedelta(seconds=1)
+PUBLISHED = ((49100, "tcp", 31005), (47998, "udp", 31006), (8011, "tcp", 31007))
 
-    def state(*summaries, **kw):
-        sessions, malformed = records.group(summaries)
+
+def test_what_a_sessions_records_show(request_):
+    spec = c.container_spec(request_, [])
+    labels = spec["labels"]
+
+    def seen(*summaries, **kw):
+        sessions, malformed = observe.group(summaries)
         assert not malformed
-        return records.session_state(sessions[request_.id], now, **kw)
+        return observe.observation(sessions[request_.id], public_host="kit.example", **kw)
 
-    pulling = state(summary(base, c.PENDING, "created", "Created"), pull_message="Pulling x: 10%")
-    assert (pulling.state, pulling.message) == (SessionState.CREATING, "Pulling x: 10%")
-    starting = state(summary(base, c.CONTAINER))
-    assert starting.state is SessionState.CREATING and starting.routes == ()
-    ready = state(summary(base, c.CONTAINER), ready=True, public_host="kit.example.com")
-    assert ready.state is SessionState.READY and ready.host == "kit.example.com"
+    pending = c.pending_labels(spec)
+    pulling = seen(summary(pending, c.PENDING, "created", "Created"), progress="Pulling x: 10%")
+    assert (pulling.stage, pulling.detail) == (Stage.WAITING, "Pulling x: 10%")
+    created = seen(summary(labels, c.CONTAINER, "created", "Created"))
+    assert created.stage is Stage.WAITING
+    starting = seen(summary(labels, c.CONTAINER, ports=PUBLISHED))
+    assert (starting.stage, starting.probe_ok) == (Stage.RUNNING, False)
+    ready = seen(summary(labels, c.CONTAINER, ports=PUBLISHED), probe_ok=True, connections=0)
+    assert ready.probe_ok and ready.host == "kit.example" and ready.connections == 0
     assert [(r.description, r.source_port, r.destination_port) for r in ready.routes] == [
-        ("signaling", 31000, 49100),
-        ("media", 31001, 47998),
+        ("signaling", 31005, 49100),
+        ("media", 31006, 47998),
     ]
-    exited = state(summary(base, c.CONTAINER, "exited", "Exited (137) 1 second ago"))
-    assert exited.state is SessionState.FAILED and "code 137" in exited.message
-    failed = c.record_spec(base, c.FAILED, message="could not select device driver")
-    both = state(summary(base, c.CONTAINER), summary(failed["labels"], c.FAILED, "created"))
-    assert both.state is SessionState.FAILED and both.message == "could not select device driver"
+    # A probe that passes before Docker shows the ports is no readiness: no routes yet.
+    assert not seen(summary(labels, c.CONTAINER), probe_ok=True).probe_ok
+    exited = seen(summary(labels, c.CONTAINER, "exited", "Exited (137) 1 second ago"))
+    assert (exited.stage, exited.exit_code) == (Stage.EXITED, 137)
+    fault = c.fault_labels(request_.id, Reason.CREATE_FAILED, "could not select device driver")
+    both = seen(summary(labels, c.CONTAINER), summary(fault, f"ovas-{request_.id}.fault"))
+    assert (both.stage, both.fault, both.detail) == (
+        Stage.FAULT,
+        Reason.CREATE_FAILED,
+        "could not select device driver",
+    )
 
 
-def test_past_the_deadline_a_session_not_ready_is_failed(request_):
-    spec = c.container_spec(request_, mapped(request_), [])
-    sessions, _ = records.group([summary(spec["labels"], c.CONTAINER)])
-    late = request_.deadline + timedelta(seconds=1)
-    session = records.session_state(sessions[request_.id], late)
-    assert session.state is SessionState.FAILED and "not ready within" in session.message
-    still_ready = records.session_state(sessions[request_.id], late, ready=True)
-    assert still_ready.state is SessionState.READY
+def test_a_session_is_its_records_and_its_marks_are_read_back(request_):
+    spec = c.container_spec(request_, [])
+    at = request_.created_time + timedelta(seconds=30)
+    mark = c.mark_labels(request_.id, Mark.READY, at)
+    slot = c.claim_labels(request_.id, c.SLOT, "alice")
+    sessions, malformed = observe.group(
+        [
+            summary(spec["labels"], c.CONTAINER),
+            summary(mark, c.mark_name(request_.id, Mark.READY)),
+            summary(slot, "ovas-slot-0"),
+        ]
+    )
+    assert not malformed
+    objects = sessions[request_.id]
+    assert objects.exists and [f.name for f in objects.claims] == ["ovas-slot-0"]
+    record = observe.record_of(objects)
+    assert record.marks == {Mark.READY: at}
+    assert (record.username, record.clocks, record.outcome) == ("alice", request_.clocks, None)
+    # Claims and marks alone are no session: the reaper removes them once old enough.
+    alone, _ = observe.group([summary(slot, "ovas-slot-1")])
+    assert not alone[request_.id].exists
 
 
 def test_a_record_whose_name_does_not_match_its_labels_is_malformed(request_):
-    spec = c.container_spec(request_, mapped(request_), [])
-    forged = summary(spec["labels"], c.CONTAINER)
+    forged = summary(c.container_spec(request_, [])["labels"], c.CONTAINER)
     forged["Names"] = ["/someone-else"]
-    sessions, malformed = records.group([forged])
+    sessions, malformed = observe.group([forged])
     assert sessions == {} and malformed == [forged]
 
 

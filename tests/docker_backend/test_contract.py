@@ -12,8 +12,12 @@ pytestmark = pytest.mark.docker
 
 class TestDockerBackend(BackendContract):
     @pytest.fixture
-    def backend(self, new_backend):
-        return new_backend()
+    def backend(self, new_backend, clock):
+        return new_backend(now=clock)
+
+    @pytest.fixture
+    def peer(self, new_backend, clock):
+        return new_backend(now=clock)
 
     @pytest.fixture
     def request_options(self) -> dict:

@@ -29,15 +29,12 @@ def disposable_daemon():
     daemon.close()
 
 
-def test_the_daemon_going_away_answers_503_and_ovas_recovers(
-    disposable_daemon, catalog, serve, tmp_path
-):
+def test_the_daemon_going_away_answers_503_and_ovas_recovers(disposable_daemon, catalog, serve):
     backend = DockerBackend(
         catalog,
         docker_host=disposable_daemon.url,
         port_range=dockerd.free_ports(20),
         gpus="none",
-        state_dir=tmp_path,
     )
     server = serve(create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=backend))
     http = requests.Session()
@@ -58,7 +55,7 @@ def test_the_daemon_going_away_answers_503_and_ovas_recovers(
     assert http.get(f"{server.url}/ready").status_code == 503
     assert http.get(f"{server.url}/cfg/apps/kit-standin").status_code == 200
     with pytest.raises(BackendUnavailable):
-        backend.list()
+        backend.observe_all()
 
     disposable_daemon.start()
     assert http.get(f"{server.url}/ready").status_code == 200

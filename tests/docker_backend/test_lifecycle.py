@@ -1,13 +1,12 @@
 """A session's life on a real Docker daemon, as users and operators see it: the OVAS client
-sequence over HTTP, a restart of ovas, a container dying, the reaper, one engine call per
-list."""
+sequence over HTTP, a restart of ovas, a container dying, apps that quit, the clocks through
+a restart, the reaper, one engine call per list."""
 
 from __future__ import annotations
 
 import socket
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -15,9 +14,14 @@ import requests
 from backends.docker import containers as c
 from ovas import create_app
 from ovas.errors import SessionNotFound
-from ovas.models import SessionState
-from ovas.testing import wait_for
-from ovas.testing.requests import STANDIN_EXIT_CODE, STANDIN_NEVER_READY, STANDIN_READY_DELAY
+from ovas.models import Clocks, Reason, SessionState
+from ovas.testing import FakeClock, service_for, wait_for
+from ovas.testing.requests import (
+    STANDIN_EXIT_CODE,
+    STANDIN_NEVER_READY,
+    STANDIN_QUIT_ON_LEAVE,
+    STANDIN_READY_DELAY,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -61,7 +65,7 @@ def test_ovas_client_sequence_over_http(backend, serve, engine, ours):
     # What a client does next: connect to the signaling port it was given.
     with socket.create_connection((address, routes["signaling"]["source_port"]), timeout=2):
         pass
-    (container,) = ours(session_id)
+    (container,) = [s for s in ours(session_id) if s["Labels"][c.RECORD] == c.CONTAINER]
     env = engine.inspect_container(container["Id"])["Config"]["Env"]
     assert "USD_PATH=omniverse://nucleus/stage.usd" in env
 
@@ -79,13 +83,13 @@ def test_a_new_ovas_process_sees_the_same_sessions(new_backend, standin_request)
     ready = first.start(standin_request(username="ann"))
     slow = first.start(standin_request(env={STANDIN_READY_DELAY: "60"}, username="bob"))
     broken = first.start(standin_request(env={STANDIN_EXIT_CODE: "7"}))
-    wait_for(first, ready.id, SessionState.READY)
-    wait_for(first, broken.id, SessionState.FAILED)
-    before = {s.id: s for s in first.list()}
+    wait_for(first, ready.record.id, SessionState.READY)
+    wait_for(first, broken.record.id, SessionState.FAILED)
+    before = {s.id: s for s in service_for(first).all()}
 
     restarted = new_backend()
-    after = {s.id: s for s in restarted.list()}
-    assert after.keys() == before.keys() >= {ready.id, slow.id, broken.id}
+    after = {s.id: s for s in service_for(restarted).all()}
+    assert after.keys() == before.keys() >= {ready.record.id, slow.record.id, broken.record.id}
     for session_id, seen in before.items():
         again = after[session_id]
         assert (again.state, again.routes, again.username, again.created_time) == (
@@ -94,44 +98,104 @@ def test_a_new_ovas_process_sees_the_same_sessions(new_backend, standin_request)
             seen.username,
             seen.created_time,
         )
-    assert restarted.get(ready.id).state is SessionState.READY
-    assert restarted.get(slow.id).state is SessionState.CREATING
-    assert "code 7" in restarted.get(broken.id).message
-    restarted.stop(slow.id)
+    sessions = service_for(restarted)
+    assert sessions.get(ready.record.id).state is SessionState.READY
+    assert sessions.get(slow.record.id).state is SessionState.CREATING
+    assert "code 7" in sessions.get(broken.record.id).message
+    restarted.stop(slow.record.id)
     with pytest.raises(SessionNotFound):
-        first.get(slow.id)
+        first.observe(slow.record.id)
 
 
 def test_a_container_killed_from_outside_fails_and_is_reaped(
-    backend, standin_request, engine, ours
+    new_backend, standin_request, engine, ours
 ):
+    clock = FakeClock(ticking=True)
+    backend = new_backend(now=clock)
+    sessions = service_for(backend, retention=600)
     session = backend.start(standin_request())
-    ready = wait_for(backend, session.id, SessionState.READY)
-    ports = {r.source_port for r in ready.routes}
-    (container,) = ours(session.id)
+    ready = wait_for(sessions, session.record.id, SessionState.READY)
+    (container,) = [s for s in ours(ready.id) if s["Labels"][c.RECORD] == c.CONTAINER]
     engine.kill(container["Id"])
 
-    failed = wait_for(backend, session.id, SessionState.FAILED)
-    assert "exited with code 137" in failed.message
-    assert backend.reap(datetime.now(UTC)) == []  # within the grace period
-    assert backend.get(session.id).state is SessionState.FAILED
-    later = datetime.now(UTC) + timedelta(seconds=backend.reap_grace + 1)
-    assert backend.reap(later) == [session.id]
+    failed = wait_for(sessions, ready.id, SessionState.FAILED)
+    assert (failed.reason, "exited with code 137" in failed.message) == (Reason.EXITED, True)
+    assert sessions.reap() == []  # kept for its retention, holding nothing
+    assert sessions.get(ready.id).state is SessionState.FAILED
+    clock.advance(601)
+    assert sessions.reap() == [ready.id]
     with pytest.raises(SessionNotFound):
-        backend.get(session.id)
-    assert ours(session.id) == []
-    # Its host ports are free again: the next session may take them.
-    again = wait_for(backend, backend.start(standin_request()).id, SessionState.READY)
-    assert {r.source_port for r in again.routes} == ports
+        sessions.get(ready.id)
+    assert ours(ready.id) == []
 
 
-def test_a_session_past_its_deadline_is_failed_then_reaped(backend, standin_request, ours):
-    session = backend.start(standin_request(env={STANDIN_NEVER_READY: "1"}, start_timeout=2))
-    failed = wait_for(backend, session.id, SessionState.FAILED, timeout=10)
-    assert "not ready within 2 seconds" in failed.message
-    later = datetime.now(UTC) + timedelta(seconds=backend.reap_grace + 1)
-    assert session.id in backend.reap(later)
-    assert ours(session.id) == []
+def test_a_failure_keeps_its_last_log_lines_for_its_retention(backend, standin_request):
+    sessions = service_for(backend)
+    session = backend.start(standin_request(env={STANDIN_EXIT_CODE: "3"}))
+    failed = wait_for(sessions, session.record.id, SessionState.FAILED)
+    assert failed.reason is Reason.EXITED
+    assert "code 3" in failed.message
+    assert ": last log lines: " in failed.message
+    # Docker may interleave the app's stdout and stderr either way.
+    assert "stand-in Kit app: USD_PATH=" in failed.message
+    assert "exiting with code 3 as asked" in failed.message
+    logs = backend.logs(failed.id)
+    assert any("exiting with code 3 as asked" in line for line in logs)
+
+
+def test_an_app_that_quits_when_its_client_leaves_has_ended(backend, standin_request):
+    """What a Kit app built for OVAS does: exit 0 when its client leaves. That is no fault."""
+    sessions = service_for(backend)
+    session = backend.start(standin_request(env={STANDIN_QUIT_ON_LEAVE: "1"}))
+    ready = wait_for(sessions, session.record.id, SessionState.READY)
+    signaling = next(r for r in ready.routes if r.description == "signaling")
+    with socket.create_connection((ready.host, signaling.source_port), timeout=5):
+        deadline = time.monotonic() + 10
+        while not sessions.get(ready.id).connected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sessions.get(ready.id).connected is True
+    ended = wait_for(sessions, ready.id, {SessionState.ENDED, SessionState.FAILED}, timeout=15)
+    assert (ended.state, ended.reason) == (SessionState.ENDED, Reason.APP_EXITED), ended.message
+    assert ended.last_connected_time is not None
+    assert any("my client left" in line for line in backend.logs(ready.id))
+
+
+def test_the_idle_clock_runs_on_through_a_restart_of_ovas(new_backend, standin_request, ours):
+    clock = FakeClock(ticking=True)
+    clocks = Clocks(connect_timeout=300, idle_timeout=300, max_lifetime=0)
+    first = new_backend(now=clock)
+    sessions = service_for(first, clocks=clocks)
+    started = first.start(standin_request(clocks=clocks))
+    ready = wait_for(sessions, started.record.id, SessionState.READY)
+    signaling = next(r for r in ready.routes if r.description == "signaling")
+    with socket.create_connection((ready.host, signaling.source_port), timeout=5):
+        clock.advance(5)  # past the moment a probe of ours might still be counted
+        assert sessions.get(ready.id).connected is True
+    clock.advance(1)
+    left = wait_for(sessions, ready.id, SessionState.READY)
+    deadline = time.monotonic() + 10
+    while sessions.get(ready.id).connected is not False and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sessions.get(ready.id).connected is False
+    clock.advance(200)
+
+    restarted = new_backend(now=clock)  # ovas restarts 200 s into the idle time
+    again = service_for(restarted, clocks=clocks)
+    assert again.reap() == []
+    assert again.get(ready.id).state is SessionState.READY
+    clock.advance(101)
+    again.reap()
+    ended = again.get(ready.id)
+    assert (ended.state, ended.reason) == (SessionState.ENDED, Reason.IDLE_TIMEOUT), left
+    assert ended.message == "Ended: nobody was connected for 300 seconds"
+    # Ended, it holds nothing: its container is stopped and its claims are gone.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        kinds = {s["Labels"][c.RECORD]: s["State"] for s in ours(ready.id)}
+        if kinds.get(c.CONTAINER) == "exited":
+            break
+        time.sleep(0.2)
+    assert kinds[c.CONTAINER] == "exited" and c.OUTCOME in kinds
 
 
 def test_reap_removes_what_carries_our_labels_but_is_no_session(
@@ -141,55 +205,74 @@ def test_reap_removes_what_carries_our_labels_but_is_no_session(
     junk = engine.create_container(
         "ovas/kit-standin:1.0.0", name="not-a-session", labels={c.SESSION: "junk"}
     )
-    assert backend.reap(datetime.now(UTC)) == ["not-a-session"]
+    assert service_for(backend).reap() == ["not-a-session"]
     assert junk["Id"] not in [s["Id"] for s in ours()]
-    assert backend.get(kept.id).state is not SessionState.FAILED
+    assert service_for(backend).get(kept.record.id).state is not SessionState.FAILED
 
 
 def test_without_a_probe_ready_means_the_signaling_port_accepts(backend, standin_request):
     request = standin_request(env={STANDIN_READY_DELAY: "2"})
     request = replace(request, kit=replace(request.kit, startup_probe=None))
     session = backend.start(request)
+    sessions = service_for(backend)
     # Docker's port proxy accepts at once; the session is not ready before the app listens.
-    assert backend.get(session.id).state is SessionState.CREATING
-    ready = wait_for(backend, session.id, SessionState.READY)
+    assert sessions.get(session.record.id).state is SessionState.CREATING
+    ready = wait_for(sessions, session.record.id, SessionState.READY)
     assert ready.state is SessionState.READY
     assert len(ready.routes) == 2
 
 
+def test_a_profile_asking_more_cpus_than_the_host_has_runs_with_a_note(
+    backend, standin_request, engine, ours
+):
+    request = standin_request()
+    request = replace(request, kit=replace(request.kit, cpu_limit="16000m"))
+    session = backend.start(request)
+    ready = wait_for(backend, session.record.id, SessionState.READY)
+    host = engine.info()["NCPU"]
+    assert ready.message == (
+        f"Session is active. The profile's CPU limit of 16000m is more than this host's "
+        f"{host} CPUs; it runs with {host}"
+    )
+    (kit,) = [s for s in ours(ready.id) if s["Labels"][c.RECORD] == c.CONTAINER]
+    assert engine.inspect_container(kit["Id"])["HostConfig"]["NanoCpus"] == host * 10**9
+
+
 def test_listing_many_sessions_is_one_engine_call(backend, standin_request):
-    sessions = [backend.start(standin_request(env={STANDIN_READY_DELAY: "30"})) for _ in range(4)]
-    backend.pulls.join(timeout=10)  # the containers' starts, in the background, are done
+    started = [backend.start(standin_request(env={STANDIN_READY_DELAY: "30"})) for _ in range(4)]
+    backend.jobs.join(timeout=10)  # the containers' starts, in the background, are done
     calls = []
     client = backend.engine.api()
     client.hooks["response"].append(lambda response, **kw: calls.append(response.url))
     try:
-        listed = backend.list()
+        listed = backend.observe_all()
     finally:
         client.hooks["response"].pop()
-    assert {s.id for s in sessions} <= {s.id for s in listed}
+    assert {s.record.id for s in started} <= {o.record.id for o in listed}
     assert len(calls) == 1 and "/containers/json" in calls[0]
 
 
 def test_a_get_answers_within_about_a_second_while_starting(backend, standin_request):
     session = backend.start(standin_request(env={STANDIN_NEVER_READY: "1"}))
+    sessions = service_for(backend)
     for _ in range(3):
         began = time.monotonic()
-        assert backend.get(session.id).state is SessionState.CREATING
+        assert sessions.get(session.record.id).state is SessionState.CREATING
         assert time.monotonic() - began < 1.5
 
 
 def test_a_ready_session_outlives_its_start_deadline_and_a_restart(
     new_backend, standin_request, ours
 ):
-    first = new_backend()
-    session = first.start(standin_request(start_timeout=3))
-    wait_for(first, session.id, SessionState.READY)
-    time.sleep(3.5)  # past its start deadline
+    clock = FakeClock(ticking=True)
+    first = new_backend(now=clock)
+    session = first.start(standin_request(start_timeout=30, now=clock()))
+    wait_for(first, session.record.id, SessionState.READY)
+    clock.advance(60)  # past its start deadline
     # A restarted ovas whose probes cannot reach the session (as when Kit is busy loading a
     # stage) still knows it was ready: a live stream is never failed by its start deadline.
-    restarted = new_backend(probe_host="127.0.0.2")
-    assert restarted.get(session.id).state is SessionState.READY
-    later = datetime.now(UTC) + timedelta(seconds=restarted.reap_grace + 1)
-    assert session.id not in restarted.reap(later)
-    assert ours(session.id)
+    restarted = new_backend(probe_host="127.0.0.2", now=clock)
+    sessions = service_for(restarted)
+    assert sessions.get(session.record.id).state is SessionState.READY
+    assert session.record.id not in sessions.reap()
+    assert ours(session.record.id)

@@ -16,7 +16,8 @@ import pytest
 from support.registry import Registry
 
 from ovas.errors import SessionNotFound
-from ovas.models import SessionState
+from ovas.models import Reason, SessionState
+from ovas.testing import service_for
 
 pytestmark = pytest.mark.docker
 WORKER = Path(__file__).resolve().parents[1] / "support" / "start_worker.py"
@@ -60,20 +61,22 @@ def test_a_session_is_visible_with_pull_progress_then_ready(
     new_backend, standin_request, new_image
 ):
     backend = new_backend()
+    sessions = service_for(backend)
     image = new_image()
-    session = backend.start(standin_request(image=image, pull_policy="IfNotPresent"))
-    assert session.state is SessionState.CREATING
-    assert session.message == f"Pulling the image {image}"
+    started = backend.start(standin_request(image=image, pull_policy="IfNotPresent"))
+    assert started.seen.detail == f"Pulling the image {image}"
+    session_id = started.record.id
+    assert sessions.get(session_id).message.startswith(f"Pulling the image {image} (")
 
-    progress = wait_until(lambda: "%" in (m := backend.get(session.id).message) and m)
+    progress = wait_until(lambda: "%" in (m := sessions.get(session_id).message) and m)
     assert progress.startswith(f"Pulling the image {image}: ")
-    # Another ovas process on the host sees the session and its progress too.
-    other = new_backend()
-    seen = other.get(session.id)
+    # Another ovas process sees the session, pulling, from the engine's records alone.
+    other = service_for(new_backend())
+    seen = other.get(session_id)
     assert seen.state is SessionState.CREATING and seen.message.startswith("Pulling the image")
-    assert session.id in {s.id for s in other.list()}
+    assert session_id in {s.id for s in other.all()}
 
-    ready = wait_until(lambda: (s := backend.get(session.id)).ready and s)
+    ready = wait_until(lambda: (s := sessions.get(session_id)).ready and s)
     assert ready.routes
 
 
@@ -81,24 +84,24 @@ def test_stopping_during_the_pull_leaves_nothing(
     backend, standin_request, new_image, registry, ours
 ):
     registry.gate.clear()  # the registry stalls: the pull cannot finish yet
-    session = backend.start(standin_request(image=new_image(), pull_policy="Always"))
-    assert backend.get(session.id).state is SessionState.CREATING
-    backend.stop(session.id)
+    sessions = service_for(backend)
+    session_id = backend.start(standin_request(image=new_image(), pull_policy="Always")).record.id
+    assert sessions.get(session_id).state is SessionState.CREATING
+    sessions.stop(session_id)
     with pytest.raises(SessionNotFound):
-        backend.get(session.id)
+        sessions.get(session_id)
     registry.gate.set()
-    wait_until(lambda: not backend.pulls.running_here(session.id))
-    assert ours(session.id) == []
+    wait_until(lambda: not backend.jobs.running_here(session_id))
+    assert ours(session_id) == []
 
 
 def test_a_pull_survives_a_crash_of_ovas(
-    docker_daemon, catalog_dir, state_dir, new_backend, new_image, registry
+    docker_daemon, catalog_dir, new_backend, new_image, registry
 ):
     registry.gate.clear()
     image = new_image()
     options = {
         "docker_host": docker_daemon.url,
-        "state_dir": str(state_dir),
         "catalog": str(catalog_dir),
         "count": 1,
         "image": image,
@@ -113,26 +116,33 @@ def test_a_pull_survives_a_crash_of_ovas(
     crashing.wait()
 
     restarted = new_backend()
-    pulling = restarted.get(session_id)  # finds no live puller: resumes the pull
+    sessions = service_for(restarted)
+    pulling = sessions.get(session_id)  # finds no live puller: resumes the pull
     assert pulling.state is SessionState.CREATING
-    assert restarted.pulls.running_here(session_id)
+    assert restarted.jobs.running_here(session_id)
     registry.gate.set()
-    ready = wait_until(lambda: (s := restarted.get(session_id)).ready and s)
+    ready = wait_until(lambda: (s := sessions.get(session_id)).ready and s)
     assert ready.state is SessionState.READY
 
 
 def test_an_image_that_cannot_be_pulled_fails_with_the_reason(backend, standin_request):
     unreachable = "127.0.0.1:1/ovas/nothing:1.0.0"
-    session = backend.start(standin_request(image=unreachable, pull_policy="IfNotPresent"))
-    failed = wait_until(lambda: (s := backend.get(session.id)).state is SessionState.FAILED and s)
-    assert failed.message.startswith(f"The image {unreachable} could not be pulled: ")
+    sessions = service_for(backend)
+    started = backend.start(standin_request(image=unreachable, pull_policy="IfNotPresent"))
+    failed = wait_until(
+        lambda: (s := sessions.get(started.record.id)).state is SessionState.FAILED and s
+    )
+    assert failed.reason is Reason.IMAGE_PULL
+    assert failed.message.startswith(f"The Kit image could not be pulled: {unreachable}: ")
     assert "connection refused" in failed.message
 
 
 def test_a_missing_image_under_pull_policy_never_fails_at_once(backend, standin_request):
-    session = backend.start(standin_request(image="ovas/not-built:1", pull_policy="Never"))
-    assert session.state is SessionState.FAILED
-    assert backend.get(session.id).message == (
-        "The image ovas/not-built:1 is not on the Docker engine and the profile's "
-        "pullPolicy is Never"
+    sessions = service_for(backend)
+    started = backend.start(standin_request(image="ovas/not-built:1", pull_policy="Never"))
+    failed = sessions.get(started.record.id)
+    assert (failed.state, failed.reason) == (SessionState.FAILED, Reason.IMAGE_PULL)
+    assert failed.message == (
+        "The Kit image could not be pulled: the image ovas/not-built:1 is not on the Docker "
+        "engine and the profile's pullPolicy is Never"
     )

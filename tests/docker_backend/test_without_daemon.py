@@ -26,7 +26,6 @@ def client(tmp_path, monkeypatch):
         "REAP_INTERVAL": 0,
         "BACKEND": "docker",
         "CATALOG_PATH": str(catalog),
-        "DOCKER_STATE_DIR": str(tmp_path / "state"),
     }
     app = create_app(settings)
     assert isinstance(app.extensions["ovas"].backend, DockerBackend)

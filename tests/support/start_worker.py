@@ -1,7 +1,7 @@
 """One ovas worker process starting sessions on the Docker backend at an agreed moment, for
 tests of admission across processes (as under `gunicorn -w 4`).
 
-    python start_worker.py '{"docker_host": ..., "state_dir": ..., "catalog": ..., "count": 5,
+    python start_worker.py '{"docker_host": ..., "catalog": ..., "count": 5,
                              "capacity": 5, "port_range": "30100-30999", "go_at": <unix time>}'
 
 prints one JSON object: {"started": [session ids], "refused": [messages]}. With "image"
@@ -33,7 +33,6 @@ def main(options: dict) -> dict:
         docker_host=options["docker_host"],
         port_range=options.get("port_range", "30100-30999"),
         gpus="none",
-        state_dir=options["state_dir"],
     )
     backend.check()  # connect before the agreed moment, as a serving worker would have
     requests = [
@@ -55,7 +54,7 @@ def main(options: dict) -> dict:
     def start(request) -> None:
         time.sleep(max(0.0, options.get("go_at", 0) - time.time()))
         try:
-            started.append(backend.start(request).id)
+            started.append(backend.start(request).record.id)
         except CapacityExceeded as exc:
             refused.append(exc.message)
 

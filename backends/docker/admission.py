@@ -1,0 +1,111 @@
+"""Admission across processes and hosts, in the engine: capacity slots and GPU claims are
+containers whose names are unique, so creating one is an atomic claim (a second create of
+that name is refused with 409), as the Kubernetes backend does with its slot ConfigMaps.
+
+A session holds `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (k < the per-user
+capacity) and one `ovas-gpu-<device id>` per GPU. Any number of worker processes, or of
+ovas hosts sharing one engine, then never over-admit, and no lock is held across an engine
+round trip: a start lists the claims once (to skip those taken), then creates. Claims are
+released when the session ends or is stopped; the reaper removes those of sessions that
+never came to be.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from backends.docker import containers as c
+from backends.docker.engine import Engine
+from backends.docker.gpus import GpuLedger
+from ovas.errors import CapacityExceeded, UserCapacityExceeded
+from ovas.models import SessionRequest
+
+RETRY_AFTER = 30
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a start took: the names of its claim records, and the GPUs' device ids."""
+
+    names: tuple[str, ...] = ()
+    gpu_ids: tuple[str, ...] = ()
+
+
+class Admission:
+    def __init__(self, engine: Engine, ledger: Callable[[], GpuLedger]):
+        self.engine = engine
+        self.ledger = ledger  # found on first use: finding GPUs may run nvidia-smi
+
+    def claim(self, request: SessionRequest) -> Claims:
+        """Take what `request` needs: a slot of the shared capacity and one of its user's,
+        when those are set, and its GPUs. Raises `UserCapacityExceeded` /
+        `CapacityExceeded`, leaving nothing taken; `BackendUnavailable`."""
+        gpus = request.kit.gpus
+        if not (request.capacity or request.user_capacity or gpus):
+            return Claims()
+        held = {(s.get("Names") or [""])[0].lstrip("/") for s in self.engine.claims()}
+        taken: list[str] = []
+        try:
+            if request.user_capacity:
+                names = [c.slot_name(k, request.username) for k in range(request.user_capacity)]
+                if not self._take_one(request, names, held, taken):
+                    mine = sum(1 for n in names if n in held)
+                    raise UserCapacityExceeded(
+                        f"User '{request.username}' already has {mine} sessions, the most "
+                        "allowed; stop one and try again",
+                        retry_after=RETRY_AFTER,
+                    )
+            if request.capacity:
+                names = [c.slot_name(k) for k in range(request.capacity)]
+                if not self._take_one(request, names, held, taken):
+                    raise CapacityExceeded(
+                        f"All {request.capacity} session slots are in use; try again later",
+                        retry_after=RETRY_AFTER,
+                    )
+            gpu_ids = self._take_gpus(request, gpus, held, taken)
+        except BaseException:
+            self.release(taken)
+            raise
+        return Claims(tuple(taken), tuple(gpu_ids))
+
+    def _take_one(
+        self, request: SessionRequest, names: list[str], held: set[str], taken: list[str]
+    ) -> bool:
+        # Free slots in a random order, so a burst of starts does not contend for the first.
+        free = [n for n in names if n not in held]
+        for name in random.sample(free, len(free)):
+            if self._create(request, name, c.SLOT):
+                taken.append(name)
+                return True
+        return False
+
+    def _take_gpus(
+        self, request: SessionRequest, count: int, held: set[str], taken: list[str]
+    ) -> list[str]:
+        if count <= 0:
+            return []
+        ledger = self.ledger()
+        in_use = {g.device_id for g in ledger.gpus if c.gpu_name(g.device_id) in held}
+        got = []
+        for gpu in ledger.candidates(count, in_use):
+            if self._create(request, c.gpu_name(gpu.device_id), c.GPU):
+                taken.append(c.gpu_name(gpu.device_id))
+                got.append(gpu.device_id)
+                if len(got) == count:
+                    return got
+            else:
+                in_use.add(gpu.device_id)  # another start took it meanwhile
+        raise ledger.refusal(count, ledger.free(in_use | set(got)))
+
+    def _create(self, request: SessionRequest, name: str, kind: str) -> bool:
+        labels = c.claim_labels(request.id, kind, request.username)
+        return self.engine.create_record(c.record_spec(name, labels))
+
+    def release(self, names: list[str] | tuple[str, ...]) -> None:
+        """Remove the claims named (gone already is fine)."""
+        for name in names:
+            self.engine.remove(name)

@@ -1,0 +1,247 @@
+"""Sessions read back from Docker's container list: the records of each session grouped, and
+what they show as an `Observation` for the core's lifecycle. Pure: the caller lists the
+containers and runs the probes and the client counts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from backends.docker import containers as c
+from ovas.lifecycle import Mark, Observation, Record, Stage
+from ovas.models import Reason, Route
+from ovas.names import is_session_id
+
+_EXIT = re.compile(r"Exited \((-?\d+)\)")
+
+
+@dataclass(frozen=True)
+class Found:
+    """One container of ovas, from a `containers.list` summary."""
+
+    name: str
+    container_id: str
+    state: str  # Docker's: created, running, exited, dead, paused, restarting, removing
+    status: str  # Docker's human text: "Up 3 seconds", "Exited (3) 2 seconds ago"
+    created: datetime  # by the engine's clock
+    labels: Mapping[str, str]
+    host_ports: Mapping[str, int] = field(default_factory=dict)  # "49100/tcp" -> host port
+
+    @property
+    def record(self) -> str:
+        return self.labels.get(c.RECORD, "")
+
+    @property
+    def exit_code(self) -> int | None:
+        match = _EXIT.search(self.status)
+        return int(match.group(1)) if match else None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ("exited", "dead")
+
+
+@dataclass
+class SessionObjects:
+    """Every container of one session."""
+
+    session_id: str
+    container: Found | None = None
+    pending: Found | None = None
+    fault: Found | None = None
+    outcome: Found | None = None
+    marks: dict[Mark, Found] = field(default_factory=dict)
+    claims: list[Found] = field(default_factory=list)
+
+    @property
+    def exists(self) -> bool:
+        """A session is its Kit container, its pending record or its outcome."""
+        return any((self.container, self.pending, self.outcome))
+
+    @property
+    def describing(self) -> Found:
+        """The record whose labels describe the session."""
+        found = self.outcome or self.container or self.pending
+        assert found is not None
+        return found
+
+    @property
+    def every(self) -> list[Found]:
+        """All its containers, the Kit container first (it goes before what it holds)."""
+        found = [self.container, self.pending, self.fault, self.outcome, *self.marks.values()]
+        return [f for f in found if f is not None] + self.claims
+
+
+def read_summary(summary: Mapping[str, Any]) -> Found:
+    """A `containers.list` summary as Found. Raises ValueError for a container that
+    carries ovas's label but is no well-formed record of ovas (the reaper removes those)."""
+    names = summary.get("Names") or [""]
+    name = names[0].lstrip("/")
+    labels = dict(summary.get("Labels") or {})
+    session_id = labels.get(c.SESSION, "")
+    record = labels.get(c.RECORD, "")
+    if not is_session_id(session_id):
+        raise ValueError(f"{name}: {session_id!r} is not a session id")
+    if record not in c.RECORD_KINDS:
+        raise ValueError(f"{name}: unknown record kind {record!r}")
+    if record in c.SESSION_RECORDS:
+        if name != c.container_name(session_id, record):
+            raise ValueError(f"{name}: the name does not match its labels")
+        c.parse_labels(labels)
+    ports = {
+        f"{p.get('PrivatePort')}/{p.get('Type')}": int(p["PublicPort"])
+        for p in summary.get("Ports") or []
+        if p.get("PublicPort")
+    }
+    return Found(
+        name=name,
+        container_id=summary.get("Id", ""),
+        state=summary.get("State", ""),
+        status=summary.get("Status", ""),
+        created=datetime.fromtimestamp(int(summary.get("Created", 0)), UTC),
+        labels=labels,
+        host_ports=ports,
+    )
+
+
+def group(summaries: Iterable[Mapping[str, Any]]) -> tuple[dict[str, SessionObjects], list]:
+    """Sessions' containers by session id (claims and marks of sessions that no longer
+    exist included), and the summaries that are no well-formed record of ovas."""
+    sessions: dict[str, SessionObjects] = {}
+    malformed = []
+    for summary in summaries:
+        try:
+            found = read_summary(summary)
+        except ValueError:
+            malformed.append(summary)
+            continue
+        session_id = found.labels[c.SESSION]
+        entry = sessions.setdefault(session_id, SessionObjects(session_id))
+        kind = found.record
+        if kind in c.CLAIMS:
+            entry.claims.append(found)
+        elif kind == c.MARK_RECORD:
+            try:
+                entry.marks[Mark(found.labels.get(c.MARK, ""))] = found
+            except ValueError:
+                malformed.append(summary)
+        else:
+            setattr(entry, kind, found)
+    return sessions, malformed
+
+
+def record_of(objects: SessionObjects) -> Record:
+    """The session's record: what was asked, its marks and its outcome."""
+    labels = c.parse_labels(objects.describing.labels)
+    marks = {}
+    for mark, found in objects.marks.items():
+        try:
+            marks[mark] = datetime.fromisoformat(found.labels[c.AT])
+        except (KeyError, ValueError):
+            continue
+    outcome = None
+    if objects.outcome is not None:
+        try:
+            outcome = c.parse_outcome(objects.outcome.labels)[0]
+        except ValueError:
+            outcome = None
+    return Record(
+        id=labels.session_id,
+        app_id=labels.app_id,
+        version=labels.version,
+        profile=labels.profile,
+        username=labels.username,
+        created_time=labels.created_time,
+        deadline=labels.deadline,
+        clocks=labels.clocks,
+        marks=marks,
+        outcome=outcome,
+    )
+
+
+@dataclass(frozen=True)
+class Exit:
+    """What inspecting an exited Kit container adds to its exit code."""
+
+    oom: bool = False
+    error: str = ""  # the engine's own error, if any
+    finished: datetime | None = None
+    logs: tuple[str, ...] = ()
+
+
+def observation(
+    objects: SessionObjects,
+    *,
+    public_host: str,
+    probe_ok: bool = False,
+    connections: int | None = None,
+    progress: str = "",
+    exit_info: Exit | None = None,
+) -> Observation:
+    """What the records show. `probe_ok` is the probe's verdict on a running container,
+    `connections` its clients, `progress` a pull's, `exit_info` an exited container's."""
+    container = objects.container
+    labels = c.parse_labels(objects.describing.labels)
+    note = labels.note
+    if objects.outcome is not None:
+        return Observation(Stage.GONE, note=note)
+    if objects.fault is not None:
+        fault = objects.fault.labels
+        try:
+            reason = Reason(fault.get(c.REASON, ""))
+        except ValueError:
+            reason = Reason.CREATE_FAILED
+        return Observation(Stage.FAULT, fault=reason, detail=fault.get(c.DETAIL, ""), note=note)
+    if container is None:
+        detail = progress or f"Pulling the image {labels.image}"
+        return Observation(Stage.WAITING, detail=detail, note=note)
+    if container.ended:
+        info = exit_info or Exit()
+        return Observation(
+            Stage.EXITED,
+            exit_code=container.exit_code,
+            oom=info.oom,
+            detail=info.error,
+            finished_time=info.finished,
+            logs=info.logs,
+            note=note,
+        )
+    if container.state != "running":
+        return Observation(Stage.WAITING, detail="Starting the container", note=note)
+    found = routes(labels, container.host_ports)
+    return Observation(
+        Stage.RUNNING,
+        detail="Starting the Kit application",
+        probe_ok=probe_ok and bool(found),
+        host=public_host if found else None,
+        routes=found,
+        connections=connections,
+        note=note,
+    )
+
+
+def routes(labels: c.SessionLabels, host_ports: Mapping[str, int]) -> tuple[Route, ...]:
+    """Signaling and media routes, once Docker has published both; else ()."""
+    by_name = {p.name: p for p in labels.ports}
+    found = []
+    for name, protocol in (("signaling", "TCP"), ("media", "UDP")):
+        port = by_name.get(name)
+        host_port = host_ports.get(port.key) if port else None
+        if port is None or host_port is None:
+            return ()
+        found.append(Route(name, protocol, host_port, port.container_port))
+    return tuple(found)
+
+
+def probe_target(objects: SessionObjects) -> int | None:
+    """The host port to probe a running Kit container on: the probe's, else signaling's."""
+    container = objects.container
+    if container is None:
+        return None
+    labels = c.parse_labels(container.labels)
+    by_name = {p.name: p for p in labels.ports}
+    target = by_name.get("probe") or by_name.get("signaling")
+    return container.host_ports.get(target.key) if target else None

@@ -17,9 +17,3 @@ class OrjsonProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return orjson.loads(s)
-
-    def response(self, *args: Any, **kwargs: Any):
-        obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(
-            orjson.dumps(obj, default=self.default) + b"\n", mimetype=self.mimetype
-        )

@@ -4,7 +4,6 @@ core that knows Flask's extensions, the blueprints and the backend registry."""
 from __future__ import annotations
 
 import atexit
-import inspect
 import ipaddress
 import logging
 import os
@@ -51,22 +50,6 @@ class Ovas:
         return self.catalogs.catalog
 
 
-class OvasFlask(Flask):
-    """Flask, remembering which functions are coroutines: Flask asks for every hook, view
-    and wrapper on every request, and ovas's are all plain functions."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._is_coroutine: dict[Any, bool] = {}
-
-    def ensure_sync(self, func):
-        key = getattr(func, "__func__", func)  # a bound method is a new object each time
-        is_coroutine = self._is_coroutine.get(key)
-        if is_coroutine is None:
-            is_coroutine = self._is_coroutine[key] = inspect.iscoroutinefunction(func)
-        return self.async_to_sync(func) if is_coroutine else func
-
-
 class OvasApi(Api):
     """flask-smorest's Api, documenting errors in ovas's (FastAPI's) shape."""
 
@@ -108,7 +91,7 @@ def create_app(
     """Build the ovas app: defaults, then `OVAS_*` variables, then `test_config`; then the
     extensions, the two services on both their path forms, and the backend (the given one,
     or the one `BACKEND` names). Raises `ConfigurationError` for bad settings."""
-    app = OvasFlask("ovas", static_folder=None)
+    app = Flask("ovas", static_folder=None)
     app.json = jsonprovider.OrjsonProvider(app)
     app.config.update(config.DEFAULTS)
     app.config.from_prefixed_env("OVAS")

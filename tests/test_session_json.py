@@ -1,4 +1,4 @@
-"""The hand-written session serializer matches the documented StreamResponse schema."""
+"""Sessions as the documented StreamResponse schema writes them, for every state."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import orjson
 import pytest
 
 from blueprints.streaming.schemas import StreamListSchema, StreamResponseSchema
-from blueprints.streaming.schemas import session_to_json as to_python
 from ovas.models import Route, Session, SessionState
 from ovas.services import Page
 
 
 def session_to_json(session: Session) -> dict:
-    """What a client receives: the serializer's output as the app's JSON provider writes it."""
-    return orjson.loads(orjson.dumps(to_python(session)))
+    """What a client receives: the schema's output as the app's JSON provider writes it."""
+    return orjson.loads(orjson.dumps(StreamResponseSchema().dump(session)))
 
 
 ROUTES = (Route("signaling", "TCP", 31000, 49100), Route("media", "UDP", 31001, 47998))

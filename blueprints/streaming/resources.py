@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response
 
-from blueprints.common import Blueprint, Resource, document, error_responses, sessions
+from blueprints.common import Blueprint, Resource, error_responses, sessions
 from blueprints.security import audited, current_identity, rate_limited
 from blueprints.streaming.schemas import (
     StreamIdSchema,
@@ -49,8 +49,8 @@ class Streams(Resource):
 
     @blp.arguments(StreamRequestSchema())
     @blp.response(202, StreamResponseSchema, description="The session is starting")
-    @document(
-        blp, 200, schema=StreamResponseSchema, description="The session is ready", success=True
+    @blp.alt_response(
+        200, schema=StreamResponseSchema, description="The session is ready", success=True
     )
     @error_responses(blp, 404, 429, 503)
     def post(self, body):
@@ -79,11 +79,10 @@ class Streams(Resource):
 @blp.route("/<session_id>")
 class StreamById(Resource):
     @blp.response(200, StreamResponseSchema, description="The session is ready")
-    @document(
-        blp, 202, schema=StreamResponseSchema, description="The session is starting", success=True
+    @blp.alt_response(
+        202, schema=StreamResponseSchema, description="The session is starting", success=True
     )
-    @document(
-        blp,
+    @blp.alt_response(
         410,
         schema=StreamResponseSchema,
         description="The session failed or ended; `reason` and `status.message` say why",

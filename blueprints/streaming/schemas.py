@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_load, validate
+from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_dump, pre_load, validate
 
 from ovas.models import Reason, Session, SessionState
 
@@ -65,12 +65,9 @@ class StreamResponseSchema(Schema):
     )
     ended_time = fields.DateTime(allow_none=True)
 
-    def dump(self, obj, *, many=None):
-        # The route every client polls: a plain function, not marshmallow's field walk
-        # (tests/test_session_json.py holds the two to the same output).
-        if many or (many is None and self.many):
-            return [session_to_json(s) for s in obj]
-        return session_to_json(obj)
+    @pre_dump
+    def _shape(self, session: Session, **kwargs) -> dict:
+        return session_fields(session)
 
 
 class StreamListSchema(Schema):
@@ -79,20 +76,10 @@ class StreamListSchema(Schema):
     count = fields.Integer(required=True)
     items = fields.List(fields.Nested(StreamResponseSchema), required=True)
 
-    def dump(self, obj, *, many=None):
-        return {
-            "offset": obj.offset,
-            "limit": obj.limit,
-            "count": obj.count,
-            "items": [session_to_json(s) for s in obj.items],
-        }
 
-
-def session_to_json(session: Session) -> dict:
-    """A session as OVAS clients read it: `routes` is `{}` until the session is ready.
-
-    The routes (dataclasses) and the creation time (a datetime) are left for the app's
-    JSON provider (orjson) to write, as it does in C: this runs once per session listed."""
+def session_fields(session: Session) -> dict:
+    """A session in the StreamResponse's shape, for the schema to write: `routes` is `{}`
+    until the session is ready, with one key, the address a client reaches."""
     ready = session.state is SessionState.READY
     return {
         "id": session.id,

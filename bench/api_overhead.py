@@ -62,8 +62,8 @@ def build_ovas() -> tuple[Flask, list[Endpoint]]:
         ids.append(answer.get_json()["id"])
     logging.disable(logging.NOTSET)
     endpoints = [
-        Endpoint("GET /cfg/apps", "/cfg/apps", 0.8),
-        Endpoint("GET /streaming/stream/{id}", f"/streaming/stream/{ids[0]}", 0.8),
+        Endpoint("GET /cfg/apps", "/cfg/apps", 0.7),
+        Endpoint("GET /streaming/stream/{id}", f"/streaming/stream/{ids[0]}", 0.7),
         Endpoint(
             f"GET /streaming/stream ({SESSIONS} sessions)",
             f"/streaming/stream?limit={SESSIONS}",

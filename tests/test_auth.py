@@ -63,17 +63,20 @@ def issuer(serve):
     return Issuer(serve)
 
 
-@pytest.fixture
-def jwt_server(serve, issuer):
-    config = {
+def jwt_config(issuer, **settings):
+    return {
         "TESTING": True,
         "AUTH": "jwt",
         "JWT_ISSUER": issuer.url,
         "JWT_AUDIENCE": "ovas",
         "JWT_ROLES_CLAIM": "realm_access.roles",
-        "JWT_REFRESH_COOLDOWN": 0.5,
+        **settings,
     }
-    return serve(create_app(config, backend=FakeBackend()))
+
+
+@pytest.fixture
+def jwt_server(serve, issuer):
+    return serve(create_app(jwt_config(issuer), backend=FakeBackend()))
 
 
 def call(server, method, path, token=None, **kw):
@@ -127,14 +130,28 @@ def test_missing_forged_or_foreign_tokens_are_401(jwt_server, issuer):
     assert call(jwt_server, "GET", "/cfg/apps", unsigned).status_code == 401
 
 
-def test_keys_are_cached_and_refreshed_on_rotation(jwt_server, issuer):
+def test_keys_are_cached_and_refreshed_on_rotation(serve, issuer):
+    server = serve(create_app(jwt_config(issuer, JWT_REFRESH_COOLDOWN=0), backend=FakeBackend()))
     for _ in range(3):
-        assert call(jwt_server, "GET", "/cfg/apps", issuer.token()).status_code == 200
+        assert call(server, "GET", "/cfg/apps", issuer.token()).status_code == 200
     assert issuer.jwks_fetches == 1
     issuer.keys["k2"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    time.sleep(0.6)  # the refresh cooldown
-    assert call(jwt_server, "GET", "/cfg/apps", issuer.token(kid="k2")).status_code == 200
+    assert call(server, "GET", "/cfg/apps", issuer.token(kid="k2")).status_code == 200
     assert issuer.jwks_fetches == 2
+
+
+def test_unknown_key_ids_cannot_make_ovas_hammer_the_issuer(jwt_server, issuer):
+    assert call(jwt_server, "GET", "/cfg/apps", issuer.token()).status_code == 200
+    issuer.keys["k2"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    # Within the refresh cooldown (30 s by default) after a fetch, no unknown key id
+    # fetches the JWKS again: a flood of tokens naming made-up keys costs the issuer nothing.
+    tokens = [issuer.token(kid="k2")]
+    for kid in ("nope-1", "nope-2", "nope-3"):
+        body = {"iss": issuer.url, "aud": "ovas", "exp": int(time.time()) + 60, "sub": "x"}
+        tokens.append(jwt.encode(body, issuer.keys["k2"], algorithm="RS256", headers={"kid": kid}))
+    for token in tokens:
+        assert call(jwt_server, "GET", "/cfg/apps", token).status_code == 401
+    assert issuer.jwks_fetches == 1
 
 
 def test_public_endpoints_need_no_credentials(jwt_server):

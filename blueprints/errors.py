@@ -8,6 +8,7 @@ import logging
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from ovas.auth import ANONYMOUS
 from ovas.errors import InvalidInput, OvasError
 
 log = logging.getLogger("ovas")
@@ -39,6 +40,13 @@ def validation_detail(messages: dict) -> list[dict]:
     return detail
 
 
+def is_insider() -> bool:
+    """Whether this request's caller may read where ovas's engines are: an authenticated
+    admin (with `OVAS_AUTH=none` every caller is anonymous, and is not one)."""
+    identity = g.get("ovas_identity")
+    return identity is not None and identity is not ANONYMOUS and identity.is_admin
+
+
 def _json(status: int, detail, headers=None):
     response = jsonify(detail=detail)
     response.status_code = status
@@ -51,12 +59,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(OvasError)
     def ovas_error(exc: OvasError):
         g.ovas_error = exc  # for metrics: which error a request was answered with
-        if exc.http_status >= 500 and exc.detail:
-            log.warning("%s: %s", exc.message, exc.detail)
+        if exc.http_status >= 500 and (exc.detail or exc.where):
+            log.warning("%s: %s", exc.message_for(True), exc.detail or "")
         if isinstance(exc, InvalidInput):
             loc = ["body", *exc.field.split(".")] if exc.field else ["body"]
             return _json(422, [{"loc": loc, "msg": exc.message, "type": "value_error"}])
-        return _json(exc.http_status, exc.message, exc.headers)
+        return _json(exc.http_status, exc.message_for(is_insider()), exc.headers)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

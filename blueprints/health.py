@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from blueprints.errors import is_insider
 from ovas.errors import OvasError
 
 blp = Blueprint("health", __name__)
@@ -23,7 +24,9 @@ def ready():
             check()
             checks[name] = "ok"
         except OvasError as exc:
-            checks[name] = exc.message
+            checks[name] = exc.message_for(is_insider())
+            if exc.where:
+                current_app.logger.warning("not ready: %s", exc.message_for(True))
         except Exception:
             current_app.logger.exception("readiness check of the %s failed", name)
             checks[name] = f"the {name} check failed unexpectedly"

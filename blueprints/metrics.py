@@ -65,6 +65,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from blueprints.edge import STARTED_KEY
 from ovas import errors, events
 from ovas.errors import BackendUnavailable, ConfigurationError, OvasError
+from ovas.metrics_files import scrape_lock
 from ovas.models import SessionState
 
 log = logging.getLogger("ovas")
@@ -157,6 +158,16 @@ class SessionCollector:
         return sessions, 1, time.perf_counter() - started, ""
 
 
+class _Collected:
+    """Metrics read already, as a collector."""
+
+    def __init__(self, metrics: list):
+        self.metrics = metrics
+
+    def collect(self):
+        return self.metrics
+
+
 class Metrics:
     """The metric objects and hooks of one app (`app.extensions["ovas_metrics"]`)."""
 
@@ -223,14 +234,19 @@ class Metrics:
     # Scraping
 
     def scrape(self) -> Response:
-        if self.multiprocess:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)
-            registry.register(self.sessions)
-        else:
-            registry = self.registry
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return Response(encode(registry), status=200, headers={"Content-Type": content_type})
+        if self.multiprocess:
+            folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            # Not while the master folds a gone worker's files into the archives.
+            with scrape_lock(folder):
+                summed = list(MultiProcessCollector(None, folder).collect())
+            registry = CollectorRegistry()
+            registry.register(_Collected(summed))
+            registry.register(self.sessions)
+            body = encode(registry)
+        else:
+            body = encode(self.registry)
+        return Response(body, status=200, headers={"Content-Type": content_type})
 
     # Hooks
 

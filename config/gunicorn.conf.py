@@ -9,7 +9,11 @@ Every setting can be changed from the environment:
 - `threads`: `OVAS_THREADS`, default 4, with the `gthread` worker: a `GET /stream/<id>` may
   wait about a second on a readiness probe, and the other threads keep answering meanwhile.
 - `timeout`: `OVAS_TIMEOUT`, default 30 s before a silent worker is killed and replaced;
-  `graceful_timeout` 30 s to finish requests on restart; `keepalive` `OVAS_KEEPALIVE`, 5 s.
+  `graceful_timeout` 30 s to finish requests on restart.
+- `keepalive`: `OVAS_KEEPALIVE`, default 75 s that an idle keep-alive connection stays open.
+  It must exceed the idle timeout of any proxy or load balancer in front (60 s for AWS ALB
+  and nginx's `keepalive_timeout`): when the server closes first, a request the proxy sends
+  at that moment is lost, and the client sees a 502.
 - `accesslog` and `errorlog`: stdout and stderr, one line per request with its time in ms and
   its `X-Request-ID`.
 - `forwarded_allow_ips`: `OVAS_FORWARDED_ALLOW_IPS` (else gunicorn's `FORWARDED_ALLOW_IPS`),
@@ -17,7 +21,8 @@ Every setting can be changed from the environment:
 - `PROMETHEUS_MULTIPROC_DIR`: kept if set (its stale files are removed at start), else a fresh
   temporary folder, removed at exit. It must exist before prometheus_client is first imported,
   which is in the workers (see `preload_app`), so `/metrics` sums every worker's counters;
-  `child_exit` tells prometheus_client a worker has gone.
+  `child_exit` folds a gone worker's files into one archive per type (`ovas.metrics_files`),
+  so the folder stays about two files per live worker however many have come and gone.
 - `preload_app`: off, so each worker builds its own app and backend clients after the fork
   (an engine connection or a thread inherited across a fork is not safe to use).
 - `worker_tmp_dir`: `/dev/shm` where present, so worker heartbeats never wait on a slow disk.
@@ -27,7 +32,6 @@ Every setting can be changed from the environment:
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import tempfile
@@ -54,7 +58,7 @@ threads = _int("OVAS_THREADS", 4)
 worker_class = "gthread"
 timeout = _int("OVAS_TIMEOUT", 30)
 graceful_timeout = 30
-keepalive = _int("OVAS_KEEPALIVE", 5)
+keepalive = _int("OVAS_KEEPALIVE", 75)
 accesslog = "-"
 errorlog = "-"
 access_log_format = (
@@ -79,14 +83,18 @@ else:
 
 def on_starting(server) -> None:
     # Files left by a previous run would be summed into this one's counters.
-    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
-        os.remove(path)
+    from ovas.metrics_files import clear
+
+    clear(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def child_exit(server, worker) -> None:
-    from prometheus_client import multiprocess
+    from ovas.metrics_files import retire_worker
 
-    multiprocess.mark_process_dead(worker.pid)
+    try:
+        retire_worker(worker.pid)
+    except Exception:  # a metrics file must never take the master down
+        server.log.exception("could not fold the metrics of worker %s", worker.pid)
 
 
 def on_exit(server) -> None:

@@ -7,15 +7,24 @@ from __future__ import annotations
 
 
 class OvasError(Exception):
-    """Base error: `message` is shown to the user; `detail` (optional) goes to the log only."""
+    """Base error: `message` is shown to the user; `detail` (optional) goes to the log only;
+    `where` (optional: an engine's address) goes to the log and to authenticated admins,
+    never to anonymous callers."""
 
     http_status = 500
     default_message = "Internal server error"
 
-    def __init__(self, message: str | None = None, *, detail: str | None = None):
+    def __init__(
+        self, message: str | None = None, *, detail: str | None = None, where: str | None = None
+    ):
         self.message = message or self.default_message
         self.detail = detail
+        self.where = where
         super().__init__(self.message)
+
+    def message_for(self, insider: bool) -> str:
+        """The message, naming `where` for an insider (an authenticated admin)."""
+        return f"{self.message} (at {self.where})" if insider and self.where else self.message
 
     @property
     def headers(self) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -251,9 +252,13 @@ def test_openmetrics_is_served_when_asked_for(client):
 
 
 def gunicorn_app():
-    """The app gunicorn serves in the test below (`test_metrics:gunicorn_app()`)."""
+    """The app gunicorn serves in the tests below (`test_metrics:gunicorn_app()`), with a
+    route saying which worker answered."""
     app = create_app()
     metrics.init_app(app)
+    app.add_url_rule(
+        "/worker-pid", "worker_pid", lambda: ("", 204, {"X-Worker-Pid": str(os.getpid())})
+    )
     return app
 
 
@@ -323,3 +328,41 @@ def test_counters_from_every_gunicorn_worker_are_summed_in_one_scrape(gunicorn):
         assert value(samples, "ovas_http_requests_total", **one) == sent
         # Computed by the answering worker alone, never summed over the two.
         assert value(samples, "ovas_backend_up", backend="fake") == 1
+
+
+def _worker_pids(url: str, rounds: int = 60) -> set[int]:
+    return {
+        int(r.headers["X-Worker-Pid"])
+        for r in (
+            requests.get(f"{url}/worker-pid", headers={"Connection": "close"})
+            for _ in range(rounds)
+        )
+    }
+
+
+def test_replaced_workers_keep_the_totals_and_a_bounded_folder(gunicorn):
+    url, prom_dir = gunicorn
+    one = {"route": "/cfg/apps", "method": "GET", "status": "200"}
+    sent = 0
+    for _ in range(4):
+        for _ in range(10):
+            assert requests.get(f"{url}/cfg/apps", headers={"Connection": "close"}).ok
+            sent += 1
+        # Every worker of this generation dies as a crash would; the master starts others.
+        for pid in _worker_pids(url):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=5).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    samples = scrape(requests.get(f"{url}/metrics").text)
+    assert value(samples, "ovas_http_requests_total", **one) == sent
+    files = glob.glob(f"{prom_dir}/*.db")
+    live = len(_worker_pids(url))
+    # Two files (counters, histograms) per live worker, and one archive of each type.
+    assert len(files) <= 2 * live + 2, sorted(os.path.basename(f) for f in files)

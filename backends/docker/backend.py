@@ -370,6 +370,8 @@ class DockerBackend(Backend):
     def _teardown(self, objects: seen.SessionObjects) -> None:
         """End the workload of a session that has its outcome, and free what it holds."""
         container = objects.container
+        if container is not None:
+            self.clients.drop(container.container_id)
         if container is not None and container.state in ("running", "restarting", "paused"):
             self.engine.stop(container.container_id, self.stop_grace)
         # Only once the Kit app is gone may another session have its GPU.
@@ -390,6 +392,8 @@ class DockerBackend(Backend):
         # finds its pending record gone and removes what it made.
         for found in objects.every:
             self.engine.remove(found.container_id)
+        if objects.container is not None:
+            self.clients.drop(objects.container.container_id)
 
     def collect(self, now: datetime) -> list[str]:
         sessions, malformed = seen.group(self.engine.summaries())

@@ -82,6 +82,11 @@ class Clients:
                     self._pids[container_id] = pid
         return pid
 
+    def drop(self, container_id: str) -> None:
+        """Forget the container's process id (it has stopped, or is removed)."""
+        with self._lock:
+            self._pids.pop(container_id, None)
+
     def forget(self, running: Iterable[str]) -> None:
         """Keep only the process ids of the containers still running."""
         keep = set(running)

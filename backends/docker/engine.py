@@ -101,8 +101,9 @@ class Engine:
 
     def unavailable(self, exc: BaseException) -> BackendUnavailable:
         return BackendUnavailable(
-            f"The Docker engine at {self.url} cannot be reached; is the Docker daemon running?",
+            "The Docker engine cannot be reached; is the Docker daemon running?",
             detail=repr(exc),
+            where=self.url,
         )
 
     @contextlib.contextmanager

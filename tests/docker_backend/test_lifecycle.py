@@ -115,11 +115,15 @@ def test_a_container_killed_from_outside_fails_and_is_reaped(
     sessions = service_for(backend, retention=600)
     session = backend.start(standin_request())
     ready = wait_for(sessions, session.record.id, SessionState.READY)
+    sessions.get(ready.id)  # its clients are counted, from its process id
+    assert backend.clients.remembered == 1
     (container,) = [s for s in ours(ready.id) if s["Labels"][c.RECORD] == c.CONTAINER]
     engine.kill(container["Id"])
 
     failed = wait_for(sessions, ready.id, SessionState.FAILED)
     assert (failed.reason, "exited with code 137" in failed.message) == (Reason.EXITED, True)
+    # Polled by id alone (as the web viewer does), it keeps nothing of it in memory.
+    assert backend.clients.remembered == 0
     assert sessions.reap() == []  # kept for its retention, holding nothing
     assert sessions.get(ready.id).state is SessionState.FAILED
     clock.advance(601)

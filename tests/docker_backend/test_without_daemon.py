@@ -1,8 +1,9 @@
 """ovas on the Docker backend starts without a daemon: the catalog answers, session routes and
-/ready answer 503 naming the engine that cannot be reached."""
+/ready answer 503 saying the engine cannot be reached; where it is, only an admin reads."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -15,8 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 NOWHERE = "unix:///nonexistent/ovas-test/docker.sock"
 
 
-@pytest.fixture
-def client(tmp_path, monkeypatch):
+def make_client(tmp_path, monkeypatch, **settings):
     monkeypatch.setenv("DOCKER_HOST", NOWHERE)
     catalog = tmp_path / "catalog"
     catalog.mkdir()
@@ -26,23 +26,50 @@ def client(tmp_path, monkeypatch):
         "REAP_INTERVAL": 0,
         "BACKEND": "docker",
         "CATALOG_PATH": str(catalog),
+        **settings,
     }
     app = create_app(settings)
     assert isinstance(app.extensions["ovas"].backend, DockerBackend)
     return app.test_client()
 
 
-def test_ready_names_the_unreachable_engine(client):
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    return make_client(tmp_path, monkeypatch)
+
+
+def test_ready_says_the_engine_cannot_be_reached_but_not_where(client, caplog):
     answer = client.get("/ready")
     assert answer.status_code == 503
-    assert NOWHERE in answer.get_json()["detail"]
+    assert "The Docker engine cannot be reached" in answer.get_json()["detail"]
+    assert NOWHERE not in answer.get_data(as_text=True)
+    assert NOWHERE in caplog.text  # the operator reads it in the log
+
+
+def test_only_an_admin_reads_where_the_engine_is(tmp_path, monkeypatch):
+    keys = tmp_path / "keys.yaml"
+    entries = {"admin-key": "admin", "streamer-key": "streamer"}
+    keys.write_text(
+        "".join(
+            f"- {{sha256: {hashlib.sha256(k.encode()).hexdigest()}, user: {r}, roles: [{r}]}}\n"
+            for k, r in entries.items()
+        )
+    )
+    client = make_client(tmp_path, monkeypatch, AUTH="apikey", APIKEYS_FILE=str(keys))
+    as_admin = client.get("/streaming/stream", headers={"X-API-Key": "admin-key"})
+    assert as_admin.status_code == 503
+    assert NOWHERE in as_admin.get_json()["detail"]
+    as_streamer = client.get("/streaming/stream", headers={"X-API-Key": "streamer-key"})
+    assert as_streamer.status_code == 503
+    assert NOWHERE not in as_streamer.get_data(as_text=True)
 
 
 def test_session_routes_answer_503_and_the_catalog_still_works(client):
     assert client.get("/cfg/apps/kit-standin").status_code == 200
     listed = client.get("/streaming/stream")
     assert listed.status_code == 503
-    assert NOWHERE in listed.get_json()["detail"]
+    assert listed.get_json()["detail"].startswith("The Docker engine cannot be reached")
+    assert NOWHERE not in listed.get_data(as_text=True)
     assert listed.headers["Retry-After"]
     body = {"id": "kit-standin", "profile": "standin", "arguments": {}}
     assert client.post("/streaming/stream", json=body).status_code == 503

@@ -343,7 +343,13 @@ class DockerBackend(Backend):
         name = c.mark_name(session_id, mark)
         if at is None:
             return self.engine.remove(name)
-        return self.engine.create_record(c.record_spec(name, c.mark_labels(session_id, mark, at)))
+        if not self.engine.create_record(c.record_spec(name, c.mark_labels(session_id, mark, at))):
+            return False
+        if self._objects(session_id) is None:
+            # Stopped while this process decided: the mark must not outlive the session.
+            self.engine.remove(name)
+            return False
+        return True
 
     def finish(self, session_id: str, outcome: Outcome) -> bool:
         """Record the outcome (its unique name makes this once), then free what the session

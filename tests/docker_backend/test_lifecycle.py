@@ -14,6 +14,7 @@ import requests
 from backends.docker import containers as c
 from ovas import create_app
 from ovas.errors import SessionNotFound
+from ovas.lifecycle import Mark
 from ovas.models import Clocks, Reason, SessionState
 from ovas.testing import FakeClock, service_for, wait_for
 from ovas.testing.requests import (
@@ -280,3 +281,10 @@ def test_a_ready_session_outlives_its_start_deadline_and_a_restart(
     assert sessions.get(session.record.id).state is SessionState.READY
     assert session.record.id not in sessions.reap()
     assert ours(session.record.id)
+
+
+def test_a_mark_for_a_session_stopped_meanwhile_is_not_kept(backend, standin_request, ours):
+    session = backend.start(standin_request())
+    backend.stop(session.record.id)  # another worker stops it while this one decides
+    assert backend.mark(session.record.id, Mark.READY, backend.now()) is False
+    assert ours(session.record.id) == []

@@ -106,6 +106,16 @@ class Record:
     def expires_time(self) -> datetime | None:
         return self.clocks.expires(self.created_time)
 
+    def marked(self, mark: Mark, at: datetime | None) -> Record | None:
+        """This record with `mark` set at `at` (None: forgotten), or None when that changes
+        nothing (set already, or not set): what `Backend.mark` returns False for."""
+        if (at is not None) == (mark in self.marks):
+            return None
+        marks = {k: v for k, v in self.marks.items() if k is not mark}
+        if at is not None:
+            marks[mark] = at
+        return replace(self, marks=marks)
+
 
 @dataclass(frozen=True)
 class Observation:

@@ -93,12 +93,10 @@ class ExampleBackend(Backend):
     def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
         with self._lock:
             entry = self._entries.get(session_id)
-            if entry is None or (at is not None) == (mark in entry.record.marks):
+            changed = entry.record.marked(mark, at) if entry is not None else None
+            if changed is None:
                 return False
-            marks = {k: v for k, v in entry.record.marks.items() if k is not mark}
-            if at is not None:
-                marks[mark] = at
-            entry.record = replace(entry.record, marks=marks)
+            entry.record = changed
             return True
 
     def finish(self, session_id: str, outcome: Outcome) -> bool:

@@ -29,6 +29,7 @@ from support.kube_server import EmulatedCluster, catalog_documents  # noqa: E402
 
 from backends.kubernetes import KubernetesBackend  # noqa: E402
 from ovas import create_app  # noqa: E402
+from ovas.services import SessionService  # noqa: E402
 
 NAMESPACE = "omni-streaming"
 
@@ -85,11 +86,14 @@ def measure(client, cluster, url: str, repeat: int) -> tuple[float, int]:
     return statistics.median(times), calls.pop()
 
 
-def wait_ready(backend: KubernetesBackend, total: int, timeout: float = 300) -> None:
+def wait_ready(sessions: SessionService, total: int, timeout: float = 300) -> None:
+    """Until `total` sessions are ready, each marked ready by a reap, as ovas's reaper
+    does (so that the reads measured write nothing)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        sessions = backend.list()
-        if len(sessions) == total and all(s.ready for s in sessions):
+        sessions.reap()
+        found = sessions.all()
+        if len(found) == total and all(s.ready for s in found):
             return
         time.sleep(0.5)
     raise RuntimeError(f"the {total} sessions did not all become ready")
@@ -108,6 +112,7 @@ def main() -> None:
     backend = KubernetesBackend(namespace=NAMESPACE, mode=args.mode, config_file=cluster.kubeconfig)
     app = create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=backend)
     client = app.test_client()
+    sessions = app.extensions["ovas"].sessions
     template = request_for(backend)
     started: list[str] = []
     for size in sizes:
@@ -115,8 +120,8 @@ def main() -> None:
         while len(started) < size:
             # As POST /stream builds it, without asking the catalog a thousand times.
             request = replace(template, id=str(uuid.uuid4()))
-            started.append(backend.start(request).id)
-        wait_ready(backend, size)
+            started.append(backend.start(request).record.id)
+        wait_ready(sessions, size)
         cluster.ask("run", False)  # the kubelet idles: measure the API alone
         list_ms, list_calls = measure(client, cluster, "/streaming/stream", args.repeat)
         one = started[len(started) // 2]

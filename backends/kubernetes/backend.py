@@ -2,19 +2,29 @@
 HelmRelease whose chart makes them (mode `helmrelease`, as NVIDIA's OVAS does).
 
 The cluster is the only record: every answer comes from listing or reading labelled objects,
-so replicas agree and a restart loses nothing. Costs in API calls: `list()` 2 (pods,
-services; 3 with releases), `page()` one more (the owners' metadata), `get()` at most 2,
-`start()` about 5, `stop()` 4, `reap()` 4-5 plus one per removal; reading a session that has
-just failed adds one call, once, writing the failure on its pod."""
+so replicas agree and a restart loses nothing. A live session's record is in the annotations
+of the object owning it (its Pod, or its HelmRelease); marks are written there with a
+resourceVersion precondition, so one process alone sets each. An ended session's record is
+its outcome ConfigMap `ovas-<id>`, whose create (refused with 409 for a name that exists)
+is the one step that ends a session; its workload and capacity slots are deleted after it.
+
+Costs in API calls, whatever the number of sessions: `observe_all()` 3 (pods, services,
+outcomes; 4 with releases), `observe_page()` 4 (5 with releases), `observe()` at most 3 (4
+with releases), 1 for an ended session; `mark()` 2, `finish()` about 7, `stop()` about 6,
+`collect()` 4-5 plus one per removal. Observing a session whose app has just exited adds one
+call (its last log lines), until its outcome is recorded."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Self
 
 from backends.kubernetes import objects as o
+from backends.kubernetes import status as s
 from backends.kubernetes.admission import Admission
 from backends.kubernetes.catalog import KubernetesCatalog
 from backends.kubernetes.client import (
@@ -27,29 +37,45 @@ from backends.kubernetes.client import (
     Missing,
     Taken,
 )
-from backends.kubernetes.status import (
-    Observed,
-    failure_mark,
-    is_live,
-    listed_of,
-    observe,
-    pod_state,
-    ready_mark,
-    record_of,
-)
-from ovas.backend import Backend, Catalog
-from ovas.errors import BackendUnavailable, ConfigurationError, Conflict, SessionNotFound
-from ovas.models import Session, SessionQuery, SessionRequest, SessionState
+from ovas.backend import Backend, Catalog, utcnow
+from ovas.errors import BackendUnavailable, ConfigurationError, Conflict, OvasError, SessionNotFound
+from ovas.lifecycle import LOG_LINES, Mark, Observation, Observed, Outcome, Record, Stage
+from ovas.models import SessionQuery, SessionRequest
+from ovas.names import is_session_id
 
 log = logging.getLogger(__name__)
 
 MODES = ("pod", "helmrelease")
 ALL_SESSIONS = o.SESSION  # a selector: every object carrying the session label
+OUTCOMES = f"{o.SESSION},{o.OUTCOME}"  # a selector: every outcome ConfigMap
 PAGE_BY_ID = 100  # the longest page whose sessions are selected by id in one label selector
+KEPT_LOG_LINES = 100  # log lines an outcome ConfigMap keeps
+LOG_READS = 10  # exited sessions whose last log lines one listing reads, at most
+MARK_ATTEMPTS = 5  # tries of a mark whose object another process changed meanwhile
+
+
+@dataclass
+class Objects:
+    """The live objects of one session, as read from the cluster."""
+
+    session_id: str
+    owner: dict[str, Any] | None = None  # its Pod (mode pod) or HelmRelease
+    pod: dict[str, Any] | None = None
+    service: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None  # its whole outcome ConfigMap, once it ended
+
+    @cached_property
+    def record(self) -> Record | None:
+        """The outcome's record once there is one, else the owner's; None if the owner's is
+        not whole either (no session, only objects to collect). Read once all is found."""
+        holder = self.outcome if self.outcome is not None else self.owner
+        return s.record_of(holder) if holder is not None else None
 
 
 class KubernetesBackend(Backend):
-    """Sessions as labelled objects in one namespace of a Kubernetes cluster."""
+    """Sessions as labelled objects in one namespace of a Kubernetes cluster. The cluster
+    cannot tell whether a client is connected, so `Observation.connections` is None: the
+    connect and idle timeouts do not apply; the max lifetime and the start deadline do."""
 
     name = "kubernetes"
 
@@ -59,21 +85,25 @@ class KubernetesBackend(Backend):
         namespace: str = "omni-streaming",
         mode: str = "pod",
         public_host: str | None = None,
-        reap_grace: float = 60.0,
+        orphan_grace: float = 60.0,
         helm_repository: str = o.DEFAULT_HELM_REPOSITORY,
         config_file: str | None = None,
         context: str | None = None,
         kube: Kube | None = None,
         catalog: Catalog | None = None,
+        now: Callable[[], datetime] = utcnow,
     ):
+        """`orphan_grace`: seconds an object of no session is left alone by `collect` (it may
+        be a start in progress). `now`: the clock of records, marks and outcomes."""
         if mode not in MODES:
             raise ConfigurationError(
                 f"OVAS_KUBERNETES_SESSION_MODE must be one of {', '.join(MODES)}, not {mode!r}"
             )
         self.mode = mode
         self.public_host = public_host or None
-        self.reap_grace = timedelta(seconds=reap_grace)
+        self.orphan_grace = timedelta(seconds=orphan_grace)
         self.helm_repository = helm_repository
+        self.now = now
         self.kube = kube or Kube(namespace, config_file=config_file, context=context)
         self.namespace = self.kube.namespace
         self.catalog = catalog if catalog is not None else KubernetesCatalog(self.kube)
@@ -82,12 +112,11 @@ class KubernetesBackend(Backend):
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
         """Reads KUBERNETES_NAMESPACE, KUBERNETES_SESSION_MODE, KUBERNETES_PUBLIC_HOST,
-        KUBERNETES_HELM_REPOSITORY, KUBERNETES_CONTEXT and REAP_GRACE; contacts nothing."""
+        KUBERNETES_HELM_REPOSITORY and KUBERNETES_CONTEXT; contacts nothing."""
         return cls(
             namespace=str(settings.get("KUBERNETES_NAMESPACE") or "omni-streaming"),
             mode=str(settings.get("KUBERNETES_SESSION_MODE") or "pod").strip().lower(),
             public_host=settings.get("KUBERNETES_PUBLIC_HOST") or None,
-            reap_grace=float(settings.get("REAP_GRACE", 60)),
             helm_repository=str(
                 settings.get("KUBERNETES_HELM_REPOSITORY") or o.DEFAULT_HELM_REPOSITORY
             ),
@@ -97,6 +126,11 @@ class KubernetesBackend(Backend):
     @property
     def helm(self) -> bool:
         return self.mode == "helmrelease"
+
+    @property
+    def owner_kind(self) -> Kind:
+        """The kind of the object that owns a session and holds its record."""
+        return HELM_RELEASE if self.helm else POD
 
     def _list(self, kind: Kind, selector: str, **kw: Any) -> list[dict[str, Any]]:
         try:
@@ -118,7 +152,7 @@ class KubernetesBackend(Backend):
 
     # Starting
 
-    def start(self, request: SessionRequest) -> Session:
+    def start(self, request: SessionRequest) -> Observed:
         slots = self.admission.acquire(request)
         try:
             if self.helm:
@@ -128,19 +162,16 @@ class KubernetesBackend(Backend):
                         request, self.namespace, default_repository=self.helm_repository
                     ),
                 )
-                message = f"Installing the chart {request.version.helm_chart}"
+                chart = f"{request.version.helm_chart} {request.version.helm_chart_version}"
+                detail = f"Installing the chart {chart.strip()}"
             else:
                 owner = self._start_pod(request)
-                message = "Creating the session's pod"
+                detail = "Creating the session's pod"
         except BaseException:
             self.admission.release(request.id)
             raise
         self.admission.bind(slots, owner)
-        return Session.of(
-            request,
-            state=SessionState.CREATING,
-            message=message,
-        )
+        return Observed(Record.of(request), Observation(Stage.WAITING, detail=detail))
 
     def _create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -165,175 +196,319 @@ class KubernetesBackend(Backend):
 
     # Reading
 
-    def get(self, session_id: str) -> Session:
-        now = datetime.now(UTC)
-        name = o.object_name(session_id)
-        if not self.helm:
-            pod = self.kube.get(POD, name)
-            record = record_of(pod) if is_live(pod) else None
-            if record is None:
-                raise SessionNotFound(session_id)
-            # The service matters only for the routes of a ready pod.
-            ready = pod_state(pod)[0] is SessionState.READY
-            service = self.kube.get(SERVICE, name) if ready else None
-            return self._observe(record, pod=pod, service=service, now=now).session
+    def _read(self, session_id: str) -> Objects:
+        """The session's objects: its outcome first (an ended session costs that one call),
+        then its owner, its pod and, once it may be ready, its Service."""
+        found = Objects(session_id)
         selector = f"{o.SESSION}={session_id}"
-        pods = [p for p in self._list(POD, selector) if is_live(p)]
-        if pods:
-            services = [s for s in self._list(SERVICE, selector) if is_live(s)]
-            # Helm installs a release's Service before its pods: a pod without its Service
-            # belongs to a session being removed.
-            record = record_of(pods[0]) or (record_of(services[0]) if services else None)
-            if not services or record is None:
-                raise SessionNotFound(session_id)
-            return self._observe(record, pod=pods[0], service=services[0], now=now).session
-        release = self.kube.get(HELM_RELEASE, name)
-        record = record_of(release) if is_live(release) else None
-        if record is None:
-            raise SessionNotFound(session_id)
-        return self._observe(record, pod=None, service=None, release=release, now=now).session
-
-    def _observe(self, record: Observed, *, mark_ready: bool = True, **parts: Any) -> Observed:
-        """`mark_ready`: write a first readiness on the pod. `get` and the reaper do; a listing
-        does not, so that it costs the same number of calls for any number of sessions."""
-        seen = observe(record, public_host=self.public_host, **parts)
-        if seen.unmarked_pod and seen.failed_at:
-            # Once failed, failed for good: write it on the pod (one call, once per session).
-            mark = failure_mark(seen.session.message, seen.failed_at)
-            self.kube.patch(POD, seen.unmarked_pod, mark)
-        elif seen.unmarked_ready and mark_ready:
-            # Once ready, never failed by the start deadline (one call, once per session).
-            self.kube.patch(POD, seen.unmarked_ready, ready_mark(datetime.now(UTC)))
-        return seen
-
-    def _observe_all(
-        self, now: datetime, *, mark_ready: bool = False, selector: str = ALL_SESSIONS
-    ) -> tuple[list[Observed], dict[str, list]]:
-        """The sessions `selector` selects (every one by default), from one list per kind;
-        also the lists, for the reaper."""
-        lists: dict[str, list] = {
-            "pods": self._list(POD, selector),
-            "services": self._list(SERVICE, selector),
-        }
-        pods = _by_session(lists["pods"])
-        services = _by_session(lists["services"])
-        found = []
+        for config_map in self._list(CONFIG_MAP, f"{selector},{o.OUTCOME}", metadata_only=True):
+            if s.is_live(config_map) and s.record_of(config_map) is not None:
+                found.outcome = config_map
+        if found.outcome is not None:
+            return found
+        name = o.object_name(session_id)
+        owner = self.kube.get(self.owner_kind, name)
+        if not s.is_live(owner) or s.record_of(owner) is None:
+            return found
+        found.owner = owner
         if self.helm:
-            lists["releases"] = self._list(HELM_RELEASE, selector)
-            for release in lists["releases"]:
-                record = record_of(release) if is_live(release) else None
-                if record is None:
-                    continue
-                sid = record.session.id
-                found.append(
-                    self._observe(
-                        record,
-                        mark_ready=mark_ready,
-                        pod=pods.get(sid),
-                        service=services.get(sid),
-                        release=release,
-                        now=now,
-                    )
-                )
+            found.pod = _first_live(self._list(POD, selector))
+            if found.pod is not None and _may_be_ready(found.pod, owner):
+                found.service = _first_live(self._list(SERVICE, selector))
         else:
-            for sid, pod in pods.items():
-                record = record_of(pod)
-                if record is not None:
-                    found.append(
-                        self._observe(
-                            record,
-                            mark_ready=mark_ready,
-                            pod=pod,
-                            service=services.get(sid),
-                            now=now,
-                        )
-                    )
-        return found, lists
+            found.pod = owner
+            if _may_be_ready(owner, owner):
+                service = self.kube.get(SERVICE, name)
+                found.service = service if s.is_live(service) else None
+        return found
 
-    def list(self) -> list[Session]:
-        return [seen.session for seen in self._observe_all(datetime.now(UTC))[0]]
+    def observe(self, session_id: str) -> Observed:
+        if not is_session_id(session_id):
+            raise SessionNotFound(session_id)
+        found = self._read(session_id)
+        if found.record is None:
+            raise SessionNotFound(session_id)
+        return self._observed([found])[0]
 
-    def page(self, query: SessionQuery) -> list[Session]:
+    def observe_all(self) -> list[Observed]:
+        return self._observed(self._sessions(*self._lists(ALL_SESSIONS)))
+
+    def observe_page(self, query: SessionQuery) -> list[Observed]:
         """The page chosen from every session's record, read off the metadata of the objects
-        that own sessions (one list, a fraction of the bytes of whole pods); then the state of
-        the page's sessions alone, selected by id (one list per kind): 3 calls (4 with
-        releases) whatever the number of sessions. A page too long for one selector is read
-        as `list()` reads everything."""
+        that own live sessions and of the outcome ConfigMaps of ended ones (two lists, a
+        fraction of the bytes of whole objects); then the state of the page's live sessions
+        alone, selected by id (one list per kind): 4 calls (5 with releases) whatever the
+        number of sessions, 2 for a page of ended sessions. A page too long for one selector
+        is read as `observe_all()` reads everything."""
         if query.limit > PAGE_BY_ID:
-            return super().page(query)
-        selector = ALL_SESSIONS
+            return super().observe_page(query)
+        narrow = ""
         if query.username is not None:
             # Narrowed by the user's label; equal usernames have equal labels.
-            selector += f",{o.USER}={o.label_value(query.username)}"
-        owners = self._list(HELM_RELEASE if self.helm else POD, selector, metadata_only=True)
-        listed = [listed_of(obj) for obj in owners if is_live(obj)]
-        chosen = query.select([entry for entry in listed if entry is not None])
-        if not chosen:
-            return []
-        ids = [session.id for session in chosen]
-        seen = self._observe_all(datetime.now(UTC), selector=f"{o.SESSION} in ({','.join(ids)})")
-        current = {observed.session.id: observed.session for observed in seen[0]}
+            narrow = f",{o.USER}={o.label_value(query.username)}"
+        owners = self._list(self.owner_kind, ALL_SESSIONS + narrow, metadata_only=True)
+        ended = self._list(CONFIG_MAP, OUTCOMES + narrow, metadata_only=True)
+        listed: dict[str, s.Listed] = {}
+        outcomes: dict[str, dict[str, Any]] = {}
+        for obj in owners:
+            entry = s.listed_of(obj) if s.is_live(obj) else None
+            if entry is not None:
+                listed[entry.id] = entry
+        for config_map in ended:
+            entry = s.listed_of(config_map) if s.is_live(config_map) else None
+            if entry is not None and s.record_of(config_map) is not None:
+                listed[entry.id] = entry
+                outcomes[entry.id] = config_map
+        chosen = query.select(listed.values())
+        live = [entry.id for entry in chosen if entry.id not in outcomes]
+        found: dict[str, Objects] = {
+            i: Objects(i, outcome=outcomes[i]) for i in (e.id for e in chosen) if i in outcomes
+        }
+        if live:
+            selector = f"{o.SESSION} in ({','.join(live)})"
+            pods, services = self._list(POD, selector), self._list(SERVICE, selector)
+            releases = self._list(HELM_RELEASE, selector) if self.helm else []
+            for objects in self._sessions(pods, services, [], releases):
+                found[objects.session_id] = objects
         # A session removed between the two reads is left out.
-        return [current[i] for i in ids if i in current]
+        return self._observed([found[e.id] for e in chosen if e.id in found])
 
-    # Stopping
+    def _lists(self, selector: str) -> tuple[list, list, list, list]:
+        """Pods, services, outcome ConfigMaps (their metadata) and releases `selector`
+        selects, one list each."""
+        pods = self._list(POD, selector)
+        services = self._list(SERVICE, selector)
+        outcomes = self._list(CONFIG_MAP, f"{selector},{o.OUTCOME}", metadata_only=True)
+        releases = self._list(HELM_RELEASE, selector) if self.helm else []
+        return pods, services, outcomes, releases
 
-    def stop(self, session_id: str) -> None:
+    def _group(
+        self,
+        pods: Iterable[dict],
+        services: Iterable[dict],
+        outcomes: Iterable[dict],
+        releases: Iterable[dict],
+    ) -> dict[str, Objects]:
+        """The live objects by session, whether or not they make a session."""
+        groups: dict[str, Objects] = {}
+
+        def entry(obj: dict[str, Any]) -> Objects | None:
+            session_id = s.session_id_of(obj)
+            if not session_id or not s.is_live(obj):
+                return None
+            return groups.setdefault(session_id, Objects(session_id))
+
+        for config_map in outcomes:
+            whole = s.is_outcome(config_map) and s.record_of(config_map) is not None
+            found = entry(config_map) if whole else None
+            if found is not None:
+                found.outcome = config_map
+        for release in releases:
+            found = entry(release)
+            if found is not None and found.owner is None:
+                found.owner = release
+        for pod in pods:
+            found = entry(pod)
+            if found is not None and found.pod is None:
+                found.pod = pod
+                if not self.helm:
+                    found.owner = pod
+        for service in services:
+            found = entry(service)
+            if found is not None and found.service is None:
+                found.service = service
+        return groups
+
+    def _sessions(self, pods, services, outcomes, releases) -> list[Objects]:
+        groups = self._group(pods, services, outcomes, releases)
+        return [g for g in groups.values() if g.record is not None]
+
+    def _observed(self, entries: list[Objects]) -> list[Observed]:
+        """What each session's objects show; the last log lines of an app that has just
+        exited are read too (for `LOG_READS` sessions at most)."""
+        found = []
+        reads = 0
+        for entry in entries:
+            record = entry.record
+            assert record is not None
+            seen = self._seen(entry, record)
+            if seen.stage is Stage.EXITED and entry.pod is not None and reads < LOG_READS:
+                reads += 1
+                seen = replace(seen, logs=tuple(self._tail(entry.pod, LOG_LINES)))
+            found.append(Observed(record, seen))
+        return found
+
+    def _seen(self, entry: Objects, record: Record) -> Observation:
+        if record.outcome is not None:
+            return Observation(Stage.GONE)
+        if entry.pod is None:
+            assert entry.owner is not None
+            return s.release_observation(entry.owner, dict(record.marks))
+        return s.pod_observation(entry.pod, entry.service, public_host=self.public_host)
+
+    def _tail(self, pod: dict[str, Any], lines: int) -> list[str]:
+        """The Kit container's last log lines; [] if they cannot be read (they only add to
+        a message or a record)."""
+        try:
+            name = pod["metadata"]["name"]
+            return self.kube.logs(name, tail=lines, container=s.kit_container(pod))
+        except OvasError as exc:
+            log.warning("the logs of pod %s: %s", pod["metadata"]["name"], exc.message)
+            return []
+
+    # What the lifecycle asks to keep
+
+    def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
+        """Set (or clear) the mark's annotation on the session's Pod or HelmRelease, with the
+        resourceVersion read as a precondition: of processes marking at once, one is told
+        True; the others, refused with 409, read the object again and find it set."""
+        if not is_session_id(session_id):
+            return False
+        kind, name = self.owner_kind, o.object_name(session_id)
+        annotation = o.MARKS[mark]
+        for _ in range(MARK_ATTEMPTS):
+            owner = self.kube.get(kind, name)
+            if not s.is_live(owner):
+                return False
+            if (at is not None) == (annotation in s.annotations(owner)):
+                return False
+            version = owner["metadata"].get("resourceVersion")
+            patch = {
+                "metadata": {
+                    "resourceVersion": version,
+                    "annotations": {annotation: at.isoformat() if at is not None else None},
+                }
+            }
+            try:
+                return self.kube.patch(kind, name, patch) is not None
+            except Taken:
+                continue
+        return False
+
+    def finish(self, session_id: str, outcome: Outcome) -> bool:
+        """Create the session's outcome ConfigMap (its record, the outcome, the Kit
+        container's last log lines), then delete its workload and slots. True only for the
+        process whose create made the ConfigMap; a later call (or `collect`) completes what
+        an interrupted one left."""
+        if not is_session_id(session_id):
+            return False
+        found = self._read(session_id)
+        recorded = False
+        if found.outcome is None:
+            record = s.record_of(found.owner) if found.owner is not None else None
+            if record is None:
+                return False  # no such session, or it is being stopped
+            logs = self._tail(found.pod, KEPT_LOG_LINES) if found.pod is not None else []
+            try:
+                body = o.build_outcome(record, outcome, logs, self.namespace)
+                self.kube.create(CONFIG_MAP, body)
+                recorded = True
+            except Taken:
+                pass  # another process recorded it first
+        self._end(session_id)
+        return recorded
+
+    def _end(self, session_id: str) -> None:
+        """Delete the session's workload and free its capacity slots, keeping its outcome;
+        what is already gone is not an error."""
         name = o.object_name(session_id)
-        owner = self.kube.get(HELM_RELEASE if self.helm else POD, name)
-        if not is_live(owner):
-            raise SessionNotFound(session_id)
-        self._remove(session_id)
-
-    def _remove(self, session_id: str) -> None:
-        """Delete everything of the session; what is already gone is not an error."""
-        name = o.object_name(session_id)
+        selector = f"{o.SESSION}={session_id}"
         if self.helm:
             self.kube.delete(HELM_RELEASE, name)
-            # Flux uninstalls the release too, but the session must be gone at once.
-            self.kube.delete_all(POD, f"{o.SESSION}={session_id}")
-            self.kube.delete_all(SERVICE, f"{o.SESSION}={session_id}")
+            # Flux uninstalls the release too, but the workload must end at once.
+            self.kube.delete_all(POD, selector)
+            self.kube.delete_all(SERVICE, selector)
         else:
             self.kube.delete(POD, name)
             self.kube.delete(SERVICE, name)
         self.admission.release(session_id)
 
-    def reap(self, now: datetime) -> list[str]:
-        found, lists = self._observe_all(now, mark_ready=True)
-        removed = []
-        for seen in found:
-            failed = seen.session.state is SessionState.FAILED
-            if failed and seen.failed_at and now >= seen.failed_at + self.reap_grace:
-                log.info("removing session %s: %s", seen.session.id, seen.session.message)
-                self._remove(seen.session.id)
-                removed.append(seen.session.id)
-        alive = {seen.session.id for seen in found}
-        lists["slots"] = self._list(CONFIG_MAP, o.SLOT)
-        kinds = {"pods": POD, "services": SERVICE, "releases": HELM_RELEASE, "slots": CONFIG_MAP}
-        for key, items in lists.items():
+    # Removing
+
+    def stop(self, session_id: str) -> None:
+        if not is_session_id(session_id):
+            raise SessionNotFound(session_id)
+        selector = f"{o.SESSION}={session_id},{o.OUTCOME}"
+        ended = [c for c in self._list(CONFIG_MAP, selector, metadata_only=True) if s.is_live(c)]
+        owner = self.kube.get(self.owner_kind, o.object_name(session_id))
+        if not ended and not s.is_live(owner):
+            raise SessionNotFound(session_id)
+        # The workload goes first: a finish racing this stop then finds no session to end.
+        self._end(session_id)
+        self.kube.delete(CONFIG_MAP, o.outcome_name(session_id))
+
+    def collect(self, now: datetime) -> list[str]:
+        """Complete the finishes an interrupted process left (an outcome recorded, its
+        workload or slots still there), and remove what belongs to no session: slots of
+        starts that died half way, Services (and a chart's Pods) whose owner is gone,
+        objects whose record is not whole. An object younger than `orphan_grace` may be a
+        start in progress and is left alone. Returns `kind/name` of each object removed."""
+        selector = ALL_SESSIONS
+        pods, services = self._list(POD, selector), self._list(SERVICE, selector)
+        config_maps = self._list(CONFIG_MAP, selector, metadata_only=True)
+        releases = self._list(HELM_RELEASE, selector) if self.helm else []
+        outcomes = [c for c in config_maps if s.is_outcome(c)]
+        slots = [c for c in config_maps if o.SLOT in s.labels(c)]
+        groups = self._group(pods, services, outcomes, releases)
+        ended = {i for i, g in groups.items() if g.outcome is not None}
+        alive = {i for i, g in groups.items() if g.record is not None} - ended
+        removed: list[str] = []
+        kinds = [(POD, pods), (SERVICE, services), (HELM_RELEASE, releases), (CONFIG_MAP, slots)]
+        unfinished: set[str] = set()
+        for kind, items in kinds:
             for obj in items:
-                if self._orphan(obj, alive, now):
-                    name = obj["metadata"]["name"]
-                    if self.kube.delete(kinds[key], name):
-                        removed.append(f"{kinds[key].kind.lower()}/{name}")
+                session_id = s.session_id_of(obj)
+                if not s.is_live(obj) or session_id in alive:
+                    continue
+                name = obj["metadata"]["name"]
+                if session_id in ended:
+                    unfinished.add(session_id)
+                    removed.append(f"{kind.kind.lower()}/{name}")
+                elif self._old(obj, now) and self.kube.delete(kind, name):
+                    removed.append(f"{kind.kind.lower()}/{name}")
+        for session_id in sorted(unfinished):
+            log.info("completing the end of session %s", session_id)
+            self._end(session_id)
+        for config_map in outcomes:
+            group = groups.get(s.session_id_of(config_map) or "")
+            kept = group is not None and group.outcome is config_map
+            if s.is_live(config_map) and not kept and self._old(config_map, now):
+                name = config_map["metadata"]["name"]
+                if self.kube.delete(CONFIG_MAP, name):
+                    removed.append(f"configmap/{name}")
         return removed
 
-    def _orphan(self, obj: dict[str, Any], alive: set[str], now: datetime) -> bool:
-        """Ours, old enough not to be a start in progress, and of no live session."""
-        meta = obj.get("metadata") or {}
-        if meta.get("deletionTimestamp"):
-            return False
-        created = o.parse_time(meta.get("creationTimestamp"))
-        if created is None or now < created + self.reap_grace:
-            return False
-        sid = (meta.get("labels") or {}).get(o.SESSION)
-        return sid not in alive
+    def _old(self, obj: dict[str, Any], now: datetime) -> bool:
+        """Older than the grace given a start in progress."""
+        created = o.parse_time(obj["metadata"].get("creationTimestamp"))
+        return created is not None and now >= created + self.orphan_grace
+
+    def logs(self, session_id: str, tail: int = 100) -> list[str]:
+        """The Kit container's last `tail` lines: from its pod while it runs, from its
+        outcome ConfigMap once it ended. Raises `SessionNotFound`."""
+        if not is_session_id(session_id):
+            raise SessionNotFound(session_id)
+        selector = f"{o.SESSION}={session_id}"
+        for config_map in self._list(CONFIG_MAP, f"{selector},{o.OUTCOME}"):
+            if s.is_live(config_map) and s.record_of(config_map) is not None:
+                return s.logs_of(config_map)[-tail:] if tail > 0 else []
+        owner = self.kube.get(self.owner_kind, o.object_name(session_id))
+        if not s.is_live(owner) or s.record_of(owner) is None:
+            raise SessionNotFound(session_id)
+        pod = _first_live(self._list(POD, selector)) if self.helm else owner
+        if pod is None:
+            return []
+        return self.kube.logs(pod["metadata"]["name"], tail=tail, container=s.kit_container(pod))
 
 
-def _by_session(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    found = {}
-    for obj in items:
-        sid = ((obj.get("metadata") or {}).get("labels") or {}).get(o.SESSION)
-        if sid and is_live(obj):
-            found.setdefault(sid, obj)
-    return found
+def _first_live(items: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((obj for obj in items if s.is_live(obj)), None)
+
+
+def _may_be_ready(pod: dict[str, Any], owner: dict[str, Any]) -> bool:
+    """Worth reading the Service of: the pod is Ready, or the session was once."""
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+    return ready or o.READY_AT in s.annotations(owner)

@@ -125,7 +125,8 @@ class Kube:
 
     # Calls
 
-    def _call(self, what: str, method: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def _send(self, what: str, method: Callable[..., Any], *args: Any, **kw: Any) -> bytes:
+        """The raw body of one call, with the API server's refusals mapped (module docstring)."""
         try:
             response = method(*args, _preload_content=False, _request_timeout=self.timeout, **kw)
         except ApiException as exc:
@@ -158,7 +159,10 @@ class Kube:
             raise InvalidInput(
                 f"The session's {what} is not valid: {exc}", field="profile"
             ) from None
-        data = response.data
+        return response.data or b""
+
+    def _call(self, what: str, method: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        data = self._send(what, method, *args, **kw)
         if not data:
             return {}
         if len(data) < LARGE or not gc.isenabled():
@@ -215,7 +219,8 @@ class Kube:
         return self._call(what, self._custom("create"), *self._args(kind), body)
 
     def patch(self, kind: Kind, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """Merge `body` into the object; None if it does not exist."""
+        """Merge `body` into the object; None if it does not exist. A `resourceVersion` in
+        `body["metadata"]` is a precondition: raises `Taken` if the object changed since."""
         what = f"{kind.kind} {name}"
         # Said outright: client versions differ in the patch type they pick for a dict.
         merge = {"_content_type": "application/merge-patch+json"}
@@ -234,6 +239,20 @@ class Kube:
         if kind.core:
             return self._call(what, self._core("replace", kind), name, self.namespace, body)
         return self._call(what, self._custom("replace"), *self._args(kind), name, body)
+
+    def logs(self, pod: str, *, tail: int, container: str | None = None) -> list[str]:
+        """The last `tail` lines a pod's container wrote (one call); [] when the pod is gone
+        or its container has not started yet (the API server answers 400 then)."""
+        what = f"log of Pod {pod}"
+        kw: dict[str, Any] = {"tail_lines": max(0, tail)}
+        if container:
+            kw["container"] = container
+        method = k8s.CoreV1Api(self.api_client()).read_namespaced_pod_log
+        try:
+            data = self._send(what, method, pod, self.namespace, **kw)
+        except (Missing, InvalidInput):
+            return []
+        return data.decode("utf-8", errors="replace").splitlines()
 
     def delete(self, kind: Kind, name: str) -> bool:
         """Delete, letting the garbage collector remove what the object owns. False if it

@@ -1,10 +1,14 @@
-"""Pure builders of the Kubernetes objects of a session: Pod, Service, HelmRelease and the
-admission slots. No I/O; every function returns plain dicts ready to send to the API server.
+"""Pure builders of the Kubernetes objects of a session: Pod, Service, HelmRelease, the
+admission slots and the outcome record. No I/O; every function returns plain dicts ready to
+send to the API server.
 
-Every object of a session carries the label `ovas/session=<id>`; the exact request (app,
-version, profile, username, times) rides in annotations, because label values cannot hold
-everything a username or a semver build may contain. Label values are made safe with
-`label_value`.
+Every object of a session carries the label `ovas/session=<id>`. The session's record rides
+in annotations of the object that owns the session (its Pod, or its HelmRelease), because
+label values cannot hold everything a username or a semver build may contain: what was asked
+(app, version, profile, username, created time, start deadline), its clocks and the marks
+the lifecycle asked to keep. An ended session's record moves to its outcome ConfigMap
+`ovas-<id>` (see `build_outcome`), which outlives the workload. Label values are made safe
+with `label_value`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from datetime import datetime
 from typing import Any
 
 from ovas.kitspec import GPU_RESOURCE
-from ovas.models import SessionRequest
+from ovas.lifecycle import CLOCK_ANNOTATIONS, Mark, Outcome, Record
+from ovas.models import Clocks, SessionRequest
 
 PREFIX = "ovas/"
 SESSION = PREFIX + "session"
@@ -25,12 +30,23 @@ VERSION = PREFIX + "version"
 PROFILE = PREFIX + "profile"
 USER = PREFIX + "user"
 SLOT = PREFIX + "slot"  # "global" or "user", on admission slots only
+OUTCOME = PREFIX + "outcome"  # "ended" or "failed", on outcome ConfigMaps only
 USERNAME = PREFIX + "username"  # annotations from here on
 CREATED = PREFIX + "created-time"
 DEADLINE = PREFIX + "deadline"
-FAILED = PREFIX + "failed"  # why the session failed, once ovas has seen it fail
-FAILED_AT = PREFIX + "failed-at"
-READY_AT = PREFIX + "ready-at"  # when ovas first saw the session ready
+# The session clocks, in seconds (0 = off): the names a profile sets them with.
+CLOCKS = {name: annotation for annotation, name in CLOCK_ANNOTATIONS.items()}
+READY_AT = PREFIX + "ready-at"  # the marks: when ovas first saw the session ready...
+CONNECTED_AT = PREFIX + "connected-at"
+IDLE_AT = PREFIX + "idle-at"
+MARKS = {Mark.READY: READY_AT, Mark.CONNECTED: CONNECTED_AT, Mark.IDLE: IDLE_AT}
+STATE = PREFIX + "state"  # the outcome, on outcome ConfigMaps: "ended" or "failed"
+REASON = PREFIX + "reason"
+MESSAGE = PREFIX + "message"
+ENDED = PREFIX + "ended-time"
+LOGS = "logs"  # the outcome ConfigMap's key holding the Kit container's last log lines
+LOG_LINE_LIMIT = 2000  # characters kept of one log line
+LOGS_LIMIT = 256 * 1024  # characters kept of all (a ConfigMap holds at most 1 MiB)
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OURS = {MANAGED_BY: "ovas"}
 
@@ -80,14 +96,44 @@ def session_labels(request: SessionRequest) -> dict[str, str]:
 
 
 def session_annotations(request: SessionRequest) -> dict[str, str]:
-    return {
-        APP: request.app.id,
-        VERSION: request.version.version,
-        PROFILE: request.profile.id,
-        USERNAME: request.username,
-        CREATED: request.created_time.isoformat(),
-        DEADLINE: request.deadline.isoformat(),
+    """The record of a new session, as annotations of the object that owns it."""
+    return record_annotations(Record.of(request))
+
+
+def record_annotations(record: Record) -> dict[str, str]:
+    """A session's record as annotations: what was asked, its clocks and its marks (times
+    in ISO 8601 with their UTC offset, clocks in seconds)."""
+    notes = {
+        APP: record.app_id,
+        VERSION: record.version,
+        PROFILE: record.profile,
+        USERNAME: record.username,
+        CREATED: record.created_time.isoformat(),
+        DEADLINE: record.deadline.isoformat(),
     }
+    for name, annotation in CLOCKS.items():
+        notes[annotation] = seconds_text(getattr(record.clocks, name))
+    for mark, at in record.marks.items():
+        notes[MARKS[mark]] = at.isoformat()
+    return notes
+
+
+def seconds_text(value: float) -> str:
+    """Seconds as an annotation holds them: `300`, `2.5`."""
+    return f"{value:g}" if value != int(value) else str(int(value))
+
+
+def clocks_of(notes: dict[str, str]) -> Clocks:
+    """The clocks the annotations record; a clock not recorded has its default. Raises
+    ValueError for one that is not a number of seconds >= 0."""
+    values = {}
+    for name, annotation in CLOCKS.items():
+        if annotation in notes:
+            value = float(notes[annotation])
+            if not value >= 0:
+                raise ValueError(f"{annotation}: {notes[annotation]!r} is not seconds >= 0")
+            values[name] = value
+    return Clocks(**values)
 
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
@@ -301,6 +347,51 @@ def build_helmrelease(
             "install": {"remediation": {"retries": 0}},
             "values": release_values(request),
         },
+    }
+
+
+def outcome_name(session_id: str) -> str:
+    """The name of the session's outcome ConfigMap."""
+    return object_name(session_id)
+
+
+def build_outcome(
+    record: Record, outcome: Outcome, logs: list[str], namespace: str
+) -> dict[str, Any]:
+    """The ConfigMap recording how a session ended: its record (what was asked, its clocks
+    and marks) and its outcome in annotations, the Kit container's last log lines in
+    `data.logs`. Creating it is what ends a session: a second create of the name is refused
+    (409), so one process alone records an outcome. Owned by nothing, it outlives the pod."""
+    notes = record_annotations(record)
+    notes.update(
+        {
+            STATE: outcome.state.value,
+            REASON: outcome.reason.value,
+            MESSAGE: outcome.message,
+            ENDED: outcome.ended_time.isoformat(),
+        }
+    )
+    kept = [line[:LOG_LINE_LIMIT] for line in logs]
+    while kept and sum(len(line) + 1 for line in kept) > LOGS_LIMIT:
+        kept.pop(0)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": outcome_name(record.id),
+            "namespace": namespace,
+            "labels": {
+                **OURS,
+                SESSION: record.id,
+                OUTCOME: outcome.state.value,
+                APP: label_value(record.app_id),
+                VERSION: label_value(record.version),
+                PROFILE: label_value(record.profile),
+                USER: label_value(record.username),
+            },
+            "annotations": notes,
+        },
+        "data": {LOGS: "\n".join(kept)},
     }
 
 

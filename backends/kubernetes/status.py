@@ -1,22 +1,36 @@
-"""Reading a session's state off its objects: pure functions from the Pod, Service and
-HelmRelease (as the API server returns them) to an ovas `Session`.
+"""Reading sessions off their objects: pure functions from what the API server returns (a
+Pod, its Service, a HelmRelease, an outcome ConfigMap) to a session's `Record` and an
+`Observation` of its workload. Nothing here decides a state, a message or a deadline: the
+core's lifecycle (`ovas.lifecycle.decide`) does, from what these report.
 
-A session is READY when its pod is Ready and its route is known; FAILED at once when the
-image cannot be pulled, no node can take the pod, or the Kit container exited or keeps
-crashing; FAILED when its deadline passes before it is ready; CREATING otherwise, with what
-it is waiting for in the message.
+What a pod shows, as a `Stage`:
+
+- FAULT, with the reason: the image cannot be pulled (`ErrImagePull`, `ImagePullBackOff`...:
+  `image_pull`), no node can take the pod (PodScheduled False, Unschedulable: `no_gpu` when
+  the scheduler names too few `nvidia.com/gpu`, else `unschedulable`), the node evicted it
+  (`evicted`), the container cannot be created (`CreateContainerConfigError`,
+  `CreateContainerError`, `RunContainerError`: `create_failed`), it keeps crashing
+  (`CrashLoopBackOff` after `CRASH_LOOP_RESTARTS` restarts: `crash_loop`); a HelmRelease whose
+  install failed (`install_failed`).
+- EXITED: the Kit container terminated (or was restarted after it did), with its exit code,
+  `oom` when it was `OOMKilled`, and when it finished.
+- RUNNING: the container runs; `probe_ok` once the pod is Ready and its address is known.
+- WAITING: not running yet; `detail` says for what (a node, the image, the chart).
+- GONE: only the record is left (an outcome ConfigMap; a release whose pod vanished after
+  the session was ready).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from backends.kubernetes import objects as o
-from ovas.models import Route, Session, SessionState
+from ovas.kitspec import GPU_RESOURCE
+from ovas.lifecycle import Mark, Observation, Outcome, Record, Stage
+from ovas.models import Reason, Route, SessionState
+from ovas.names import is_session_id
 
-ACTIVE = "Session is active"
 IMAGE_FAILURES = {
     "ErrImagePull",
     "ImagePullBackOff",
@@ -27,33 +41,24 @@ IMAGE_FAILURES = {
 CREATE_FAILURES = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 # Flux reasons after which a release will not be installed without a change to it.
 RELEASE_FAILURES = {"InstallFailed", "ArtifactFailed", "InitFailed", "ChartNotFound"}
-
-
-@dataclass
-class Observed:
-    """A session as read from the cluster, with what the reaper needs to know."""
-
-    session: Session
-    deadline: datetime | None
-    failed_at: datetime | None = None  # when it failed, for the reaper's grace
-    unmarked_pod: str | None = None  # a pod whose failure is not yet written on it
-    unmarked_ready: str | None = None  # a ready pod whose readiness is not yet written on it
-
-
-def failure_mark(message: str, when: datetime) -> dict[str, Any]:
-    """The patch that records a session's failure on its pod, so that it stays failed (and
-    is reaped) even if the pod later runs: a pending pod is scheduled when GPUs free up."""
-    return {"metadata": {"annotations": {o.FAILED: message, o.FAILED_AT: when.isoformat()}}}
-
-
-def ready_mark(when: datetime) -> dict[str, Any]:
-    """The patch that records on its pod that a session was ready once: from then on, the
-    start deadline no longer applies, so a readiness blip never fails a live stream."""
-    return {"metadata": {"annotations": {o.READY_AT: when.isoformat()}}}
+# Restarts after which a container in CrashLoopBackOff "keeps crashing"; before that, its
+# first exit is the session's end, reported as the exit it was.
+CRASH_LOOP_RESTARTS = 2
+NO_GPU = f"Insufficient {GPU_RESOURCE}"
+# Exit reasons that say no more than the exit code does.
+PLAIN_EXITS = {"Error", "Completed", "OOMKilled"}
 
 
 def _meta(obj: dict[str, Any] | None) -> dict[str, Any]:
     return (obj or {}).get("metadata") or {}
+
+
+def annotations(obj: dict[str, Any] | None) -> dict[str, str]:
+    return _meta(obj).get("annotations") or {}
+
+
+def labels(obj: dict[str, Any] | None) -> dict[str, str]:
+    return _meta(obj).get("labels") or {}
 
 
 def is_live(obj: dict[str, Any] | None) -> bool:
@@ -62,7 +67,15 @@ def is_live(obj: dict[str, Any] | None) -> bool:
 
 
 def session_id_of(obj: dict[str, Any]) -> str | None:
-    return (_meta(obj).get("labels") or {}).get(o.SESSION)
+    return labels(obj).get(o.SESSION)
+
+
+def is_outcome(obj: dict[str, Any]) -> bool:
+    """An outcome ConfigMap (see `objects.build_outcome`), not an admission slot."""
+    return o.OUTCOME in labels(obj)
+
+
+# Records
 
 
 class Listed(NamedTuple):
@@ -76,11 +89,10 @@ class Listed(NamedTuple):
 
 def listed_of(obj: dict[str, Any]) -> Listed | None:
     """The session an object's labels and annotations name; None if they are not ours or
-    not complete (such objects are orphans for the reaper). Reads the metadata alone."""
-    meta = _meta(obj)
-    notes = meta.get("annotations") or {}
-    session_id = (meta.get("labels") or {}).get(o.SESSION)
-    if not session_id or not notes.get(o.APP):
+    not complete (such objects are orphans for `collect`). Reads the metadata alone."""
+    notes = annotations(obj)
+    session_id = labels(obj).get(o.SESSION)
+    if not session_id or not is_session_id(session_id) or not notes.get(o.APP):
         return None
     created = o.parse_time(notes.get(o.CREATED))
     if created is None:
@@ -88,23 +100,65 @@ def listed_of(obj: dict[str, Any]) -> Listed | None:
     return Listed(session_id, notes.get(o.USERNAME, ""), created)
 
 
-def record_of(obj: dict[str, Any]) -> Observed | None:
-    """The session an object describes, as `listed_of` finds it, with the rest of what its
-    annotations record."""
+def record_of(obj: dict[str, Any]) -> Record | None:
+    """The session's record an object's annotations hold (the Pod or HelmRelease owning a
+    session, or its outcome ConfigMap, which adds the outcome); None if they are not
+    complete. Reads the metadata alone."""
     listed = listed_of(obj)
     if listed is None:
         return None
-    notes = _meta(obj).get("annotations") or {}
-    session = Session(
+    notes = annotations(obj)
+    deadline = o.parse_time(notes.get(o.DEADLINE))
+    if deadline is None:
+        return None
+    try:
+        clocks = o.clocks_of(notes)
+    except ValueError:
+        return None
+    marks = {}
+    for mark, annotation in o.MARKS.items():
+        at = o.parse_time(notes.get(annotation))
+        if at is not None:
+            marks[mark] = at
+    outcome = None
+    if o.STATE in notes:
+        outcome = outcome_of(notes)
+        if outcome is None:
+            return None
+    return Record(
         id=listed.id,
         app_id=notes.get(o.APP, ""),
         version=notes.get(o.VERSION, ""),
         profile=notes.get(o.PROFILE, ""),
         username=listed.username,
         created_time=listed.created_time,
-        message="Waiting for the pod",
+        deadline=deadline,
+        clocks=clocks,
+        marks=marks,
+        outcome=outcome,
     )
-    return Observed(session, o.parse_time(notes.get(o.DEADLINE)))
+
+
+def outcome_of(notes: dict[str, str]) -> Outcome | None:
+    """The outcome an outcome ConfigMap's annotations record; None if it is not whole."""
+    try:
+        state = SessionState(notes.get(o.STATE, ""))
+        reason = Reason(notes.get(o.REASON, ""))
+    except ValueError:
+        return None
+    ended = o.parse_time(notes.get(o.ENDED))
+    if not state.final or ended is None:
+        return None
+    return Outcome(state, reason, notes.get(o.MESSAGE, ""), ended)
+
+
+def logs_of(config_map: dict[str, Any]) -> list[str]:
+    """The log lines an outcome ConfigMap keeps."""
+    text = ((config_map.get("data") or {}).get(o.LOGS)) or ""
+    return text.splitlines()
+
+
+# Observations
 
 
 def _condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
@@ -114,66 +168,108 @@ def _condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
     return None
 
 
-def _terminated_text(terminated: dict[str, Any]) -> str:
-    code = terminated.get("exitCode")
-    reason = terminated.get("reason")
-    text = f"The Kit container exited with code {code}"
-    if reason and reason not in ("Error", "Completed"):
-        text += f" ({reason})"
-    return text
+def kit_status(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The status of the pod's Kit container: the one named `kit`, else the first."""
+    statuses = ((pod.get("status") or {}).get("containerStatuses")) or []
+    return next((s for s in statuses if s.get("name") == o.CONTAINER), None) or next(
+        iter(statuses), None
+    )
 
 
-def pod_state(pod: dict[str, Any]) -> tuple[SessionState, str, datetime | None]:
-    """The pod's state as a session state, a message for the user, and when it failed."""
+def kit_container(pod: dict[str, Any]) -> str | None:
+    """The name of the pod's Kit container, to read its logs."""
+    status = kit_status(pod)
+    if status and status.get("name"):
+        return status["name"]
+    containers = (pod.get("spec") or {}).get("containers") or []
+    names = [c.get("name") for c in containers]
+    return o.CONTAINER if o.CONTAINER in names else next(iter(names), None)
+
+
+def _exited(terminated: dict[str, Any]) -> Observation:
+    reason = terminated.get("reason") or ""
+    detail = terminated.get("message") or ("" if reason in PLAIN_EXITS else reason)
+    return Observation(
+        Stage.EXITED,
+        exit_code=terminated.get("exitCode"),
+        oom=reason == "OOMKilled",
+        finished_time=o.parse_time(terminated.get("finishedAt")),
+        detail=detail,
+    )
+
+
+def _image(pod: dict[str, Any], status: dict[str, Any] | None = None) -> str:
+    first = next(iter((pod.get("spec") or {}).get("containers") or []), {})
+    return (status or {}).get("image") or first.get("image", "")
+
+
+def _fault(reason: Reason, detail: str) -> Observation:
+    return Observation(Stage.FAULT, fault=reason, detail=detail)
+
+
+def pod_observation(
+    pod: dict[str, Any], service: dict[str, Any] | None, *, public_host: str | None = None
+) -> Observation:
+    """What the session's pod (and its Service, for the address) shows now."""
     status = pod.get("status") or {}
-    image = next(iter((pod.get("spec") or {}).get("containers") or []), {}).get("image", "")
+    if status.get("reason") == "Evicted":
+        return _fault(Reason.EVICTED, status.get("message") or "")
     for container in status.get("containerStatuses") or []:
-        state = container.get("state") or {}
-        terminated = state.get("terminated")
-        if terminated:
-            when = o.parse_time(terminated.get("finishedAt"))
-            return SessionState.FAILED, _terminated_text(terminated), when
-        waiting = state.get("waiting") or {}
-        reason, detail = waiting.get("reason", ""), waiting.get("message", "")
-        if reason == "CrashLoopBackOff":
-            last = (container.get("lastState") or {}).get("terminated") or {}
-            text = f"The Kit container keeps crashing; last exit code {last.get('exitCode', '?')}"
-            return SessionState.FAILED, text, o.parse_time(last.get("finishedAt"))
-        if reason in IMAGE_FAILURES:
-            text = f"The image {container.get('image') or image} cannot be pulled ({reason})"
-            return SessionState.FAILED, text + (f": {detail}" if detail else ""), None
-        if reason in CREATE_FAILURES:
-            text = f"The Kit container cannot be created ({reason})"
-            return SessionState.FAILED, text + (f": {detail}" if detail else ""), None
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        why, said = waiting.get("reason", ""), waiting.get("message", "")
+        if why in IMAGE_FAILURES:
+            detail = f"{_image(pod, container)} ({why})" + (f": {said}" if said else "")
+            return _fault(Reason.IMAGE_PULL, detail)
+        if why in CREATE_FAILURES:
+            return _fault(Reason.CREATE_FAILED, f"{why}: {said}" if said else why)
+    kit = kit_status(pod) or {}
+    state = kit.get("state") or {}
+    last = (kit.get("lastState") or {}).get("terminated")
+    if state.get("terminated"):
+        return _exited(state["terminated"])
+    if (state.get("waiting") or {}).get("reason") == "CrashLoopBackOff":
+        restarts = int(kit.get("restartCount") or 0)
+        if restarts >= CRASH_LOOP_RESTARTS or not last:
+            code = (last or {}).get("exitCode", "?")
+            return _fault(Reason.CRASH_LOOP, f"restarted {restarts} times; last exit code {code}")
+        return _exited(last)
+    if last:
+        # Restarted after its app ended (a chart's pod restarts): the stream ended with it.
+        return _exited(last)
     phase = status.get("phase")
-    if phase in ("Failed", "Succeeded"):
+    if phase == "Succeeded":
+        return Observation(Stage.EXITED, exit_code=0)
+    if phase == "Failed":
         why = ": ".join(p for p in (status.get("reason"), status.get("message")) if p)
-        return (
-            SessionState.FAILED,
-            f"The session's pod {phase.lower()}" + (f" ({why})" if why else ""),
-            None,
-        )
+        return _fault(Reason.CREATE_FAILED, why or "the pod failed")
     scheduled = _condition(pod, "PodScheduled")
     if (
         scheduled
         and scheduled.get("status") == "False"
-        and scheduled.get("reason") == ("Unschedulable")
+        and (scheduled.get("reason") == "Unschedulable")
     ):
-        text = "No node can run the session"
-        detail = scheduled.get("message")
-        when = o.parse_time(scheduled.get("lastTransitionTime"))
-        return SessionState.FAILED, text + (f": {detail}" if detail else ""), when
-    ready = _condition(pod, "Ready")
-    if ready and ready.get("status") == "True":
-        return SessionState.READY, ACTIVE, None
+        said = scheduled.get("message") or ""
+        return _fault(Reason.NO_GPU if NO_GPU in said else Reason.UNSCHEDULABLE, said)
+    found = routes_of(service, pod, public_host) if service is not None else None
+    host, routes = found if found is not None else (None, ())
     if not (pod.get("spec") or {}).get("nodeName") and not status.get("hostIP"):
-        return SessionState.CREATING, "Waiting for a node to run the session", None
-    running = any(
-        "running" in (c.get("state") or {}) for c in status.get("containerStatuses") or []
+        return Observation(Stage.WAITING, detail="Waiting for a node to run the session")
+    if "running" not in state:
+        return Observation(
+            Stage.WAITING,
+            detail=f"Pulling the image {_image(pod, kit)} and creating the container",
+        )
+    ready = (_condition(pod, "Ready") or {}).get("status") == "True"
+    detail = "Starting the Kit application"
+    if ready and found is None:
+        detail = "Waiting for the session's address"
+    return Observation(
+        Stage.RUNNING,
+        detail=detail,
+        probe_ok=ready and found is not None,
+        host=host,
+        routes=routes,
     )
-    if running:
-        return SessionState.CREATING, "Starting the Kit application", None
-    return SessionState.CREATING, f"Pulling the image {image} and creating the container", None
 
 
 def _port_role(port: dict[str, Any]) -> str:
@@ -224,11 +320,15 @@ def routes_of(
             return None
         role = _port_role(port)
         found[role] = Route(role, port.get("protocol", "TCP"), int(source), int(destination))
+    if o.SIGNALING not in found:
+        return None
     return host, tuple(found[r] for r in (o.SIGNALING, o.MEDIA) if r in found)
 
 
-def release_state(release: dict[str, Any]) -> tuple[SessionState, str, datetime | None]:
-    """A HelmRelease whose pod does not exist yet: installing, or failed for good (and when)."""
+def release_observation(release: dict[str, Any], marks: dict[Mark, datetime]) -> Observation:
+    """A HelmRelease whose chart's pod does not exist: installing, installed and waiting for
+    the pod, failed for good (`install_failed`), or, for a session that was ready (`marks`),
+    gone."""
     chart = ((release.get("spec") or {}).get("chart") or {}).get("spec") or {}
     what = f"chart {chart.get('chart', '?')} {chart.get('version', '')}".strip()
     stalled = _condition(release, "Stalled")
@@ -239,55 +339,10 @@ def release_state(release: dict[str, Any]) -> tuple[SessionState, str, datetime 
     elif ready.get("status") == "False" and ready.get("reason") in RELEASE_FAILURES:
         failure = ready
     if failure:
-        message = f"The {what} cannot be installed: {failure.get('message', '')}"
-        return SessionState.FAILED, message, o.parse_time(failure.get("lastTransitionTime"))
+        said = failure.get("message") or failure.get("reason") or ""
+        return _fault(Reason.INSTALL_FAILED, f"{what}: {said}" if said else what)
+    if Mark.READY in marks:
+        return Observation(Stage.GONE, detail=f"the pod of the {what} was removed")
     if ready.get("status") == "True":
-        return SessionState.CREATING, f"The {what} is installed; waiting for the pod", None
-    return SessionState.CREATING, f"Installing the {what}", None
-
-
-def observe(
-    record: Observed,
-    *,
-    pod: dict[str, Any] | None,
-    service: dict[str, Any] | None,
-    release: dict[str, Any] | None = None,
-    public_host: str | None = None,
-    now: datetime,
-) -> Observed:
-    """The session's state from its objects at `now` (any of them may be missing)."""
-    session = record.session
-    notes = _meta(pod).get("annotations") or {}
-    if o.FAILED in notes:
-        failed = replace(session, state=SessionState.FAILED, message=notes[o.FAILED])
-        return Observed(failed, record.deadline, o.parse_time(notes.get(o.FAILED_AT)) or now)
-    failed_at = None
-    host, routes = None, ()
-    if pod is not None:
-        state, message, failed_at = pod_state(pod)
-        if state is SessionState.READY:
-            found = routes_of(service, pod, public_host) if service is not None else None
-            if found is None:
-                state, message = SessionState.CREATING, "Waiting for the session's address"
-            else:
-                host, routes = found
-    elif release is not None:
-        state, message, failed_at = release_state(release)
-    else:
-        state, message = SessionState.CREATING, session.message
-    was_ready = o.READY_AT in notes
-    if state is SessionState.FAILED:
-        failed_at = failed_at or now
-    elif state is not SessionState.READY and was_ready:
-        message = f"The session's pod is not ready right now ({message})"
-    elif state is not SessionState.READY and record.deadline and now >= record.deadline:
-        seconds = (record.deadline - session.created_time).total_seconds()
-        state = SessionState.FAILED
-        message = f"The session was not ready within {seconds:.0f} seconds ({message})"
-        failed_at = record.deadline
-    session = replace(session, state=state, message=message, host=host, routes=routes)
-    unmarked = _meta(pod).get("name") if state is SessionState.FAILED else None
-    ready_unmarked = (
-        _meta(pod).get("name") if state is SessionState.READY and not was_ready else None
-    )
-    return Observed(session, record.deadline, failed_at, unmarked, ready_unmarked)
+        return Observation(Stage.WAITING, detail=f"The {what} is installed; waiting for the pod")
+    return Observation(Stage.WAITING, detail=f"Installing the {what}")

@@ -1,6 +1,6 @@
 """Fixtures for the Kubernetes backend: an emulated cluster per test (kmock's emulator with
 the API server semantics of `support.kube_emulator`, and a fake kubelet, load balancer and
-Flux from `support.kube_cluster`), and backends pointed at it."""
+Flux from `support.kube_cluster`), and backends pointed at it, on a clock the test moves."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from support.kube_server import EmulatedCluster, catalog_documents
 
 from backends.kubernetes import KubernetesBackend
+from ovas.testing import FakeClock
 
 NAMESPACE = "omni-streaming"
 
@@ -22,13 +23,22 @@ def cluster() -> Iterator[EmulatedCluster]:
 
 
 @pytest.fixture
-def make_backend(cluster) -> Iterator[Callable[..., KubernetesBackend]]:
+def clock() -> FakeClock:
+    """The backends' clock: frozen, so time passes for ovas only when a test says (the
+    emulated cluster's own times, a pod's start or exit, are real)."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_backend(cluster, clock) -> Iterator[Callable[..., KubernetesBackend]]:
     """`make_backend(mode="pod", **kw)`: a new backend instance (as another replica or a
-    restarted process would be) on the emulated cluster; all are closed at the end."""
+    restarted process would be) on the emulated cluster and the test's clock; all are closed
+    at the end."""
     made: list[KubernetesBackend] = []
 
     def make(mode: str = "pod", **kw) -> KubernetesBackend:
         kw.setdefault("namespace", NAMESPACE)
+        kw.setdefault("now", clock)
         backend = KubernetesBackend(mode=mode, config_file=cluster.kubeconfig, **kw)
         made.append(backend)
         return backend

@@ -6,14 +6,17 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from support.kube_requests import request_for, wait_for
+from support.kube_requests import wait_for
 
 from backends.kubernetes import objects as o
+from kubernetes_backend.steps import request_for
+from kubernetes_backend.steps import start as begin
 from ovas.errors import CapacityExceeded, UserCapacityExceeded
 from ovas.models import SessionState
+from ovas.testing import service_for
 
 pytestmark = pytest.mark.kubernetes
 
@@ -26,7 +29,7 @@ def _start_all(replicas, requests):
     def start(i: int):
         barrier.wait()
         try:
-            outcomes["started"].append(replicas[i % len(replicas)].start(requests[i]).id)
+            outcomes["started"].append(replicas[i % len(replicas)].start(requests[i]).record.id)
         except CapacityExceeded:
             outcomes["refused"] += 1
 
@@ -47,7 +50,7 @@ def test_concurrent_starts_on_two_replicas_never_exceed_capacity(make_backend, c
     slots = [c for c in cluster.objects("v1/configmaps") if o.SLOT in c["metadata"]["labels"]]
     assert sorted(s["metadata"]["name"] for s in slots) == [f"ovas-slot-{k}" for k in range(3)]
     assert {s["data"]["session"] for s in slots} == set(outcomes["started"])
-    assert sorted(s.id for s in replicas[1].list()) == sorted(outcomes["started"])
+    assert sorted(s.id for s in service_for(replicas[1]).all()) == sorted(outcomes["started"])
 
 
 def test_a_user_limit_holds_across_replicas(make_backend):
@@ -70,7 +73,7 @@ def test_a_refused_start_leaves_nothing_behind(make_backend, cluster):
 
 def test_slots_are_owned_by_the_pod_and_collected_with_it(make_backend, cluster):
     backend = make_backend()
-    session = backend.start(request_for(backend, capacity=1))
+    session = begin(service_for(backend), request_for(backend, capacity=1))
     (slot,) = cluster.objects("v1/configmaps")
     (pod,) = cluster.objects("v1/pods")
     assert slot["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
@@ -80,7 +83,7 @@ def test_slots_are_owned_by_the_pod_and_collected_with_it(make_backend, cluster)
     while cluster.objects("v1/configmaps") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cluster.objects("v1/configmaps") == []
-    assert session.id not in {s.id for s in backend.list()}
+    assert session.id not in {seen.record.id for seen in backend.observe_all()}
     backend.start(request_for(backend, capacity=1))
 
 
@@ -88,15 +91,27 @@ def _where(obj):
     return obj["metadata"]["namespace"], obj["metadata"]["name"]
 
 
-def test_the_reaper_frees_slots_of_starts_that_never_finished(make_backend, cluster):
+def test_collect_frees_slots_of_starts_that_never_finished(make_backend, cluster, clock):
     backend = make_backend()
     request = request_for(backend, capacity=1)
     # A replica died between taking its slot and creating the pod.
     backend.admission.acquire(request)
     with pytest.raises(CapacityExceeded):
         backend.start(request_for(backend, capacity=1))
-    assert backend.reap(datetime.now(UTC)) == []  # too young: maybe a start in progress
-    later = datetime.now(UTC) + timedelta(seconds=61)
-    assert backend.reap(later) == ["configmap/ovas-slot-0"]
-    started = backend.start(request_for(backend, capacity=1))
-    assert wait_for(backend, started.id, {SessionState.READY}).ready
+    assert backend.collect(clock()) == []  # too young: maybe a start in progress
+    assert backend.collect(clock() + timedelta(seconds=61)) == ["configmap/ovas-slot-0"]
+    sessions = service_for(backend)
+    started = begin(sessions, request_for(backend, capacity=1))
+    assert wait_for(sessions, started.id, {SessionState.READY}).ready
+
+
+@pytest.mark.parametrize("mode", ["pod", "helmrelease"])
+def test_an_ended_session_frees_its_slots_at_once(make_backend, cluster, mode):
+    sessions = service_for(make_backend(mode))
+    exits = {"env": [{"name": "STANDIN_EXIT_CODE", "value": "1"}]}
+    failed = begin(sessions, request_for(sessions.backend, exits, capacity=1, user_capacity=1))
+    assert wait_for(sessions, failed.id, {SessionState.FAILED}).reason is not None
+    slots = [c for c in cluster.objects("v1/configmaps") if o.SLOT in c["metadata"]["labels"]]
+    assert slots == []
+    again = begin(sessions, request_for(sessions.backend, capacity=1, user_capacity=1))
+    assert again.state is SessionState.CREATING

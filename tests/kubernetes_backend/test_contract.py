@@ -14,23 +14,23 @@ pytestmark = pytest.mark.kubernetes
 
 
 class TestPodMode(BackendContract):
+    mode = "pod"
+
     @pytest.fixture
-    def backend(self, make_backend):
-        return make_backend("pod")
+    def backend(self, make_backend, clock):
+        return make_backend(self.mode, now=clock)
+
+    @pytest.fixture
+    def peer(self, make_backend, clock):
+        return make_backend(self.mode, now=clock)
 
     @pytest.fixture
     def ready_timeout(self):
         return 10.0
 
 
-class TestHelmReleaseMode(BackendContract):
-    @pytest.fixture
-    def backend(self, make_backend):
-        return make_backend("helmrelease")
-
-    @pytest.fixture
-    def ready_timeout(self):
-        return 10.0
+class TestHelmReleaseMode(TestPodMode):
+    mode = "helmrelease"
 
 
 REAL = os.environ.get("OVAS_TEST_KUBECONFIG")
@@ -43,14 +43,24 @@ if REAL:
         """Needs ovas's CRDs and the sample catalog applied (kubectl apply -k config/deploy) in
         OVAS_TEST_NAMESPACE (default omni-streaming), and the stand-in image on the nodes."""
 
-        @pytest.fixture
-        def backend(self):
-            backend = KubernetesBackend(
+        def make(self, clock) -> KubernetesBackend:
+            return KubernetesBackend(
                 namespace=os.environ.get("OVAS_TEST_NAMESPACE", "omni-streaming"),
                 mode=os.environ.get("OVAS_TEST_SESSION_MODE", "pod"),
                 public_host=os.environ.get("OVAS_TEST_PUBLIC_HOST") or None,
                 config_file=REAL,
+                now=clock,
             )
+
+        @pytest.fixture
+        def backend(self, clock):
+            backend = self.make(clock)
+            yield backend
+            backend.close()
+
+        @pytest.fixture
+        def peer(self, clock):
+            backend = self.make(clock)
             yield backend
             backend.close()
 

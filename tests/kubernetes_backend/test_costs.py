@@ -1,20 +1,26 @@
-"""What each answer costs in API calls, read from the emulator's request log: `list()` and
-a page of `GET /stream` the same for 1 or 12 sessions, `get()` at most two."""
+"""What each answer costs in API calls, read from the emulator's request log: listing every
+session and a page of `GET /stream` cost the same for 1 or 12 sessions, live or ended;
+reading one session costs at most three calls (four with releases), one once it ended."""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from support.kube_requests import request_for, wait_for
+from support.kube_requests import wait_for
 
 from backends.kubernetes.backend import PAGE_BY_ID
+from kubernetes_backend.steps import request_for, wait_until
+from kubernetes_backend.steps import start as begin
 from ovas.errors import SessionNotFound
 from ovas.models import SessionQuery, SessionState
+from ovas.testing import service_for
 
 pytestmark = pytest.mark.kubernetes
-LIST_CALLS = {"pod": 2, "helmrelease": 3}
-PAGE_CALLS = {"pod": 3, "helmrelease": 4}
+LIST_CALLS = {"pod": 3, "helmrelease": 4}  # pods, services, outcomes (and releases)
+PAGE_CALLS = {"pod": 4, "helmrelease": 5}  # owners' and outcomes' metadata, then the page's
+GET_CALLS = {"pod": 3, "helmrelease": 4}
+EXITS = {"env": [{"name": "STANDIN_EXIT_CODE", "value": "1"}]}
 
 
 def requests(cluster, action) -> list:
@@ -27,76 +33,117 @@ def calls(cluster, action) -> list[str]:
     return [f"{r.method.value} {r.url.path}" for r in requests(cluster, action)]
 
 
+def grow(sessions, clock, started: list[str], ended: list[str], total: int) -> None:
+    """Start sessions, a second apart, until `total` are live and a quarter as many have
+    ended."""
+    backend = sessions.backend
+    while len(started) < total:
+        clock.advance(1)
+        started.append(begin(sessions, request_for(backend)).id)
+    while len(ended) < total // 4:
+        clock.advance(1)
+        ended.append(begin(sessions, request_for(backend, EXITS)).id)
+        wait_for(sessions, ended[-1], {SessionState.FAILED})
+    wait_for(sessions, started[-1], {SessionState.READY})
+
+
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
-def test_list_costs_the_same_for_any_number_of_sessions(make_backend, cluster, mode):
-    backend = make_backend(mode)
-    started = []
+def test_listing_costs_the_same_for_any_number_of_sessions(make_backend, cluster, clock, mode):
+    sessions = service_for(make_backend(mode))
+    started, ended = [], []
     for total in (1, 4, 12):
-        while len(started) < total:
-            started.append(backend.start(request_for(backend)).id)
-        wait_for(backend, started[-1], {SessionState.READY})
-        made = calls(cluster, backend.list)
+        grow(sessions, clock, started, ended, total)
+        made = calls(cluster, sessions.backend.observe_all)
         assert len(made) == LIST_CALLS[mode], made
         assert all(call.startswith("GET ") for call in made)
-        assert len(backend.list()) == total
+        states = [s.state for s in sessions.all()]
+        assert len(states) == total + total // 4
+        assert states.count(SessionState.FAILED) == total // 4
 
 
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
-def test_a_page_costs_the_same_for_any_number_of_sessions(make_backend, cluster, mode):
-    """The records of all from the owners' metadata, the state of the page's alone."""
-    backend = make_backend(mode)
+def test_a_page_costs_the_same_for_any_number_of_sessions(make_backend, cluster, clock, mode):
+    """The records of all from the owners' and the outcomes' metadata, the state of the
+    page's live sessions alone."""
+    sessions = service_for(make_backend(mode))
+    backend = sessions.backend
     owner = "helmreleases" if mode == "helmrelease" else "pods"
     query = SessionQuery(limit=3, descending=False)
-    started = []
+    started, ended = [], []
     for total in (1, 4, 12):
-        while len(started) < total:
-            started.append(backend.start(request_for(backend)).id)
-        wait_for(backend, started[-1], {SessionState.READY})
-        made = requests(cluster, lambda: backend.page(query))
+        grow(sessions, clock, started, ended, total)
+        made = requests(cluster, lambda: backend.observe_page(query))
         assert len(made) == PAGE_CALLS[mode], [r.url.path for r in made]
-        first, rest = made[0], made[1:]
-        assert first.resource.plural == owner
-        assert "as=PartialObjectMetadataList" in first.headers["Accept"]
+        (records, outcomes), rest = made[:2], made[2:]
+        assert records.resource.plural == owner
+        assert outcomes.resource.plural == "configmaps"
+        for call in (records, outcomes):
+            assert "as=PartialObjectMetadataList" in call.headers["Accept"]
         page_ids = set(started[:3])
         for call in rest:
             assert "PartialObjectMetadata" not in call.headers["Accept"]
             selector = call.params["labelSelector"]
             assert set(selector.partition("(")[2].rstrip(")").split(",")) == page_ids
-        page = backend.page(query)
-        assert [s.id for s in page] == started[:3]
-        assert all(s.state is SessionState.READY and s.routes for s in page)
+        page = [o.record.id for o in backend.observe_page(query)]
+        assert page == started[:3]
+        assert all(s.ready and s.routes for s in sessions.list(limit=3, order="ASC").items)
+
+
+def test_a_page_of_ended_sessions_reads_only_the_records(make_backend, cluster):
+    sessions = service_for(make_backend())
+    failed = begin(sessions, request_for(sessions.backend, EXITS, username="ann"))
+    wait_for(sessions, failed.id, {SessionState.FAILED})
+    begin(sessions, request_for(sessions.backend, username="bob"))
+    query = SessionQuery(username="ann")
+    made = requests(cluster, lambda: sessions.backend.observe_page(query))
+    assert len(made) == 2
+    assert [o.record.id for o in sessions.backend.observe_page(query)] == [failed.id]
 
 
 def test_a_long_page_reads_everything_as_the_list_does(make_backend, cluster):
     backend = make_backend()
-    backend.start(request_for(backend))
-    made = requests(cluster, lambda: backend.page(SessionQuery(limit=PAGE_BY_ID + 1)))
+    begin(service_for(backend), request_for(backend))
+    made = requests(cluster, lambda: backend.observe_page(SessionQuery(limit=PAGE_BY_ID + 1)))
     assert len(made) == LIST_CALLS["pod"]
-    assert all(r.params["labelSelector"] == "ovas/session" for r in made)
+    assert all(r.params["labelSelector"].startswith("ovas/session") for r in made)
 
 
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
-def test_get_costs_at_most_two_calls(make_backend, cluster, mode):
-    backend = make_backend(mode)
-    slow = backend.start(
-        request_for(backend, {"env": [{"name": "STANDIN_READY_DELAY", "value": "60"}]})
+def test_reading_one_session_costs_at_most_three_calls(make_backend, cluster, mode):
+    sessions = service_for(make_backend(mode))
+    backend = sessions.backend
+    slow = begin(
+        sessions, request_for(backend, {"env": [{"name": "STANDIN_READY_DELAY", "value": "60"}]})
     )
-    ready = backend.start(request_for(backend))
-    wait_for(backend, ready.id, {SessionState.READY})
+    ready = begin(sessions, request_for(backend))
+    wait_for(sessions, ready.id, {SessionState.READY})
     for session_id in (slow.id, ready.id):
-        assert len(calls(cluster, lambda s=session_id: backend.get(s))) <= 2
+        assert len(calls(cluster, lambda s=session_id: backend.observe(s))) <= GET_CALLS[mode]
 
     def unknown():
         with pytest.raises(SessionNotFound):
-            backend.get(str(uuid.uuid4()))
+            backend.observe(str(uuid.uuid4()))
 
     assert len(calls(cluster, unknown)) <= 2
 
 
-def test_a_session_seen_failing_is_marked_once(make_backend, cluster):
-    backend = make_backend()
-    request = request_for(backend, {"env": [{"name": "STANDIN_EXIT_CODE", "value": "1"}]})
-    backend.start(request)
-    assert wait_for(backend, request.id, {SessionState.FAILED}).state is SessionState.FAILED
-    assert len(calls(cluster, lambda: backend.get(request.id))) == 1
-    assert len(calls(cluster, backend.list)) == 2
+def test_a_session_ends_once_and_then_costs_one_call(make_backend, cluster):
+    sessions = service_for(make_backend())
+    request = request_for(sessions.backend, EXITS)
+    begin(sessions, request)
+    assert wait_for(sessions, request.id, {SessionState.FAILED}).state is SessionState.FAILED
+    assert len(calls(cluster, lambda: sessions.get(request.id))) == 1
+    assert len(calls(cluster, sessions.all)) == LIST_CALLS["pod"]
+
+
+def test_marking_a_session_ready_is_one_read_and_one_patch(make_backend, cluster):
+    sessions = service_for(make_backend())
+    session = begin(sessions, request_for(sessions.backend))
+    # Listing decides and writes nothing: the session is ready, not yet marked.
+    assert wait_until(lambda: [s.ready for s in sessions.all()] == [True])
+    made = requests(cluster, lambda: sessions.get(session.id))
+    assert [(r.method.value, r.resource.plural) for r in made[-2:]] == [
+        ("GET", "pods"),
+        ("PATCH", "pods"),
+    ]
+    assert len(calls(cluster, lambda: sessions.get(session.id))) == 3

@@ -7,18 +7,20 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from support.kube_requests import request_for, wait_for
+from support.kube_requests import wait_for
 from support.kube_server import catalog_documents
 
-from ovas.models import Application, SessionState, Version
+from kubernetes_backend.steps import request_for
+from kubernetes_backend.steps import start as begin
+from ovas.models import Application, SessionQuery, SessionState, Version
 from ovas.services import CatalogService
+from ovas.testing import service_for
 
 pytestmark = pytest.mark.kubernetes
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +129,12 @@ def test_the_deployment_is_replicated_probed_and_locked_down(rendered):
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
 
 
+def resource(request) -> str:
+    """The resource RBAC names: `pods`, or `pods/log` for a pod's log."""
+    plural = request.resource.plural
+    return f"{plural}/{request.subresource}" if request.subresource else plural
+
+
 def verb(request) -> str:
     method = request.method.value
     if method == "GET":
@@ -137,19 +145,25 @@ def verb(request) -> str:
 
 
 def exercise(make_backend, mode: str) -> None:
-    """Everything the backend does: start, read, fail, stop, reap, check, edit the catalog."""
+    """Everything the backend does: start, read, mark, end, read logs, stop, collect,
+    check, edit the catalog."""
     backend = make_backend(mode)
+    sessions = service_for(backend, retention=60)
     backend.check()
     backend.catalog.check()
-    ok = backend.start(request_for(backend, capacity=5, user_capacity=5))
+    ok = begin(sessions, request_for(backend, capacity=5, user_capacity=5))
     exits = {"env": [{"name": "STANDIN_EXIT_CODE", "value": "1"}]}
-    crash = backend.start(request_for(backend, exits))
-    wait_for(backend, ok.id, {SessionState.READY})
-    wait_for(backend, crash.id, {SessionState.FAILED})
-    backend.list()
+    crash = begin(sessions, request_for(backend, exits))
+    wait_for(sessions, ok.id, {SessionState.READY})
+    wait_for(sessions, crash.id, {SessionState.FAILED})
+    sessions.all()
+    backend.observe_page(SessionQuery(username="tester"))
+    backend.logs(ok.id)
+    backend.logs(crash.id)
     backend.stop(ok.id)
     backend.admission.acquire(request_for(backend, capacity=9))  # a start that died midway
-    backend.reap(datetime.now(UTC) + timedelta(hours=1))
+    backend.now.advance(3600)
+    sessions.reap()
     editor = CatalogService(backend.catalog, editing_enabled=True)
     editor.create_application(Application(f"app-{mode}", "App"))
     editor.update_application(f"app-{mode}", {"name": "Renamed"})
@@ -170,7 +184,7 @@ def test_the_role_grants_exactly_what_the_backend_uses(rendered, make_backend, c
     }
     for mode in ("pod", "helmrelease"):
         exercise(make_backend, mode)
-    used = {(r.resource.group, r.resource.plural, verb(r)) for r in cluster.emulator.calls()}
+    used = {(r.resource.group, resource(r), verb(r)) for r in cluster.emulator.calls()}
     assert used - granted == set(), "calls the Role does not allow"
     assert granted - used == set(), "grants nothing uses"
     (binding,) = by_kind(rendered, "RoleBinding")

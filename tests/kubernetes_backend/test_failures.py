@@ -1,5 +1,5 @@
-"""Sessions fail at once, saying why, when the cluster cannot run them; and say what they are
-waiting for while they start."""
+"""Sessions fail at once, with the reason and the cluster's own words, when the cluster cannot
+run them; and say what they are waiting for while they start."""
 
 from __future__ import annotations
 
@@ -7,113 +7,229 @@ import time
 from dataclasses import replace
 
 import pytest
-from support.kube_requests import request_for, wait_for
+from support.kube_requests import wait_for
 
-from ovas.models import SessionState
+from backends.kubernetes import objects as o
+from kubernetes_backend.steps import PODS, kubelet, of_session, outcome_of, request_for, wait_until
+from kubernetes_backend.steps import start as begin
+from ovas.models import Reason, SessionState
+from ovas.testing import service_for
 
 pytestmark = pytest.mark.kubernetes
 FAILED = {SessionState.FAILED}
+READY = {SessionState.READY}
+MODES = ["pod", "helmrelease"]
 
 
-@pytest.mark.parametrize("mode", ["pod", "helmrelease"])
+def _terminated(code: int, why: str, **extra):
+    def change(pod):
+        status = pod["status"]
+        status["phase"] = "Failed"
+        status["conditions"] = [{"type": "Ready", "status": "False"}]
+        entry = status["containerStatuses"][0]
+        entry.update(ready=False, state={"terminated": {"exitCode": code, "reason": why}})
+        status.update(extra)
+
+    return change
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_an_image_that_cannot_be_pulled_fails_at_once(make_backend, mode):
-    backend = make_backend(mode)
-    request = request_for(backend, {"image": {"repository": "registry.example/does-not-exist"}})
+    sessions = service_for(make_backend(mode))
+    request = request_for(
+        sessions.backend, {"image": {"repository": "registry.example/does-not-exist"}}
+    )
     began = time.monotonic()
-    backend.start(request)
-    failed = wait_for(backend, request.id, FAILED)
-    assert failed.state is SessionState.FAILED
-    assert "registry.example/does-not-exist:1.0.0 cannot be pulled" in failed.message
+    begin(sessions, request)
+    failed = wait_for(sessions, request.id, FAILED)
+    assert (failed.state, failed.reason) == (SessionState.FAILED, Reason.IMAGE_PULL)
+    assert failed.message.startswith("The Kit image could not be pulled: ")
+    assert "registry.example/does-not-exist:1.0.0 (ErrImagePull)" in failed.message
+    assert "not found" in failed.message
     assert time.monotonic() - began < 5  # the deadline is two minutes away
 
 
-@pytest.mark.parametrize("mode", ["pod", "helmrelease"])
-def test_no_free_gpu_fails_with_the_schedulers_reason(make_backend, mode):
-    backend = make_backend(mode)
-    request = request_for(backend, {"resources": {"limits": {"nvidia.com/gpu": "8"}}})
-    backend.start(request)
-    failed = wait_for(backend, request.id, FAILED)
-    assert failed.state is SessionState.FAILED
-    assert "0/3 nodes are available: 3 Insufficient nvidia.com/gpu." in failed.message
+@pytest.mark.parametrize("mode", MODES)
+def test_no_free_gpu_fails_with_the_schedulers_reason(make_backend, cluster, mode):
+    sessions = service_for(make_backend(mode))
+    request = request_for(sessions.backend, {"resources": {"limits": {"nvidia.com/gpu": "8"}}})
+    begin(sessions, request)
+    failed = wait_for(sessions, request.id, FAILED)
+    assert (failed.state, failed.reason) == (SessionState.FAILED, Reason.NO_GPU)
+    assert failed.message == (
+        "No GPU can be had for the session: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    )
+    # Failed, it holds nothing: its pending pod is gone, so freed GPUs never go to it.
+    assert wait_until(lambda: not of_session(cluster, PODS, request.id))
 
 
 def test_gpus_in_use_leave_no_room_for_another_session(make_backend, cluster):
-    backend = make_backend()
+    sessions = service_for(make_backend())
     four_gpus = {"resources": {"limits": {"nvidia.com/gpu": "4"}}}
-    requests = [request_for(backend, four_gpus) for _ in range(4)]
+    requests = [request_for(sessions.backend, four_gpus) for _ in range(4)]
     for request in requests:
-        backend.start(request)
-    seen = [wait_for(backend, r.id, {SessionState.READY, *FAILED}) for r in requests]
+        begin(sessions, request)
+    seen = [wait_for(sessions, r.id, {*READY, *FAILED}) for r in requests]
     assert sorted(s.state for s in seen) == sorted([SessionState.READY] * 3 + [SessionState.FAILED])
     failed = next(s for s in seen if not s.ready)
-    backend.stop(next(s.id for s in seen if s.ready))
-    # The failed session's pod is still pending, so the scheduler gives it the freed GPUs,
-    # as a real one would; the session stays failed (a client was told so), to be reaped.
-    deadline = time.monotonic() + 5
-    while not _scheduled(cluster, failed.id) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _scheduled(cluster, failed.id)
-    time.sleep(0.3)
-    assert backend.get(failed.id).state is SessionState.FAILED
-    assert backend.get(failed.id).message == failed.message
+    assert failed.reason is Reason.NO_GPU
+    stopped = next(s.id for s in seen if s.ready)
+    sessions.stop(stopped)
+    # Once its pod is gone, its GPUs go to the next session; the failed one stays failed.
+    assert wait_until(lambda: not of_session(cluster, PODS, stopped))
+    again = begin(sessions, request_for(sessions.backend, four_gpus))
+    assert wait_for(sessions, again.id, {*READY, *FAILED}).ready
+    assert sessions.get(failed.id) == failed
 
 
-def _scheduled(cluster, session_id: str) -> bool:
-    pods = [p for p in cluster.objects("v1/pods") if session_id in p["metadata"]["name"]]
-    return bool(pods and pods[0]["spec"].get("nodeName"))
-
-
-def test_a_node_selector_no_node_matches_fails(make_backend):
-    backend = make_backend()
-    request = request_for(backend, {"nodeSelector": {"gpu": "h100"}})
-    backend.start(request)
-    failed = wait_for(backend, request.id, FAILED)
+def test_a_node_selector_no_node_matches_is_unschedulable(make_backend):
+    sessions = service_for(make_backend())
+    request = request_for(sessions.backend, {"nodeSelector": {"gpu": "h100"}})
+    begin(sessions, request)
+    failed = wait_for(sessions, request.id, FAILED)
+    assert failed.reason is Reason.UNSCHEDULABLE
+    assert failed.message.startswith("No node can run the session: 0/3 nodes are available")
     assert "didn't match Pod's node affinity/selector" in failed.message
 
 
-def test_a_chart_pod_that_keeps_crashing_fails_with_its_exit_code(make_backend):
-    backend = make_backend("helmrelease")
-    request = request_for(backend, {"env": [{"name": "STANDIN_EXIT_CODE", "value": "42"}]})
-    backend.start(request)
-    failed = wait_for(backend, request.id, FAILED)
-    assert failed.message == "The Kit container keeps crashing; last exit code 42"
+@pytest.mark.parametrize("mode", MODES)
+def test_an_evicted_pod_fails_the_session(make_backend, cluster, mode):
+    sessions = service_for(make_backend(mode))
+    session = begin(sessions, request_for(sessions.backend))
+    wait_for(sessions, session.id, READY)
+    said = "The node was low on resource: memory."
+    kubelet(cluster, session.id, _terminated(137, "Error", reason="Evicted", message=said))
+    failed = sessions.get(session.id)
+    assert (failed.state, failed.reason) == (SessionState.FAILED, Reason.EVICTED)
+    assert failed.message == f"The session's pod was evicted: {said}"
+    assert outcome_of(cluster, session.id)["metadata"]["annotations"][o.REASON] == "evicted"
 
 
-def test_a_pod_whose_container_exits_fails_with_its_exit_code(make_backend):
-    backend = make_backend("pod")
-    request = request_for(backend, {"env": [{"name": "STANDIN_EXIT_CODE", "value": "137"}]})
-    backend.start(request)
-    assert wait_for(backend, request.id, FAILED).message == (
-        "The Kit container exited with code 137"
+@pytest.mark.parametrize("mode", MODES)
+def test_a_kit_app_killed_for_memory_fails_as_oom(make_backend, cluster, mode):
+    sessions = service_for(make_backend(mode))
+    session = begin(sessions, request_for(sessions.backend))
+    wait_for(sessions, session.id, READY)
+    kubelet(cluster, session.id, _terminated(137, "OOMKilled"))
+    failed = sessions.get(session.id)
+    assert (failed.state, failed.reason) == (SessionState.FAILED, Reason.OOM)
+    assert failed.message.startswith("The Kit app was killed for want of memory (out of memory)")
+
+
+def test_a_container_that_cannot_be_created_fails(make_backend, cluster):
+    sessions = service_for(make_backend())
+    session = begin(sessions, request_for(sessions.backend))
+    wait_for(sessions, session.id, READY)
+
+    def refuse(pod):
+        pod["status"]["containerStatuses"][0]["state"] = {
+            "waiting": {
+                "reason": "CreateContainerConfigError",
+                "message": 'secret "ngc" not found',
+            }
+        }
+
+    kubelet(cluster, session.id, refuse)
+    failed = sessions.get(session.id)
+    assert failed.reason is Reason.CREATE_FAILED
+    assert failed.message == (
+        'The Kit container could not be started: CreateContainerConfigError: secret "ngc" not found'
     )
 
 
+def test_a_chart_pod_whose_app_exits_fails_with_its_exit_code(make_backend):
+    """The chart's pod restarts its container: its first exit is the session's end."""
+    sessions = service_for(make_backend("helmrelease"))
+    exits = {"env": [{"name": "STANDIN_EXIT_CODE", "value": "42"}]}
+    request = request_for(sessions.backend, exits)
+    begin(sessions, request)
+    failed = wait_for(sessions, request.id, FAILED)
+    assert failed.reason is Reason.EXITED
+    assert failed.message.startswith("The Kit app exited with code 42")
+
+
+def test_a_chart_pod_that_keeps_crashing_fails_as_a_crash_loop(make_backend, cluster):
+    sessions = service_for(make_backend("helmrelease"))
+    session = begin(sessions, request_for(sessions.backend))
+    wait_for(sessions, session.id, READY)
+
+    def crash_loop(pod):
+        entry = pod["status"]["containerStatuses"][0]
+        entry.update(
+            ready=False,
+            restartCount=5,
+            state={"waiting": {"reason": "CrashLoopBackOff"}},
+            lastState={"terminated": {"exitCode": 139, "reason": "Error"}},
+        )
+
+    kubelet(cluster, session.id, crash_loop)
+    failed = sessions.get(session.id)
+    assert failed.reason is Reason.CRASH_LOOP
+    assert failed.message == "The Kit app keeps crashing: restarted 5 times; last exit code 139"
+
+
+def test_a_pod_whose_container_exits_fails_with_its_exit_code(make_backend):
+    sessions = service_for(make_backend("pod"))
+    exits = {"env": [{"name": "STANDIN_EXIT_CODE", "value": "137"}]}
+    request = request_for(sessions.backend, exits)
+    begin(sessions, request)
+    failed = wait_for(sessions, request.id, FAILED)
+    assert failed.reason is Reason.EXITED
+    assert failed.message.startswith("The Kit app exited with code 137")
+
+
 def test_a_chart_that_cannot_be_installed_fails(make_backend):
-    backend = make_backend("helmrelease")
-    request = request_for(backend)
+    sessions = service_for(make_backend("helmrelease"))
+    request = request_for(sessions.backend)
     request = replace(request, version=replace(request.version, helm_chart_version="0.0.0-missing"))
-    backend.start(request)
-    failed = wait_for(backend, request.id, FAILED)
-    assert "kit-appstreaming-session 0.0.0-missing cannot be installed" in failed.message
+    begin(sessions, request)
+    failed = wait_for(sessions, request.id, FAILED)
+    assert failed.reason is Reason.INSTALL_FAILED
+    assert failed.message == (
+        "The session's chart could not be installed: chart kit-appstreaming-session "
+        "0.0.0-missing: chart kit-appstreaming-session 0.0.0-missing not found in repository"
+    )
 
 
-@pytest.mark.parametrize("mode", ["pod", "helmrelease"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_pod_removed_outside_ovas_after_it_was_ready(make_backend, cluster, mode):
+    """A release's pod gone once the session was ready is lost; a pod-mode session whose pod
+    is deleted by hand is gone with it (the pod was its record)."""
+    sessions = service_for(make_backend(mode))
+    session = begin(sessions, request_for(sessions.backend))
+    wait_for(sessions, session.id, READY)
+    (pod,) = of_session(cluster, PODS, session.id)
+    key = cluster.emulator.key(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
+    cluster.locked(lambda: cluster.emulator.remove(key))
+    if mode == "pod":
+        assert session.id not in {s.id for s in sessions.all()}
+        return
+    lost = sessions.get(session.id)
+    assert (lost.state, lost.reason) == (SessionState.FAILED, Reason.LOST)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_progress_shows_while_creating(make_backend, cluster, mode):
-    backend = make_backend(mode)
-    request = request_for(backend, {"env": [{"name": "STANDIN_READY_DELAY", "value": "30"}]})
+    sessions = service_for(make_backend(mode))
+    request = request_for(
+        sessions.backend, {"env": [{"name": "STANDIN_READY_DELAY", "value": "30"}]}
+    )
     cluster.cluster.running = False
-    backend.start(request)
-    first = backend.get(request.id).message
-    assert first == (
-        "Installing the chart kit-appstreaming-session 1.11.0"
+    begin(sessions, request)
+    first = sessions.get(request.id).message
+    assert first.startswith(
+        "Installing the chart kit-appstreaming-session 1.11.0 (0 s so far; it fails if not "
+        "ready by "
         if mode == "helmrelease"
-        else "Waiting for a node to run the session"
+        else "Waiting for a node to run the session (0 s so far; it fails if not ready by "
     )
     cluster.cluster.running = True
     seen = set()
     deadline = time.monotonic() + 5
-    while "Starting the Kit application" not in seen and time.monotonic() < deadline:
-        seen.add(backend.get(request.id).message)
+    while not any("Starting the Kit application" in m for m in seen) and (
+        time.monotonic() < deadline
+    ):
+        seen.add(sessions.get(request.id).message.partition(" (")[0])
         time.sleep(0.01)
     assert "Pulling the image ovas/kit-standin:1.0.0 and creating the container" in seen
     assert "Starting the Kit application" in seen

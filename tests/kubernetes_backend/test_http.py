@@ -117,7 +117,14 @@ def test_a_failed_session_is_a_410_saying_why(server, cluster):
     assert answer.status_code == 410
     status = answer.json()["status"]
     assert (status["condition"], status["status"]) == ("failed", False)
-    assert "registry.example/does-not-exist:9.0.0 cannot be pulled" in status["message"]
+    assert answer.json()["reason"] == "image_pull"
+    assert status["message"].startswith("The Kit image could not be pulled: ")
+    assert "registry.example/does-not-exist:9.0.0" in status["message"]
+    # Kept, with its reason, in the list too: the record outlives the pod.
+    listed = http.get(f"{server.url}/stream").json()["items"]
+    assert [(s["id"], s["reason"]) for s in listed] == [(started.json()["id"], "image_pull")]
+    pods = [p for p in cluster.objects("v1/pods") if not p["metadata"].get("deletionTimestamp")]
+    assert pods == []
 
 
 def test_catalog_edits_reach_the_cluster(server, cluster):

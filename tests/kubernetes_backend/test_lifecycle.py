@@ -1,55 +1,48 @@
 """The cluster is the only record: restarts and replicas agree; an unreachable API server is
-a 503 that heals by itself; stop and the reaper leave nothing behind."""
+a 503 that heals by itself; stop and collect leave nothing behind."""
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from support.kube_requests import request_for, wait_for
+from support.kube_requests import wait_for
 from support.kube_server import EmulatedCluster, catalog_documents, free_port, write_kubeconfig
 
 from backends.kubernetes import KubernetesBackend
 from backends.kubernetes import objects as o
+from kubernetes_backend.steps import (
+    CONFIG_MAPS,
+    PODS,
+    RELEASES,
+    leftovers,
+    of_session,
+    request_for,
+    settle,
+)
+from kubernetes_backend.steps import start as begin
 from ovas import registry
 from ovas.errors import BackendUnavailable, ConfigurationError, SessionNotFound
+from ovas.lifecycle import Mark
 from ovas.models import SessionState
+from ovas.testing import service_for
 
 pytestmark = pytest.mark.kubernetes
 READY = {SessionState.READY}
-KINDS = ("v1/pods", "v1/services", "v1/configmaps", "helm.toolkit.fluxcd.io/v2/helmreleases")
-
-
-def leftovers(cluster, session_id: str) -> list[str]:
-    return [
-        f"{kind}/{obj['metadata']['name']}"
-        for kind in KINDS
-        for obj in cluster.objects(kind)
-        if (obj["metadata"].get("labels") or {}).get(o.SESSION) == session_id
-    ]
-
-
-def settle(cluster, session_id: str) -> list[str]:
-    """What is left of a session once the kubelet has ended its terminating pods."""
-    deadline = time.monotonic() + 5
-    while leftovers(cluster, session_id) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return leftovers(cluster, session_id)
+SLOW = {"env": [{"name": "STANDIN_READY_DELAY", "value": "60"}]}
 
 
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
 def test_a_restarted_process_and_another_replica_see_the_same_sessions(make_backend, mode):
-    before = make_backend(mode)
-    ready = before.start(request_for(before, username="ann"))
-    slow = before.start(
-        request_for(before, {"env": [{"name": "STANDIN_READY_DELAY", "value": "60"}]})
-    )
+    before = service_for(make_backend(mode))
+    ready = begin(before, request_for(before.backend, username="ann"))
+    slow = begin(before, request_for(before.backend, SLOW))
     wait_for(before, ready.id, READY)
-    after, replica = make_backend(mode), make_backend(mode)
-    by_id = {s.id: s for s in before.list()}
-    assert {s.id: s for s in after.list()} == by_id
-    assert {s.id: s for s in replica.list()} == by_id
+    after, replica = service_for(make_backend(mode)), service_for(make_backend(mode))
+    by_id = {s.id: s for s in before.all()}
+    assert {s.id: s for s in after.all()} == by_id
+    assert {s.id: s for s in replica.all()} == by_id
     assert after.get(ready.id) == by_id[ready.id] == replica.get(ready.id)
     assert by_id[ready.id].username == "ann" and by_id[ready.id].ready
     assert by_id[slow.id].state is SessionState.CREATING
@@ -60,14 +53,31 @@ def test_a_restarted_process_and_another_replica_see_the_same_sessions(make_back
 
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
 def test_stop_removes_every_object_of_the_session(make_backend, cluster, mode):
-    backend = make_backend(mode)
-    session = backend.start(request_for(backend, capacity=5, user_capacity=5))
-    wait_for(backend, session.id, READY)
+    sessions = service_for(make_backend(mode))
+    session = begin(sessions, request_for(sessions.backend, capacity=5, user_capacity=5))
+    wait_for(sessions, session.id, READY)
     assert len(leftovers(cluster, session.id)) >= 4
-    backend.stop(session.id)
+    sessions.stop(session.id)
     with pytest.raises(SessionNotFound):
-        backend.get(session.id)
+        sessions.get(session.id)
     assert settle(cluster, session.id) == []
+
+
+@pytest.mark.parametrize("mode", ["pod", "helmrelease"])
+def test_stop_removes_an_ended_session_with_its_outcome(make_backend, cluster, mode):
+    sessions = service_for(make_backend(mode))
+    exits = {"env": [{"name": "STANDIN_EXIT_CODE", "value": "4"}]}
+    session = begin(sessions, request_for(sessions.backend, exits, capacity=5))
+    assert wait_for(sessions, session.id, {SessionState.FAILED}).reason is not None
+    assert [c["metadata"]["name"] for c in of_session(cluster, CONFIG_MAPS, session.id)] == [
+        f"ovas-{session.id}"
+    ]
+    sessions.stop(session.id)
+    with pytest.raises(SessionNotFound):
+        sessions.get(session.id)
+    assert settle(cluster, session.id) == []
+    with pytest.raises(SessionNotFound):
+        sessions.stop(session.id)
 
 
 def test_an_unreachable_api_server_is_unavailable_until_it_comes_back(tmp_path):
@@ -76,7 +86,7 @@ def test_an_unreachable_api_server_is_unavailable_until_it_comes_back(tmp_path):
     backend = KubernetesBackend(namespace="omni-streaming", config_file=str(kubeconfig))
     began = time.monotonic()
     with pytest.raises(BackendUnavailable) as down:
-        backend.list()
+        backend.observe_all()
     assert time.monotonic() - began < 5
     assert f"The Kubernetes API server at http://127.0.0.1:{port} cannot be reached" in (
         down.value.message
@@ -86,8 +96,9 @@ def test_an_unreachable_api_server_is_unavailable_until_it_comes_back(tmp_path):
     with EmulatedCluster(port=port) as cluster:
         cluster.seed("omni-streaming", catalog_documents())
         backend.check()
-        session = backend.start(request_for(backend))
-        assert wait_for(backend, session.id, READY).ready
+        sessions = service_for(backend)
+        session = begin(sessions, request_for(backend))
+        assert wait_for(sessions, session.id, READY).ready
     backend.close()
 
 
@@ -115,7 +126,6 @@ def test_settings_and_registration(monkeypatch):
             "KUBERNETES_NAMESPACE": "streams",
             "KUBERNETES_SESSION_MODE": "HelmRelease",
             "KUBERNETES_PUBLIC_HOST": "streams.example",
-            "REAP_GRACE": 5,
         }
     )
     assert (backend.namespace, backend.mode, backend.public_host) == (
@@ -123,17 +133,17 @@ def test_settings_and_registration(monkeypatch):
         "helmrelease",
         "streams.example",
     )
-    assert backend.reap_grace == timedelta(seconds=5)
+    assert backend.orphan_grace == timedelta(seconds=60)
     with pytest.raises(ConfigurationError):
         KubernetesBackend.from_settings({"KUBERNETES_SESSION_MODE": "deployment"})
 
 
 @pytest.mark.parametrize(("public_host", "address"), [(None, "10.0.0."), ("streams.example", "")])
 def test_node_port_sessions_are_reached_on_a_node(make_backend, public_host, address):
-    backend = make_backend(public_host=public_host)
+    sessions = service_for(make_backend(public_host=public_host))
     node_port = {"service": {"type": "NodePort"}}
-    sessions = [backend.start(request_for(backend, node_port)) for _ in range(2)]
-    ready = [wait_for(backend, s.id, READY) for s in sessions]
+    started = [begin(sessions, request_for(sessions.backend, node_port)) for _ in range(2)]
+    ready = [wait_for(sessions, s.id, READY) for s in started]
     for session in ready:
         assert session.host.startswith(address) if address else session.host == public_host
         assert all(30000 <= r.source_port <= 32767 for r in session.routes)
@@ -143,30 +153,10 @@ def test_node_port_sessions_are_reached_on_a_node(make_backend, public_host, add
 
 
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
-def test_the_reaper_removes_failed_and_late_sessions_after_the_grace(make_backend, cluster, mode):
-    backend = make_backend(mode, reap_grace=30)
-    crash = backend.start(
-        request_for(backend, {"env": [{"name": "STANDIN_EXIT_CODE", "value": "2"}]})
-    )
-    late = backend.start(
-        request_for(
-            backend, {"env": [{"name": "STANDIN_NEVER_READY", "value": "1"}]}, start_timeout=1
-        )
-    )
-    fine = backend.start(request_for(backend))
-    wait_for(backend, crash.id, {SessionState.FAILED})
-    wait_for(backend, late.id, {SessionState.FAILED})
-    wait_for(backend, fine.id, READY)
-    assert backend.reap(datetime.now(UTC)) == []
-    removed = backend.reap(datetime.now(UTC) + timedelta(seconds=31))
-    assert sorted(removed) == sorted([crash.id, late.id])
-    assert [s.id for s in backend.list()] == [fine.id]
-    assert settle(cluster, crash.id) == settle(cluster, late.id) == []
-
-
-def test_the_reaper_removes_objects_of_no_session(make_backend, cluster):
-    backend = make_backend()
-    fine = backend.start(request_for(backend))
+def test_collect_removes_objects_of_no_session_after_the_grace(make_backend, cluster, clock, mode):
+    backend = make_backend(mode)
+    sessions = service_for(backend)
+    fine = begin(sessions, request_for(backend))
     stray = {"ovas/session": "gone", "app.kubernetes.io/managed-by": "ovas"}
     cluster.seed(
         "omni-streaming",
@@ -178,22 +168,67 @@ def test_the_reaper_removes_objects_of_no_session(make_backend, cluster):
                 "metadata": {"name": "p1", "labels": stray},
                 "spec": {"containers": [{"name": "c", "image": "i"}]},
             },
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "c1", "labels": {**stray, o.OUTCOME: "ended"}},
+            },
         ],
     )
-    assert backend.reap(datetime.now(UTC)) == []
-    removed = backend.reap(datetime.now(UTC) + timedelta(seconds=61))
-    assert sorted(removed) == ["pod/p1", "service/s1"]
-    assert [s.id for s in backend.list()] == [fine.id]
+    assert backend.collect(clock()) == []
+    removed = backend.collect(clock() + timedelta(seconds=61))
+    assert sorted(removed) == ["configmap/c1", "pod/p1", "service/s1"]
+    assert [s.id for s in sessions.all()] == [fine.id]
 
 
-def test_a_ready_session_is_marked_ready_on_its_pod(make_backend, cluster):
-    backend = make_backend()
-    session = backend.start(request_for(backend))
-    wait_for(backend, session.id, READY)
-    (pod,) = [
-        obj
-        for obj in cluster.objects(KINDS[0])
-        if (obj["metadata"].get("labels") or {}).get(o.SESSION) == session.id
-    ]
+@pytest.mark.parametrize("mode", ["pod", "helmrelease"])
+def test_a_ready_session_is_marked_ready_on_its_owner(make_backend, cluster, mode):
+    sessions = service_for(make_backend(mode))
+    session = begin(sessions, request_for(sessions.backend))
+    ready = wait_for(sessions, session.id, READY)
+    (owner,) = of_session(cluster, RELEASES if mode == "helmrelease" else PODS, session.id)
+    notes = owner["metadata"]["annotations"]
     # From now on its start deadline no longer applies (a readiness blip is no failure).
-    assert o.READY_AT in (pod["metadata"].get("annotations") or {})
+    assert notes[o.READY_AT] == sessions.backend.now().isoformat()
+    assert sessions.backend.observe(session.id).record.marks == {Mark.READY: sessions.now()}
+    assert ready.ready
+
+
+@pytest.mark.parametrize("mode", ["pod", "helmrelease"])
+def test_one_of_two_replicas_marking_at_once_is_told_it_set_the_mark(make_backend, clock, mode):
+    first, second = make_backend(mode), make_backend(mode)
+    session = begin(service_for(first), request_for(first, SLOW))
+    at = clock()
+    assert first.mark(session.id, Mark.READY, at) is True
+    assert second.mark(session.id, Mark.READY, at) is False
+    assert second.observe(session.id).record.marks == {Mark.READY: at}
+    assert second.mark(session.id, Mark.IDLE, None) is False  # not set: nothing to clear
+    assert second.mark(session.id, Mark.IDLE, at) is True
+    assert first.mark(session.id, Mark.IDLE, None) is True
+    assert first.observe(session.id).record.marks == {Mark.READY: at}
+    assert first.mark("not-a-session", Mark.READY, at) is False
+
+
+def test_a_mark_whose_object_changed_meanwhile_is_read_again(make_backend, cluster, clock):
+    """A patch carrying a stale resourceVersion is refused (409); the backend reads the pod
+    again and marks it, unless another process has."""
+    backend = make_backend()
+    session = begin(service_for(backend), request_for(backend, SLOW))
+    real_get = backend.kube.get
+    touched = []
+
+    def get_then_change(kind, name):
+        found = real_get(kind, name)
+        if not touched:
+            touched.append(name)  # another writer changes the pod right after this read
+            backend.kube.patch(kind, name, {"metadata": {"labels": {"touched": "yes"}}})
+        return found
+
+    backend.kube.get = get_then_change
+    assert backend.mark(session.id, Mark.READY, clock()) is True
+    backend.kube.get = real_get
+    (pod,) = of_session(cluster, PODS, session.id)
+    assert (pod["metadata"]["labels"]["touched"], o.READY_AT in pod["metadata"]["annotations"]) == (
+        "yes",
+        True,
+    )

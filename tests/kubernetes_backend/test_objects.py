@@ -10,9 +10,17 @@ import kubernetes_validate
 import pytest
 
 from backends.kubernetes import objects as o
-from backends.kubernetes.status import Observed, observe, pod_state, record_of, routes_of
+from backends.kubernetes.status import (
+    listed_of,
+    logs_of,
+    pod_observation,
+    record_of,
+    release_observation,
+    routes_of,
+)
 from ovas.kitspec import parse_kit
-from ovas.models import SessionState
+from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage, decide
+from ovas.models import Clocks, Reason, SessionState
 from ovas.testing import make_request, sample_catalog
 
 K8S_VERSION = "1.30"
@@ -81,10 +89,48 @@ def test_labels_are_safe_and_annotations_exact():
     assert labels[o.USER] != o.label_value("Ann Smith <ann@example.org>")
     assert notes[o.USERNAME] == "Ann Smith <ann@example.com>"
     assert notes[o.VERSION] == "1.0.0+build.7"
-    seen = record_of(pod)
-    assert (seen.session.username, seen.session.version) == (notes[o.USERNAME], "1.0.0+build.7")
-    assert seen.session.created_time == request.created_time
-    assert seen.deadline == request.deadline
+    assert record_of(pod) == Record.of(request)
+    assert listed_of(pod) == (request.id, "Ann Smith <ann@example.com>", request.created_time)
+
+
+def test_the_record_holds_the_clocks_and_the_marks():
+    clocks = Clocks(connect_timeout=0, idle_timeout=2.5, max_lifetime=600)
+    request = make_request(sample_catalog(), clocks=clocks)
+    pod = o.build_pod(request, "ns")
+    notes = pod["metadata"]["annotations"]
+    assert (notes["ovas/connect-timeout"], notes["ovas/idle-timeout"]) == ("0", "2.5")
+    assert notes["ovas/max-lifetime"] == "600"
+    ready = request.created_time + timedelta(seconds=5)
+    notes[o.READY_AT] = ready.isoformat()
+    record = record_of(pod)
+    assert (record.clocks, record.marks, record.outcome) == (clocks, {Mark.READY: ready}, None)
+    assert record.expires_time == request.created_time + timedelta(seconds=600)
+    # A record that is not whole belongs to no session.
+    for broken in ({o.DEADLINE: "soon"}, {"ovas/max-lifetime": "-1"}, {o.CREATED: ""}):
+        assert (
+            record_of({"metadata": {**pod["metadata"], "annotations": {**notes, **broken}}}) is None
+        )
+
+
+def test_the_outcome_config_map_holds_the_record_the_outcome_and_the_logs():
+    request = make_request(sample_catalog(), username="Ann Smith <ann@example.com>")
+    ended = request.created_time + timedelta(minutes=5)
+    record = replace(Record.of(request), marks={Mark.READY: request.created_time})
+    outcome = Outcome(SessionState.FAILED, Reason.EXITED, "The Kit app exited with code 3", ended)
+    logs = ["starting", "x" * 5000, "exiting"]
+    config_map = valid(o.build_outcome(record, outcome, logs, "ns"))
+    assert config_map["metadata"]["name"] == f"ovas-{request.id}"
+    labels = config_map["metadata"]["labels"]
+    assert (labels[o.SESSION], labels[o.OUTCOME], labels[o.USER]) == (
+        request.id,
+        "failed",
+        o.label_value(request.username),
+    )
+    assert o.SLOT not in labels
+    assert record_of(config_map) == replace(record, outcome=outcome)
+    assert logs_of(config_map) == ["starting", "x" * o.LOG_LINE_LIMIT, "exiting"]
+    many = o.build_outcome(record, outcome, ["y" * 1000] * 1000, "ns")
+    assert len(many["data"][o.LOGS]) <= o.LOGS_LIMIT
 
 
 def test_service_is_owned_by_the_pod_and_follows_the_profile():
@@ -148,95 +194,118 @@ def test_slots_are_valid_config_maps_named_by_index_and_user():
 
 
 def _pod(status: dict, *, node: str | None = "n1", restart: str = "Never") -> dict:
-    spec = {"containers": [{"name": "kit", "image": "img:1"}], "restartPolicy": restart}
+    spec = {
+        "containers": [
+            {"name": "kit", "image": "img:1", "ports": [{"name": "media", "containerPort": 47998}]}
+        ],
+        "restartPolicy": restart,
+    }
     if node:
         spec["nodeName"] = node
     return {"metadata": {"name": "p"}, "spec": spec, "status": status}
 
 
+def _kit(state: dict, **fields) -> dict:
+    return {"containerStatuses": [{"name": "kit", "image": "img:1", "state": state, **fields}]}
+
+
 def _waiting(reason: str, message: str = "") -> dict:
-    return {
-        "containerStatuses": [
-            {"image": "img:1", "state": {"waiting": {"reason": reason, "message": message}}}
-        ]
-    }
+    return _kit({"waiting": {"reason": reason, "message": message}})
+
+
+def _unschedulable(message: str) -> dict:
+    condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+    return {"conditions": [{**condition, "message": message}]}
 
 
 @pytest.mark.parametrize(
-    ("status", "words"),
+    ("status", "reason", "detail"),
     [
-        (_waiting("ErrImagePull", "not found"), ["img:1", "cannot be pulled", "not found"]),
-        (_waiting("ImagePullBackOff"), ["cannot be pulled", "ImagePullBackOff"]),
         (
-            {
-                "containerStatuses": [
-                    {"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}
-                ]
-            },
-            ["137", "OOMKilled"],
+            _waiting("ErrImagePull", "not found"),
+            Reason.IMAGE_PULL,
+            "img:1 (ErrImagePull): not found",
+        ),
+        (_waiting("ImagePullBackOff"), Reason.IMAGE_PULL, "img:1 (ImagePullBackOff)"),
+        (
+            _waiting("CreateContainerConfigError", 'secret "s" not found'),
+            Reason.CREATE_FAILED,
+            'CreateContainerConfigError: secret "s" not found',
         ),
         (
-            {
-                "containerStatuses": [
-                    {
-                        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                        "lastState": {"terminated": {"exitCode": 3}},
-                    }
-                ]
-            },
-            ["crashing", "3"],
+            _unschedulable("0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
+            Reason.NO_GPU,
+            "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
         ),
         (
-            {
-                "conditions": [
-                    {
-                        "type": "PodScheduled",
-                        "status": "False",
-                        "reason": "Unschedulable",
-                        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                    }
-                ]
-            },
-            ["0/3 nodes", "nvidia.com/gpu"],
+            _unschedulable("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity."),
+            Reason.UNSCHEDULABLE,
+            "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity.",
+        ),
+        (
+            {"phase": "Failed", "reason": "Evicted", "message": "The node was low on memory."},
+            Reason.EVICTED,
+            "The node was low on memory.",
+        ),
+        (
+            _kit(
+                {"waiting": {"reason": "CrashLoopBackOff"}},
+                restartCount=4,
+                lastState={"terminated": {"exitCode": 3}},
+            ),
+            Reason.CRASH_LOOP,
+            "restarted 4 times; last exit code 3",
+        ),
+        (
+            {"phase": "Failed", "reason": "UnexpectedAdmissionError", "message": "no device"},
+            Reason.CREATE_FAILED,
+            "UnexpectedAdmissionError: no device",
         ),
     ],
 )
-def test_failures_are_read_with_their_reason(status, words):
-    state, message, _ = pod_state(_pod(status))
-    assert state is SessionState.FAILED
-    for word in words:
-        assert word in message
+def test_faults_are_read_with_their_reason(status, reason, detail):
+    seen = pod_observation(_pod(status, node=None), None)
+    assert (seen.stage, seen.fault, seen.detail) == (Stage.FAULT, reason, detail)
+
+
+def test_an_oom_killed_container_has_exited_for_want_of_memory():
+    finished = "2026-01-02T03:04:05Z"
+    terminated = {"exitCode": 137, "reason": "OOMKilled", "finishedAt": finished}
+    seen = pod_observation(_pod(_kit({"terminated": terminated})), None)
+    assert (seen.stage, seen.exit_code, seen.oom) == (Stage.EXITED, 137, True)
+    assert seen.finished_time == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert seen.detail == ""
+
+
+def test_an_exit_is_read_once_the_container_was_restarted_after_it():
+    """A chart's pod restarts its container: the first exit ends the session, as it was."""
+    last = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    backing_off = _kit({"waiting": {"reason": "CrashLoopBackOff"}}, restartCount=1, lastState=last)
+    running_again = _kit({"running": {}}, restartCount=1, lastState=last)
+    for status in (backing_off, running_again):
+        seen = pod_observation(_pod(status, restart="Always"), None)
+        assert (seen.stage, seen.exit_code, seen.oom) == (Stage.EXITED, 0, False)
 
 
 def test_progress_is_reported_while_creating():
-    assert "node" in pod_state(_pod({"phase": "Pending"}, node=None))[1]
-    assert "Pulling the image img:1" in pod_state(_pod(_waiting("ContainerCreating")))[1]
-    running = {"containerStatuses": [{"state": {"running": {}}}]}
-    assert "Starting" in pod_state(_pod(running))[1]
+    assert pod_observation(_pod({"phase": "Pending"}, node=None), None) == Observation(
+        Stage.WAITING, detail="Waiting for a node to run the session"
+    )
+    seen = pod_observation(_pod(_waiting("ContainerCreating")), None)
+    assert (seen.stage, seen.detail) == (
+        Stage.WAITING,
+        "Pulling the image img:1 and creating the container",
+    )
+    seen = pod_observation(_pod(_kit({"running": {}})), None)
+    assert (seen.stage, seen.detail, seen.probe_ok) == (
+        Stage.RUNNING,
+        "Starting the Kit application",
+        False,
+    )
 
 
-def _record(deadline_in: float = 60) -> Observed:
-    request = make_request(sample_catalog())
-    pod = o.build_pod(request, "ns")
-    seen = record_of(pod)
-    return replace(seen, deadline=datetime.now(UTC) + timedelta(seconds=deadline_in))
-
-
-READY = {
-    "conditions": [{"type": "Ready", "status": "True"}],
-    "hostIP": "10.0.0.7",
-}
-
-
-def test_ready_needs_a_route_and_a_late_session_fails():
-    record = _record()
-    now = datetime.now(UTC)
-    seen = observe(record, pod=_pod(READY), service=None, now=now)
-    assert seen.session.state is SessionState.CREATING and seen.session.routes == ()
-    late = observe(record, pod=_pod({}), service=None, now=now + timedelta(seconds=120))
-    assert late.session.state is SessionState.FAILED
-    assert "not ready within" in late.session.message
-    assert late.failed_at == record.deadline
+READY = {**_kit({"running": {}}, ready=True), "conditions": [{"type": "Ready", "status": "True"}]}
+READY["hostIP"] = "10.0.0.7"
 
 
 def _service(kind: str, **status) -> dict:
@@ -259,9 +328,21 @@ def _service(kind: str, **status) -> dict:
     return {"spec": {"type": kind, "ports": ports, "clusterIP": "10.96.0.9"}, "status": status}
 
 
+def test_a_ready_pod_passes_its_probe_only_once_its_address_is_known():
+    waiting = pod_observation(_pod(READY), _service("LoadBalancer"))
+    assert (waiting.stage, waiting.probe_ok, waiting.detail) == (
+        Stage.RUNNING,
+        False,
+        "Waiting for the session's address",
+    )
+    ready = pod_observation(_pod(READY), _service("NodePort"), public_host="streams.example")
+    assert (ready.stage, ready.probe_ok, ready.host) == (Stage.RUNNING, True, "streams.example")
+    assert [r.source_port for r in ready.routes] == [30500, 30501]
+    assert ready.connections is None  # the cluster cannot tell whether a client is connected
+
+
 def test_routes_per_service_type():
     pod = _pod(READY)
-    pod["spec"]["containers"][0]["ports"] = [{"name": "media", "containerPort": 47998}]
     assert routes_of(_service("LoadBalancer"), pod, None) is None
     host, routes = routes_of(
         _service("LoadBalancer", loadBalancer={"ingress": [{"hostname": "lb.example"}]}), pod, None
@@ -277,26 +358,45 @@ def test_routes_per_service_type():
     assert routes_of(_service("ClusterIP"), pod, None)[0] == "10.96.0.9"
 
 
-def test_a_session_once_ready_is_never_failed_by_its_start_deadline():
-    record = _record(deadline_in=60)
+def _release(*conditions: dict) -> dict:
+    chart = {"chart": "kit-appstreaming-session", "version": "1.11.0"}
+    return {"spec": {"chart": {"spec": chart}}, "status": {"conditions": list(conditions)}}
+
+
+def test_a_release_without_its_pod_installs_fails_or_is_gone():
+    assert release_observation(_release(), {}).detail == (
+        "Installing the chart kit-appstreaming-session 1.11.0"
+    )
+    installed = _release({"type": "Ready", "status": "True", "reason": "InstallSucceeded"})
+    assert release_observation(installed, {}).stage is Stage.WAITING
     now = datetime.now(UTC)
-    ready = observe(record, pod=_with_ports(_pod(READY)), service=_service("NodePort"), now=now)
-    assert ready.session.state is SessionState.READY
-    assert ready.unmarked_ready == "p"  # the backend writes the readiness on the pod once
-    later = now + timedelta(seconds=3600)
-    blip = {"conditions": [{"type": "Ready", "status": "False"}], "hostIP": "10.0.0.7"}
-    marked = _with_ports(_pod(blip))
-    marked["metadata"]["annotations"] = {o.READY_AT: now.isoformat()}
-    seen = observe(record, pod=marked, service=_service("NodePort"), now=later)
-    assert seen.session.state is SessionState.CREATING
-    assert "not ready right now" in seen.session.message
-    assert seen.failed_at is None
-    # Never seen ready: the deadline still fails it.
-    assert observe(record, pod=_pod(blip), service=None, now=later).session.state is (
-        SessionState.FAILED
+    assert release_observation(installed, {Mark.READY: now}).stage is Stage.GONE
+    failed = _release(
+        {"type": "Ready", "status": "False", "reason": "InstallFailed", "message": "no chart"}
+    )
+    seen = release_observation(failed, {})
+    assert (seen.stage, seen.fault, seen.detail) == (
+        Stage.FAULT,
+        Reason.INSTALL_FAILED,
+        "chart kit-appstreaming-session 1.11.0: no chart",
     )
 
 
-def _with_ports(pod: dict) -> dict:
-    pod["spec"]["containers"][0]["ports"] = [{"name": "media", "containerPort": 47998}]
-    return pod
+def test_what_a_pod_shows_decides_the_session_in_the_core():
+    """Readiness is the core's to decide: a probe that misses after the session was ready
+    never fails it, and the start deadline fails one never ready."""
+    request = make_request(sample_catalog(), start_timeout=60)
+    record = Record.of(request)
+    now = request.created_time
+    ready = decide(Observed(record, pod_observation(_pod(READY), _service("NodePort"))), now)
+    assert ready.session.state is SessionState.READY
+    assert ready.marks == {Mark.READY: now}
+    blip = pod_observation(_pod(_kit({"running": {}})), _service("NodePort"))
+    later = now + timedelta(seconds=3600)
+    marked = replace(record, marks={Mark.READY: now})
+    assert decide(Observed(marked, blip), later).session.state is SessionState.READY
+    never = decide(Observed(record, blip), later)
+    assert (never.session.state, never.outcome.reason) == (
+        SessionState.FAILED,
+        Reason.START_TIMEOUT,
+    )

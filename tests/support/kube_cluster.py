@@ -1,8 +1,8 @@
 """The rest of a cluster, played on a `ClusterEmulator`'s objects: the scheduler (GPUs per
 node, node selectors), the kubelets (image pulls, the Kit container honouring the
-`STANDIN_*` variables of its environment, readiness, graceful deletion), a cloud load
-balancer (an address for each LoadBalancer Service) and Flux (a HelmRelease becomes the
-chart's Service and Pod; deleting it uninstalls them).
+`STANDIN_*` variables of its environment and writing the stand-in's log lines, readiness,
+exits, graceful deletion), a cloud load balancer (an address for each LoadBalancer Service)
+and Flux (a HelmRelease becomes the chart's Service and Pod; deleting it uninstalls them).
 
 Every `interval` seconds `step()` moves each object one stage on, under the emulator's lock.
 """
@@ -105,15 +105,32 @@ class FakeCluster:
                 reason = "ImagePullBackOff" if waiting == "ErrImagePull" else "ErrImagePull"
                 message = f'failed to pull image "{image}": not found'
                 status["containerStatuses"] = [_waiting(container, reason, message)]
-            elif "STANDIN_EXIT_CODE" in env:
-                self._exit(new, container, int(env["STANDIN_EXIT_CODE"]))
+                return self._save(key, pod, new)
+            self.emulator.write_log(key, f"stand-in Kit app: USD_PATH={env.get('USD_PATH', '')}")
+            if "STANDIN_EXIT_CODE" in env and "STANDIN_EXIT_AFTER" not in env:
+                self._exit(key, new, container, int(env["STANDIN_EXIT_CODE"]))
             else:
                 status["phase"] = "Running"
                 state = {"running": {"startedAt": now_text()}}
                 status["containerStatuses"] = [_status(container, state, ready=False)]
                 self._seen[(key, "started")] = now
+                if env.get("STANDIN_NEVER_READY") == "1":
+                    self.emulator.write_log(key, "stand-in Kit app: never getting ready, as asked")
+                elif float(env.get("STANDIN_READY_DELAY") or 0):
+                    delay = env["STANDIN_READY_DELAY"]
+                    self.emulator.write_log(key, f"stand-in Kit app: ready in {delay}s")
             return self._save(key, pod, new)
         if (status.get("containerStatuses") or [{}])[0].get("ready"):
+            after = env.get("STANDIN_EXIT_AFTER")
+            ready_at = self._seen.get((key, "ready"), now)
+            if after is not None and now - ready_at >= float(after):
+                self._exit(key, new, container, int(env.get("STANDIN_EXIT_CODE") or 0))
+                status["conditions"] = [
+                    _cond("PodScheduled", "True"),
+                    _cond("ContainersReady", "False"),
+                    _cond("Ready", "False"),
+                ]
+                self._save(key, pod, new)
             return None
         if current.get("running") and env.get("STANDIN_NEVER_READY") != "1":
             started = self._seen.get((key, "started"), now)
@@ -124,13 +141,20 @@ class FakeCluster:
                     _cond("ContainersReady", "True"),
                     _cond("Ready", "True"),
                 ]
+                self._seen[(key, "ready")] = now
+                self.emulator.write_log(key, "stand-in Kit app: ready")
                 self._save(key, pod, new)
 
-    def _exit(self, pod: dict[str, Any], container: dict[str, Any], code: int) -> None:
+    def _exit(self, key: tuple, pod: dict[str, Any], container: dict[str, Any], code: int) -> None:
+        """The Kit container exits with `code`: the pod ends (restartPolicy Never), or its
+        container is restarted and backs off (a chart's pod, restarted as a Deployment's)."""
+        self.emulator.write_log(key, f"stand-in Kit app: exiting with code {code} as asked")
         status = pod["status"]
         terminated = {"exitCode": code, "reason": "Error", "finishedAt": now_text()}
+        if code == 0:
+            terminated["reason"] = "Completed"
         if pod["spec"].get("restartPolicy", "Always") == "Never":
-            status["phase"] = "Failed"
+            status["phase"] = "Succeeded" if code == 0 else "Failed"
             status["containerStatuses"] = [_status(container, {"terminated": terminated})]
         else:
             status["phase"] = "Running"

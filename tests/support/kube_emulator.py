@@ -11,7 +11,9 @@ resourceVersion, never collects owned objects, and knows neither PUT nor delete-
   resourceVersion);
 - finalizers and graceful deletion of pods (a deletionTimestamp; the fake kubelet removes
   them), and the garbage collector's cascade over ownerReferences;
-- cluster IPs and node ports for Services; 404 for resources the cluster does not serve.
+- cluster IPs and node ports for Services; 404 for resources the cluster does not serve;
+- pod logs (`pods/<name>/log`, with `tailLines`), as plain text, from lines the fake kubelet
+  writes with `write_log`.
 
 User reactions (`emulator['list pods'] << 500`) still come first, as in kmock.
 """
@@ -132,6 +134,7 @@ class ClusterEmulator(k8s.KubernetesEmulator):
     # The live objects by (resource, namespace), as an API server's cache indexes them; kmock
     # keeps its own store too (its watches read it), written alongside.
     _live: dict[tuple, dict[tuple, dict[str, Any]]] = attrs.field(factory=dict, init=False)
+    _logs: dict[tuple, list[str]] = attrs.field(factory=dict, init=False)  # by pod key
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -151,6 +154,10 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         direct = request.resource is not None and request.resource.plural
         if direct and len(self._payloads) == self._builtin and request.action != kmock.action.WATCH:
             answer = await self._serve(request)
+            if isinstance(answer, kmock.Response) and isinstance(answer.payload, bytes):
+                return aiohttp.web.Response(
+                    body=answer.payload, status=answer.status or 200, content_type="text/plain"
+                )
             if isinstance(answer, kmock.Response):
                 return aiohttp.web.json_response(answer.payload, status=answer.status or 200)
             if isinstance(answer, bytes):
@@ -174,11 +181,19 @@ class ClusterEmulator(k8s.KubernetesEmulator):
             if kind == wanted and (namespace is None or space == namespace):
                 yield from list(objects.items())
 
+    def logs(self, key: tuple) -> list[str]:
+        """What the pod's container has written so far."""
+        return list(self._logs.get(key, []))
+
     def calls(self) -> list[kmock.Request]:
         """Every request to a resource (discovery left out), oldest first."""
         return [r for r in self._requests if r.resource is not None and r.resource.plural]
 
     # Writing the store
+
+    def write_log(self, key: tuple, line: str) -> None:
+        """A line the pod's container writes (a pod has one container here)."""
+        self._logs.setdefault(key, []).append(line)
 
     def store(self, key: tuple, obj: dict[str, Any]) -> dict[str, Any]:
         """Save a new version of the object with a fresh resourceVersion."""
@@ -277,6 +292,7 @@ class ClusterEmulator(k8s.KubernetesEmulator):
             return
         self._objects[key].delete()
         del self._live[key[:2]][key]
+        self._logs.pop(key, None)
         if key[0].plural == "services":
             for port in (current.get("spec") or {}).get("ports") or []:
                 self._node_ports.discard(port.get("nodePort"))
@@ -333,6 +349,10 @@ class ClusterEmulator(k8s.KubernetesEmulator):
                 raise error(
                     404, "NotFound", f'{request.resource.plural} "{request.name}" not found'
                 )
+            if request.subresource == "log" and method == "GET":
+                return self._log_body(key, request.params)
+            if request.subresource:
+                raise error(404, "NotFound", f"no subresource {request.subresource!r} here")
             if method == "GET":
                 return current
             if method == "DELETE":
@@ -377,6 +397,15 @@ class ClusterEmulator(k8s.KubernetesEmulator):
             head = {"apiVersion": _api_version(request.resource), "kind": f"{kind}List"}
         head["metadata"] = {"resourceVersion": str(next(self._revision))}
         return json.dumps(head)[:-1].encode() + b',"items":[' + b",".join(encoded) + b"]}"
+
+    def _log_body(self, key: tuple, params: Any) -> kmock.Response:
+        """The pod's log as the API server sends it: plain text, the last `tailLines`."""
+        lines = self._logs.get(key, [])
+        tail = params.get("tailLines")
+        if tail is not None:
+            lines = lines[-int(tail) :] if int(tail) > 0 else []
+        text = "".join(f"{line}\n" for line in lines)
+        return kmock.Response(status=200, payload=text.encode())
 
     @staticmethod
     def _options(request: kmock.Request, body: Any) -> dict[str, Any]:

@@ -151,8 +151,9 @@ class Kube:
             ) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise BackendUnavailable(
-                f"The Kubernetes API server at {self.host} cannot be reached",
+                "The Kubernetes API server cannot be reached",
                 detail=repr(exc),
+                where=self.host,
             ) from None
         except ValueError as exc:
             # The client library checks bodies against its models before sending them.

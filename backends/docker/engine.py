@@ -11,6 +11,7 @@ import logging
 import os
 import tarfile
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -61,9 +62,13 @@ class Engine:
 
     @property
     def is_local(self) -> bool:
-        """True when the engine runs on this host (a unix socket), so its published ports
-        are this host's ports."""
-        return self.url.startswith("unix://")
+        """True when the engine runs on this host (a unix socket, or TCP on a loopback
+        address), so its published ports are this host's ports."""
+        url = self.url
+        if url.startswith("unix://"):
+            return True
+        host = urllib.parse.urlsplit(url).hostname or ""
+        return url.startswith("tcp://") and host in ("127.0.0.1", "localhost", "::1")
 
     def new_client(self, timeout: float = CALL_TIMEOUT) -> docker.APIClient:
         """A fresh client. Raises `BackendUnavailable` when the engine cannot be reached

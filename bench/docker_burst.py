@@ -1,0 +1,264 @@
+"""Bursts of starts on the Docker backend: 1, 10 and 40 stand-in sessions started at once
+through gunicorn (4 workers, as config/gunicorn.conf.py runs it), against the floor: the
+Docker SDK's `containers.run` of the same containers in parallel, plus the same probe.
+
+    .venv/bin/python bench/docker_burst.py [--sizes 1,10,40] [--rounds 3] [--workers 4]
+
+Printed per size: POST p50/p95/max, the time until every session is ready (polling each
+every 50 ms until 200) for ovas and for the floor, and their ratio (medians over rounds,
+the order alternating). Goals: POST p95 <= 0.2 s at 40; all ready within 1.10 x the floor
+at 40 and 1.05 x at 1. Then engine calls per start and per GET, counted by a proxy between
+ovas and the daemon. A private Docker daemon is used (root), or DOCKER_HOST's.
+Exits 0; goals are reported, not enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import docker
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from support import dockerd  # noqa: E402
+
+IMAGE = "ovas/kit-standin:1.0.0"
+POLL = 0.05
+_REQUEST_LINE = re.compile(rb"(?:^|\r\n)(GET|POST|PUT|DELETE|HEAD) /")
+
+
+class CountingProxy:
+    """TCP on 127.0.0.1 -> the daemon's unix socket, counting HTTP requests sent to it."""
+
+    def __init__(self, socket_path: str):
+        self.path = socket_path
+        self.count = 0
+        self.lock = threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"tcp://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.server.accept()
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.path)
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source, target, counting: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if counting:
+                    with self.lock:
+                        self.count += len(_REQUEST_LINE.findall(data))
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def ready_within(url: str, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    http = requests.Session()
+    while time.monotonic() < deadline:
+        try:
+            if http.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(POLL)
+    raise RuntimeError(f"not ready within {limit} s: {url}")
+
+
+def ovas_burst(base: str, size: int) -> tuple[list[float], float]:
+    barrier = threading.Barrier(size)
+    body = {"id": "kit-standin", "profile": "standin", "arguments": {}}
+
+    def one(_):
+        http = requests.Session()
+        barrier.wait()
+        began = time.monotonic()
+        answer = http.post(f"{base}/streaming/stream", json=body, timeout=60)
+        posted = time.monotonic() - began
+        session_id = answer.json()["id"]
+        while http.get(f"{base}/streaming/stream/{session_id}", timeout=60).status_code != 200:
+            time.sleep(POLL)
+        return posted, time.monotonic() - began, session_id
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(size) as pool:
+        results = list(pool.map(one, range(size)))
+    total = time.monotonic() - began
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda r: requests.delete(f"{base}/streaming/stream/{r[2]}"), results))
+    return [r[0] for r in results], total
+
+
+def floor_burst(client: docker.DockerClient, size: int, ports: range) -> float:
+    barrier = threading.Barrier(size)
+
+    def one(k):
+        probe = ports[3 * k]
+        barrier.wait()
+        container = client.containers.run(
+            IMAGE,
+            detach=True,
+            ports={
+                "8011/tcp": ("127.0.0.1", probe),
+                "49100/tcp": ("127.0.0.1", probe + 1),
+                "47998/udp": ("127.0.0.1", probe + 2),
+            },
+            labels={"ovas.bench": "floor"},
+        )
+        ready_within(f"http://127.0.0.1:{probe}/v1/streaming/ready")
+        return container
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(size) as pool:
+        containers = list(pool.map(one, range(size)))
+    total = time.monotonic() - began
+    for container in containers:
+        container.remove(force=True)
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,10,40")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=4)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    daemon = dockerd.find_or_start("ovasburst")
+    work = Path(tempfile.mkdtemp(prefix="ovas-burst-"))
+    master = None
+    try:
+        dockerd.build_standin(daemon)
+        assert daemon.url.startswith("unix://"), "the counting proxy needs a unix socket"
+        proxy = CountingProxy(daemon.url.removeprefix("unix://"))
+        (work / "catalog").mkdir()
+        shutil.copy(REPO / "config/catalog/standin.yaml", work / "catalog")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        ovas_ports = dockerd.free_ports(3 * max(sizes) + 20)
+        env = {
+            **os.environ,
+            "OVAS_BIND": f"127.0.0.1:{port}",
+            "OVAS_WORKERS": str(args.workers),
+            "OVAS_BACKEND": "docker",
+            "OVAS_CATALOG_PATH": str(work / "catalog"),
+            "DOCKER_HOST": daemon.url,
+            "OVAS_DOCKER_PORT_RANGE": ovas_ports,
+            "OVAS_DOCKER_GPUS": "none",
+            "OVAS_REAP_INTERVAL": "0",
+            "OVAS_START_RATE_LIMIT": "",
+        }
+        log = (work / "gunicorn.log").open("wb")
+        master = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        ready_within(f"{base}/ready")
+        first = int(ovas_ports.split("-")[1]) + 1
+        floor_ports = range(first, first + 3 * max(sizes) + 3)
+        sdk = docker.DockerClient(base_url=daemon.url, version="auto", max_pool_size=64)
+        ovas_burst(base, 1)  # warm both paths once
+        floor_burst(sdk, 1, floor_ports)
+        print(f"gunicorn {args.workers} workers, {args.rounds} rounds, 2 CPUs shared")
+        print(
+            f"{'N':>3} {'POST p50':>9} {'p95':>7} {'max':>7} {'ovas all ready':>15} "
+            f"{'floor':>7} {'ratio':>6}  goals"
+        )
+        for size in sizes:
+            posts, ovas_t, floor_t, ratios = [], [], [], []
+            for r in range(args.rounds):
+                if r % 2:
+                    f = floor_burst(sdk, size, floor_ports)
+                    p, o = ovas_burst(base, size)
+                else:
+                    p, o = ovas_burst(base, size)
+                    f = floor_burst(sdk, size, floor_ports)
+                posts += p
+                ovas_t.append(o)
+                floor_t.append(f)
+                ratios.append(o / f)
+            ratio = statistics.median(ratios)
+            goals = []
+            if size >= 40:
+                goals.append(f"POST p95<=0.2s {'met' if pct(posts, 0.95) <= 0.2 else 'MISSED'}")
+                goals.append(f"ratio<=1.10 {'met' if ratio <= 1.10 else 'MISSED'}")
+            if size == 1:
+                goals.append(f"ratio<=1.05 {'met' if ratio <= 1.05 else 'MISSED'}")
+            print(
+                f"{size:>3} {statistics.median(posts) * 1000:>7.0f}ms "
+                f"{pct(posts, 0.95) * 1000:>5.0f}ms {max(posts) * 1000:>5.0f}ms "
+                f"{statistics.median(ovas_t):>14.2f}s {statistics.median(floor_t):>6.2f}s "
+                f"{ratio:>6.2f}  {'; '.join(goals)}"
+            )
+        # Engine calls, through the counting proxy: one start, then GETs of it once ready.
+        from backends.docker import DockerBackend
+        from ovas.catalog_files import FileCatalog
+        from ovas.testing import make_request, service_for, wait_for
+
+        catalog = FileCatalog(work / "catalog")
+        counted = DockerBackend(
+            catalog, docker_host=proxy.url, port_range=ovas_ports, gpus="none", stop_grace=1
+        )
+        sessions = service_for(counted)
+        before = proxy.count
+        request = make_request(catalog, app_id="kit-standin", profile_id="standin")
+        session_id = counted.start(request).record.id
+        start_calls = proxy.count - before
+        wait_for(sessions, session_id, "ready")
+        time.sleep(3)  # past the moments right after readiness
+        before = proxy.count
+        for _ in range(20):
+            sessions.get(session_id)
+        per_get = (proxy.count - before) / 20
+        counted.stop(session_id)
+        counted.close()
+        print(
+            f"engine calls: {start_calls} for a start (admission and create; the container's "
+            f"start follows in the background), {per_get:.1f} per GET of a ready session"
+        )
+    finally:
+        if master is not None:
+            master.terminate()
+            master.wait(timeout=60)
+        daemon.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,7 +5,10 @@ from __future__ import annotations
 import flask_smorest
 from flask import current_app
 from flask.views import MethodView
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, missing
+from webargs.core import is_json as is_json_mimetype
+from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import BadRequest
 
 from ovas.services import CatalogService, SessionService
 
@@ -18,7 +21,30 @@ def sessions() -> SessionService:
     return current_app.extensions["ovas"].sessions
 
 
-Blueprint = flask_smorest.Blueprint
+class JsonBodies(FlaskParser):
+    """webargs' Flask parser, reading JSON bodies as FastAPI (and so OVAS) does: a body with
+    no Content-Type that parses as JSON is JSON (`curl -d` sends none); another Content-Type
+    is a 422 naming it (on `["header", "Content-Type"]`). A body that cannot be parsed,
+    nested too deep included, is a 400 (answered as a 422 by `blueprints.errors`), never an
+    error of the parser."""
+
+    def load_json(self, req, schema):
+        data = req.get_data(cache=True)
+        if not data:
+            return missing
+        if req.mimetype and not is_json_mimetype(req.mimetype):
+            message = f"The body's Content-Type is {req.mimetype}; send application/json"
+            flask_smorest.abort(422, messages={"headers": {"Content-Type": [message]}})
+        try:
+            return current_app.json.loads(data)
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            raise BadRequest("The request body is not valid JSON") from None
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's Blueprint, with ovas's JSON bodies (`JsonBodies`)."""
+
+    ARGUMENTS_PARSER = JsonBodies()
 
 
 class Resource(MethodView):

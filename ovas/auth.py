@@ -251,9 +251,20 @@ class JwtAuth(Authenticator):
             return self._client
 
     def _discover(self) -> str:
+        """The issuer's `jwks_uri` (OpenID Connect Discovery 1.0, section 4). Raises
+        `jwt.PyJWKClientConnectionError` when the issuer cannot be reached or answers
+        without one, as PyJWT does for an unreachable JWKS URL."""
         url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return json.load(answer)["jwks_uri"]
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                jwks_uri = json.load(answer)["jwks_uri"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise self.jwt.PyJWKClientConnectionError(
+                f"the issuer's OpenID configuration could not be read: {exc}"
+            ) from None
+        if not isinstance(jwks_uri, str) or not jwks_uri:
+            raise self.jwt.PyJWKClientConnectionError("the issuer names no jwks_uri")
+        return jwks_uri
 
     def identify(self, headers, remote_addr) -> Identity:
         token = _bearer(headers)

@@ -190,3 +190,31 @@ def test_empty_version_and_null_arguments_mean_the_defaults(client, extra):
     answer = client.post("/streaming/stream", json={**START, **extra})
     assert answer.status_code in (200, 202)
     assert answer.json["version"] == "107.3.2"
+
+
+@pytest.mark.parametrize("depth", [1100, 5000])
+def test_a_body_nested_too_deep_is_422_not_an_error_of_the_parser(client, depth):
+    body = '{"id": "usd-viewer", "profile": "default", "arguments": ' + "[" * depth
+    body += "]" * depth + "}"
+    problems = detail(
+        client.post("/streaming/stream", data=body, content_type="application/json"), 422
+    )
+    assert problems == [
+        {"loc": ["body"], "msg": "The request body is not valid JSON", "type": "json_invalid"}
+    ]
+
+
+def test_a_json_body_without_content_type_is_read_as_json(client):
+    body = '{"id": "usd-viewer", "profile": "default", "version": "107.3.2"}'
+    answer = client.post("/streaming/stream", data=body, content_type=None)
+    assert answer.status_code in (200, 202), answer.get_data(as_text=True)
+    assert answer.json["app_id"] == "usd-viewer"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_of_another_content_type_is_422_naming_it(client, content_type):
+    body = '{"id": "usd-viewer", "profile": "default"}'
+    answer = client.post("/streaming/stream", data=body, content_type=content_type)
+    (problem,) = detail(answer, 422)
+    assert problem["loc"] == ["header", "Content-Type"]
+    assert content_type in problem["msg"]

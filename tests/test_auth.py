@@ -299,3 +299,24 @@ def test_gateway_roles_ovas_does_not_know_grant_nothing(serve, roles, status):
     headers = {"X-Forwarded-User": "eve", "X-Forwarded-Roles": roles}
     answer = call(server, "POST", "/streaming/stream", headers=headers, json=START)
     assert answer.status_code in ((200, 202) if status == 202 else (status,))
+
+
+def test_an_unreachable_issuer_without_a_jwks_url_is_401_not_500():
+    config = {
+        "TESTING": True,
+        "AUTH": "jwt",
+        "JWT_ISSUER": "http://127.0.0.1:1/realms/nowhere",
+        "JWT_AUDIENCE": "ovas",
+    }
+    client = create_app(config, backend=FakeBackend()).test_client()
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode(
+        {"iss": config["JWT_ISSUER"], "aud": "ovas", "exp": int(time.time()) + 60, "sub": "x"},
+        stranger,
+        algorithm="RS256",
+        headers={"kid": "k1"},
+    )
+    answer = client.get("/cfg/apps", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 401
+    assert answer.json["detail"] == "The issuer's keys cannot be fetched right now"
+    assert answer.headers["WWW-Authenticate"].startswith("Bearer")

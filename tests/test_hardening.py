@@ -125,6 +125,8 @@ def test_json_logs_carry_the_request_id_and_audit_every_start_and_stop(capsys):
     assert first["user"] == "anonymous"
     assert first["session"] == started.json["id"]
     assert first["app"] == "usd-viewer"
+    # START names no version: the line says the one it resolved to.
+    assert "version" not in START and first["version"] == started.json["version"] == "107.3.2"
     assert first["time"].startswith("20")
     assert audits[2]["status"] == 404
 

@@ -66,6 +66,7 @@ class Streams(Resource):
                 usd_stage_uri=(body["arguments"] or {}).get("usd_stage_uri"),
             )
             record["session"] = session.id
+            record["version"] = session.version  # what it resolved to, when omitted
         return session, 200 if session.ready else 202
 
     @blp.arguments(StreamIdSchema())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
@@ -40,6 +41,20 @@ class JsonFormatter(logging.Formatter):
 
 
 PLAIN = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+# Characters that would end a log line, or forge one, in a value a client sent.
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with its control characters written as escapes (`\\n`, `\\x1b`...)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class PlainFormatter(logging.Formatter):
+    """Plain lines, one per record whatever its values hold (a traceback keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
 
 
 def configure(fmt: str = "plain", level: str = "INFO") -> None:
@@ -52,6 +67,6 @@ def configure(fmt: str = "plain", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler._ovas = True  # type: ignore[attr-defined]
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter(PLAIN))
     logger.addHandler(handler)
     logger.propagate = fmt != "json"

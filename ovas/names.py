@@ -9,11 +9,14 @@ import uuid
 import semver
 
 # An application id, as OVAS's editing routes accept it.
-APP_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
+# Each ends in \Z, not $: `$` also matches before a final newline ("default\n").
+APP_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}\Z")
 # A profile id is a Kubernetes object name (RFC 1123 subdomain).
-PROFILE_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+PROFILE_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\Z")
+# A version as a request names it: semver, `latest`, or empty (the newest).
+VERSION_PATTERN = re.compile(r"^[0-9A-Za-z.+-]{0,128}\Z")
 SESSION_ID_PATTERN = re.compile(
-    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z"
 )
 MAX_VERSION = 128
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
 from ovas import create_app
+from ovas.logs import configure
 from ovas.testing import FakeBackend
 
 START = {"id": "usd-viewer", "profile": "default"}
@@ -150,3 +152,21 @@ def test_catalog_edits_are_audited(tmp_path, capsys):
         ("application.create", "error", 409),
         ("application.delete", "ok", None),
     ]
+
+
+@pytest.mark.parametrize("field", ["id", "profile", "version"])
+def test_a_control_character_in_a_name_is_422_and_forges_no_log_line(field, capsys):
+    client = make_client()
+    body = {**START, "version": "107.3.2", field: "default\n2026-01-01 INFO forged line"}
+    answer = client.post("/stream", json=body)
+    assert answer.status_code == 422
+    assert answer.json["detail"][0]["loc"] == ["body", field]
+    err = capsys.readouterr().err
+    assert not any(line.lstrip().startswith("2026-01-01 INFO forged") for line in err.splitlines())
+
+
+def test_plain_log_lines_escape_control_characters(capsys):
+    configure("plain")
+    logging.getLogger("ovas").warning("user said %s", "hi\nFAKE ERROR line\x1b[31m")
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "user said" in x]
+    assert line.endswith("user said hi\\nFAKE ERROR line\\x1b[31m")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_dump, pre_load, validate
 
 from ovas.models import Reason, Session, SessionState
+from ovas.names import APP_ID_PATTERN, PROFILE_ID_PATTERN, VERSION_PATTERN
 
 
 class RouteSchema(Schema):
@@ -117,15 +118,18 @@ class StreamRequestSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
+    # Names are checked against their patterns before any lookup (or log line).
     id = fields.String(
         required=True,
-        validate=validate.Length(min=1, max=63),
+        validate=validate.Regexp(APP_ID_PATTERN, error="Not an application id"),
         metadata={"description": "The application's id"},
     )
-    profile = fields.String(required=True, validate=validate.Length(min=1, max=253))
+    profile = fields.String(
+        required=True, validate=validate.Regexp(PROFILE_ID_PATTERN, error="Not a profile id")
+    )
     version = fields.String(
         allow_none=True,
-        validate=validate.Length(max=128),
+        validate=validate.Regexp(VERSION_PATTERN, error="Not a version"),
         metadata={"description": "A version, or `latest` (the default; so is empty)"},
     )
     arguments = fields.Nested(StreamArgumentsSchema, load_default=dict, allow_none=True)

@@ -30,7 +30,14 @@ def ready():
         except Exception:
             current_app.logger.exception("readiness check of the %s failed", name)
             checks[name] = f"the {name} check failed unexpectedly"
-    problems = [f"{name}: {result}" for name, result in checks.items() if result != "ok"]
+    authenticator = current_app.extensions.get("ovas_authenticator")
+    if authenticator is not None and authenticator.problem:
+        # Still serving (with the last good configuration), so not unready: said, as catalog
+        # problems are.
+        checks["auth"] = authenticator.problem
+    problems = [
+        f"{name}: {result}" for name, result in checks.items() if result != "ok" and name != "auth"
+    ]
     if problems:
         return jsonify(status="unavailable", detail="; ".join(problems), checks=checks), 503
     # Invalid catalog documents are skipped and shown here, but do not make ovas unready.

@@ -143,6 +143,7 @@ def create_app(
     app.register_blueprint(health.blp)
     app.register_blueprint(docs_assets.blp)
     security.init_app(app, authenticator)
+    app.extensions["ovas_authenticator"] = authenticator
     errors.register(app)
     metrics.init_app(app)
 

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import secrets
 import threading
 import urllib.request
@@ -28,6 +29,8 @@ from typing import Any
 import yaml
 
 from ovas.errors import ConfigurationError, Forbidden, Unauthorized
+
+log = logging.getLogger(__name__)
 
 VIEWER, STREAMER, ADMIN = "viewer", "streamer", "admin"
 ROLES = (VIEWER, STREAMER, ADMIN)
@@ -78,6 +81,7 @@ class Authenticator:
     `Unauthorized`."""
 
     scheme = "Bearer"
+    problem = ""  # what is wrong with its configuration now, for /ready ("" when nothing)
 
     def identify(self, headers: Mapping[str, str], remote_addr: str | None) -> Identity:
         raise NotImplementedError
@@ -167,23 +171,52 @@ class ApiKeyAuth(Authenticator):
         self._load()
 
     def _load(self) -> list[tuple[bytes, Identity]]:
+        """The keys: read again when the file changed. Raises `ConfigurationError` when the
+        file cannot be read or is not valid at start; once ovas serves, a file that goes bad
+        (deleted, or saved with an error) is logged, shown in `/ready` (`problem`), and the
+        last good keys stay in use."""
         try:
             stat = self.path.stat()
-        except FileNotFoundError:
-            raise ConfigurationError(f"OVAS_APIKEYS_FILE {self.path} does not exist") from None
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            if stamp != self._stamp:
-                entries = yaml.safe_load(self.path.read_text()) or []
-                keys = []
-                for i, entry in enumerate(entries):
-                    digest = str(entry.get("sha256", "")).lower() if isinstance(entry, dict) else ""
-                    if len(digest) != 64:
-                        raise ConfigurationError(f"{self.path}: entry {i + 1} has no sha256")
-                    identity = Identity(_username(entry.get("user")), _roles(entry.get("roles")))
-                    keys.append((digest.encode(), identity))
-                self._keys, self._stamp = keys, stamp
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            with self._lock:
+                if stamp != self._stamp:
+                    self._keys, self._stamp = self._read(), stamp
+                    self.problem = ""
+                return self._keys
+        except ConfigurationError as exc:
+            if self._stamp is None:
+                raise
+            bad = "OVAS_APIKEYS_FILE is not valid; the last good keys stay in use"
+            if bad != self.problem:
+                log.error("%s; the last good keys stay in use", exc.message)
+            self.problem = bad
             return self._keys
+        except FileNotFoundError:
+            if self._stamp is None:
+                raise ConfigurationError(f"OVAS_APIKEYS_FILE {self.path} does not exist") from None
+            gone = "OVAS_APIKEYS_FILE is gone; the last good keys stay in use"
+            if self.problem != gone:
+                log.error("OVAS_APIKEYS_FILE %s is gone; the last good keys stay in use", self.path)
+            self.problem = gone
+            return self._keys
+
+    def _read(self) -> list[tuple[bytes, Identity]]:
+        try:
+            entries = yaml.safe_load(self.path.read_text()) or []
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(
+                f"OVAS_APIKEYS_FILE {self.path} cannot be read: {exc}"
+            ) from None
+        if not isinstance(entries, list):
+            raise ConfigurationError(f"OVAS_APIKEYS_FILE {self.path} is not a list of keys")
+        keys = []
+        for i, entry in enumerate(entries):
+            digest = str(entry.get("sha256", "")).lower() if isinstance(entry, dict) else ""
+            if len(digest) != 64:
+                raise ConfigurationError(f"{self.path}: entry {i + 1} has no sha256")
+            identity = Identity(_username(entry.get("user")), _roles(entry.get("roles")))
+            keys.append((digest.encode(), identity))
+        return keys
 
     def identify(self, headers, remote_addr) -> Identity:
         key = _bearer(headers) or headers.get("X-API-Key")

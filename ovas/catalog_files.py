@@ -66,6 +66,10 @@ class _Snapshot:
     profiles: dict[str, Profile] = field(default_factory=dict)
 
 
+# Said without the folder's path: /ready is public, and a server's paths are nobody's business.
+MISSING_FOLDER = "the catalog folder (OVAS_CATALOG_PATH) does not exist"
+
+
 class FileCatalog(Catalog):
     """A catalog read from, and edited in, a folder of YAML files."""
 
@@ -117,7 +121,7 @@ class FileCatalog(Catalog):
     def _load(self, signature: tuple) -> _Snapshot:
         snapshot = _Snapshot(signature)
         if not self.root.is_dir():
-            snapshot.problems.append(f"{self.root}: the catalog folder does not exist")
+            snapshot.problems.append(MISSING_FOLDER)
             return snapshot
         for path in self._files():
             try:
@@ -178,7 +182,8 @@ class FileCatalog(Catalog):
 
     def check(self) -> None:
         if not self.root.is_dir():
-            raise CatalogError([f"{self.root}: the catalog folder does not exist"])
+            log.warning("catalog: %s does not exist", self.root)
+            raise CatalogError([MISSING_FOLDER], where=str(self.root))
 
     def applications(self) -> list[Application]:
         return list(self._current().apps.values())

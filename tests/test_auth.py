@@ -320,3 +320,26 @@ def test_an_unreachable_issuer_without_a_jwks_url_is_401_not_500():
     assert answer.status_code == 401
     assert answer.json["detail"] == "The issuer's keys cannot be fetched right now"
     assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("going_bad", ["deleted", "a YAML error"])
+def test_a_keys_file_that_goes_bad_keeps_the_last_good_keys(tmp_path, going_bad):
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        yaml.safe_dump([{"sha256": hash_key("good"), "user": "ann", "roles": ["viewer"]}])
+    )
+    config = {"TESTING": True, "AUTH": "apikey", "APIKEYS_FILE": str(keys)}
+    client = create_app(config, backend=FakeBackend()).test_client()
+    assert client.get("/cfg/apps", headers={"X-API-Key": "good"}).status_code == 200
+    if going_bad == "deleted":
+        keys.unlink()
+    else:
+        keys.write_text("- {sha256: [\n")
+    assert client.get("/cfg/apps", headers={"X-API-Key": "good"}).status_code == 200
+    refused = client.get("/cfg/apps", headers={"X-API-Key": "bad"})
+    assert refused.status_code == 401
+    assert str(tmp_path) not in refused.get_data(as_text=True)
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert "the last good keys stay in use" in ready.json["checks"]["auth"]
+    assert str(tmp_path) not in ready.get_data(as_text=True)

@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from ovas import create_app
+from ovas.catalog_files import FileCatalog
 from ovas.logs import configure
 from ovas.testing import FakeBackend
 
@@ -170,3 +171,12 @@ def test_plain_log_lines_escape_control_characters(capsys):
     logging.getLogger("ovas").warning("user said %s", "hi\nFAKE ERROR line\x1b[31m")
     (line,) = [x for x in capsys.readouterr().err.splitlines() if "user said" in x]
     assert line.endswith("user said hi\\nFAKE ERROR line\\x1b[31m")
+
+
+def test_ready_names_no_server_path_when_the_catalog_folder_is_missing(tmp_path):
+    missing = tmp_path / "nowhere"
+    app = create_app({"TESTING": True}, backend=FakeBackend(catalog=FileCatalog(missing)))
+    answer = app.test_client().get("/ready")
+    assert answer.status_code == 503
+    assert "the catalog folder (OVAS_CATALOG_PATH) does not exist" in answer.json["detail"]
+    assert str(tmp_path) not in answer.get_data(as_text=True)

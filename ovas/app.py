@@ -126,6 +126,7 @@ def create_app(
             max_lifetime=app.config["SESSION_MAX_LIFETIME"],
         ),
         retention=app.config["SESSION_RETENTION"],
+        pool_max_age=app.config["POOL_MAX_AGE"],
         # One clock for the backend and the rules: a test injects it into the backend.
         now=backend.now,
     )

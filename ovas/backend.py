@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
 from ovas.errors import ApplicationNotFound, ProfileNotFound, VersionNotFound
-from ovas.lifecycle import Mark, Observed, Outcome
-from ovas.models import Application, Profile, SessionQuery, SessionRequest, Version
+from ovas.lifecycle import Mark, Observed, Outcome, Record
+from ovas.models import Application, Profile, SessionQuery, SessionRequest, Version, WarmPool
 
 
 def utcnow() -> datetime:
@@ -64,6 +64,10 @@ class Catalog(abc.ABC):
             if profile.id == profile_id:
                 return profile
         raise ProfileNotFound(profile_id)
+
+    def warm_pools(self) -> list[WarmPool]:
+        """All warm pools (`kind: WarmPool`), in any order; none by default."""
+        return []
 
     @property
     def problems(self) -> list[str]:
@@ -116,6 +120,8 @@ class Backend(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    # True when it implements `claim` and admits `request.pool_size`: warm pools run on it.
+    keeps_warm_pools: ClassVar[bool] = False
     catalog: Catalog
     now: Callable[[], datetime] = staticmethod(utcnow)
 
@@ -132,7 +138,9 @@ class Backend(abc.ABC):
 
         Admission is atomic across processes: with `request.capacity` (all users) or
         `request.user_capacity` (this user) > 0, never more live sessions than that exist at
-        once (ended and failed sessions kept for their retention do not count).
+        once (ended and failed sessions kept for their retention do not count). A warm
+        pool's start (`request.pool`, owned by nobody) is admitted against the capacity and
+        `request.pool_size`: never more unclaimed sessions of that pool and version at once.
         Raises `CapacityExceeded` / `UserCapacityExceeded` (nothing is left behind),
         `BackendUnavailable`.
         """
@@ -146,6 +154,12 @@ class Backend(abc.ABC):
     def observe_all(self) -> list[Observed]:
         """Every session, with one call to the engine (not one per session). Readiness may be
         reported from the record without probing each session."""
+
+    def records(self) -> list[Record]:
+        """Every session's record, without its workload's state: what a warm pool's claim
+        reads, so a backend whose engine lists records without probing anything overrides
+        it (one call). By default from `observe_all`."""
+        return [o.record for o in self.observe_all()]
 
     def observe_page(self, query: SessionQuery) -> list[Observed]:
         """One page of sessions, sorted and filtered as `query` says (`GET /stream`).
@@ -162,6 +176,20 @@ class Backend(abc.ABC):
         restart. True when this call set it, False when it was set already (or, for None,
         was not set): the first process to mark a session READY reports it ready. A session
         gone meanwhile is not an error (False)."""
+
+    def claim(
+        self, session_id: str, username: str, at: datetime, *, user_capacity: int = 0
+    ) -> bool:
+        """Hand a warm pool's unclaimed session to `username` at `at`. Atomic across
+        processes: of any number of calls for one session, at most one returns True; from
+        then on its record says `username` and `Mark.CLAIMED` at `at`, and it no longer
+        counts against its pool's `pool_size`. With `user_capacity` > 0 the user's live
+        sessions are admitted as by `start`.
+
+        False when it is claimed already, gone, ended, or no pool's. Raises
+        `UserCapacityExceeded` (nothing changed), `BackendUnavailable`, and
+        `NotImplementedError` where the backend keeps no warm pools."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def finish(self, session_id: str, outcome: Outcome) -> bool:

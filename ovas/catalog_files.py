@@ -29,19 +29,22 @@ from ovas.errors import (
     InvalidInput,
     VersionNotFound,
 )
-from ovas.models import Application, Profile, Version
+from ovas.models import Application, Profile, Version, WarmPool
 from ovas.names import APP_ID_PATTERN
 from ovas.resources import (
     API_VERSION,
     APPLICATION,
     KINDS,
+    POOL_API_VERSION,
     PROFILE,
     VERSION,
+    WARM_POOL,
     application_from_resource,
     application_to_resource,
     profile_from_resource,
     version_from_resource,
     version_to_resource,
+    warm_pool_from_resource,
 )
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ class _Doc:
     path: Path
     index: int
     raw: dict[str, Any]
-    value: Application | Version | Profile
+    value: Application | Version | Profile | WarmPool
 
 
 @dataclass
@@ -64,6 +67,7 @@ class _Snapshot:
     apps: dict[str, Application] = field(default_factory=dict)
     versions: dict[str, list[Version]] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
+    pools: dict[str, WarmPool] = field(default_factory=dict)
 
 
 # Said without the folder's path: /ready is public, and a server's paths are nobody's business.
@@ -158,6 +162,8 @@ class FileCatalog(Catalog):
             elif isinstance(doc.value, Profile):
                 snapshot.profiles[doc.value.id] = doc.value
         for doc in snapshot.docs:
+            if isinstance(doc.value, WarmPool):
+                self._index_pool(snapshot, doc)
             if isinstance(doc.value, Version):
                 if doc.value.app_id in snapshot.apps:
                     snapshot.versions.setdefault(doc.value.app_id, []).append(doc.value)
@@ -166,6 +172,21 @@ class FileCatalog(Catalog):
                         f"{self._rel(doc.path)} (document {doc.index + 1}): metadata.labels.app: "
                         f"no Application '{doc.value.app_id}' in the catalog"
                     )
+
+    def _index_pool(self, snapshot: _Snapshot, doc: _Doc) -> None:
+        """Serve a pool whose application and profile are in the catalog; report others."""
+        pool = doc.value
+        where = f"{self._rel(doc.path)} (document {doc.index + 1})"
+        if pool.application not in snapshot.apps:
+            snapshot.problems.append(
+                f"{where}: spec.application: no Application '{pool.application}' in the catalog"
+            )
+        elif pool.profile not in snapshot.profiles:
+            snapshot.problems.append(
+                f"{where}: spec.profile: no ApplicationProfile '{pool.profile}' in the catalog"
+            )
+        else:
+            snapshot.pools[pool.name] = pool
 
     def _rel(self, path: Path) -> str:
         try:
@@ -202,6 +223,9 @@ class FileCatalog(Catalog):
 
     def profiles(self) -> list[Profile]:
         return list(self._current().profiles.values())
+
+    def warm_pools(self) -> list[WarmPool]:
+        return list(self._current().pools.values())
 
     # Editing
 
@@ -261,9 +285,15 @@ class FileCatalog(Catalog):
         return _Edit(self)
 
 
-def _parse(raw: Any) -> Application | Version | Profile:
+def _parse(raw: Any) -> Application | Version | Profile | WarmPool:
     if not isinstance(raw, dict):
         raise ValueError("a document must be a mapping")
+    if raw.get("kind") == WARM_POOL:
+        if raw.get("apiVersion") != POOL_API_VERSION:
+            raise ValueError(
+                f"apiVersion: must be {POOL_API_VERSION}, not {raw.get('apiVersion')!r}"
+            )
+        return warm_pool_from_resource(raw)
     if raw.get("apiVersion") != API_VERSION:
         raise ValueError(f"apiVersion: must be {API_VERSION}, not {raw.get('apiVersion')!r}")
     kind = raw.get("kind")
@@ -273,12 +303,14 @@ def _parse(raw: Any) -> Application | Version | Profile:
         return version_from_resource(raw)
     if kind == PROFILE:
         return profile_from_resource(raw)
-    raise ValueError(f"kind: must be one of {', '.join(KINDS)}, not {kind!r}")
+    raise ValueError(f"kind: must be one of {', '.join((*KINDS, WARM_POOL))}, not {kind!r}")
 
 
-def _key(value: Application | Version | Profile) -> Any:
+def _key(value: Application | Version | Profile | WarmPool) -> Any:
     if isinstance(value, Version):
         return (value.app_id, value.version)
+    if isinstance(value, WarmPool):
+        return value.name
     return value.id
 
 

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_MAX_LIFETIME": 28800,
     # SESSION_RETENTION: 3600, unless only the older OVAS_REAP_GRACE is set (see normalise).
     "REAP_INTERVAL": 30,
+    "POOL_MAX_AGE": 3600,
     "CORS_ORIGINS": "*",
     "AUTH": "none",
     "START_RATE_LIMIT": "30/minute",
@@ -54,6 +55,7 @@ _INTEGERS = (
     "SESSION_MAX_LIFETIME",
     "SESSION_RETENTION",
     "REAP_INTERVAL",
+    "POOL_MAX_AGE",
 )
 DEFAULT_RETENTION = 3600
 

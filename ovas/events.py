@@ -70,6 +70,23 @@ class SessionRemoved:
     session_id: str
 
 
+@dataclass(frozen=True)
+class PoolClaimed:
+    """A start was given a ready session of warm pool `pool`: `session`, now the caller's."""
+
+    pool: str
+    session: Session
+
+
+@dataclass(frozen=True)
+class PoolMissed:
+    """A start matched warm pool `pool` but found no session to take, for `reason`
+    (`ovas.pools.MISS_*`); it starts on demand."""
+
+    pool: str
+    reason: str
+
+
 Event = (
     SessionStarted
     | StartRefused
@@ -78,6 +95,8 @@ Event = (
     | SessionStopped
     | StopRefused
     | SessionRemoved
+    | PoolClaimed
+    | PoolMissed
 )
 Listener = Callable[[Event], None]
 

@@ -22,6 +22,10 @@ The rules, in order:
    a stage, never fails a live stream). When the backend counts clients (`connections` is not
    None): no client within the connect timeout of readiness ends it (`connect_timeout`); the
    last client gone for the idle timeout ends it (`idle_timeout`).
+8. A warm pool's session (`Record.pool`) waits for a claim with no client clocks and no max
+   lifetime (the pool renews it, `ovas.pools`). Once claimed (`Mark.CLAIMED`) it is its
+   claimant's, and its clocks start at the claim: the max lifetime counts from then, and the
+   connect timeout from the later of readiness and the claim.
 
 Clocks are in seconds, 0 turns one off; a profile may set its own (`CLOCK_ANNOTATIONS`).
 """
@@ -61,6 +65,7 @@ class Mark(enum.StrEnum):
     READY = "ready"  # the session was first seen ready
     CONNECTED = "connected"  # a client was first seen connected
     IDLE = "idle"  # the last client was seen gone; cleared when one connects again
+    CLAIMED = "claimed"  # a warm pool's session was handed to a user (`Backend.claim`)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class Record:
     clocks: Clocks = field(default_factory=Clocks)
     marks: Mapping[Mark, datetime] = field(default_factory=dict)
     outcome: Outcome | None = None
+    pool: str = ""  # started for this warm pool; `username` is its claimant's once claimed
 
     @classmethod
     def of(cls, request: SessionRequest) -> Record:
@@ -100,11 +106,27 @@ class Record:
             created_time=request.created_time,
             deadline=request.deadline,
             clocks=request.clocks,
+            pool=request.pool,
         )
 
     @property
+    def claimed_time(self) -> datetime | None:
+        """When a warm pool's session was handed to its user; None for any other."""
+        return self.marks.get(Mark.CLAIMED) if self.pool else None
+
+    @property
+    def pooled(self) -> bool:
+        """True for a warm pool's session nobody has claimed yet."""
+        return bool(self.pool) and Mark.CLAIMED not in self.marks
+
+    @property
+    def started_time(self) -> datetime:
+        """When the session became its user's: its claim, or its creation."""
+        return self.claimed_time or self.created_time
+
+    @property
     def expires_time(self) -> datetime | None:
-        return self.clocks.expires(self.created_time)
+        return None if self.pooled else self.clocks.expires(self.started_time)
 
     def marked(self, mark: Mark, at: datetime | None) -> Record | None:
         """This record with `mark` set at `at` (None: forgotten), or None when that changes
@@ -259,7 +281,13 @@ def _ready(
     now: datetime,
     marks: dict[Mark, datetime | None],
 ) -> Decision:
+    if record.pooled:
+        session = _session(
+            record, state=SessionState.READY, message=ACTIVE, host=seen.host, routes=seen.routes
+        )
+        return Decision(session, marks, None)
     clocks = record.clocks
+    ready_at = max(ready_at, record.started_time)
     connected_at = record.marks.get(Mark.CONNECTED)
     idle_since = record.marks.get(Mark.IDLE)
     count = seen.connections
@@ -329,8 +357,9 @@ def _session(record: Record, **fields) -> Session:
         version=record.version,
         profile=record.profile,
         username=record.username,
-        created_time=record.created_time,
+        created_time=record.started_time,
         expires_time=record.expires_time,
+        pool=record.pool if record.pooled else "",
         **fields,
     )
 

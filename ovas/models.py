@@ -98,6 +98,19 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class WarmPool:
+    """A `WarmPool` (`ovas.io/v1alpha1`): keep `size` sessions of `application` at `version`
+    (a semver, or "latest": the newest as the catalog changes) with `profile` started ahead
+    of demand, for matching starts to take at once."""
+
+    name: str
+    application: str
+    version: str
+    profile: str
+    size: int
+
+
+@dataclass(frozen=True)
 class Route:
     description: str  # "signaling" or "media"
     protocol: str  # "TCP" or "UDP"
@@ -139,6 +152,8 @@ class SessionRequest:
     capacity: int = 0  # most sessions at once, all users; 0 = no limit of ours
     user_capacity: int = 0  # most sessions at once for this username; 0 = no limit
     clocks: Clocks = field(default_factory=Clocks)
+    pool: str = ""  # the warm pool this session is started for, owned by nobody until claimed
+    pool_size: int = 0  # with `pool`: most unclaimed sessions of that pool and version at once
 
 
 @dataclass
@@ -161,6 +176,7 @@ class Session:
     last_connected_time: datetime | None = None
     expires_time: datetime | None = None  # when the max lifetime ends it
     ended_time: datetime | None = None
+    pool: str = ""  # a warm pool's session not claimed yet: the pool's name
 
     @classmethod
     def of(cls, request: SessionRequest, **fields) -> Session:
@@ -179,24 +195,31 @@ class Session:
     def ready(self) -> bool:
         return self.state is SessionState.READY
 
+    @property
+    def pooled(self) -> bool:
+        """True while it is a warm pool's, unclaimed."""
+        return bool(self.pool)
+
 
 @dataclass(frozen=True)
 class SessionQuery:
     """One page of `GET /stream`: the sessions of `username` (everyone's when None), sorted
-    by `sort_by` ("created_time", or "username" then created time), `offset` and `limit`."""
+    by `sort_by` ("created_time", or "username" then created time), `offset` and `limit`.
+    Warm pools' unclaimed sessions are left out, or with `pooled` are the only ones kept."""
 
     offset: int = 0
     limit: int = 50
     sort_by: str = "created_time"
     descending: bool = True
     username: str | None = None
+    pooled: bool = False
 
     def select(self, sessions: Iterable[S], key: Callable[[S], Any] | None = None) -> list[S]:
-        """The page out of `sessions`. Reads only `id`, `username` and `created_time` (of
-        `key(item)` when given), so a backend may select from stand-ins that carry no state
-        yet, or from its observations."""
+        """The page out of `sessions`. Reads only `id`, `username`, `created_time` and
+        `pooled` (of `key(item)` when given), so a backend may select from stand-ins that
+        carry no state yet, or from its observations."""
         of = key or (lambda item: item)
-        items = list(sessions)
+        items = [s for s in sessions if bool(getattr(of(s), "pooled", False)) == self.pooled]
         if self.username is not None:
             items = [s for s in items if of(s).username == self.username]
         order = _by_user if self.sort_by == "username" else _by_time

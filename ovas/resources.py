@@ -1,4 +1,5 @@
-"""OVAS custom resources (`omniverse.nvidia.com/v1`) to and from ovas models.
+"""OVAS custom resources (`omniverse.nvidia.com/v1`), and ovas's own (`ovas.io/v1alpha1`:
+`WarmPool`), to and from ovas models.
 
 The same documents live in a folder (`ovas.catalog_files`) or in a cluster (the Kubernetes
 backend's catalog). Readers raise `ValueError("field: what is wrong")`.
@@ -11,8 +12,8 @@ from typing import Any
 
 from ovas.kitspec import parse_kit, render_values
 from ovas.lifecycle import CLOCK_ANNOTATIONS, parse_seconds
-from ovas.models import Application, Profile, SupportedApplication, Version
-from ovas.names import is_semver
+from ovas.models import Application, Profile, SupportedApplication, Version, WarmPool
+from ovas.names import APP_ID_PATTERN, is_semver
 
 API_VERSION = "omniverse.nvidia.com/v1"
 GROUP, API = API_VERSION.split("/")
@@ -25,6 +26,12 @@ PLURALS = {
     VERSION: "applicationversions",
     PROFILE: "applicationprofiles",
 }
+
+POOL_API_VERSION = "ovas.io/v1alpha1"
+POOL_GROUP, POOL_API = POOL_API_VERSION.split("/")
+WARM_POOL = "WarmPool"
+POOL_PLURAL = "warmpools"
+MAX_POOL_SIZE = 100
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
@@ -106,6 +113,28 @@ def version_from_resource(doc: dict[str, Any]) -> Version:
         helm_chart=_text(spec, "helm_chart"),
         helm_chart_version=_text(spec, "helm_chart_version"),
     )
+
+
+def warm_pool_from_resource(doc: dict[str, Any]) -> WarmPool:
+    """A `WarmPool`: `spec: {application, version, profile, size}`; `version` a semver or
+    "latest", `size` a whole number 0-100. Types are checked as the CRD's schema has them,
+    never coerced."""
+    name, _labels = _meta(doc)
+    spec = _spec(doc)
+    values = {}
+    for key in ("application", "version", "profile"):
+        value = spec.get(key)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"spec.{key}: is required, a string")
+        values[key] = value
+    if not APP_ID_PATTERN.match(values["application"]):
+        raise ValueError(f"spec.application: '{values['application']}' is not an application id")
+    if values["version"] != "latest" and not is_semver(values["version"]):
+        raise ValueError(f"spec.version: '{values['version']}' is neither a semver nor latest")
+    size = spec.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_POOL_SIZE:
+        raise ValueError(f"spec.size: must be a whole number from 0 to {MAX_POOL_SIZE}")
+    return WarmPool(name=name, size=size, **values)
 
 
 def profile_from_resource(doc: dict[str, Any]) -> Profile:

@@ -8,22 +8,29 @@ import contextlib
 import fnmatch
 import logging
 import posixpath
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from ovas import pools
 from ovas.auth import Identity
 from ovas.backend import Backend, Catalog, utcnow
 from ovas.errors import (
+    CapacityExceeded,
     EditingDisabled,
+    Forbidden,
     InvalidInput,
     OvasError,
     ProfileNotFound,
     SessionNotFound,
+    UserCapacityExceeded,
     VersionNotFound,
 )
 from ovas.events import (
     Events,
+    PoolClaimed,
+    PoolMissed,
     SessionEnded,
     SessionReady,
     SessionRemoved,
@@ -42,6 +49,7 @@ from ovas.models import (
     SessionQuery,
     SessionRequest,
     Version,
+    WarmPool,
 )
 from ovas.names import APP_ID_PATTERN, is_semver, is_session_id, new_session_id, semver_key
 
@@ -229,6 +237,7 @@ class SessionService:
         stage_roots: tuple[str, ...] = (),
         clocks: Clocks | None = None,
         retention: float = 3600,
+        pool_max_age: float = 3600,
         now: Callable[[], datetime] = utcnow,
         events: Events | None = None,
     ):
@@ -240,8 +249,10 @@ class SessionService:
         self.start_timeout = start_timeout
         self.clocks = clocks or Clocks()
         self.retention = timedelta(seconds=retention)
+        self.pool_max_age = pool_max_age
         self.now = now
         self.events = events or Events()
+        self._pool_warned: set[str] = set()
 
     def build_request(
         self,
@@ -252,9 +263,11 @@ class SessionService:
         username: str = "",
         usd_stage_uri: str | None = None,
         now: datetime | None = None,
+        pool: WarmPool | None = None,
     ) -> SessionRequest:
         """Check the request against the catalog (404 for anything unknown or unsupported)
-        and render what the backend needs. Asks no backend."""
+        and render what the backend needs. Asks no backend. With `pool`, the start of one
+        of that warm pool's sessions, for nobody."""
         if usd_stage_uri:
             check_stage_uri(usd_stage_uri, self.stage_roots)
         app = self.catalogs.get_application(app_id)
@@ -288,22 +301,193 @@ class SessionService:
             kit=kit,
             usd_stage_uri=usd_stage_uri or None,
             capacity=self.capacity,
-            user_capacity=self.user_capacity,
+            user_capacity=0 if pool else self.user_capacity,
             clocks=clocks,
+            pool=pool.name if pool else "",
+            pool_size=pool.size if pool else 0,
         )
 
     def start(self, app_id: str, profile_id: str, version: str | None = None, **kw) -> Session:
-        """Start a session; returns it as first decided (normally CREATING). Raises what
-        `build_request` and `Backend.start` raise; every start, admitted or refused, is
-        told to `events`."""
+        """Start a session; returns it as first decided: READY when a warm pool's session
+        was taken (`ovas.pools`), else normally CREATING. When capacity is short, a pool's
+        unclaimed session makes room for it. Raises what `build_request` and
+        `Backend.start` raise; every start, admitted or refused, is told to `events`."""
         try:
             request = self.build_request(app_id, profile_id, version, **kw)
-            session = self._settle(self.backend.start(request))
+            session = self._from_pool(request)
+            if session is None:
+                session = self._settle(self._start_on_demand(request))
         except OvasError as exc:
             self.events.emit(StartRefused(exc))
             raise
         self.events.emit(SessionStarted(session))
         return session
+
+    def _start_on_demand(self, request: SessionRequest) -> Observed:
+        try:
+            return self.backend.start(request)
+        except UserCapacityExceeded:
+            raise
+        except CapacityExceeded:
+            if not self._shrink_pools():
+                raise
+        return self.backend.start(request)
+
+    # Warm pools
+
+    def warm_pools(self) -> list[WarmPool]:
+        """The catalog's warm pools, by name."""
+        return sorted(self.catalogs.catalog.warm_pools(), key=lambda p: p.name)
+
+    def pool_target(self, pool: WarmPool) -> str | None:
+        """The version `pool` keeps now ("latest": the newest); None when it cannot be had."""
+        try:
+            return self.catalogs.resolve_version(pool.application, pool.version).version
+        except OvasError:
+            return None
+
+    def _matching_pool(self, request: SessionRequest) -> WarmPool | None:
+        for pool in self.warm_pools():
+            if (
+                pool.application == request.app.id
+                and pool.profile == request.profile.id
+                and pool.size > 0
+                and self.pool_target(pool) == request.version.version
+            ):
+                return pool
+        return None
+
+    def _from_pool(self, request: SessionRequest) -> Session | None:
+        """A ready session of the warm pool `request` matches, claimed for its user at
+        once; None (a miss, told to `events`) when there is none to take."""
+        pool = self._matching_pool(request)
+        if pool is None or not type(self.backend).keeps_warm_pools:
+            return None
+        if request.usd_stage_uri and request.usd_stage_uri != self._pool_stage(request):
+            self.events.emit(PoolMissed(pool.name, pools.MISS_STAGE))
+            return None
+        candidates = [
+            r
+            for r in self.backend.records()
+            if r.pooled
+            and r.pool == pool.name
+            and r.version == request.version.version
+            and r.outcome is None
+            and Mark.READY in r.marks
+        ]
+        if not candidates:
+            self.events.emit(PoolMissed(pool.name, pools.MISS_NONE_READY))
+            return None
+        now = self.now()
+        # In a random order, so that starts at once in several processes rarely collide.
+        for record in random.sample(candidates, len(candidates)):
+            try:
+                claimed = self.backend.claim(
+                    record.id, request.username, now, user_capacity=self.user_capacity
+                )
+            except NotImplementedError:
+                self.events.emit(PoolMissed(pool.name, pools.MISS_UNSUPPORTED))
+                return None
+            if not claimed:
+                continue
+            log.info(
+                "session %s of warm pool %s is %s's now", record.id, pool.name, request.username
+            )
+            with contextlib.suppress(SessionNotFound):
+                session = self._settle(self.backend.observe(record.id))
+                self.events.emit(PoolClaimed(pool.name, session))
+                if session.ready:
+                    self.events.emit(SessionReady(session, now))
+                return session
+        self.events.emit(PoolMissed(pool.name, pools.MISS_TAKEN))
+        return None
+
+    def _pool_stage(self, request: SessionRequest) -> str:
+        """The profile's own USD_PATH, which a pooled session runs with."""
+        values = render_values(request.profile, request.app, request.version, request.id, None)
+        return parse_kit(values).env_dict.get("USD_PATH", "")
+
+    def _shrink_pools(self) -> bool:
+        """Remove one unclaimed pooled session (one still starting, else the oldest), so an
+        on-demand start may have its place. True if one went."""
+        pooled = [r for r in self.backend.records() if r.pooled and r.outcome is None]
+        pooled.sort(key=lambda r: (Mark.READY in r.marks, -r.created_time.timestamp()))
+        for record in pooled:
+            if self._remove_pooled(record.id, "an on-demand start needs its place"):
+                return True
+        return False
+
+    def _remove_pooled(self, session_id: str, why: str) -> bool:
+        """Claim an unclaimed pooled session for the pool itself, then remove it: a user's
+        claim at the same moment wins it whole or never sees it."""
+        try:
+            if not self.backend.claim(session_id, pools.POOL_OWNER, self.now()):
+                return False
+            self.backend.stop(session_id)
+        except SessionNotFound:
+            return False
+        log.info("removed session %s of a warm pool: %s", session_id, why)
+        return True
+
+    def tend_pools(self, sessions: list[Session], now: datetime) -> None:
+        """One pass over the warm pools (`ovas.pools.plan`), from `sessions` as decided
+        now: remove what the plan says, start what it asks. Capacity refusals end a
+        pool's starts for this pass; other errors are logged."""
+        catalog_pools = self.warm_pools()
+        if catalog_pools and not type(self.backend).keeps_warm_pools:
+            if "" not in self._pool_warned:
+                self._pool_warned.add("")
+                log.warning("the %s backend keeps no warm pools", type(self.backend).name)
+            return
+        names = {p.name for p in catalog_pools}
+        members: dict[str, list[Session]] = {}
+        for session in sessions:
+            if session.pooled:
+                members.setdefault(session.pool, []).append(session)
+        for name in set(members) - names:
+            for session in members[name]:
+                self._remove_pooled_quietly(session.id, f"warm pool {name} is gone")
+        for pool in catalog_pools:
+            target = self.pool_target(pool)
+            if target is None and pool.name not in self._pool_warned:
+                self._pool_warned.add(pool.name)
+                log.warning(
+                    "warm pool %s: %s %s cannot be had", pool.name, pool.application, pool.version
+                )
+            step = pools.plan(pool, target, members.get(pool.name, []), now, self.pool_max_age)
+            for session_id in step.done:
+                with contextlib.suppress(SessionNotFound):
+                    self.backend.stop(session_id)  # failed or ended: nobody can claim it
+            for session_id in step.stops:
+                self._remove_pooled_quietly(session_id, step.why[session_id])
+            for _ in range(step.starts):
+                if not self._start_pooled(pool, target, step.pool_size, now):
+                    break
+
+    def _remove_pooled_quietly(self, session_id: str, why: str) -> None:
+        try:
+            self._remove_pooled(session_id, why)
+        except NotImplementedError:
+            return
+        except OvasError as exc:
+            log.warning("removing session %s of a warm pool: %s", session_id, exc.message)
+
+    def _start_pooled(self, pool: WarmPool, version: str, pool_size: int, now: datetime) -> bool:
+        try:
+            request = self.build_request(
+                pool.application, pool.profile, version, now=now, pool=replace(pool, size=pool_size)
+            )
+            session = self._settle(self.backend.start(request), now=now)
+        except CapacityExceeded:
+            return False
+        except OvasError as exc:
+            if pool.name not in self._pool_warned:
+                self._pool_warned.add(pool.name)
+                log.warning("warm pool %s cannot start a session: %s", pool.name, exc.message)
+            return False
+        self._pool_warned.discard(pool.name)
+        log.info("warm pool %s started session %s", pool.name, session.id)
+        return True
 
     def get(self, session_id: str, caller: Identity | None = None) -> Session:
         """The session in whatever state it is. Raises `SessionNotFound`, also for another
@@ -322,11 +506,15 @@ class SessionService:
         sort_by: str = "created_time",
         order: str = "DESC",
         username: str | None = None,
+        pooled: bool = False,
         caller: Identity | None = None,
     ) -> Page:
-        """A page of sessions; a non-admin `caller` sees only their own. Listing decides each
-        session's state but writes nothing (its cost must not grow with the sessions): `get`
-        and the reaper write what the lifecycle asks."""
+        """A page of sessions; a non-admin `caller` sees only their own. Warm pools'
+        unclaimed sessions are listed only with `pooled`, to an admin (`Forbidden` to
+        others). Listing decides each session's state but writes nothing (its cost must not
+        grow with the sessions): `get` and the reaper write what the lifecycle asks."""
+        if pooled and caller is not None and not caller.is_admin:
+            raise Forbidden("Only an admin may list the warm pools' sessions")
         if caller is not None and not caller.is_admin:
             if username and username != caller.username:
                 return Page(offset=offset, limit=limit, items=[])
@@ -337,6 +525,7 @@ class SessionService:
             sort_by=sort_by,
             descending=order.upper() == "DESC",
             username=username or None,
+            pooled=pooled,
         )
         now = self.now()
         items = [decide(o, now).session for o in self.backend.observe_page(query)]
@@ -367,10 +556,14 @@ class SessionService:
         names removed. Safe in several processes at once: a session is ended once."""
         now = self.now()
         removed = []
+        sessions = []
         for observed in self.backend.observe_all():
             session_id = observed.record.id
             try:
                 session = self._settle(observed, now=now)
+                sessions.append(session)
+                if session.pooled:
+                    continue  # the pool's own pass removes them
                 if session.ended_time is not None and now >= session.ended_time + self.retention:
                     with contextlib.suppress(SessionNotFound):
                         self.backend.stop(session_id)
@@ -378,6 +571,7 @@ class SessionService:
                         self.events.emit(SessionRemoved(session_id))
             except OvasError as exc:
                 log.warning("reaping session %s: %s", session_id, exc.message)
+        self.tend_pools(sessions, now)
         removed.extend(self.backend.collect(now))
         return removed
 
@@ -389,7 +583,9 @@ class SessionService:
         session_id = observed.record.id
         try:
             for mark, at in decision.marks.items():
-                if self.backend.mark(session_id, mark, at) and mark is Mark.READY and at:
+                written = self.backend.mark(session_id, mark, at)
+                # A warm pool's session is ready for its user when claimed, not before.
+                if written and mark is Mark.READY and at and not decision.session.pooled:
                     self.events.emit(SessionReady(decision.session, at))
             if decision.outcome is not None and self.backend.finish(session_id, decision.outcome):
                 self.events.emit(SessionEnded(decision.session))

@@ -12,7 +12,7 @@ import pytest
 
 from ovas import create_app, registry
 from ovas.errors import ConfigurationError
-from ovas.testing import BackendContract, FakeBackend
+from ovas.testing import BackendContract, FakeBackend, WarmPoolContract
 
 FLASK = [sys.executable, "-m", "flask", "--app", "ovas"]
 
@@ -100,7 +100,7 @@ class TestExamplePluginContract(BackendContract):
         return 10.0
 
 
-class TestFakeBackendContract(BackendContract):
+class TestFakeBackendContract(WarmPoolContract):
     @pytest.fixture
     def backend(self, clock):
         return FakeBackend(now=clock)

@@ -3,7 +3,9 @@ containers whose names are unique, so creating one is an atomic claim (a second 
 that name is refused with 409), as the Kubernetes backend does with its slot ConfigMaps.
 
 A session holds `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (k < the per-user
-capacity) and one `ovas-gpu-<device id>` per GPU. Any number of worker processes, or of
+capacity) and one `ovas-gpu-<device id>` per GPU. A warm pool's session holds
+`ovas-pool-<hash>-<k>` (k < its `pool_size`) instead of a user's slot until it is claimed;
+its claim trades that for the user's. Any number of worker processes, or of
 ovas hosts sharing one engine, then never over-admit, and no lock is held across an engine
 round trip: a start lists the claims once (to skip those taken), then creates. Claims are
 released when the session ends or is stopped; the reaper removes those of sessions that
@@ -45,23 +47,28 @@ class Admission:
         when those are set, and its GPUs. Raises `UserCapacityExceeded` /
         `CapacityExceeded`, leaving nothing taken; `BackendUnavailable`."""
         gpus = request.kit.gpus
-        if not (request.capacity or request.user_capacity or gpus):
+        if not (request.capacity or request.user_capacity or gpus or request.pool_size):
             return Claims()
-        held = {(s.get("Names") or [""])[0].lstrip("/") for s in self.engine.claims()}
+        held = self._held()
         taken: list[str] = []
         try:
-            if request.user_capacity:
-                names = [c.slot_name(k, request.username) for k in range(request.user_capacity)]
-                if not self._take_one(request, names, held, taken):
-                    mine = sum(1 for n in names if n in held)
-                    raise UserCapacityExceeded(
-                        f"User '{request.username}' already has {mine} sessions, the most "
-                        "allowed; stop one and try again",
+            if request.pool_size:
+                version = request.version.version
+                names = [
+                    c.pool_slot_name(k, request.pool, version) for k in range(request.pool_size)
+                ]
+                if not self._take_one(request.id, names, held, taken):
+                    raise CapacityExceeded(
+                        f"Warm pool '{request.pool}' has its {request.pool_size} sessions",
                         retry_after=RETRY_AFTER,
                     )
+            elif request.user_capacity:
+                self._take_user_slot(
+                    request.id, request.username, request.user_capacity, held, taken
+                )
             if request.capacity:
                 names = [c.slot_name(k) for k in range(request.capacity)]
-                if not self._take_one(request, names, held, taken):
+                if not self._take_one(request.id, names, held, taken, request.username):
                     raise CapacityExceeded(
                         f"All {request.capacity} session slots are in use; try again later",
                         retry_after=RETRY_AFTER,
@@ -72,13 +79,41 @@ class Admission:
             raise
         return Claims(tuple(taken), tuple(gpu_ids))
 
+    def claim_for(self, session_id: str, username: str, user_capacity: int) -> list[str]:
+        """Take a slot of `username`'s for a warm pool's session being claimed (none
+        without a per-user capacity); the names taken. Raises `UserCapacityExceeded`."""
+        taken: list[str] = []
+        if user_capacity:
+            self._take_user_slot(session_id, username, user_capacity, self._held(), taken)
+        return taken
+
+    def _held(self) -> set[str]:
+        return {(s.get("Names") or [""])[0].lstrip("/") for s in self.engine.claims()}
+
+    def _take_user_slot(
+        self, session_id: str, username: str, capacity: int, held: set[str], taken: list[str]
+    ) -> None:
+        names = [c.slot_name(k, username) for k in range(capacity)]
+        if not self._take_one(session_id, names, held, taken, username):
+            mine = sum(1 for n in names if n in held)
+            raise UserCapacityExceeded(
+                f"User '{username}' already has {mine} sessions, the most allowed; stop one "
+                "and try again",
+                retry_after=RETRY_AFTER,
+            )
+
     def _take_one(
-        self, request: SessionRequest, names: list[str], held: set[str], taken: list[str]
+        self,
+        session_id: str,
+        names: list[str],
+        held: set[str],
+        taken: list[str],
+        username: str = "",
     ) -> bool:
         # Free slots in a random order, so a burst of starts does not contend for the first.
         free = [n for n in names if n not in held]
         for name in random.sample(free, len(free)):
-            if self._create(request, name, c.SLOT):
+            if self._create(session_id, name, c.SLOT, username):
                 taken.append(name)
                 return True
         return False
@@ -92,7 +127,7 @@ class Admission:
         in_use = {g.device_id for g in ledger.gpus if c.gpu_name(g.device_id) in held}
         got = []
         for gpu in ledger.candidates(count, in_use):
-            if self._create(request, c.gpu_name(gpu.device_id), c.GPU):
+            if self._create(request.id, c.gpu_name(gpu.device_id), c.GPU, request.username):
                 taken.append(c.gpu_name(gpu.device_id))
                 got.append(gpu.device_id)
                 if len(got) == count:
@@ -101,8 +136,8 @@ class Admission:
                 in_use.add(gpu.device_id)  # another start took it meanwhile
         raise ledger.refusal(count, ledger.free(in_use | set(got)))
 
-    def _create(self, request: SessionRequest, name: str, kind: str) -> bool:
-        labels = c.claim_labels(request.id, kind, request.username)
+    def _create(self, session_id: str, name: str, kind: str, username: str) -> bool:
+        labels = c.claim_labels(session_id, kind, username)
         return self.engine.create_record(c.record_spec(name, labels))
 
     def release(self, names: list[str] | tuple[str, ...]) -> None:

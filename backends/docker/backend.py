@@ -46,6 +46,7 @@ class DockerBackend(Backend):
     """Sessions as containers on one Docker engine. See the package README for why."""
 
     name = "docker"
+    keeps_warm_pools = True
 
     def __init__(
         self,
@@ -259,6 +260,11 @@ class DockerBackend(Backend):
         self.clients.forget(running)
         return self._observe(existing)
 
+    def records(self) -> list[Record]:
+        """Every session's record from one list of the containers, probing nothing."""
+        sessions, _ = seen.group(self.engine.summaries())
+        return [seen.record_of(o) for o in sessions.values() if o.exists]
+
     def _observe(self, entries: list[seen.SessionObjects]) -> list[Observed]:
         """Observations of `entries`: running containers not yet seen ready are probed,
         ready ones have their clients counted, exited ones inspected, in parallel within
@@ -351,6 +357,26 @@ class DockerBackend(Backend):
             return False
         return True
 
+    def claim(
+        self, session_id: str, username: str, at: datetime, *, user_capacity: int = 0
+    ) -> bool:
+        """Create the claim, `ovas-<id>.claimed` naming `username` (its unique name makes it
+        one claim), after taking the user's slot; then give back the pool's slot. A process
+        that dies between the steps leaves what `collect` completes."""
+        objects = self._objects(session_id)
+        if objects is None or objects.outcome is not None or objects.fault is not None:
+            return False
+        if not seen.record_of(objects).pooled:
+            return False
+        taken = self.admission.claim_for(session_id, username, user_capacity)
+        name = c.mark_name(session_id, Mark.CLAIMED)
+        labels = c.mark_labels(session_id, Mark.CLAIMED, at, username)
+        if not self.engine.create_record(c.record_spec(name, labels)):
+            self.admission.release(taken)
+            return False
+        self.admission.release([f.name for f in objects.claims if _pool_slot(f)])
+        return True
+
     def finish(self, session_id: str, outcome: Outcome) -> bool:
         """Record the outcome (its unique name makes this once), then free what the session
         holds; a Kit container still running is stopped first, in the background (a stop
@@ -420,6 +446,25 @@ class DockerBackend(Backend):
                 _running(objects) or objects.claims or objects.pending or objects.fault
             ):
                 self._teardown(objects)  # a finish its process did not complete
+            else:
+                removed.extend(self._complete_claim(objects, now))
+        return removed
+
+    def _complete_claim(self, objects: seen.SessionObjects, now: datetime) -> list[str]:
+        """Slots a claim that died halfway left: the pool's, still held by a claimed
+        session, and a user's, taken for a claim that was never made."""
+        record = seen.record_of(objects)
+        removed = []
+        for found in objects.claims:
+            if found.record != c.SLOT or found.name.startswith("ovas-slot-"):
+                continue
+            if _pool_slot(found):
+                stale = not record.pooled
+            else:
+                young = now - found.created < ORPHAN_GRACE
+                stale = not young and found.labels.get(c.USER, "") != record.username
+            if stale and self.engine.remove(found.container_id):
+                removed.append(found.name)
         return removed
 
     def logs(self, session_id: str, tail: int = 100) -> list[str]:
@@ -436,6 +481,10 @@ class DockerBackend(Backend):
         self.jobs.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
+
+
+def _pool_slot(found: seen.Found) -> bool:
+    return found.record == c.SLOT and found.name.startswith(c.POOL_SLOT_PREFIX)
 
 
 def _running(objects: seen.SessionObjects) -> bool:

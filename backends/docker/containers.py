@@ -9,7 +9,9 @@ unique (Docker refuses a second one, 409). All carry `ovas.session=<id>` and `ov
 - `fault`: `ovas-<id>.fault`, the engine's refusal to pull or start, with its words;
 - `outcome`: `ovas-<id>.outcome`, how the session ended (kept for the retention);
 - `mark`: `ovas-<id>.ready`, `.connected`, `.idle`: moments the lifecycle asked to keep;
-- `slot`: `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (per user): capacity;
+  `.claimed`, a warm pool's session handed to the user its `ovas.user` names;
+- `slot`: `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (per user), and
+  `ovas-pool-<hash>-<k>` (k < a warm pool's size, per pool and version, while unclaimed);
 - `gpu`: `ovas-gpu-<device id>`: the one session holding that GPU.
 
 Records other than the Kit container are never started, made from a tiny empty image.
@@ -46,6 +48,7 @@ GPUS = "ovas.gpus"
 PROBE = "ovas.probe"
 IMAGE = "ovas.image"
 NOTE = "ovas.note"
+POOL = "ovas.pool"  # a warm pool's session: the pool's name
 SPEC = "ovas.spec"  # pending: the Kit container's spec
 REASON = "ovas.reason"  # fault, outcome
 DETAIL = "ovas.detail"  # fault
@@ -105,6 +108,7 @@ class SessionLabels:
     gpus: tuple[str, ...] = ()
     probe: Probe | None = None
     note: str = ""
+    pool: str = ""
 
 
 def container_name(session_id: str, record: str = CONTAINER) -> str:
@@ -121,6 +125,17 @@ def slot_name(index: int, username: str | None = None) -> str:
     if username is None:
         return f"ovas-slot-{index}"
     return f"ovas-user-{hashlib.sha256(username.encode()).hexdigest()[:12]}-{index}"
+
+
+def pool_slot_name(index: int, pool: str, version: str) -> str:
+    """`ovas-pool-<hash>-<k>`: one of the places of warm pool `pool`'s unclaimed sessions
+    of `version`."""
+    return (
+        f"{POOL_SLOT_PREFIX}{hashlib.sha256(f'{pool}@{version}'.encode()).hexdigest()[:12]}-{index}"
+    )
+
+
+POOL_SLOT_PREFIX = "ovas-pool-"
 
 
 def gpu_name(device_id: str) -> str:
@@ -207,6 +222,7 @@ def session_labels(
         GPUS: ",".join(gpu_ids),
         PROBE: format_probe(kit.probe),
         NOTE: note,
+        POOL: request.pool,
     }
 
 
@@ -308,8 +324,14 @@ def outcome_labels(
     }
 
 
-def mark_labels(session_id: str, mark: Mark, at: datetime) -> dict[str, str]:
-    return {SESSION: session_id, RECORD: MARK_RECORD, MARK: mark.value, AT: at.isoformat()}
+def mark_labels(
+    session_id: str, mark: Mark, at: datetime, username: str | None = None
+) -> dict[str, str]:
+    """A mark's labels; a claim's (`Mark.CLAIMED`) name its user too."""
+    labels = {SESSION: session_id, RECORD: MARK_RECORD, MARK: mark.value, AT: at.isoformat()}
+    if username is not None:
+        labels[USER] = username
+    return labels
 
 
 def claim_labels(session_id: str, kind: str, username: str = "") -> dict[str, str]:
@@ -338,6 +360,7 @@ def parse_labels(labels: Mapping[str, str]) -> SessionLabels:
             gpus=tuple(filter(None, labels.get(GPUS, "").split(","))),
             probe=parse_probe(labels.get(PROBE, "")),
             note=labels.get(NOTE, ""),
+            pool=labels.get(POOL, ""),
         )
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed ovas labels: {exc!r}") from None

@@ -148,12 +148,19 @@ def record_of(objects: SessionObjects) -> Record:
             outcome = c.parse_outcome(objects.outcome.labels)[0]
         except ValueError:
             outcome = None
+    username = labels.username
+    claim = objects.marks.get(Mark.CLAIMED)
+    if labels.pool and claim is not None and Mark.CLAIMED in marks:
+        username = claim.labels.get(c.USER, "")
+    else:
+        marks.pop(Mark.CLAIMED, None)
     return Record(
         id=labels.session_id,
         app_id=labels.app_id,
         version=labels.version,
         profile=labels.profile,
-        username=labels.username,
+        username=username,
+        pool=labels.pool,
         created_time=labels.created_time,
         deadline=labels.deadline,
         clocks=labels.clocks,

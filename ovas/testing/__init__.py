@@ -36,6 +36,7 @@ __all__ = [
     "InMemoryCatalog",
     "NeverReadyBackend",
     "SlowBackend",
+    "WarmPoolContract",
     "make_request",
     "sample_catalog",
     "service_for",
@@ -46,8 +47,8 @@ __all__ = [
 
 def __getattr__(name: str):
     # The contract needs pytest, which a production install lacks.
-    if name == "BackendContract":
-        from ovas.testing.contract import BackendContract
+    if name in ("BackendContract", "WarmPoolContract"):
+        from ovas.testing import contract
 
-        return BackendContract
+        return getattr(contract, name)
     raise AttributeError(name)

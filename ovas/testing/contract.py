@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,10 +34,18 @@ from datetime import timedelta
 import pytest
 
 from ovas.backend import Backend
-from ovas.errors import CapacityExceeded, SessionNotFound
+from ovas.errors import CapacityExceeded, SessionNotFound, UserCapacityExceeded
 from ovas.events import SessionEnded, SessionReady
-from ovas.lifecycle import Observed
-from ovas.models import Clocks, Reason, Session, SessionQuery, SessionRequest, SessionState
+from ovas.lifecycle import Mark, Observed
+from ovas.models import (
+    Clocks,
+    Reason,
+    Session,
+    SessionQuery,
+    SessionRequest,
+    SessionState,
+    WarmPool,
+)
 from ovas.services import SessionService
 from ovas.testing.clock import FakeClock
 from ovas.testing.requests import (
@@ -371,3 +380,98 @@ class BackendContract:
         ready = [self.ready(sessions, start().id, ready_timeout) for _ in range(2)]
         ports = [(s.host, r.source_port) for s in ready for r in s.routes]
         assert len(ports) == len(set(ports))
+
+
+class WarmPoolContract(BackendContract):
+    """What a backend that keeps warm pools (`Backend.keeps_warm_pools`) must show too:
+    admission by the pool's size, atomic claims, and clocks from the claim."""
+
+    def pool_of(self, backend, size: int, request_options: dict) -> WarmPool:
+        request = make_request(backend.catalog, **request_options)
+        return WarmPool("contract", request.app.id, "latest", request.profile.id, size)
+
+    def test_a_pool_never_has_more_unclaimed_sessions_than_its_size(
+        self, backend, peer, start, request_options
+    ):
+        pool = self.pool_of(backend, 1, request_options)
+        first = start(pool=pool, env=SLOW)
+        assert first.pooled and first.username == ""
+        other = make_request(peer.catalog, pool=pool, now=peer.now(), **request_options)
+        with pytest.raises(CapacityExceeded):
+            peer.start(other)  # another process: the same pool's places
+        (record,) = [r for r in backend.records() if r.id == first.id]
+        assert record.pooled and record.pool == "contract"
+
+    def test_a_claim_is_atomic_across_processes(
+        self, backend, peer, clock, sessions, start, request_options, ready_timeout
+    ):
+        pool = self.pool_of(backend, 1, request_options)
+        pooled = self.ready(sessions, start(pool=pool).id, ready_timeout)
+        assert pooled.pooled
+        at = clock()
+        won: dict[str, bool] = {}
+        barrier = threading.Barrier(2)
+
+        def claim(engine, user):
+            barrier.wait()
+            won[user] = engine.claim(pooled.id, user, at)
+
+        threads = [
+            threading.Thread(target=claim, args=(b, u))
+            for b, u in ((backend, "alice"), (peer, "bob"))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(won.values()) == [False, True]
+        winner = next(u for u, ok in won.items() if ok)
+        record = backend.observe(pooled.id).record
+        assert (record.username, record.pooled) == (winner, False)
+        assert record.marks[Mark.CLAIMED] == at
+        assert not backend.claim(pooled.id, "carol", at)
+        # Its pool's place is free again for the next pooled session.
+        assert start(pool=pool, env=SLOW).pooled
+
+    def test_a_pooled_session_waits_for_its_claim_then_runs_on_the_claimants_clocks(
+        self, backend, clock, sessions, start, request_options, ready_timeout
+    ):
+        pool = self.pool_of(backend, 1, request_options)
+        pooled = self.ready(sessions, start(pool=pool).id, ready_timeout)
+        assert pooled.expires_time is None
+        clock.advance(CLOCKS.max_lifetime + CLOCKS.connect_timeout + 60)
+        assert sessions.get(pooled.id).state is SessionState.READY  # no clock ends it
+        at = clock()
+        assert backend.claim(pooled.id, "alice", at)
+        claimed = sessions.get(pooled.id)
+        assert (claimed.state, claimed.username, claimed.pooled) == (
+            SessionState.READY,
+            "alice",
+            False,
+        )
+        assert claimed.created_time == at
+        assert claimed.expires_time == at + timedelta(seconds=CLOCKS.max_lifetime)
+        clock.advance(CLOCKS.max_lifetime + 1)
+        assert sessions.get(pooled.id).reason is Reason.MAX_LIFETIME
+
+    def test_a_claim_is_refused_past_the_users_capacity_and_changes_nothing(
+        self, backend, clock, sessions, start, request_options, ready_timeout
+    ):
+        pool = self.pool_of(backend, 1, request_options)
+        start(username="alice", user_capacity=1, env=SLOW)
+        pooled = self.ready(sessions, start(pool=pool).id, ready_timeout)
+        with pytest.raises(UserCapacityExceeded):
+            backend.claim(pooled.id, "alice", clock(), user_capacity=1)
+        assert backend.observe(pooled.id).record.pooled
+        assert backend.claim(pooled.id, "bob", clock(), user_capacity=1)
+
+    def test_unclaimed_pooled_sessions_are_listed_only_when_asked_for(
+        self, backend, start, request_options
+    ):
+        pool = self.pool_of(backend, 1, request_options)
+        mine = start(env=SLOW)
+        pooled = start(pool=pool, env=SLOW)
+        plain = [o.record.id for o in backend.observe_page(SessionQuery(limit=100))]
+        asked = [o.record.id for o in backend.observe_page(SessionQuery(limit=100, pooled=True))]
+        assert mine.id in plain and pooled.id not in plain
+        assert asked == [pooled.id]

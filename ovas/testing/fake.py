@@ -29,6 +29,7 @@ from ovas.models import (
     SessionRequest,
     SupportedApplication,
     Version,
+    WarmPool,
 )
 from ovas.testing.requests import (
     STANDIN_EXIT_AFTER,
@@ -47,11 +48,13 @@ class InMemoryCatalog(Catalog):
         applications: list[Application] = (),
         versions: list[Version] = (),
         profiles: list[Profile] = (),
+        warm_pools: list[WarmPool] = (),
     ):
         self._lock = threading.Lock()
         self._apps = {a.id: a for a in applications}
         self._versions = {(v.app_id, v.version): v for v in versions}
         self._profiles = {p.id: p for p in profiles}
+        self.pools = {p.name: p for p in warm_pools}  # edit freely: read on every call
 
     def applications(self) -> list[Application]:
         return list(self._apps.values())
@@ -63,6 +66,9 @@ class InMemoryCatalog(Catalog):
 
     def profiles(self) -> list[Profile]:
         return list(self._profiles.values())
+
+    def warm_pools(self) -> list[WarmPool]:
+        return list(self.pools.values())
 
     def create_application(self, app: Application) -> None:
         with self._lock:
@@ -183,6 +189,7 @@ class FakeBackend(Backend):
     """
 
     name = "fake"
+    keeps_warm_pools = True
     host = "127.0.0.1"
 
     def __init__(
@@ -239,11 +246,21 @@ class FakeBackend(Backend):
                 raise CapacityExceeded(
                     f"All {request.capacity} session slots are in use", retry_after=30
                 )
-            mine = sum(1 for e in live if e.record.username == request.username)
-            if request.user_capacity and mine >= request.user_capacity:
-                raise UserCapacityExceeded(
-                    f"User '{request.username}' already has {mine} sessions", retry_after=30
-                )
+            if request.pool:
+                pooled = [
+                    e
+                    for e in live
+                    if e.record.pooled
+                    and e.record.pool == request.pool
+                    and e.record.version == request.version.version
+                ]
+                if request.pool_size and len(pooled) >= request.pool_size:
+                    raise CapacityExceeded(
+                        f"Warm pool '{request.pool}' has its {len(pooled)} sessions",
+                        retry_after=30,
+                    )
+            else:
+                self._admit_user(live, request.username, request.user_capacity)
             entry = _Entry(
                 Record.of(request),
                 self.now(),
@@ -272,6 +289,28 @@ class FakeBackend(Backend):
             if changed is None:
                 return False
             entry.record = changed
+            return True
+
+    @staticmethod
+    def _admit_user(live: list[_Entry], username: str, capacity: int) -> None:
+        mine = sum(1 for e in live if not e.record.pooled and e.record.username == username)
+        if capacity and mine >= capacity:
+            raise UserCapacityExceeded(
+                f"User '{username}' already has {mine} sessions", retry_after=30
+            )
+
+    def claim(
+        self, session_id: str, username: str, at: datetime, *, user_capacity: int = 0
+    ) -> bool:
+        self._engine()
+        with self._lock:
+            entry = self._sessions.get(session_id)
+            if entry is None or not entry.record.pooled or entry.record.outcome is not None:
+                return False
+            live = [e for e in self._sessions.values() if e.record.outcome is None]
+            self._admit_user(live, username, user_capacity)
+            marks = {**entry.record.marks, Mark.CLAIMED: at}
+            entry.record = replace(entry.record, username=username, marks=marks)
             return True
 
     def finish(self, session_id: str, outcome: Outcome) -> bool:

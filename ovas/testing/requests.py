@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from ovas.backend import Backend, Catalog
 from ovas.kitspec import parse_kit
-from ovas.models import Clocks, Session, SessionRequest, SessionState
+from ovas.models import Clocks, Session, SessionRequest, SessionState, WarmPool
 from ovas.services import CatalogService, SessionService
 
 STANDIN_READY_DELAY = "STANDIN_READY_DELAY"
@@ -31,10 +31,12 @@ def make_request(
     user_capacity: int = 0,
     clocks: Clocks | None = None,
     now=None,
+    pool: WarmPool | None = None,
 ) -> SessionRequest:
     """A request for `app_id` (default: the first application), `version` (default latest)
     and `profile_id` (default: the first profile supporting them), as `POST /stream` builds
-    it, with `env` added to the container's environment. `now` is the creation time."""
+    it, with `env` added to the container's environment. `now` is the creation time; with
+    `pool`, the start of one of that warm pool's sessions (its size is `pool_size`)."""
     catalogs = CatalogService(catalog)
     if app_id is None:
         app_id = catalogs.list_applications()[0].id
@@ -50,7 +52,13 @@ def make_request(
         clocks=clocks,
     )
     request = sessions.build_request(
-        app_id, profile_id, resolved, username=username, usd_stage_uri=usd_stage_uri, now=now
+        app_id,
+        profile_id,
+        resolved,
+        username="" if pool else username,
+        usd_stage_uri=usd_stage_uri,
+        now=now,
+        pool=pool,
     )
     return with_env(request, env) if env else request
 

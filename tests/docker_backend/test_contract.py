@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from ovas.testing import BackendContract
+from ovas.testing import WarmPoolContract
 
 pytestmark = pytest.mark.docker
 
 
-class TestDockerBackend(BackendContract):
+class TestDockerBackend(WarmPoolContract):
     @pytest.fixture
     def backend(self, new_backend, clock):
         return new_backend(now=clock)

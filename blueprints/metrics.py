@@ -106,7 +106,7 @@ class SessionCollector:
 
     def describe(self):
         # Lets a registry check names without listing sessions at registration.
-        return self._families("")[:3]
+        return [*self._families("")[:3], *self._pool_families()]
 
     def _families(self, backend: str):
         return (
@@ -128,6 +128,19 @@ class SessionCollector:
             ),
         )
 
+    @staticmethod
+    def _pool_families():
+        return (
+            GaugeMetricFamily(
+                "ovas_pool_size", "Sessions each warm pool keeps started", labels=["pool"]
+            ),
+            GaugeMetricFamily(
+                "ovas_pool_sessions",
+                "Unclaimed sessions of each warm pool, by state",
+                labels=["pool", "state"],
+            ),
+        )
+
     def collect(self):
         state = self.app.extensions["ovas"]
         backend = state.backend
@@ -139,11 +152,25 @@ class SessionCollector:
             by_state.add_metric(list(labels), count)
         backend_up.add_metric([name], up)
         took.add_metric([name], duration)
-        families = [by_state, backend_up, took]
+        families = [by_state, backend_up, took, *self._pools(state.sessions, sessions)]
         if error:
             failed.add_metric([name, error], 1)
             families.append(failed)
         return families
+
+    def _pools(self, service, sessions):
+        size, members = self._pool_families()
+        try:
+            pools = service.warm_pools()
+        except Exception:
+            log.exception("reading the warm pools for /metrics failed")
+            return []
+        tally = Tally((s.pool, s.state.value) for s in sessions if s.pooled)
+        for pool in pools:
+            size.add_metric([pool.name], pool.size)
+            for state in (SessionState.READY, SessionState.CREATING):
+                members.add_metric([pool.name, state.value], tally.get((pool.name, state.value), 0))
+        return [size, members]
 
     def _list(self, service):
         started = time.perf_counter()
@@ -218,6 +245,18 @@ class Metrics:
             buckets=_READY_BUCKETS,
             registry=r,
         )
+        self.pool_claims = Counter(
+            "ovas_pool_claims",
+            "Starts given a warm pool's ready session at once (hits)",
+            ["pool"],
+            registry=r,
+        )
+        self.pool_misses = Counter(
+            "ovas_pool_misses",
+            "Starts that matched a warm pool but started on demand, by reason",
+            ["pool", "reason"],
+            registry=r,
+        )
         self.backend_errors = Counter(
             "ovas_backend_errors",
             "Answers made because the session backend could not be reached",
@@ -275,6 +314,10 @@ class Metrics:
             self.starts.labels("ok").inc()
         elif isinstance(event, events.StartRefused):
             self.starts.labels(error_outcome(event.error)).inc()
+        elif isinstance(event, events.PoolClaimed):
+            self.pool_claims.labels(event.pool).inc()
+        elif isinstance(event, events.PoolMissed):
+            self.pool_misses.labels(event.pool, event.reason).inc()
         elif isinstance(event, events.SessionStopped):
             self.stops.labels("ok").inc()
         elif isinstance(event, events.StopRefused):

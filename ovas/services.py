@@ -48,6 +48,7 @@ from ovas.models import (
     Session,
     SessionQuery,
     SessionRequest,
+    SessionState,
     Version,
     WarmPool,
 )
@@ -253,6 +254,7 @@ class SessionService:
         self.now = now
         self.events = events or Events()
         self._pool_warned: set[str] = set()
+        self._pool_backoff: dict[str, tuple[datetime, float]] = {}  # pool -> (until, seconds)
 
     def build_request(
         self,
@@ -454,15 +456,38 @@ class SessionService:
                 log.warning(
                     "warm pool %s: %s %s cannot be had", pool.name, pool.application, pool.version
                 )
-            step = pools.plan(pool, target, members.get(pool.name, []), now, self.pool_max_age)
+            mine = members.get(pool.name, [])
+            step = pools.plan(pool, target, mine, now, self.pool_max_age)
+            self._back_off(pool, mine, now)
             for session_id in step.done:
                 with contextlib.suppress(SessionNotFound):
                     self.backend.stop(session_id)  # failed or ended: nobody can claim it
             for session_id in step.stops:
                 self._remove_pooled_quietly(session_id, step.why[session_id])
-            for _ in range(step.starts):
+            until = self._pool_backoff.get(pool.name, (now, 0.0))[0]
+            for _ in range(step.starts if now >= until else 0):
                 if not self._start_pooled(pool, target, step.pool_size, now):
                     break
+
+    def _back_off(self, pool: WarmPool, members: list[Session], now: datetime) -> None:
+        """A pool whose sessions fail starts again after 30 s, then twice as long each time
+        (up to 10 minutes), until one is ready: a broken image or profile must not churn
+        the engine, nor fill the log."""
+        failed = [m for m in members if m.state is SessionState.FAILED]
+        if any(m.ready for m in members):
+            self._pool_backoff.pop(pool.name, None)
+        if not failed:
+            return
+        _, seconds = self._pool_backoff.get(pool.name, (now, 0.0))
+        seconds = min(600.0, seconds * 2 or 30.0)
+        self._pool_backoff[pool.name] = (now + timedelta(seconds=seconds), seconds)
+        log.warning(
+            "warm pool %s: %d session(s) failed (%s); starting again in %.0f s",
+            pool.name,
+            len(failed),
+            failed[0].message,
+            seconds,
+        )
 
     def _remove_pooled_quietly(self, session_id: str, why: str) -> None:
         try:

@@ -156,3 +156,52 @@ def test_edits_made_elsewhere_are_seen(tmp_path):
         "apiVersion: omniverse.nvidia.com/v1\nkind: Application\nmetadata: {name: twin}\n",
     )
     assert "twin" in {a.id for a in catalog.applications()}
+
+
+def test_warm_pools_are_read_and_checked_as_their_crd_says(tmp_path):
+    shutil.copy(SAMPLE / "usd-viewer.yaml", tmp_path)
+    shutil.copy(SAMPLE / "profiles.yaml", tmp_path)
+    write(
+        tmp_path,
+        "pools.yaml",
+        """
+        apiVersion: ovas.io/v1alpha1
+        kind: WarmPool
+        metadata: {name: viewers}
+        spec: {application: usd-viewer, version: latest, profile: default, size: 2}
+        ---
+        apiVersion: ovas.io/v1alpha1
+        kind: WarmPool
+        metadata: {name: quoted-size}
+        spec: {application: usd-viewer, version: latest, profile: default, size: "2"}
+        ---
+        apiVersion: ovas.io/v1alpha1
+        kind: WarmPool
+        metadata: {name: no-such-app}
+        spec: {application: nope, version: 1.0.0, profile: default, size: 1}
+        ---
+        apiVersion: ovas.io/v1alpha1
+        kind: WarmPool
+        metadata: {name: bad-version}
+        spec: {application: usd-viewer, version: newest, profile: default, size: 1}
+        ---
+        apiVersion: omniverse.nvidia.com/v1
+        kind: WarmPool
+        metadata: {name: wrong-group}
+        spec: {application: usd-viewer, version: latest, profile: default, size: 1}
+        """,
+    )
+    catalog = FileCatalog(tmp_path)
+    (pool,) = catalog.warm_pools()
+    assert (pool.name, pool.application, pool.version, pool.profile, pool.size) == (
+        "viewers",
+        "usd-viewer",
+        "latest",
+        "default",
+        2,
+    )
+    problems = "\n".join(catalog.problems)
+    assert "pools.yaml (document 2): spec.size: must be a whole number" in problems
+    assert "pools.yaml (document 3): spec.application: no Application 'nope'" in problems
+    assert "pools.yaml (document 4): spec.version: 'newest' is neither" in problems
+    assert "pools.yaml (document 5): apiVersion: must be ovas.io/v1alpha1" in problems

@@ -44,13 +44,16 @@ class Streams(Resource):
     @blp.response(200, StreamListSchema)
     @error_responses(blp, 503)
     def get(self, query):
-        """List sessions, paged and sorted"""
+        """List sessions, paged and sorted (`pooled=true`: the warm pools' unclaimed ones)"""
         return sessions().list(**query, caller=current_identity())
 
     @blp.arguments(StreamRequestSchema())
     @blp.response(202, StreamResponseSchema, description="The session is starting")
     @blp.alt_response(
-        200, schema=StreamResponseSchema, description="The session is ready", success=True
+        200,
+        schema=StreamResponseSchema,
+        description="The session is ready: a warm pool's, taken at once",
+        success=True,
     )
     @error_responses(blp, 404, 429, 503)
     def post(self, body):

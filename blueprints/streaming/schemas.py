@@ -148,6 +148,13 @@ class StreamListQuerySchema(Schema):
     )
     order = fields.String(load_default="DESC", validate=validate.OneOf(["ASC", "DESC"]))
     username = fields.String(validate=validate.Length(min=1, max=253))
+    pooled = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "ovas: list the warm pools' sessions nobody has claimed yet, and "
+            "only those (an admin only; 403 otherwise). They never appear without it."
+        },
+    )
 
     @pre_load
     def _upper_order(self, data, **kwargs):

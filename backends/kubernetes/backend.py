@@ -78,6 +78,7 @@ class KubernetesBackend(Backend):
     connect and idle timeouts do not apply; the max lifetime and the start deadline do."""
 
     name = "kubernetes"
+    keeps_warm_pools = True
 
     def __init__(
         self,
@@ -233,6 +234,18 @@ class KubernetesBackend(Backend):
     def observe_all(self) -> list[Observed]:
         return self._observed(self._sessions(*self._lists(ALL_SESSIONS)))
 
+    def records(self) -> list[Record]:
+        """Every session's record, off the metadata of the objects owning live sessions
+        and of the outcome ConfigMaps (two lists)."""
+        owners = self._list(self.owner_kind, ALL_SESSIONS, metadata_only=True)
+        ended = self._list(CONFIG_MAP, OUTCOMES, metadata_only=True)
+        found: dict[str, Record] = {}
+        for obj in [*owners, *ended]:  # an outcome, read last, is the final word
+            record = s.record_of(obj) if s.is_live(obj) else None
+            if record is not None:
+                found[record.id] = record
+        return list(found.values())
+
     def observe_page(self, query: SessionQuery) -> list[Observed]:
         """The page chosen from every session's record, read off the metadata of the objects
         that own live sessions and of the outcome ConfigMaps of ended ones (two lists, a
@@ -385,6 +398,49 @@ class KubernetesBackend(Backend):
                 continue
         return False
 
+    def claim(
+        self, session_id: str, username: str, at: datetime, *, user_capacity: int = 0
+    ) -> bool:
+        """Take the user's slot (with a per-user cap), then write `ovas/username`, the
+        user's label and `ovas/claimed-at` on the session's Pod or HelmRelease with the
+        resourceVersion read as a precondition: of processes claiming at once, one
+        succeeds; the others, refused with 409, read it again, find it claimed and give the
+        slot back. The winner then frees the pool's place. `collect` completes what a
+        process dying halfway leaves."""
+        if not is_session_id(session_id):
+            return False
+        kind, name = self.owner_kind, o.object_name(session_id)
+        taken: list[str] = []
+        try:
+            for _ in range(MARK_ATTEMPTS):
+                owner = self.kube.get(kind, name)
+                record = s.record_of(owner) if s.is_live(owner) else None
+                if record is None or not record.pooled or record.outcome is not None:
+                    return False
+                if user_capacity and not taken:
+                    taken.append(self.admission.take_user(session_id, username, at, user_capacity))
+                patch = {
+                    "metadata": {
+                        "resourceVersion": owner["metadata"].get("resourceVersion"),
+                        "labels": {o.USER: o.label_value(username)},
+                        "annotations": {o.USERNAME: username, o.CLAIMED_AT: at.isoformat()},
+                    }
+                }
+                try:
+                    claimed = self.kube.patch(kind, name, patch)
+                except Taken:
+                    continue
+                if claimed is None:
+                    return False
+                self.admission.bind(taken, claimed)
+                taken = []
+                self.admission.release(session_id, "pool")
+                return True
+            return False
+        finally:
+            for slot in taken:
+                self.kube.delete(CONFIG_MAP, slot)
+
     def finish(self, session_id: str, outcome: Outcome) -> bool:
         """Create the session's outcome ConfigMap (its record, the outcome, the Kit
         container's last log lines), then delete its workload and slots. True only for the
@@ -469,6 +525,7 @@ class KubernetesBackend(Backend):
         for session_id in sorted(unfinished):
             log.info("completing the end of session %s", session_id)
             self._end(session_id)
+        removed += self._complete_claims(slots, groups, alive, now)
         for config_map in outcomes:
             group = groups.get(s.session_id_of(config_map) or "")
             kept = group is not None and group.outcome is config_map
@@ -476,6 +533,28 @@ class KubernetesBackend(Backend):
                 name = config_map["metadata"]["name"]
                 if self.kube.delete(CONFIG_MAP, name):
                     removed.append(f"configmap/{name}")
+        return removed
+
+    def _complete_claims(
+        self, slots: list[dict], groups: dict[str, Objects], alive: set[str], now: datetime
+    ) -> list[str]:
+        """Slots a claim that died halfway left: the pool's place of a claimed session, and
+        a user's slot taken for a claim that was never made."""
+        removed = []
+        for slot in slots:
+            session_id = s.session_id_of(slot) or ""
+            if session_id not in alive or not s.is_live(slot):
+                continue
+            record = groups[session_id].record
+            scope = s.labels(slot).get(o.SLOT)
+            if scope == "pool":
+                stale = not record.pooled
+            else:
+                owner = s.annotations(slot).get(o.USERNAME, "")
+                stale = scope == "user" and owner != record.username and self._old(slot, now)
+            name = slot["metadata"]["name"]
+            if stale and self.kube.delete(CONFIG_MAP, name):
+                removed.append(f"configmap/{name}")
         return removed
 
     def _old(self, obj: dict[str, Any], now: datetime) -> bool:

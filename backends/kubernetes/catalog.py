@@ -20,19 +20,24 @@ from ovas.errors import (
     ProfileNotFound,
     VersionNotFound,
 )
-from ovas.models import Application, Profile, Version
+from ovas.models import Application, Profile, Version, WarmPool
 from ovas.resources import (
     API,
     APPLICATION,
     GROUP,
     PLURALS,
+    POOL_API,
+    POOL_GROUP,
+    POOL_PLURAL,
     PROFILE,
     VERSION,
+    WARM_POOL,
     application_from_resource,
     application_to_resource,
     profile_from_resource,
     version_from_resource,
     version_to_resource,
+    warm_pool_from_resource,
 )
 
 log = logging.getLogger(__name__)
@@ -40,10 +45,12 @@ log = logging.getLogger(__name__)
 APPLICATIONS = Kind(APPLICATION, PLURALS[APPLICATION], GROUP, API)
 VERSIONS = Kind(VERSION, PLURALS[VERSION], GROUP, API)
 PROFILES = Kind(PROFILE, PLURALS[PROFILE], GROUP, API)
+WARM_POOLS = Kind(WARM_POOL, POOL_PLURAL, POOL_GROUP, POOL_API)
 _READERS = {
     APPLICATION: application_from_resource,
     VERSION: version_from_resource,
     PROFILE: profile_from_resource,
+    WARM_POOL: warm_pool_from_resource,
 }
 UPDATE_ATTEMPTS = 5
 
@@ -114,13 +121,33 @@ class KubernetesCatalog(Catalog):
             raise ProfileNotFound(profile_id)
         return found[0]
 
+    def warm_pools(self) -> list[WarmPool]:
+        """The namespace's `WarmPool`s (`ovas.io/v1alpha1`); none, logged once, where
+        that resource is not installed (it is optional: clusters set up before it have
+        none)."""
+        return self._parse(WARM_POOLS, self._pools())[0]
+
+    def _pools(self) -> list[dict[str, Any]]:
+        try:
+            return self.kube.list(WARM_POOLS)
+        except Missing:
+            if WARM_POOL not in self._reported:
+                self._reported.add(WARM_POOL)
+                log.warning(
+                    "the WarmPool custom resource (%s/%s) is not installed: no warm pools "
+                    "(kubectl apply -k config/deploy installs it)",
+                    POOL_GROUP,
+                    POOL_API,
+                )
+            return []
+
     @property
     def problems(self) -> list[str]:
         """Every object that is not valid, as `Kind namespace/name: field: what is wrong`."""
         problems = []
         for kind in (APPLICATIONS, VERSIONS, PROFILES):
             problems += self._parse(kind, self._list(kind))[1]
-        return problems
+        return problems + self._parse(WARM_POOLS, self._pools())[1]
 
     def check(self) -> None:
         for kind in (APPLICATIONS, VERSIONS, PROFILES):

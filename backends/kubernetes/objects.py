@@ -29,7 +29,8 @@ APP = PREFIX + "app"
 VERSION = PREFIX + "version"
 PROFILE = PREFIX + "profile"
 USER = PREFIX + "user"
-SLOT = PREFIX + "slot"  # "global" or "user", on admission slots only
+SLOT = PREFIX + "slot"  # "global", "user" or "pool", on admission slots only
+POOL_KEY = PREFIX + "pool-key"  # a pool slot's pool and version, hashed
 OUTCOME = PREFIX + "outcome"  # "ended" or "failed", on outcome ConfigMaps only
 USERNAME = PREFIX + "username"  # annotations from here on
 CREATED = PREFIX + "created-time"
@@ -39,7 +40,14 @@ CLOCKS = {name: annotation for annotation, name in CLOCK_ANNOTATIONS.items()}
 READY_AT = PREFIX + "ready-at"  # the marks: when ovas first saw the session ready...
 CONNECTED_AT = PREFIX + "connected-at"
 IDLE_AT = PREFIX + "idle-at"
-MARKS = {Mark.READY: READY_AT, Mark.CONNECTED: CONNECTED_AT, Mark.IDLE: IDLE_AT}
+CLAIMED_AT = PREFIX + "claimed-at"  # a warm pool's session handed to `ovas/username`
+MARKS = {
+    Mark.READY: READY_AT,
+    Mark.CONNECTED: CONNECTED_AT,
+    Mark.IDLE: IDLE_AT,
+    Mark.CLAIMED: CLAIMED_AT,
+}
+POOL = PREFIX + "pool"  # annotation: the warm pool a session was started for
 STATE = PREFIX + "state"  # the outcome, on outcome ConfigMaps: "ended" or "failed"
 REASON = PREFIX + "reason"
 MESSAGE = PREFIX + "message"
@@ -111,6 +119,8 @@ def record_annotations(record: Record) -> dict[str, str]:
         CREATED: record.created_time.isoformat(),
         DEADLINE: record.deadline.isoformat(),
     }
+    if record.pool:
+        notes[POOL] = record.pool
     for name, annotation in CLOCKS.items():
         notes[annotation] = seconds_text(getattr(record.clocks, name))
     for mark, at in record.marks.items():
@@ -403,7 +413,25 @@ def slot_name(index: int, username: str | None = None) -> str:
     return f"ovas-user-{digest}-{index}"
 
 
-def build_slot(name: str, request: SessionRequest, namespace: str, scope: str) -> dict[str, Any]:
+def pool_key(pool: str, version: str) -> str:
+    """The label value naming one warm pool's version (its places are counted per version)."""
+    return hashlib.sha256(f"{pool}@{version}".encode()).hexdigest()[:12]
+
+
+def pool_slot_name(index: int, pool: str, version: str) -> str:
+    """`ovas-pool-<hash>-<k>`: one of the places of a warm pool's unclaimed sessions."""
+    return f"ovas-pool-{pool_key(pool, version)}-{index}"
+
+
+def build_slot(
+    name: str,
+    session_id: str,
+    username: str,
+    created: datetime,
+    namespace: str,
+    scope: str,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """A ConfigMap whose existence holds one unit of capacity for the session; creating it
     is the atomic admission step (a second create of the same name is refused)."""
     return {
@@ -415,12 +443,13 @@ def build_slot(name: str, request: SessionRequest, namespace: str, scope: str) -
             "labels": {
                 **OURS,
                 SLOT: scope,
-                SESSION: request.id,
-                USER: label_value(request.username),
+                SESSION: session_id,
+                USER: label_value(username),
+                **(labels or {}),
             },
-            "annotations": {USERNAME: request.username, CREATED: request.created_time.isoformat()},
+            "annotations": {USERNAME: username, CREATED: created.isoformat()},
         },
-        "data": {"session": request.id},
+        "data": {"session": session_id},
     }
 
 

@@ -85,6 +85,7 @@ class Listed(NamedTuple):
     id: str
     username: str
     created_time: datetime
+    pooled: bool = False  # a warm pool's, unclaimed
 
 
 def listed_of(obj: dict[str, Any]) -> Listed | None:
@@ -97,7 +98,8 @@ def listed_of(obj: dict[str, Any]) -> Listed | None:
     created = o.parse_time(notes.get(o.CREATED))
     if created is None:
         return None
-    return Listed(session_id, notes.get(o.USERNAME, ""), created)
+    pooled = bool(notes.get(o.POOL)) and o.CLAIMED_AT not in notes
+    return Listed(session_id, notes.get(o.USERNAME, ""), created, pooled)
 
 
 def record_of(obj: dict[str, Any]) -> Record | None:
@@ -136,6 +138,7 @@ def record_of(obj: dict[str, Any]) -> Record | None:
         clocks=clocks,
         marks=marks,
         outcome=outcome,
+        pool=notes.get(o.POOL, ""),
     )
 
 

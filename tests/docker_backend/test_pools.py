@@ -6,33 +6,25 @@ from __future__ import annotations
 
 import shutil
 import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
+from support.warm_pools import OTHER_STAGE, POOL, START, fill, pooled, post_at_once
 
 from ovas import create_app
 from ovas.catalog_files import FileCatalog
-from ovas.lifecycle import Mark
 
 pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parents[2]
-POOL = """\
-apiVersion: ovas.io/v1alpha1
-kind: WarmPool
-metadata: {name: standins}
-spec: {application: kit-standin, version: latest, profile: standin, size: 2}
-"""
-START = {"id": "kit-standin", "profile": "standin"}
 
 
 @pytest.fixture
 def pool_catalog(tmp_path) -> FileCatalog:
     shutil.copy(REPO / "config/catalog/standin.yaml", tmp_path)
-    (tmp_path / "pools.yaml").write_text(POOL)
+    (tmp_path / "pools.yaml").write_text(yaml.safe_dump(POOL))
     return FileCatalog(tmp_path)
 
 
@@ -50,26 +42,6 @@ def make_app(new_backend, pool_catalog):
 
 def sessions_of(app):
     return app.extensions["ovas"].sessions
-
-
-def pooled(app, ready=True):
-    """The pool's live sessions (`ready`: those a claim may take: marked ready by a pass)."""
-    backend = app.extensions["ovas"].backend
-    return [
-        r
-        for r in backend.records()
-        if r.pooled and r.outcome is None and (Mark.READY in r.marks or not ready)
-    ]
-
-
-def fill(app, count=2, timeout=30.0):
-    """Reap until the pool has `count` sessions a claim may take (the stand-in is ready in
-    about a second), as the reaper thread would every few seconds."""
-    deadline = time.monotonic() + timeout
-    while len(pooled(app)) < count:
-        assert time.monotonic() < deadline, sessions_of(app).all()
-        sessions_of(app).reap()
-        time.sleep(0.2)
 
 
 def test_a_pool_of_two_fills_two_posts_take_it_at_once_a_third_starts_and_it_refills(
@@ -101,19 +73,7 @@ def test_a_pool_of_two_fills_two_posts_take_it_at_once_a_third_starts_and_it_ref
 def test_concurrent_claims_from_several_workers_never_share_a_session(make_app):
     workers = [make_app(), make_app(), make_app()]
     fill(workers[0])
-    answers: list = []
-    barrier = threading.Barrier(6)
-
-    def post(app):
-        client = app.test_client()
-        barrier.wait()
-        answers.append(client.post("/streaming/stream", json=START))
-
-    threads = [threading.Thread(target=post, args=(w,)) for w in workers for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    answers = post_at_once(workers)
     taken = [a.get_json()["id"] for a in answers if a.status_code == 200]
     assert len(taken) == 2 and len(set(taken)) == 2, [a.get_json() for a in answers]
     assert sorted(a.status_code for a in answers) == [200, 200, 202, 202, 202, 202]
@@ -123,9 +83,8 @@ def test_capacity_goes_to_on_demand_starts_first(make_app):
     app = make_app(SESSION_CAPACITY=2)
     fill(app)
     client = app.test_client()
-    # Another stage than the profile's own: no match, so it starts on demand, in a place
-    # a pool's session gives up.
-    other = {**START, "arguments": {"usd_stage_uri": "omniverse://nucleus/other.usd"}}
+    # No match, so it starts on demand, in a place a pool's session gives up.
+    other = OTHER_STAGE
     first = client.post("/streaming/stream", json=other)
     assert first.status_code == 202, first.get_json()
     assert len(pooled(app, ready=False)) == 1

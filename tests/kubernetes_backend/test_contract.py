@@ -8,12 +8,12 @@ import os
 import pytest
 
 from backends.kubernetes import KubernetesBackend
-from ovas.testing import BackendContract
+from ovas.testing import BackendContract, WarmPoolContract
 
 pytestmark = pytest.mark.kubernetes
 
 
-class TestPodMode(BackendContract):
+class TestPodMode(WarmPoolContract):
     mode = "pod"
 
     @pytest.fixture

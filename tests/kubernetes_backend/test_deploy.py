@@ -68,7 +68,7 @@ def test_every_builtin_object_is_valid(rendered):
         checked += 1
         if doc["kind"] not in ("Namespace", "CustomResourceDefinition"):
             assert doc["metadata"]["namespace"] == "omni-streaming", doc["metadata"]["name"]
-    assert checked == 9
+    assert checked == 10  # 4 CRDs, namespace, service account, role, binding, deployment, service
 
 
 def _closed(schema: dict) -> dict:
@@ -90,7 +90,7 @@ def test_every_catalog_object_is_valid_against_its_crd(rendered):
         crd["spec"]["names"]["kind"]: _closed(crd["spec"]["versions"][0]["schema"][SCHEMA])
         for crd in by_kind(rendered, "CustomResourceDefinition")
     }
-    assert set(schemas) == {"Application", "ApplicationVersion", "ApplicationProfile"}
+    assert set(schemas) == {"Application", "ApplicationVersion", "ApplicationProfile", "WarmPool"}
     custom = [d for d in rendered if d["kind"] in schemas]
     assert custom
     for doc in custom:
@@ -98,6 +98,24 @@ def test_every_catalog_object_is_valid_against_its_crd(rendered):
     broken = {**custom[0], "spec": {**custom[0]["spec"], "nmae": "typo"}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schemas[broken["kind"]])
+
+
+def test_a_warm_pool_is_checked_by_its_crd_as_the_catalog_checks_it(rendered):
+    (crd,) = [
+        c for c in by_kind(rendered, "CustomResourceDefinition") if c["spec"]["group"] == "ovas.io"
+    ]
+    schema = _closed(crd["spec"]["versions"][0]["schema"][SCHEMA])
+    pool = {
+        "apiVersion": "ovas.io/v1alpha1",
+        "kind": "WarmPool",
+        "metadata": {"name": "viewers"},
+        "spec": {"application": "usd-viewer", "version": "latest", "profile": "default", "size": 2},
+    }
+    jsonschema.validate(pool, schema)
+    jsonschema.validate({**pool, "spec": {**pool["spec"], "version": "107.3.2+build.1"}}, schema)
+    for bad in ({"size": "2"}, {"size": -1}, {"version": "newest"}, {"profile": None}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**pool, "spec": {**pool["spec"], **bad}}, schema)
 
 
 def test_the_sample_catalog_is_the_one_of_config_catalog(rendered):

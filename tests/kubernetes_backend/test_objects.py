@@ -90,7 +90,12 @@ def test_labels_are_safe_and_annotations_exact():
     assert notes[o.USERNAME] == "Ann Smith <ann@example.com>"
     assert notes[o.VERSION] == "1.0.0+build.7"
     assert record_of(pod) == Record.of(request)
-    assert listed_of(pod) == (request.id, "Ann Smith <ann@example.com>", request.created_time)
+    assert listed_of(pod) == (
+        request.id,
+        "Ann Smith <ann@example.com>",
+        request.created_time,
+        False,
+    )
 
 
 def test_the_record_holds_the_clocks_and_the_marks():
@@ -187,7 +192,7 @@ def test_helmrelease_installs_the_versions_chart_with_the_rendered_values():
 
 def test_slots_are_valid_config_maps_named_by_index_and_user():
     request = make_request(sample_catalog(), username="bob")
-    valid(o.build_slot(o.slot_name(3), request, "ns", "global"))
+    valid(o.build_slot(o.slot_name(3), request.id, "bob", request.created_time, "ns", "global"))
     assert o.slot_name(3) == "ovas-slot-3"
     assert o.slot_name(0, "bob") != o.slot_name(0, "Bob")
     assert o.slot_name(0, "bob").startswith("ovas-user-")

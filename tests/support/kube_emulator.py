@@ -39,6 +39,7 @@ CUSTOM = {
     "omniverse.nvidia.com/v1/applications": "Application",
     "omniverse.nvidia.com/v1/applicationversions": "ApplicationVersion",
     "omniverse.nvidia.com/v1/applicationprofiles": "ApplicationProfile",
+    "ovas.io/v1alpha1/warmpools": "WarmPool",
 }
 FLUX = {"helm.toolkit.fluxcd.io/v2/helmreleases": "HelmRelease"}
 NODE_PORTS = range(30000, 32768)

@@ -154,4 +154,5 @@ PLURALS = {
     "Service": "services",
     "ConfigMap": "configmaps",
     "HelmRelease": "helmreleases",
+    "WarmPool": "warmpools",
 }

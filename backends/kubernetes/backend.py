@@ -29,6 +29,7 @@ from backends.kubernetes.admission import Admission
 from backends.kubernetes.catalog import KubernetesCatalog
 from backends.kubernetes.client import (
     CONFIG_MAP,
+    EVENT,
     HELM_RELEASE,
     POD,
     SERVICE,
@@ -212,7 +213,7 @@ class KubernetesBackend(Backend):
             return found
         found.owner = owner
         if self.helm:
-            found.pod = _first_live(self._list(POD, selector))
+            found.pod = _session_pod(self._list(POD, selector))
             if found.pod is not None and _may_be_ready(found.pod, owner):
                 found.service = _first_live(self._list(SERVICE, selector))
         else:
@@ -228,7 +229,7 @@ class KubernetesBackend(Backend):
         found = self._read(session_id)
         if found.record is None:
             raise SessionNotFound(session_id)
-        return self._observed([found])[0]
+        return self._observed([found], events=True)[0]
 
     def observe_all(self) -> list[Observed]:
         return self._observed(self._sessions(*self._lists(ALL_SESSIONS)))
@@ -309,7 +310,7 @@ class KubernetesBackend(Backend):
                 found.owner = release
         for pod in pods:
             found = entry(pod)
-            if found is not None and found.pod is None:
+            if found is not None and (found.pod is None or s.disruption(pod) is not None):
                 found.pod = pod
                 if not self.helm:
                     found.owner = pod
@@ -323,15 +324,21 @@ class KubernetesBackend(Backend):
         groups = self._group(pods, services, outcomes, releases)
         return [g for g in groups.values() if g.record is not None]
 
-    def _observed(self, entries: list[Objects]) -> list[Observed]:
+    def _observed(self, entries: list[Objects], *, events: bool = False) -> list[Observed]:
         """What each session's objects show; the last log lines of an app that has just
-        exited are read too (for `LOG_READS` sessions at most)."""
+        exited are read too (for `LOG_READS` sessions at most). With `events`, the Events of
+        a pod still waiting are read as well (one call a session: for one session only)."""
         found = []
         reads = 0
         for entry in entries:
             record = entry.record
             assert record is not None
             seen = self._seen(entry, record)
+            if events and seen.stage is Stage.WAITING and entry.pod is not None:
+                told = self._events(entry.pod)
+                seen = s.pod_observation(
+                    entry.pod, entry.service, public_host=self.public_host, events=told
+                )
             if seen.stage is Stage.EXITED and entry.pod is not None and reads < LOG_READS:
                 reads += 1
                 seen = replace(seen, logs=tuple(self._tail(entry.pod, LOG_LINES)))
@@ -345,6 +352,18 @@ class KubernetesBackend(Backend):
             assert entry.owner is not None
             return s.release_observation(entry.owner, dict(record.marks))
         return s.pod_observation(entry.pod, entry.service, public_host=self.public_host)
+
+    def _events(self, pod: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Events about the pod (one call); [] if they cannot be read (they only add to
+        what the pod's status says)."""
+        name = pod["metadata"]["name"]
+        try:
+            return self.kube.list(
+                EVENT, fields=f"involvedObject.kind=Pod,involvedObject.name={name}"
+            )
+        except (OvasError, Missing) as exc:
+            log.warning("the events of pod %s: %s", name, getattr(exc, "message", exc))
+            return []
 
     def _tail(self, pod: dict[str, Any], lines: int) -> list[str]:
         """The Kit container's last log lines; [] if they cannot be read (they only add to
@@ -405,21 +424,25 @@ class KubernetesBackend(Backend):
                 recorded = True
             except Taken:
                 pass  # another process recorded it first
-        self._end(session_id)
+        self._end(session_id, found.pod)
         return recorded
 
-    def _end(self, session_id: str) -> None:
+    def _end(self, session_id: str, pod: dict[str, Any] | None = None) -> None:
         """Delete the session's workload and free its capacity slots, keeping its outcome;
-        what is already gone is not an error."""
+        what is already gone is not an error. `pod`, as read: one the cluster is taking away
+        is removed at once, since while it lingers it would still speak for its session."""
         name = o.object_name(session_id)
         selector = f"{o.SESSION}={session_id}"
+        taken = s.disruption(pod) is not None
         if self.helm:
             self.kube.delete(HELM_RELEASE, name)
+            if taken and pod is not None:
+                self.kube.delete(POD, pod["metadata"]["name"], now=True)
             # Flux uninstalls the release too, but the workload must end at once.
             self.kube.delete_all(POD, selector)
             self.kube.delete_all(SERVICE, selector)
         else:
-            self.kube.delete(POD, name)
+            self.kube.delete(POD, name, now=taken)
             self.kube.delete(SERVICE, name)
         self.admission.release(session_id)
 
@@ -434,7 +457,7 @@ class KubernetesBackend(Backend):
         if not ended and not s.is_live(owner):
             raise SessionNotFound(session_id)
         # The workload goes first: a finish racing this stop then finds no session to end.
-        self._end(session_id)
+        self._end(session_id, None if self.helm else owner)
         self.kube.delete(CONFIG_MAP, o.outcome_name(session_id))
 
     def collect(self, now: datetime) -> list[str]:
@@ -503,6 +526,12 @@ class KubernetesBackend(Backend):
 
 def _first_live(items: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((obj for obj in items if s.is_live(obj)), None)
+
+
+def _session_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A chart's pod of the session: one the cluster took away first (a Deployment replaces
+    it, but the stream it carried is over), else the first live one."""
+    return next((p for p in pods if s.disruption(p) is not None), None) or _first_live(pods)
 
 
 def _may_be_ready(pod: dict[str, Any], owner: dict[str, Any]) -> bool:

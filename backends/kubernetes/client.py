@@ -41,6 +41,7 @@ class Kind:
 POD = Kind("Pod", "pods", core="pod")
 SERVICE = Kind("Service", "services", core="service")
 CONFIG_MAP = Kind("ConfigMap", "configmaps", core="config_map")
+EVENT = Kind("Event", "events", core="event")
 HELM_RELEASE = Kind("HelmRelease", "helmreleases", "helm.toolkit.fluxcd.io", "v2")
 # As client-go asks for it: metadata alone, or else the whole objects.
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
@@ -196,14 +197,21 @@ class Kube:
             return None
 
     def list(
-        self, kind: Kind, selector: str | None = None, *, metadata_only: bool = False
+        self,
+        kind: Kind,
+        selector: str | None = None,
+        *,
+        fields: str | None = None,
+        metadata_only: bool = False,
     ) -> list[dict[str, Any]]:
-        """The objects matching the label selector (one call). Raises `Missing` when the
-        resource itself is unknown (a CRD not installed). `metadata_only`: ask for each
-        object's metadata alone (a `PartialObjectMetadataList`), a fraction of the bytes;
-        a server that cannot answer so sends the whole objects."""
+        """The objects matching the label selector and the field selector `fields` (one
+        call). Raises `Missing` when the resource itself is unknown (a CRD not installed).
+        `metadata_only`: ask for each object's metadata alone (a `PartialObjectMetadataList`),
+        a fraction of the bytes; a server that cannot answer so sends the whole objects."""
         what = f"{kind.plural} list"
         kw: dict[str, Any] = {"label_selector": selector}
+        if fields:
+            kw["field_selector"] = fields
         if metadata_only:
             kw["_headers"] = {"Accept": METADATA_ONLY}
         if kind.core:
@@ -255,10 +263,12 @@ class Kube:
             return []
         return data.decode("utf-8", errors="replace").splitlines()
 
-    def delete(self, kind: Kind, name: str) -> bool:
+    def delete(self, kind: Kind, name: str, *, now: bool = False) -> bool:
         """Delete, letting the garbage collector remove what the object owns. False if it
-        was not there."""
+        was not there. `now`: with no grace period (a pod the cluster is already taking
+        away, whose kubelet may be gone)."""
         what = f"{kind.kind} {name}"
+        grace = {"grace_period_seconds": 0} if now else {}
         try:
             if kind.core:
                 self._call(
@@ -267,6 +277,7 @@ class Kube:
                     name,
                     self.namespace,
                     propagation_policy="Background",
+                    **grace,
                 )
             else:
                 self._call(

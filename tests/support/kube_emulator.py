@@ -10,7 +10,8 @@ resourceVersion, never collects owned objects, and knows neither PUT nor delete-
 - merge and JSON patches, and PUT with optimistic concurrency (409 Conflict on a stale
   resourceVersion);
 - finalizers and graceful deletion of pods (a deletionTimestamp; the fake kubelet removes
-  them), and the garbage collector's cascade over ownerReferences;
+  them; `gracePeriodSeconds=0` removes one at once, also while it terminates), and the
+  garbage collector's cascade over ownerReferences;
 - cluster IPs and node ports for Services; 404 for resources the cluster does not serve;
 - pod logs (`pods/<name>/log`, with `tailLines`), as plain text, from lines the fake kubelet
   writes with `write_log`.
@@ -274,7 +275,7 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         if current is None:
             raise error(404, "NotFound", f'{key[0].plural} "{key[2]}" not found')
         meta = current["metadata"]
-        if meta.get("deletionTimestamp"):
+        if meta.get("deletionTimestamp") and not (grace == 0 and not meta.get("finalizers")):
             return current
         graceful = key[0].plural == "pods" and self.graceful_pods and grace != 0
         if meta.get("finalizers") or graceful:

@@ -4,7 +4,8 @@
 Calls return plain dicts decoded from the API server's JSON (the typed models cost more than
 the calls themselves at a thousand sessions). An unreachable or refusing API server raises
 `BackendUnavailable`; 404 and 409 become `Missing` and `Taken`, for the caller to read;
-an object the API server rejects as invalid raises `InvalidInput`. A failed start of the
+an object the API server rejects as invalid raises `InvalidInput`; a refusal by admission is
+told apart (see `_refused`). A failed start of the
 client is retried on the next call, so ovas recovers without a restart.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from ovas.errors import BackendUnavailable, InvalidInput
+from ovas.errors import BackendUnavailable, CapacityExceeded, InvalidInput, OvasError
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,40 @@ def _status_message(exc: ApiException) -> str:
         return orjson.loads(exc.body or "{}").get("message") or exc.reason or ""
     except (TypeError, ValueError, AttributeError):
         return str(exc.reason or "")
+
+
+# The API server's words for a create that a ResourceQuota refuses, and for a request that
+# RBAC refuses the caller (kubernetes/apiserver: admission/plugin/resourcequota and
+# endpoints/handlers/responsewriters "forbidden").
+_QUOTA = re.compile(r"exceeded quota: (?P<quota>[^,]+)(?:, (?P<rest>.*))?")
+_RBAC = re.compile(r'is forbidden: User "(?P<user>[^"]*)" cannot ')
+QUOTA_RETRY_AFTER = 30  # seconds: a quota frees up as other sessions end
+
+
+def _refused(status: int, what: str, message: str, detail: str) -> OvasError:
+    """The error for a 401 or 403: a full ResourceQuota is a capacity answer (503 with
+    Retry-After, naming the quota); RBAC refusing ovas's own account, or credentials the API
+    server does not accept, make the backend unavailable; any other admission refusal (a
+    webhook, PodSecurity, a LimitRange) is the cluster refusing the session as the profile
+    asks it, with the refuser's own words (422)."""
+    quota = _QUOTA.search(message)
+    if status == 403 and quota:
+        usage = f" ({quota['rest']})" if quota["rest"] else ""
+        return CapacityExceeded(
+            f"The namespace's ResourceQuota {quota['quota']} has no room for the session"
+            f"{usage}; try again later",
+            retry_after=QUOTA_RETRY_AFTER,
+            detail=detail,
+        )
+    rbac = None if "admission webhook" in message else _RBAC.search(message)
+    if status == 401 or rbac:
+        check = "RBAC (its Role)" if rbac else "credentials"
+        return BackendUnavailable(
+            f"The Kubernetes API server refused ovas ({status}) on {what}: {message}; check "
+            f"ovas's {check}",
+            detail=detail,
+        )
+    return InvalidInput(f"The cluster refused the session's {what}: {message}", field="profile")
 
 
 class Kube:
@@ -141,11 +177,7 @@ class Kube:
                     f"The cluster refused the session's {what}: {message}", field="profile"
                 ) from None
             if exc.status in (401, 403):
-                raise BackendUnavailable(
-                    f"The Kubernetes API server refused ovas ({exc.status}) on {what}: {message}; "
-                    "check ovas's credentials and RBAC",
-                    detail=str(exc),
-                ) from None
+                raise _refused(exc.status, what, message, str(exc)) from None
             raise BackendUnavailable(
                 f"The Kubernetes API server failed on {what} ({exc.status}): {message}",
                 detail=str(exc),

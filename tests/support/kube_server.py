@@ -153,5 +153,6 @@ PLURALS = {
     "Pod": "pods",
     "Service": "services",
     "ConfigMap": "configmaps",
+    "ResourceQuota": "resourcequotas",
     "HelmRelease": "helmreleases",
 }

@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import Any, Self
 
 from backends.kubernetes import objects as o
+from backends.kubernetes import profiles
 from backends.kubernetes import status as s
 from backends.kubernetes.admission import Admission
 from backends.kubernetes.catalog import KubernetesCatalog
@@ -39,7 +40,14 @@ from backends.kubernetes.client import (
     Taken,
 )
 from ovas.backend import Backend, Catalog, utcnow
-from ovas.errors import BackendUnavailable, ConfigurationError, Conflict, OvasError, SessionNotFound
+from ovas.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    OvasError,
+    SessionNotFound,
+)
 from ovas.lifecycle import LOG_LINES, Mark, Observation, Observed, Outcome, Record, Stage
 from ovas.models import SessionQuery, SessionRequest
 from ovas.names import is_session_id
@@ -86,6 +94,7 @@ class KubernetesBackend(Backend):
         namespace: str = "omni-streaming",
         mode: str = "pod",
         public_host: str | None = None,
+        base_domain: str | None = None,
         orphan_grace: float = 60.0,
         helm_repository: str = o.DEFAULT_HELM_REPOSITORY,
         config_file: str | None = None,
@@ -95,11 +104,18 @@ class KubernetesBackend(Backend):
         now: Callable[[], datetime] = utcnow,
     ):
         """`orphan_grace`: seconds an object of no session is left alone by `collect` (it may
-        be a start in progress). `now`: the clock of records, marks and outcomes."""
+        be a start in progress). `base_domain`: with one, a session's route key is its own
+        hostname `<session-id>.<base_domain>` (see `profiles.hostname`). `now`: the clock of
+        records, marks and outcomes. Raises `ConfigurationError` for a mode or domain that
+        is not valid."""
         if mode not in MODES:
             raise ConfigurationError(
                 f"OVAS_KUBERNETES_SESSION_MODE must be one of {', '.join(MODES)}, not {mode!r}"
             )
+        try:
+            self.base_domain = profiles.check_base_domain(base_domain) if base_domain else None
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         self.mode = mode
         self.public_host = public_host or None
         self.orphan_grace = timedelta(seconds=orphan_grace)
@@ -107,17 +123,23 @@ class KubernetesBackend(Backend):
         self.now = now
         self.kube = kube or Kube(namespace, config_file=config_file, context=context)
         self.namespace = self.kube.namespace
-        self.catalog = catalog if catalog is not None else KubernetesCatalog(self.kube)
+        self.catalog = (
+            catalog
+            if catalog is not None
+            else KubernetesCatalog(self.kube, refusal=lambda p: profiles.refusal(p, mode))
+        )
         self.admission = Admission(self.kube)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
         """Reads KUBERNETES_NAMESPACE, KUBERNETES_SESSION_MODE, KUBERNETES_PUBLIC_HOST,
-        KUBERNETES_HELM_REPOSITORY and KUBERNETES_CONTEXT; contacts nothing."""
+        KUBERNETES_BASE_DOMAIN, KUBERNETES_HELM_REPOSITORY and KUBERNETES_CONTEXT; contacts
+        nothing."""
         return cls(
             namespace=str(settings.get("KUBERNETES_NAMESPACE") or "omni-streaming"),
             mode=str(settings.get("KUBERNETES_SESSION_MODE") or "pod").strip().lower(),
             public_host=settings.get("KUBERNETES_PUBLIC_HOST") or None,
+            base_domain=settings.get("KUBERNETES_BASE_DOMAIN") or None,
             helm_repository=str(
                 settings.get("KUBERNETES_HELM_REPOSITORY") or o.DEFAULT_HELM_REPOSITORY
             ),
@@ -154,6 +176,16 @@ class KubernetesBackend(Backend):
     # Starting
 
     def start(self, request: SessionRequest) -> Observed:
+        """See `Backend.start`. Also raises `InvalidInput` for a profile this mode cannot run
+        as written (`profiles.refusal`), before anything is taken; a profile's
+        `ovas/max-pending` brings the recorded start deadline forward."""
+        refused = profiles.refusal(request.profile, self.mode, request.values)
+        if refused:
+            raise InvalidInput(
+                f"Profile '{request.profile.id}' cannot run in {self.mode} mode: {refused}",
+                field="profile",
+            )
+        request = profiles.with_pending_limit(request)
         slots = self.admission.acquire(request)
         try:
             if self.helm:
@@ -188,8 +220,10 @@ class KubernetesBackend(Backend):
 
     def _start_pod(self, request: SessionRequest) -> dict[str, Any]:
         pod = self._create(POD, o.build_pod(request, self.namespace))
+        name = profiles.hostname(request.id, self.base_domain) if self.base_domain else None
         try:
-            self._create(SERVICE, o.build_service(request, self.namespace, owner=pod))
+            service = o.build_service(request, self.namespace, owner=pod, hostname=name)
+            self._create(SERVICE, service)
         except BaseException:
             self.kube.delete(POD, pod["metadata"]["name"])
             raise
@@ -334,6 +368,8 @@ class KubernetesBackend(Backend):
             record = entry.record
             assert record is not None
             seen = self._seen(entry, record)
+            if self.base_domain and seen.host:
+                seen = replace(seen, host=profiles.hostname(record.id, self.base_domain))
             if events and seen.stage is Stage.WAITING and entry.pod is not None:
                 told = self._events(entry.pod)
                 seen = s.pod_observation(

@@ -209,26 +209,6 @@ def test_a_lost_node_names_the_node(make_backend, cluster, mode):
     cluster.cluster.running = True
 
 
-def test_a_chart_pod_killed_for_memory_again_and_again_fails_as_oom(make_backend, cluster):
-    from kubernetes_backend.steps import kubelet
-
-    sessions = service_for(make_backend("helmrelease"))
-    session = begin(sessions, request_for(sessions.backend))
-    wait_for(sessions, session.id, READY)
-
-    def oom_loop(pod):
-        pod["status"]["containerStatuses"][0].update(
-            ready=False,
-            restartCount=4,
-            state={"waiting": {"reason": "CrashLoopBackOff"}},
-            lastState={"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
-        )
-
-    kubelet(cluster, session.id, oom_loop)
-    failed = sessions.get(session.id)
-    assert failed.reason is Reason.OOM
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_the_pods_events_show_while_creating(make_backend, cluster, mode):
     sessions = service_for(make_backend(mode))

@@ -104,7 +104,26 @@ def test_a_chart_pod_whose_app_exits_fails_with_its_exit_code(make_backend):
     assert failed.message.startswith("The Kit app exited with code 42")
 
 
-def test_a_chart_pod_that_keeps_crashing_fails_as_a_crash_loop(make_backend, cluster):
+@pytest.mark.parametrize(
+    ("code", "why", "reason", "message"),
+    [
+        (
+            139,
+            "Error",
+            Reason.CRASH_LOOP,
+            "The Kit app keeps crashing: restarted 5 times; last exit code 139",
+        ),
+        (
+            137,
+            "OOMKilled",
+            Reason.OOM,
+            "The Kit app was killed for want of memory (out of memory):",
+        ),
+    ],
+)
+def test_a_chart_pod_that_keeps_crashing_fails_with_its_cause(
+    make_backend, cluster, code, why, reason, message
+):
     sessions = service_for(make_backend("helmrelease"))
     session = begin(sessions, request_for(sessions.backend))
     wait_for(sessions, session.id, READY)
@@ -115,13 +134,13 @@ def test_a_chart_pod_that_keeps_crashing_fails_as_a_crash_loop(make_backend, clu
             ready=False,
             restartCount=5,
             state={"waiting": {"reason": "CrashLoopBackOff"}},
-            lastState={"terminated": {"exitCode": 139, "reason": "Error"}},
+            lastState={"terminated": {"exitCode": code, "reason": why}},
         )
 
     kubelet(cluster, session.id, crash_loop)
     failed = sessions.get(session.id)
-    assert failed.reason is Reason.CRASH_LOOP
-    assert failed.message == "The Kit app keeps crashing: restarted 5 times; last exit code 139"
+    assert failed.reason is reason
+    assert failed.message.startswith(message)
 
 
 def test_a_pod_whose_container_exits_fails_with_its_exit_code(make_backend):

@@ -221,6 +221,8 @@ def message(reason: Reason, *, detail: str = "", clocks: Clocks | None = None, *
         Reason.CRASH_LOOP: "The Kit app keeps crashing",
         Reason.INSTALL_FAILED: "The session's chart could not be installed",
         Reason.LOST: "The session's container or pod was removed outside ovas",
+        Reason.PREEMPTED: "The session was preempted by a workload of higher priority",
+        Reason.NODE_LOST: "The session's node was lost",
     }[reason]
     if reason is Reason.START_TIMEOUT and detail:
         return f"{text} ({detail})"

@@ -47,6 +47,8 @@ class Reason(enum.StrEnum):
     CRASH_LOOP = "crash_loop"  # the Kit app keeps crashing
     INSTALL_FAILED = "install_failed"  # the session's Helm chart cannot be installed
     LOST = "lost"  # the session's container or pod was removed outside ovas
+    PREEMPTED = "preempted"  # the scheduler removed the session for a pod of higher priority
+    NODE_LOST = "node_lost"  # the session's node stopped answering, shut down or was deleted
 
     @property
     def fault(self) -> bool:

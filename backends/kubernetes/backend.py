@@ -24,11 +24,13 @@ from functools import cached_property
 from typing import Any, Self
 
 from backends.kubernetes import objects as o
+from backends.kubernetes import profiles
 from backends.kubernetes import status as s
 from backends.kubernetes.admission import Admission
 from backends.kubernetes.catalog import KubernetesCatalog
 from backends.kubernetes.client import (
     CONFIG_MAP,
+    EVENT,
     HELM_RELEASE,
     POD,
     SERVICE,
@@ -38,7 +40,14 @@ from backends.kubernetes.client import (
     Taken,
 )
 from ovas.backend import Backend, Catalog, utcnow
-from ovas.errors import BackendUnavailable, ConfigurationError, Conflict, OvasError, SessionNotFound
+from ovas.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    OvasError,
+    SessionNotFound,
+)
 from ovas.lifecycle import LOG_LINES, Mark, Observation, Observed, Outcome, Record, Stage
 from ovas.models import SessionQuery, SessionRequest
 from ovas.names import is_session_id
@@ -86,6 +95,7 @@ class KubernetesBackend(Backend):
         namespace: str = "omni-streaming",
         mode: str = "pod",
         public_host: str | None = None,
+        base_domain: str | None = None,
         orphan_grace: float = 60.0,
         helm_repository: str = o.DEFAULT_HELM_REPOSITORY,
         config_file: str | None = None,
@@ -95,11 +105,18 @@ class KubernetesBackend(Backend):
         now: Callable[[], datetime] = utcnow,
     ):
         """`orphan_grace`: seconds an object of no session is left alone by `collect` (it may
-        be a start in progress). `now`: the clock of records, marks and outcomes."""
+        be a start in progress). `base_domain`: with one, a session's route key is its own
+        hostname `<session-id>.<base_domain>` (see `profiles.hostname`). `now`: the clock of
+        records, marks and outcomes. Raises `ConfigurationError` for a mode or domain that
+        is not valid."""
         if mode not in MODES:
             raise ConfigurationError(
                 f"OVAS_KUBERNETES_SESSION_MODE must be one of {', '.join(MODES)}, not {mode!r}"
             )
+        try:
+            self.base_domain = profiles.check_base_domain(base_domain) if base_domain else None
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         self.mode = mode
         self.public_host = public_host or None
         self.orphan_grace = timedelta(seconds=orphan_grace)
@@ -107,17 +124,23 @@ class KubernetesBackend(Backend):
         self.now = now
         self.kube = kube or Kube(namespace, config_file=config_file, context=context)
         self.namespace = self.kube.namespace
-        self.catalog = catalog if catalog is not None else KubernetesCatalog(self.kube)
+        self.catalog = (
+            catalog
+            if catalog is not None
+            else KubernetesCatalog(self.kube, refusal=lambda p: profiles.refusal(p, mode))
+        )
         self.admission = Admission(self.kube)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
         """Reads KUBERNETES_NAMESPACE, KUBERNETES_SESSION_MODE, KUBERNETES_PUBLIC_HOST,
-        KUBERNETES_HELM_REPOSITORY and KUBERNETES_CONTEXT; contacts nothing."""
+        KUBERNETES_BASE_DOMAIN, KUBERNETES_HELM_REPOSITORY and KUBERNETES_CONTEXT; contacts
+        nothing."""
         return cls(
             namespace=str(settings.get("KUBERNETES_NAMESPACE") or "omni-streaming"),
             mode=str(settings.get("KUBERNETES_SESSION_MODE") or "pod").strip().lower(),
             public_host=settings.get("KUBERNETES_PUBLIC_HOST") or None,
+            base_domain=settings.get("KUBERNETES_BASE_DOMAIN") or None,
             helm_repository=str(
                 settings.get("KUBERNETES_HELM_REPOSITORY") or o.DEFAULT_HELM_REPOSITORY
             ),
@@ -154,6 +177,16 @@ class KubernetesBackend(Backend):
     # Starting
 
     def start(self, request: SessionRequest) -> Observed:
+        """See `Backend.start`. Also raises `InvalidInput` for a profile this mode cannot run
+        as written (`profiles.refusal`), before anything is taken; a profile's
+        `ovas/max-pending` brings the recorded start deadline forward."""
+        refused = profiles.refusal(request.profile, self.mode, request.values)
+        if refused:
+            raise InvalidInput(
+                f"Profile '{request.profile.id}' cannot run in {self.mode} mode: {refused}",
+                field="profile",
+            )
+        request = profiles.with_pending_limit(request)
         slots = self.admission.acquire(request)
         try:
             if self.helm:
@@ -188,8 +221,10 @@ class KubernetesBackend(Backend):
 
     def _start_pod(self, request: SessionRequest) -> dict[str, Any]:
         pod = self._create(POD, o.build_pod(request, self.namespace))
+        name = profiles.hostname(request.id, self.base_domain) if self.base_domain else None
         try:
-            self._create(SERVICE, o.build_service(request, self.namespace, owner=pod))
+            service = o.build_service(request, self.namespace, owner=pod, hostname=name)
+            self._create(SERVICE, service)
         except BaseException:
             self.kube.delete(POD, pod["metadata"]["name"])
             raise
@@ -213,7 +248,7 @@ class KubernetesBackend(Backend):
             return found
         found.owner = owner
         if self.helm:
-            found.pod = _first_live(self._list(POD, selector))
+            found.pod = _session_pod(self._list(POD, selector))
             if found.pod is not None and _may_be_ready(found.pod, owner):
                 found.service = _first_live(self._list(SERVICE, selector))
         else:
@@ -229,7 +264,7 @@ class KubernetesBackend(Backend):
         found = self._read(session_id)
         if found.record is None:
             raise SessionNotFound(session_id)
-        return self._observed([found])[0]
+        return self._observed([found], events=True)[0]
 
     def observe_all(self) -> list[Observed]:
         return self._observed(self._sessions(*self._lists(ALL_SESSIONS)))
@@ -322,7 +357,7 @@ class KubernetesBackend(Backend):
                 found.owner = release
         for pod in pods:
             found = entry(pod)
-            if found is not None and found.pod is None:
+            if found is not None and (found.pod is None or s.disruption(pod) is not None):
                 found.pod = pod
                 if not self.helm:
                     found.owner = pod
@@ -336,15 +371,23 @@ class KubernetesBackend(Backend):
         groups = self._group(pods, services, outcomes, releases)
         return [g for g in groups.values() if g.record is not None]
 
-    def _observed(self, entries: list[Objects]) -> list[Observed]:
+    def _observed(self, entries: list[Objects], *, events: bool = False) -> list[Observed]:
         """What each session's objects show; the last log lines of an app that has just
-        exited are read too (for `LOG_READS` sessions at most)."""
+        exited are read too (for `LOG_READS` sessions at most). With `events`, the Events of
+        a pod still waiting are read as well (one call a session: for one session only)."""
         found = []
         reads = 0
         for entry in entries:
             record = entry.record
             assert record is not None
             seen = self._seen(entry, record)
+            if self.base_domain and seen.host:
+                seen = replace(seen, host=profiles.hostname(record.id, self.base_domain))
+            if events and seen.stage is Stage.WAITING and entry.pod is not None:
+                told = self._events(entry.pod)
+                seen = s.pod_observation(
+                    entry.pod, entry.service, public_host=self.public_host, events=told
+                )
             if seen.stage is Stage.EXITED and entry.pod is not None and reads < LOG_READS:
                 reads += 1
                 seen = replace(seen, logs=tuple(self._tail(entry.pod, LOG_LINES)))
@@ -358,6 +401,18 @@ class KubernetesBackend(Backend):
             assert entry.owner is not None
             return s.release_observation(entry.owner, dict(record.marks))
         return s.pod_observation(entry.pod, entry.service, public_host=self.public_host)
+
+    def _events(self, pod: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Events about the pod (one call); [] if they cannot be read (they only add to
+        what the pod's status says)."""
+        name = pod["metadata"]["name"]
+        try:
+            return self.kube.list(
+                EVENT, fields=f"involvedObject.kind=Pod,involvedObject.name={name}"
+            )
+        except (OvasError, Missing) as exc:
+            log.warning("the events of pod %s: %s", name, getattr(exc, "message", exc))
+            return []
 
     def _tail(self, pod: dict[str, Any], lines: int) -> list[str]:
         """The Kit container's last log lines; [] if they cannot be read (they only add to
@@ -461,21 +516,25 @@ class KubernetesBackend(Backend):
                 recorded = True
             except Taken:
                 pass  # another process recorded it first
-        self._end(session_id)
+        self._end(session_id, found.pod)
         return recorded
 
-    def _end(self, session_id: str) -> None:
+    def _end(self, session_id: str, pod: dict[str, Any] | None = None) -> None:
         """Delete the session's workload and free its capacity slots, keeping its outcome;
-        what is already gone is not an error."""
+        what is already gone is not an error. `pod`, as read: one the cluster is taking away
+        is removed at once, since while it lingers it would still speak for its session."""
         name = o.object_name(session_id)
         selector = f"{o.SESSION}={session_id}"
+        taken = s.disruption(pod) is not None
         if self.helm:
             self.kube.delete(HELM_RELEASE, name)
+            if taken and pod is not None:
+                self.kube.delete(POD, pod["metadata"]["name"], now=True)
             # Flux uninstalls the release too, but the workload must end at once.
             self.kube.delete_all(POD, selector)
             self.kube.delete_all(SERVICE, selector)
         else:
-            self.kube.delete(POD, name)
+            self.kube.delete(POD, name, now=taken)
             self.kube.delete(SERVICE, name)
         self.admission.release(session_id)
 
@@ -490,7 +549,7 @@ class KubernetesBackend(Backend):
         if not ended and not s.is_live(owner):
             raise SessionNotFound(session_id)
         # The workload goes first: a finish racing this stop then finds no session to end.
-        self._end(session_id)
+        self._end(session_id, None if self.helm else owner)
         self.kube.delete(CONFIG_MAP, o.outcome_name(session_id))
 
     def collect(self, now: datetime) -> list[str]:
@@ -582,6 +641,12 @@ class KubernetesBackend(Backend):
 
 def _first_live(items: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((obj for obj in items if s.is_live(obj)), None)
+
+
+def _session_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A chart's pod of the session: one the cluster took away first (a Deployment replaces
+    it, but the stream it carried is over), else the first live one."""
+    return next((p for p in pods if s.disruption(p) is not None), None) or _first_live(pods)
 
 
 def _may_be_ready(pod: dict[str, Any], owner: dict[str, Any]) -> bool:

@@ -9,6 +9,7 @@ so a concurrent edit is retried rather than lost.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from backends.kubernetes.client import Kind, Kube, Missing, Taken
@@ -58,8 +59,11 @@ UPDATE_ATTEMPTS = 5
 class KubernetesCatalog(Catalog):
     """Applications, versions and profiles as custom resources of one namespace."""
 
-    def __init__(self, kube: Kube):
+    def __init__(self, kube: Kube, *, refusal: Callable[[Profile], str | None] | None = None):
+        """`refusal`: why the backend cannot run a profile as written (None if it can); such
+        profiles are served (a start says why it refuses) and reported in `problems`."""
         self.kube = kube
+        self.refusal = refusal
         self._reported: set[str] = set()
 
     # Reading
@@ -143,10 +147,18 @@ class KubernetesCatalog(Catalog):
 
     @property
     def problems(self) -> list[str]:
-        """Every object that is not valid, as `Kind namespace/name: field: what is wrong`."""
+        """Every object that is not valid, and every profile the backend cannot run as
+        written (`refusal`), as `Kind namespace/name: field: what is wrong`."""
         problems = []
         for kind in (APPLICATIONS, VERSIONS, PROFILES):
-            problems += self._parse(kind, self._list(kind))[1]
+            values, found = self._parse(kind, self._list(kind))
+            problems += found
+            if kind is PROFILES and self.refusal is not None:
+                for profile in values:
+                    refused = self.refusal(profile)
+                    if refused:
+                        where = f"{PROFILE} {self.kube.namespace}/{profile.id}"
+                        problems.append(f"{where}: {refused}")
         return problems + self._parse(WARM_POOLS, self._pools())[1]
 
     def check(self) -> None:

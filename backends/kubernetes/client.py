@@ -4,7 +4,8 @@
 Calls return plain dicts decoded from the API server's JSON (the typed models cost more than
 the calls themselves at a thousand sessions). An unreachable or refusing API server raises
 `BackendUnavailable`; 404 and 409 become `Missing` and `Taken`, for the caller to read;
-an object the API server rejects as invalid raises `InvalidInput`. A failed start of the
+an object the API server rejects as invalid raises `InvalidInput`; a refusal by admission is
+told apart (see `_refused`). A failed start of the
 client is retried on the next call, so ovas recovers without a restart.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from ovas.errors import BackendUnavailable, InvalidInput
+from ovas.errors import BackendUnavailable, CapacityExceeded, InvalidInput, OvasError
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Kind:
 POD = Kind("Pod", "pods", core="pod")
 SERVICE = Kind("Service", "services", core="service")
 CONFIG_MAP = Kind("ConfigMap", "configmaps", core="config_map")
+EVENT = Kind("Event", "events", core="event")
 HELM_RELEASE = Kind("HelmRelease", "helmreleases", "helm.toolkit.fluxcd.io", "v2")
 # As client-go asks for it: metadata alone, or else the whole objects.
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
@@ -60,6 +63,40 @@ def _status_message(exc: ApiException) -> str:
         return orjson.loads(exc.body or "{}").get("message") or exc.reason or ""
     except (TypeError, ValueError, AttributeError):
         return str(exc.reason or "")
+
+
+# The API server's words for a create that a ResourceQuota refuses, and for a request that
+# RBAC refuses the caller (kubernetes/apiserver: admission/plugin/resourcequota and
+# endpoints/handlers/responsewriters "forbidden").
+_QUOTA = re.compile(r"exceeded quota: (?P<quota>[^,]+)(?:, (?P<rest>.*))?")
+_RBAC = re.compile(r'is forbidden: User "(?P<user>[^"]*)" cannot ')
+QUOTA_RETRY_AFTER = 30  # seconds: a quota frees up as other sessions end
+
+
+def _refused(status: int, what: str, message: str, detail: str) -> OvasError:
+    """The error for a 401 or 403: a full ResourceQuota is a capacity answer (503 with
+    Retry-After, naming the quota); RBAC refusing ovas's own account, or credentials the API
+    server does not accept, make the backend unavailable; any other admission refusal (a
+    webhook, PodSecurity, a LimitRange) is the cluster refusing the session as the profile
+    asks it, with the refuser's own words (422)."""
+    quota = _QUOTA.search(message)
+    if status == 403 and quota:
+        usage = f" ({quota['rest']})" if quota["rest"] else ""
+        return CapacityExceeded(
+            f"The namespace's ResourceQuota {quota['quota']} has no room for the session"
+            f"{usage}; try again later",
+            retry_after=QUOTA_RETRY_AFTER,
+            detail=detail,
+        )
+    rbac = None if "admission webhook" in message else _RBAC.search(message)
+    if status == 401 or rbac:
+        check = "RBAC (its Role)" if rbac else "credentials"
+        return BackendUnavailable(
+            f"The Kubernetes API server refused ovas ({status}) on {what}: {message}; check "
+            f"ovas's {check}",
+            detail=detail,
+        )
+    return InvalidInput(f"The cluster refused the session's {what}: {message}", field="profile")
 
 
 class Kube:
@@ -140,11 +177,7 @@ class Kube:
                     f"The cluster refused the session's {what}: {message}", field="profile"
                 ) from None
             if exc.status in (401, 403):
-                raise BackendUnavailable(
-                    f"The Kubernetes API server refused ovas ({exc.status}) on {what}: {message}; "
-                    "check ovas's credentials and RBAC",
-                    detail=str(exc),
-                ) from None
+                raise _refused(exc.status, what, message, str(exc)) from None
             raise BackendUnavailable(
                 f"The Kubernetes API server failed on {what} ({exc.status}): {message}",
                 detail=str(exc),
@@ -196,14 +229,21 @@ class Kube:
             return None
 
     def list(
-        self, kind: Kind, selector: str | None = None, *, metadata_only: bool = False
+        self,
+        kind: Kind,
+        selector: str | None = None,
+        *,
+        fields: str | None = None,
+        metadata_only: bool = False,
     ) -> list[dict[str, Any]]:
-        """The objects matching the label selector (one call). Raises `Missing` when the
-        resource itself is unknown (a CRD not installed). `metadata_only`: ask for each
-        object's metadata alone (a `PartialObjectMetadataList`), a fraction of the bytes;
-        a server that cannot answer so sends the whole objects."""
+        """The objects matching the label selector and the field selector `fields` (one
+        call). Raises `Missing` when the resource itself is unknown (a CRD not installed).
+        `metadata_only`: ask for each object's metadata alone (a `PartialObjectMetadataList`),
+        a fraction of the bytes; a server that cannot answer so sends the whole objects."""
         what = f"{kind.plural} list"
         kw: dict[str, Any] = {"label_selector": selector}
+        if fields:
+            kw["field_selector"] = fields
         if metadata_only:
             kw["_headers"] = {"Accept": METADATA_ONLY}
         if kind.core:
@@ -255,10 +295,12 @@ class Kube:
             return []
         return data.decode("utf-8", errors="replace").splitlines()
 
-    def delete(self, kind: Kind, name: str) -> bool:
+    def delete(self, kind: Kind, name: str, *, now: bool = False) -> bool:
         """Delete, letting the garbage collector remove what the object owns. False if it
-        was not there."""
+        was not there. `now`: with no grace period (a pod the cluster is already taking
+        away, whose kubelet may be gone)."""
         what = f"{kind.kind} {name}"
+        grace = {"grace_period_seconds": 0} if now else {}
         try:
             if kind.core:
                 self._call(
@@ -267,6 +309,7 @@ class Kube:
                     name,
                     self.namespace,
                     propagation_policy="Background",
+                    **grace,
                 )
             else:
                 self._call(

@@ -56,6 +56,7 @@ LOGS = "logs"  # the outcome ConfigMap's key holding the Kit container's last lo
 LOG_LINE_LIMIT = 2000  # characters kept of one log line
 LOGS_LIMIT = 256 * 1024  # characters kept of all (a ConfigMap holds at most 1 MiB)
 MANAGED_BY = "app.kubernetes.io/managed-by"
+EXTERNAL_DNS = "external-dns.alpha.kubernetes.io/hostname"  # the DNS name external-dns sets
 OURS = {MANAGED_BY: "ovas"}
 
 CONTAINER = "kit"
@@ -262,13 +263,19 @@ def service_settings(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_service(
-    request: SessionRequest, namespace: str, owner: dict[str, Any] | None = None
+    request: SessionRequest,
+    namespace: str,
+    owner: dict[str, Any] | None = None,
+    *,
+    hostname: str | None = None,
 ) -> dict[str, Any]:
     """The Service exposing the session's signaling (TCP) and media (UDP) ports, owned by
     `owner` (the session's pod as read back) so the cluster removes it with the pod.
 
     For NodePort and LoadBalancer services the cluster picks the node ports, so sessions
     never collide on them; `signalingPort` / `mediaPort` are the service's own ports.
+    `hostname`: the session's own DNS name, annotated for external-dns (`EXTERNAL_DNS`) to
+    publish it with the Service's address.
     """
     settings = service_settings(request.values)
     kind = str(settings.get("type") or DEFAULT_SERVICE_TYPE)
@@ -280,6 +287,8 @@ def build_service(
         # The pod holds the session's annotations; the service only the profile's.
         "annotations": {str(k): str(v) for k, v in (settings.get("annotations") or {}).items()},
     }
+    if hostname:
+        metadata["annotations"][EXTERNAL_DNS] = hostname
     if owner is not None:
         metadata["ownerReferences"] = [owner_reference(owner)]
     return {

@@ -3,19 +3,26 @@ Pod, its Service, a HelmRelease, an outcome ConfigMap) to a session's `Record` a
 `Observation` of its workload. Nothing here decides a state, a message or a deadline: the
 core's lifecycle (`ovas.lifecycle.decide`) does, from what these report.
 
-What a pod shows, as a `Stage`:
+What a pod shows, as a `Stage`. A condition that may pass is WAITING with the cluster's own
+words (the core fails the session at its start deadline); only one that cannot pass is a
+FAULT:
 
-- FAULT, with the reason: the image cannot be pulled (`ErrImagePull`, `ImagePullBackOff`...:
-  `image_pull`), no node can take the pod (PodScheduled False, Unschedulable: `no_gpu` when
-  the scheduler names too few `nvidia.com/gpu`, else `unschedulable`), the node evicted it
-  (`evicted`), the container cannot be created (`CreateContainerConfigError`,
-  `CreateContainerError`, `RunContainerError`: `create_failed`), it keeps crashing
-  (`CrashLoopBackOff` after `CRASH_LOOP_RESTARTS` restarts: `crash_loop`); a HelmRelease whose
-  install failed (`install_failed`).
+- FAULT, with the reason: the cluster took the pod away (`evicted`, `preempted`,
+  `node_lost`, from its `DisruptionTarget` condition or `status.reason`); the image can never
+  be pulled as asked (`InvalidImageName`, `ErrImageNeverPull`, or a pull refused with
+  "not found", "unauthorized", "pull access denied"...: `image_pull`); no new node would
+  fit the pod (the cluster autoscaler's `NotTriggerScaleUp` for any cause but a node group at
+  its maximum or in backoff: `no_gpu` when the scheduler names too few `nvidia.com/gpu`,
+  else `unschedulable`); the container cannot be created (`CreateContainerConfigError`,
+  `CreateContainerError`, `RunContainerError`: `create_failed`); it keeps crashing
+  (`CrashLoopBackOff` after `CRASH_LOOP_RESTARTS` restarts: `crash_loop`, or `oom` when it
+  was last `OOMKilled`); a HelmRelease whose install failed (`install_failed`).
 - EXITED: the Kit container terminated (or was restarted after it did), with its exit code,
   `oom` when it was `OOMKilled`, and when it finished.
 - RUNNING: the container runs; `probe_ok` once the pod is Ready and its address is known.
-- WAITING: not running yet; `detail` says for what (a node, the image, the chart).
+- WAITING: not running yet; `detail` says for what: a node (the scheduler's message, and
+  the autoscaler's answer: a node on the way, or none yet), a pull being retried (a registry
+  timeout), the image, the chart; with the pod's latest Event where they were read.
 - GONE: only the record is left (an outcome ConfigMap; a release whose pod vanished after
   the session was ready).
 """
@@ -31,13 +38,24 @@ from ovas.lifecycle import Mark, Observation, Outcome, Record, Stage
 from ovas.models import Reason, Route, SessionState
 from ovas.names import is_session_id
 
-IMAGE_FAILURES = {
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "ErrImageNeverPull",
-    "RegistryUnavailable",
-}
+# Waiting reasons of a container whose image can never be pulled as asked.
+IMAGE_FINAL = {"InvalidImageName", "ErrImageNeverPull"}
+# Waiting reasons of a pull that failed, for good or for now (the kubelet's message says why).
+IMAGE_RETRIED = {"ErrImagePull", "ImagePullBackOff", "RegistryUnavailable"}
+# Words of registries and container runtimes for a pull that no retry can mend: the image or
+# its tag does not exist, the credentials are refused, the reference is malformed.
+PULL_NEVER = (
+    "not found",
+    "manifest unknown",
+    "unauthorized",
+    "authorization failed",
+    "access denied",
+    "denied:",
+    "repository does not exist",
+    "invalid reference format",
+    "401 ",
+    "403 ",
+)
 CREATE_FAILURES = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 # Flux reasons after which a release will not be installed without a change to it.
 RELEASE_FAILURES = {"InstallFailed", "ArtifactFailed", "InitFailed", "ChartNotFound"}
@@ -47,6 +65,36 @@ CRASH_LOOP_RESTARTS = 2
 NO_GPU = f"Insufficient {GPU_RESOURCE}"
 # Exit reasons that say no more than the exit code does.
 PLAIN_EXITS = {"Error", "Completed", "OOMKilled"}
+# The cluster autoscaler's events on a pod it was asked to find a node for.
+SCALE_UP, NO_SCALE_UP = "TriggeredScaleUp", "NotTriggerScaleUp"
+# In a NotTriggerScaleUp message, the causes that pass (a node group at its maximum size or
+# in backoff may grow later); any other means no node group can ever fit the pod.
+SCALE_UP_LATER = (
+    "max node group size reached",
+    "backoff",
+    "not ready for scale-up",
+    "limit reached",
+    "max total nodes",
+)
+# The Events of a pod's stages before it runs: placing it, then pulling and creating.
+SCHEDULING = frozenset({"FailedScheduling", SCALE_UP, NO_SCALE_UP})
+PULLING = frozenset({"Scheduled", "Pulling", "Pulled", "Created", "BackOff"})
+# `DisruptionTarget` condition reasons (Kubernetes 1.26+, "Pod disruption conditions"), and
+# pod `status.reason` values, that name why the cluster took a pod away.
+DISRUPTIONS = {
+    "PreemptionByScheduler": Reason.PREEMPTED,
+    "DeletionByTaintManager": Reason.NODE_LOST,
+    "DeletionByPodGC": Reason.NODE_LOST,
+    "EvictionByEvictionAPI": Reason.EVICTED,
+    "TerminationByKubelet": Reason.EVICTED,
+}
+POD_REASONS = {
+    "Evicted": Reason.EVICTED,
+    "Preempting": Reason.PREEMPTED,
+    "NodeLost": Reason.NODE_LOST,
+    "Terminated": Reason.NODE_LOST,  # the node shut down (graceful node shutdown)
+    "Shutdown": Reason.NODE_LOST,
+}
 
 
 def _meta(obj: dict[str, Any] | None) -> dict[str, Any]:
@@ -59,11 +107,6 @@ def annotations(obj: dict[str, Any] | None) -> dict[str, str]:
 
 def labels(obj: dict[str, Any] | None) -> dict[str, str]:
     return _meta(obj).get("labels") or {}
-
-
-def is_live(obj: dict[str, Any] | None) -> bool:
-    """Present and not being deleted (a deleted session is gone at once for its users)."""
-    return obj is not None and not _meta(obj).get("deletionTimestamp")
 
 
 def session_id_of(obj: dict[str, Any]) -> str | None:
@@ -210,19 +253,126 @@ def _fault(reason: Reason, detail: str) -> Observation:
     return Observation(Stage.FAULT, fault=reason, detail=detail)
 
 
-def pod_observation(
-    pod: dict[str, Any], service: dict[str, Any] | None, *, public_host: str | None = None
-) -> Observation:
-    """What the session's pod (and its Service, for the address) shows now."""
+def _waiting(detail: str) -> Observation:
+    return Observation(Stage.WAITING, detail=detail)
+
+
+def disruption(pod: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pod's `DisruptionTarget` condition when the cluster is taking it away (preemption,
+    a lost or deleted node, an eviction), else None."""
+    found = _condition(pod, "DisruptionTarget")
+    return found if found and found.get("status") == "True" else None
+
+
+def is_live(obj: dict[str, Any] | None) -> bool:
+    """Present, and not being deleted by anyone but the cluster itself: a session is gone at
+    once for its users when it is stopped, while a pod the cluster takes away (`disruption`)
+    stays to say why until its session's outcome is recorded."""
+    if obj is None:
+        return False
+    return not _meta(obj).get("deletionTimestamp") or disruption(obj) is not None
+
+
+def events_of(pod: dict[str, Any], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Events about this pod (its uid), oldest first."""
+    uid = _meta(pod).get("uid")
+    mine = [e for e in events if ((e.get("involvedObject") or {}).get("uid") or uid) == uid]
+    return sorted(mine, key=_event_time)
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    meta = event.get("metadata") or {}
+    when = event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
+    return str(when or meta.get("creationTimestamp") or "")
+
+
+def _latest(events: list[dict[str, Any]], *reasons: str) -> dict[str, Any] | None:
+    return next((e for e in reversed(events) if e.get("reason") in reasons), None)
+
+
+def _taken_away(pod: dict[str, Any]) -> Observation | None:
+    """The fault of a pod the cluster took away, naming the real cause."""
     status = pod.get("status") or {}
-    if status.get("reason") == "Evicted":
-        return _fault(Reason.EVICTED, status.get("message") or "")
+    reason = POD_REASONS.get(status.get("reason") or "")
+    said = status.get("message") or ""
+    target = disruption(pod)
+    if target is not None:
+        by = DISRUPTIONS.get(target.get("reason") or "", Reason.EVICTED)
+        if reason is None or by is not Reason.EVICTED:
+            reason = by
+        said = said or target.get("message") or target.get("reason") or ""
+    return _fault(reason, said) if reason is not None else None
+
+
+def _pull(pod: dict[str, Any], container: dict[str, Any], events: list[dict]) -> Observation:
+    """A pull that failed: for good when the runtime's words say no retry can mend it, else
+    a passing condition while the kubelet retries."""
+    waiting = (container.get("state") or {}).get("waiting") or {}
+    why, said = waiting.get("reason", ""), waiting.get("message", "")
+    failed = next((e for e in reversed(events) if _pull_failure(e)), None)
+    cause = said
+    if failed is not None and why in IMAGE_RETRIED and (not said or said.startswith("Back-off")):
+        # `ImagePullBackOff` says only "Back-off pulling image"; the kubelet's Event says why.
+        cause = failed.get("message") or said
+    image = _image(pod, container)
+    detail = f"{image} ({why})" + (f": {cause}" if cause else "")
+    lowered = cause.lower()
+    if why in IMAGE_FINAL or any(words in lowered for words in PULL_NEVER):
+        return _fault(Reason.IMAGE_PULL, detail)
+    return _waiting(f"Pulling the image {image}: retrying after {detail}")
+
+
+def _pull_failure(event: dict[str, Any]) -> bool:
+    """The kubelet's Event naming why a pull failed (not its "Error: ErrImagePull" echo)."""
+    said = event.get("message") or ""
+    return event.get("reason") == "Failed" and said.startswith("Failed to pull image")
+
+
+def _unschedulable(said: str, events: list[dict[str, Any]]) -> Observation:
+    """No node takes the pod now: a passing condition (a GPU being freed, a node being added)
+    unless the cluster autoscaler says no new node would fit it."""
+    reason = Reason.NO_GPU if NO_GPU in said else Reason.UNSCHEDULABLE
+    word = _latest(events, SCALE_UP, NO_SCALE_UP)
+    if word is None:
+        return _waiting(f"Waiting for a node: {said}")
+    told = word.get("message") or word.get("reason") or ""
+    if word.get("reason") == SCALE_UP:
+        return _waiting(f"Waiting for a node: {said} The cluster autoscaler is adding one: {told}")
+    if not any(later in told for later in SCALE_UP_LATER):
+        return _fault(reason, f"{said} The cluster autoscaler cannot add one: {told}")
+    return _waiting(f"Waiting for a node: {said} The cluster autoscaler adds none yet: {told}")
+
+
+def _progress(base: str, events: list[dict[str, Any]], reasons: frozenset[str]) -> Observation:
+    """`base`, with the words of the latest Event among `reasons` (the stage's own: Events
+    are read after the pod, and may be a step ahead of it)."""
+    last = next((e for e in reversed(events) if e.get("reason") in reasons), None)
+    said = (last or {}).get("message") or ""
+    return _waiting(f"{base}; {said}" if said else base)
+
+
+def pod_observation(
+    pod: dict[str, Any],
+    service: dict[str, Any] | None,
+    *,
+    public_host: str | None = None,
+    events: list[dict[str, Any]] | None = None,
+) -> Observation:
+    """What the session's pod (and its Service, for the address) shows now. `events`: the
+    cluster's Events about the pod, where they were read (they tell a pull that cannot pass
+    from one being retried, an autoscaler's answer, and the progress of a start)."""
+    events = events_of(pod, events or [])
+    status = pod.get("status") or {}
+    taken = _taken_away(pod)
+    if taken is not None:
+        return taken
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}
         why, said = waiting.get("reason", ""), waiting.get("message", "")
-        if why in IMAGE_FAILURES:
-            detail = f"{_image(pod, container)} ({why})" + (f": {said}" if said else "")
-            return _fault(Reason.IMAGE_PULL, detail)
+        if why in IMAGE_FINAL or why in IMAGE_RETRIED:
+            pulled = _pull(pod, container, events)
+            if pulled.stage is Stage.FAULT or container.get("name") == o.CONTAINER:
+                return pulled
         if why in CREATE_FAILURES:
             return _fault(Reason.CREATE_FAILED, f"{why}: {said}" if said else why)
     kit = kit_status(pod) or {}
@@ -232,6 +382,8 @@ def pod_observation(
         return _exited(state["terminated"])
     if (state.get("waiting") or {}).get("reason") == "CrashLoopBackOff":
         restarts = int(kit.get("restartCount") or 0)
+        if last and last.get("reason") == "OOMKilled":
+            return _exited(last)
         if restarts >= CRASH_LOOP_RESTARTS or not last:
             code = (last or {}).get("exitCode", "?")
             return _fault(Reason.CRASH_LOOP, f"restarted {restarts} times; last exit code {code}")
@@ -251,17 +403,14 @@ def pod_observation(
         and scheduled.get("status") == "False"
         and (scheduled.get("reason") == "Unschedulable")
     ):
-        said = scheduled.get("message") or ""
-        return _fault(Reason.NO_GPU if NO_GPU in said else Reason.UNSCHEDULABLE, said)
+        return _unschedulable(scheduled.get("message") or "", events)
     found = routes_of(service, pod, public_host) if service is not None else None
     host, routes = found if found is not None else (None, ())
     if not (pod.get("spec") or {}).get("nodeName") and not status.get("hostIP"):
-        return Observation(Stage.WAITING, detail="Waiting for a node to run the session")
+        return _progress("Waiting for a node to run the session", events, SCHEDULING)
     if "running" not in state:
-        return Observation(
-            Stage.WAITING,
-            detail=f"Pulling the image {_image(pod, kit)} and creating the container",
-        )
+        image = _image(pod, kit)
+        return _progress(f"Pulling the image {image} and creating the container", events, PULLING)
     ready = (_condition(pod, "Ready") or {}).get("status") == "True"
     detail = "Starting the Kit application"
     if ready and found is None:

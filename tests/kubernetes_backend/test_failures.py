@@ -7,10 +7,10 @@ import time
 from dataclasses import replace
 
 import pytest
+from support.kube_events import NodeGroup
 from support.kube_requests import wait_for
 
-from backends.kubernetes import objects as o
-from kubernetes_backend.steps import PODS, kubelet, of_session, outcome_of, request_for, wait_until
+from kubernetes_backend.steps import PODS, kubelet, of_session, request_for
 from kubernetes_backend.steps import start as begin
 from ovas.models import Reason, SessionState
 from ovas.testing import service_for
@@ -44,45 +44,13 @@ def test_an_image_that_cannot_be_pulled_fails_at_once(make_backend, mode):
     failed = wait_for(sessions, request.id, FAILED)
     assert (failed.state, failed.reason) == (SessionState.FAILED, Reason.IMAGE_PULL)
     assert failed.message.startswith("The Kit image could not be pulled: ")
-    assert "registry.example/does-not-exist:1.0.0 (ErrImagePull)" in failed.message
+    assert "registry.example/does-not-exist:1.0.0 (" in failed.message
     assert "not found" in failed.message
     assert time.monotonic() - began < 5  # the deadline is two minutes away
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_no_free_gpu_fails_with_the_schedulers_reason(make_backend, cluster, mode):
-    sessions = service_for(make_backend(mode))
-    request = request_for(sessions.backend, {"resources": {"limits": {"nvidia.com/gpu": "8"}}})
-    begin(sessions, request)
-    failed = wait_for(sessions, request.id, FAILED)
-    assert (failed.state, failed.reason) == (SessionState.FAILED, Reason.NO_GPU)
-    assert failed.message == (
-        "No GPU can be had for the session: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
-    )
-    # Failed, it holds nothing: its pending pod is gone, so freed GPUs never go to it.
-    assert wait_until(lambda: not of_session(cluster, PODS, request.id))
-
-
-def test_gpus_in_use_leave_no_room_for_another_session(make_backend, cluster):
-    sessions = service_for(make_backend())
-    four_gpus = {"resources": {"limits": {"nvidia.com/gpu": "4"}}}
-    requests = [request_for(sessions.backend, four_gpus) for _ in range(4)]
-    for request in requests:
-        begin(sessions, request)
-    seen = [wait_for(sessions, r.id, {*READY, *FAILED}) for r in requests]
-    assert sorted(s.state for s in seen) == sorted([SessionState.READY] * 3 + [SessionState.FAILED])
-    failed = next(s for s in seen if not s.ready)
-    assert failed.reason is Reason.NO_GPU
-    stopped = next(s.id for s in seen if s.ready)
-    sessions.stop(stopped)
-    # Once its pod is gone, its GPUs go to the next session; the failed one stays failed.
-    assert wait_until(lambda: not of_session(cluster, PODS, stopped))
-    again = begin(sessions, request_for(sessions.backend, four_gpus))
-    assert wait_for(sessions, again.id, {*READY, *FAILED}).ready
-    assert sessions.get(failed.id) == failed
-
-
-def test_a_node_selector_no_node_matches_is_unschedulable(make_backend):
+def test_a_node_selector_no_node_group_matches_is_unschedulable(make_backend, cluster):
+    cluster.cluster.autoscaler.groups = [NodeGroup("gpu-pool", labels={"gpu": "l40s"})]
     sessions = service_for(make_backend())
     request = request_for(sessions.backend, {"nodeSelector": {"gpu": "h100"}})
     begin(sessions, request)
@@ -90,19 +58,7 @@ def test_a_node_selector_no_node_matches_is_unschedulable(make_backend):
     assert failed.reason is Reason.UNSCHEDULABLE
     assert failed.message.startswith("No node can run the session: 0/3 nodes are available")
     assert "didn't match Pod's node affinity/selector" in failed.message
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_an_evicted_pod_fails_the_session(make_backend, cluster, mode):
-    sessions = service_for(make_backend(mode))
-    session = begin(sessions, request_for(sessions.backend))
-    wait_for(sessions, session.id, READY)
-    said = "The node was low on resource: memory."
-    kubelet(cluster, session.id, _terminated(137, "Error", reason="Evicted", message=said))
-    failed = sessions.get(session.id)
-    assert (failed.state, failed.reason) == (SessionState.FAILED, Reason.EVICTED)
-    assert failed.message == f"The session's pod was evicted: {said}"
-    assert outcome_of(cluster, session.id)["metadata"]["annotations"][o.REASON] == "evicted"
+    assert "it wouldn't fit if a new node is added" in failed.message
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -148,7 +104,26 @@ def test_a_chart_pod_whose_app_exits_fails_with_its_exit_code(make_backend):
     assert failed.message.startswith("The Kit app exited with code 42")
 
 
-def test_a_chart_pod_that_keeps_crashing_fails_as_a_crash_loop(make_backend, cluster):
+@pytest.mark.parametrize(
+    ("code", "why", "reason", "message"),
+    [
+        (
+            139,
+            "Error",
+            Reason.CRASH_LOOP,
+            "The Kit app keeps crashing: restarted 5 times; last exit code 139",
+        ),
+        (
+            137,
+            "OOMKilled",
+            Reason.OOM,
+            "The Kit app was killed for want of memory (out of memory):",
+        ),
+    ],
+)
+def test_a_chart_pod_that_keeps_crashing_fails_with_its_cause(
+    make_backend, cluster, code, why, reason, message
+):
     sessions = service_for(make_backend("helmrelease"))
     session = begin(sessions, request_for(sessions.backend))
     wait_for(sessions, session.id, READY)
@@ -159,13 +134,13 @@ def test_a_chart_pod_that_keeps_crashing_fails_as_a_crash_loop(make_backend, clu
             ready=False,
             restartCount=5,
             state={"waiting": {"reason": "CrashLoopBackOff"}},
-            lastState={"terminated": {"exitCode": 139, "reason": "Error"}},
+            lastState={"terminated": {"exitCode": code, "reason": why}},
         )
 
     kubelet(cluster, session.id, crash_loop)
     failed = sessions.get(session.id)
-    assert failed.reason is Reason.CRASH_LOOP
-    assert failed.message == "The Kit app keeps crashing: restarted 5 times; last exit code 139"
+    assert failed.reason is reason
+    assert failed.message.startswith(message)
 
 
 def test_a_pod_whose_container_exits_fails_with_its_exit_code(make_backend):
@@ -229,7 +204,8 @@ def test_progress_shows_while_creating(make_backend, cluster, mode):
     while not any("Starting the Kit application" in m for m in seen) and (
         time.monotonic() < deadline
     ):
-        seen.add(sessions.get(request.id).message.partition(" (")[0])
+        # What it does, without the latest Event's words and the time so far.
+        seen.add(sessions.get(request.id).message.partition(" (")[0].partition("; ")[0])
         time.sleep(0.01)
     assert "Pulling the image ovas/kit-standin:1.0.0 and creating the container" in seen
     assert "Starting the Kit application" in seen

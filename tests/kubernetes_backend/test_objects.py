@@ -218,6 +218,27 @@ def _waiting(reason: str, message: str = "") -> dict:
     return _kit({"waiting": {"reason": reason, "message": message}})
 
 
+def _event(reason: str, message: str, at: str = "") -> dict:
+    return {"reason": reason, "message": message, "lastTimestamp": at}
+
+
+NO_NEW_NODE = (
+    "The cluster autoscaler cannot add one: pod didn't trigger scale-up (it wouldn't fit if a "
+    "new node is added): 1 Insufficient nvidia.com/gpu"
+)
+# What the cluster said of the pods of `test_faults_are_read_with_their_reason`, oldest first.
+EVENTS = [
+    _event("Failed", 'Failed to pull image "img:1": manifest unknown', "2026-01-01T00:00:01Z"),
+    _event("Failed", "Error: ImagePullBackOff", "2026-01-01T00:00:02Z"),
+    _event("NotTriggerScaleUp", NO_NEW_NODE.partition(": ")[2], "2026-01-01T00:00:03Z"),
+]
+
+
+def _disrupted(reason: str, message: str) -> dict:
+    condition = {"type": "DisruptionTarget", "status": "True", "reason": reason}
+    return {"phase": "Failed", "conditions": [{**condition, "message": message}]}
+
+
 def _unschedulable(message: str) -> dict:
     condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
     return {"conditions": [{**condition, "message": message}]}
@@ -231,7 +252,12 @@ def _unschedulable(message: str) -> dict:
             Reason.IMAGE_PULL,
             "img:1 (ErrImagePull): not found",
         ),
-        (_waiting("ImagePullBackOff"), Reason.IMAGE_PULL, "img:1 (ImagePullBackOff)"),
+        (
+            _waiting("ImagePullBackOff", 'Back-off pulling image "img:1"'),
+            Reason.IMAGE_PULL,
+            'img:1 (ImagePullBackOff): Failed to pull image "img:1": manifest unknown',
+        ),
+        (_waiting("InvalidImageName"), Reason.IMAGE_PULL, "img:1 (InvalidImageName)"),
         (
             _waiting("CreateContainerConfigError", 'secret "s" not found'),
             Reason.CREATE_FAILED,
@@ -240,12 +266,32 @@ def _unschedulable(message: str) -> dict:
         (
             _unschedulable("0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
             Reason.NO_GPU,
-            "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            f"0/3 nodes are available: 3 Insufficient nvidia.com/gpu. {NO_NEW_NODE}",
         ),
         (
             _unschedulable("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity."),
             Reason.UNSCHEDULABLE,
-            "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity.",
+            f"0/3 nodes are available: 3 node(s) didn't match Pod's node affinity. {NO_NEW_NODE}",
+        ),
+        (
+            {"reason": "Terminated", "message": "Pod was terminated in response to shutdown."},
+            Reason.NODE_LOST,
+            "Pod was terminated in response to shutdown.",
+        ),
+        (
+            _disrupted("DeletionByPodGC", "PodGC: node no longer exists"),
+            Reason.NODE_LOST,
+            "PodGC: node no longer exists",
+        ),
+        (
+            _disrupted("PreemptionByScheduler", "preempting"),
+            Reason.PREEMPTED,
+            "preempting",
+        ),
+        (
+            _disrupted("EvictionByEvictionAPI", "Eviction API: evicting"),
+            Reason.EVICTED,
+            "Eviction API: evicting",
         ),
         (
             {"phase": "Failed", "reason": "Evicted", "message": "The node was low on memory."},
@@ -269,8 +315,51 @@ def _unschedulable(message: str) -> dict:
     ],
 )
 def test_faults_are_read_with_their_reason(status, reason, detail):
-    seen = pod_observation(_pod(status, node=None), None)
+    seen = pod_observation(_pod(status, node=None), None, events=EVENTS)
     assert (seen.stage, seen.fault, seen.detail) == (Stage.FAULT, reason, detail)
+
+
+@pytest.mark.parametrize(
+    ("status", "events", "detail"),
+    [
+        (
+            _waiting("ImagePullBackOff", 'Back-off pulling image "img:1"'),
+            [],
+            "Pulling the image img:1: retrying after img:1 (ImagePullBackOff): Back-off pulling "
+            'image "img:1"',
+        ),
+        (
+            _waiting("ErrImagePull", "dial tcp 192.0.2.1:443: i/o timeout"),
+            [],
+            "Pulling the image img:1: retrying after img:1 (ErrImagePull): dial tcp "
+            "192.0.2.1:443: i/o timeout",
+        ),
+        (
+            _unschedulable("0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
+            [],
+            "Waiting for a node: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+        ),
+        (
+            _unschedulable("0/1 nodes are available: 1 Insufficient nvidia.com/gpu."),
+            [
+                _event("NotTriggerScaleUp", "pod didn't trigger scale-up (it wouldn't fit...)"),
+                _event("TriggeredScaleUp", "pod triggered scale-up: [{pool 0->1 (max: 2)}]"),
+            ],
+            "Waiting for a node: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu. The "
+            "cluster autoscaler is adding one: pod triggered scale-up: [{pool 0->1 (max: 2)}]",
+        ),
+        (
+            _unschedulable("0/1 nodes are available: 1 Insufficient nvidia.com/gpu."),
+            [_event("NotTriggerScaleUp", "pod didn't trigger scale-up: 1 in backoff after failed")],
+            "Waiting for a node: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu. The "
+            "cluster autoscaler adds none yet: pod didn't trigger scale-up: 1 in backoff after "
+            "failed",
+        ),
+    ],
+)
+def test_passing_conditions_are_waiting_with_the_clusters_words(status, events, detail):
+    seen = pod_observation(_pod(status, node=None), None, events=events)
+    assert (seen.stage, seen.detail) == (Stage.WAITING, detail)
 
 
 def test_an_oom_killed_container_has_exited_for_want_of_memory():

@@ -3,6 +3,13 @@ node, node selectors), the kubelets (image pulls, the Kit container honouring th
 `STANDIN_*` variables of its environment and writing the stand-in's log lines, readiness,
 exits, graceful deletion), a cloud load balancer (an address for each LoadBalancer Service)
 and Flux (a HelmRelease becomes the chart's Service and Pod; deleting it uninstalls them).
+The scheduler and the kubelets write the Events a real one does (FailedScheduling,
+Scheduled, Pulling, Pulled, Failed, BackOff, Created, Started), and a cluster autoscaler
+(`support.kube_events.Autoscaler`) grows node groups for pods no node takes.
+
+Pulls: an image matching `missing_images` is not found, one matching `denied_images` is
+refused for want of credentials, one matching a pattern of `flaky_images` fails that many
+times with a registry timeout, then succeeds.
 
 Every `interval` seconds `step()` moves each object one stage on, under the emulator's lock.
 """
@@ -17,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from support.kube_emulator import ClusterEmulator, now_text
+from support.kube_events import Autoscaler, record_event
 
 GPU = "nvidia.com/gpu"
 FLUX_FINALIZER = "finalizers.fluxcd.io"
@@ -39,9 +47,13 @@ class FakeCluster:
     interval: float = 0.05
     pull_seconds: float = 0.05  # image pull, and every later kubelet stage
     missing_images: tuple[str, ...] = ("*does-not-exist*",)
+    denied_images: tuple[str, ...] = ("*private*",)
+    flaky_images: dict[str, int] = field(default_factory=dict)
+    autoscaler: Autoscaler = field(default_factory=Autoscaler)
     missing_charts: tuple[str, ...] = ("*missing*",)
     running: bool = True  # False pauses the cluster (objects stay as they are)
     _seen: dict[tuple, float] = field(default_factory=dict)
+    _attempts: dict[tuple, int] = field(default_factory=dict)  # failed pulls by pod
     _lb: int = 0
     _used: dict[str, int] | None = None
 
@@ -55,6 +67,10 @@ class FakeCluster:
     def step(self, now: float) -> None:
         em = self.emulator
         self._used: dict[str, int] | None = None  # GPUs in use per node, counted once a step
+        for group in self.autoscaler.arrived(now):
+            n = sum(1 for node in self.nodes if node.name.startswith(f"{group.name}-"))
+            address = f"10.0.1.{len(self.nodes) + 10}"
+            self.nodes.append(Node(f"{group.name}-{n}", address, group.gpus, dict(group.labels)))
         for key, release in list(em.items("helm.toolkit.fluxcd.io/v2/helmreleases")):
             self._flux(key, release)
         for key, service in list(em.items("v1/services")):
@@ -90,22 +106,45 @@ class FakeCluster:
                 if (old.get("reason"), old.get("message")) != ("Unschedulable", why):
                     status["conditions"] = [_cond("PodScheduled", "False", "Unschedulable", why)]
                     self._save(key, pod, new)
+                    self._event(pod, "FailedScheduling", why, "Warning", "default-scheduler")
+                self.autoscaler.consider(self.emulator, pod, _gpus(pod), now)
                 return None
             spec["nodeName"] = node.name
             status.update(hostIP=node.address, podIP=f"10.244.0.{len(self._seen) % 250 + 1}")
             status["conditions"] = [_cond("PodScheduled", "True")]
             status["containerStatuses"] = [_waiting(container, "ContainerCreating")]
             status["startTime"] = now_text()
-            return self._save(key, pod, new)
+            self._save(key, pod, new)
+            said = f"Successfully assigned {key[1]}/{meta['name']} to {node.name}"
+            self._event(pod, "Scheduled", said, component="default-scheduler")
+            return self._event(pod, "Pulling", f'Pulling image "{container["image"]}"')
         current = (status.get("containerStatuses") or [{}])[0].get("state") or {}
         waiting = (current.get("waiting") or {}).get("reason")
-        if waiting in ("ContainerCreating", "ErrImagePull") and self._due(key, "pull", now):
+        pulling = waiting in ("ContainerCreating", "ErrImagePull", "ImagePullBackOff")
+        attempt = self._attempts.get(key, 0)
+        if pulling and self._due(key, f"pull-{attempt}", now):
             image = container["image"]
-            if any(fnmatch.fnmatch(image, p) for p in self.missing_images):
-                reason = "ImagePullBackOff" if waiting == "ErrImagePull" else "ErrImagePull"
-                message = f'failed to pull image "{image}": not found'
-                status["containerStatuses"] = [_waiting(container, reason, message)]
-                return self._save(key, pod, new)
+            if waiting == "ErrImagePull":
+                said = f'Back-off pulling image "{image}"'
+                status["containerStatuses"] = [_waiting(container, "ImagePullBackOff", said)]
+                self._attempts[key] = attempt + 1
+                self._save(key, pod, new)
+                self._event(pod, "BackOff", said)
+                return self._event(pod, "Failed", "Error: ImagePullBackOff", "Warning")
+            if waiting == "ImagePullBackOff" and not self._retried(image):
+                return None  # no try can mend it: backing off for good
+            if waiting == "ImagePullBackOff":
+                self._event(pod, "Pulling", f'Pulling image "{image}"')
+            cause = self._pull_failure(image, attempt)
+            if cause is not None:
+                said = f'failed to pull and unpack image "{image}": {cause}'
+                status["containerStatuses"] = [_waiting(container, "ErrImagePull", said)]
+                self._save(key, pod, new)
+                self._event(pod, "Failed", f'Failed to pull image "{image}": {said}', "Warning")
+                return self._event(pod, "Failed", "Error: ErrImagePull", "Warning")
+            self._event(pod, "Pulled", f'Successfully pulled image "{image}" in 50ms')
+            self._event(pod, "Created", f"Created container {container['name']}")
+            self._event(pod, "Started", f"Started container {container['name']}")
             self.emulator.write_log(key, f"stand-in Kit app: USD_PATH={env.get('USD_PATH', '')}")
             if "STANDIN_EXIT_CODE" in env and "STANDIN_EXIT_AFTER" not in env:
                 self._exit(key, new, container, int(env["STANDIN_EXIT_CODE"]))
@@ -144,6 +183,38 @@ class FakeCluster:
                 self._seen[(key, "ready")] = now
                 self.emulator.write_log(key, "stand-in Kit app: ready")
                 self._save(key, pod, new)
+
+    def _event(
+        self,
+        pod: dict[str, Any],
+        reason: str,
+        message: str,
+        kind: str = "Normal",
+        component: str = "kubelet",
+    ) -> None:
+        record_event(self.emulator, pod, reason, message, kind=kind, component=component)
+
+    def _pull_failure(self, image: str, attempt: int) -> str | None:
+        """Why pull number `attempt` (from 0) of `image` fails; None when it succeeds."""
+        reference = f'failed to resolve reference "{image}"'
+        if any(fnmatch.fnmatch(image, p) for p in self.missing_images):
+            return f"{reference}: {image}: not found"
+        if any(fnmatch.fnmatch(image, p) for p in self.denied_images):
+            return (
+                f"{reference}: pull access denied, repository does not exist or may require "
+                "authorization: server message: insufficient_scope: authorization failed"
+            )
+        for pattern, failures in self.flaky_images.items():
+            if fnmatch.fnmatch(image, pattern) and attempt < failures:
+                host = image.split("/", 1)[0]
+                return (
+                    f'{reference}: Get "https://{host}/v2/": dial tcp 192.0.2.10:443: i/o timeout'
+                )
+        return None
+
+    def _retried(self, image: str) -> bool:
+        """Whether the kubelet's next try may succeed (a flaky registry, not a missing image)."""
+        return any(fnmatch.fnmatch(image, p) for p in self.flaky_images)
 
     def _exit(self, key: tuple, pod: dict[str, Any], container: dict[str, Any], code: int) -> None:
         """The Kit container exits with `code`: the pod ends (restartPolicy Never), or its

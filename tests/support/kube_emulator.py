@@ -10,10 +10,16 @@ resourceVersion, never collects owned objects, and knows neither PUT nor delete-
 - merge and JSON patches, and PUT with optimistic concurrency (409 Conflict on a stale
   resourceVersion);
 - finalizers and graceful deletion of pods (a deletionTimestamp; the fake kubelet removes
-  them), and the garbage collector's cascade over ownerReferences;
+  them; `gracePeriodSeconds=0` removes one at once, also while it terminates), and the
+  garbage collector's cascade over ownerReferences;
 - cluster IPs and node ports for Services; 404 for resources the cluster does not serve;
 - pod logs (`pods/<name>/log`, with `tailLines`), as plain text, from lines the fake kubelet
-  writes with `write_log`.
+  writes with `write_log`;
+- admission, refusing a request with 403 in the API server's words: RBAC (`forbidden`: the
+  (verb, resource) pairs the caller's service account may not use), ResourceQuota objects
+  (`pods`, and `requests.<resource>` counted from the containers' requests or limits), and
+  validating webhooks (`webhooks`: name -> a function of the resource and the object,
+  returning the webhook's reason to deny it, or None).
 
 User reactions (`emulator['list pods'] << 500`) still come first, as in kmock.
 """
@@ -34,7 +40,13 @@ import jsonpatch
 import kmock
 from kmock._internal import apps, k8s
 
-CORE = {"pods": "Pod", "services": "Service", "configmaps": "ConfigMap", "events": "Event"}
+CORE = {
+    "pods": "Pod",
+    "services": "Service",
+    "configmaps": "ConfigMap",
+    "events": "Event",
+    "resourcequotas": "ResourceQuota",
+}
 CUSTOM = {
     "omniverse.nvidia.com/v1/applications": "Application",
     "omniverse.nvidia.com/v1/applicationversions": "ApplicationVersion",
@@ -127,6 +139,9 @@ class ClusterEmulator(k8s.KubernetesEmulator):
 
     flux: bool = True
     graceful_pods: bool = True
+    forbidden: set[tuple[str, str]] = attrs.field(factory=set)  # (verb, plural) refused
+    webhooks: dict[str, Any] = attrs.field(factory=dict)  # name -> (plural, obj) -> reason
+    account: str = "system:serviceaccount:omni-streaming:ovas"
     _revision: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _node_ports: set[int] = attrs.field(factory=set, init=False)
     _addresses: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
@@ -275,7 +290,7 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         if current is None:
             raise error(404, "NotFound", f'{key[0].plural} "{key[2]}" not found')
         meta = current["metadata"]
-        if meta.get("deletionTimestamp"):
+        if meta.get("deletionTimestamp") and not (grace == 0 and not meta.get("finalizers")):
             return current
         graceful = key[0].plural == "pods" and self.graceful_pods and grace != 0
         if meta.get("finalizers") or graceful:
@@ -332,11 +347,13 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         self._check_served(request)
         method = request.method.value
         body = request.data if isinstance(request.data, dict | list) else {}
+        self._authorize(request, method)
         async with self._lock:
             if request.name is None:
                 if method == "GET":
                     return self._list_body(request)
                 if method == "POST":
+                    self._admit(request.resource.plural, request.namespace, body)
                     created = self.create(request.resource, request.namespace, body)
                     return kmock.Response(status=201, payload=created)
                 if method == "DELETE":
@@ -374,6 +391,62 @@ class ClusterEmulator(k8s.KubernetesEmulator):
                 )
                 return self.update(key, new, expected=expected)
             raise error(405, "MethodNotAllowed", method)
+
+    def _authorize(self, request: kmock.Request, method: str) -> None:
+        """RBAC: 403 for a verb on a resource the service account is not granted."""
+        named = request.name is not None
+        verb = {
+            "GET": "get" if named else "list",
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
+            "DELETE": "delete" if named else "deletecollection",
+        }.get(method, method.lower())
+        plural = request.resource.plural
+        if (verb, plural) in self.forbidden:
+            group = request.resource.group or ""
+            raise error(
+                403,
+                "Forbidden",
+                f'{plural} is forbidden: User "{self.account}" cannot {verb} resource '
+                f'"{plural}" in API group "{group}" in the namespace "{request.namespace}"',
+            )
+
+    def _admit(self, plural: str, namespace: str | None, obj: dict[str, Any]) -> None:
+        """The admission chain of a create: ResourceQuota, then the validating webhooks."""
+        name = (obj.get("metadata") or {}).get("name", "")
+        if plural == "pods":
+            self._quota(namespace, name, obj)
+        for webhook, check in self.webhooks.items():
+            reason = check(plural, obj)
+            if reason:
+                raise error(
+                    403, "Forbidden", f'admission webhook "{webhook}" denied the request: {reason}'
+                )
+
+    def _quota(self, namespace: str | None, name: str, pod: dict[str, Any]) -> None:
+        asked = _usage(pod)
+        used: dict[str, int] = {}
+        for _, other in self.items("v1/pods", namespace):
+            if (other.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                for key, value in _usage(other).items():
+                    used[key] = used.get(key, 0) + value
+        for _, quota in self.items("v1/resourcequotas", namespace):
+            hard = {
+                k: int(str(v)) for k, v in ((quota.get("spec") or {}).get("hard") or {}).items()
+            }
+            over = [k for k in hard if asked.get(k) and used.get(k, 0) + asked[k] > hard[k]]
+            if over:
+
+                def listed(values: dict[str, int], keys: list[str] = over) -> str:
+                    return ",".join(f"{k}={values.get(k, 0)}" for k in keys)
+
+                raise error(
+                    403,
+                    "Forbidden",
+                    f'pods "{name}" is forbidden: exceeded quota: {quota["metadata"]["name"]}, '
+                    f"requested: {listed(asked)}, used: {listed(used)}, limited: {listed(hard)}",
+                )
 
     def _list_body(self, request: kmock.Request) -> bytes:
         """The list as JSON, from each object's JSON kept while it is unchanged (as an API
@@ -416,6 +489,20 @@ class ClusterEmulator(k8s.KubernetesEmulator):
             "grace": None if grace is None else int(grace),
             "cascade": options.get("propagationPolicy") != "Orphan",
         }
+
+
+def _usage(pod: dict[str, Any]) -> dict[str, int]:
+    """What a pod counts against a ResourceQuota: itself (`pods`), and each whole-number
+    resource it requests (`requests.<name>`; an extended resource's request is its limit)."""
+    usage = {"pods": 1}
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        asked = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        for resource, value in asked.items():
+            if str(value).isdigit():
+                key = f"requests.{resource}"
+                usage[key] = usage.get(key, 0) + int(str(value))
+    return usage
 
 
 def _api_version(resource: Any) -> str:

@@ -153,6 +153,7 @@ PLURALS = {
     "Pod": "pods",
     "Service": "services",
     "ConfigMap": "configmaps",
+    "ResourceQuota": "resourcequotas",
     "HelmRelease": "helmreleases",
     "WarmPool": "warmpools",
 }

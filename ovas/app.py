@@ -7,7 +7,7 @@ import atexit
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +25,11 @@ from blueprints import (
     streaming,
 )
 from blueprints.common import ErrorSchema
+from blueprints.streaming.schemas import StreamResponseSchema
 from ovas import config, logs, registry
 from ovas.auth import NoAuth, build_authenticator
 from ovas.backend import Backend, Catalog
-from ovas.models import Clocks
+from ovas.models import Clocks, Session
 from ovas.reaper import Reaper
 from ovas.services import CatalogService, SessionService
 
@@ -44,6 +45,8 @@ class Ovas:
     catalogs: CatalogService
     sessions: SessionService
     reaper: Reaper
+    # Sessions as the API shows them (the `items` of GET /stream), for the command line.
+    dump_sessions: Callable[[list[Session]], list[dict]]
 
     @property
     def catalog(self) -> Catalog:
@@ -129,7 +132,8 @@ def create_app(
         # One clock for the backend and the rules: a test injects it into the backend.
         now=backend.now,
     )
-    state = Ovas(backend, catalogs, sessions, Reaper(sessions.reap, app.config["REAP_INTERVAL"]))
+    reaper = Reaper(sessions.reap, app.config["REAP_INTERVAL"])
+    state = Ovas(backend, catalogs, sessions, reaper, StreamResponseSchema(many=True).dump)
     app.extensions["ovas"] = state
 
     app.config.update(_api_settings("APPLICATIONS_", "Application & Profile", "/applications"))

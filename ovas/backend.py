@@ -133,8 +133,9 @@ class Backend(abc.ABC):
         Admission is atomic across processes: with `request.capacity` (all users) or
         `request.user_capacity` (this user) > 0, never more live sessions than that exist at
         once (ended and failed sessions kept for their retention do not count).
-        Raises `CapacityExceeded` / `UserCapacityExceeded` (nothing is left behind),
-        `BackendUnavailable`.
+        Raises `CapacityExceeded` / `UserCapacityExceeded` (nothing is left behind) while
+        what it needs is held by others, `Unsatisfiable` when this host can never give it
+        (a profile asking for more GPUs than there are), `BackendUnavailable`.
         """
 
     @abc.abstractmethod

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from ovas.auth import Identity
+from ovas.auth import ADMIN, Identity
 from ovas.backend import Backend, Catalog, utcnow
 from ovas.errors import (
     EditingDisabled,
@@ -41,6 +41,7 @@ from ovas.models import (
     Session,
     SessionQuery,
     SessionRequest,
+    SessionState,
     Version,
 )
 from ovas.names import APP_ID_PATTERN, is_semver, is_session_id, new_session_id, semver_key
@@ -49,6 +50,8 @@ log = logging.getLogger("ovas.sessions")
 LATEST = "latest"
 STAGE_URI_SCHEMES = ("omniverse://", "http://", "https://", "s3://")
 MAX_STAGE_URI = 2048
+LOG_TAIL = 100  # log lines given when not told how many
+MAX_LOG_TAIL = 10000
 
 
 def sort_versions(versions: list[Version]) -> list[Version]:
@@ -322,11 +325,15 @@ class SessionService:
         sort_by: str = "created_time",
         order: str = "DESC",
         username: str | None = None,
+        state: SessionState | str | None = None,
+        app_id: str | None = None,
+        profile: str | None = None,
         caller: Identity | None = None,
     ) -> Page:
         """A page of sessions; a non-admin `caller` sees only their own. Listing decides each
         session's state but writes nothing (its cost must not grow with the sessions): `get`
-        and the reaper write what the lifecycle asks."""
+        and the reaper write what the lifecycle asks. `state`, `app_id` and `profile` keep
+        the sessions matching them (see `find`), at the cost of deciding every session."""
         if caller is not None and not caller.is_admin:
             if username and username != caller.username:
                 return Page(offset=offset, limit=limit, items=[])
@@ -338,6 +345,9 @@ class SessionService:
             descending=order.upper() == "DESC",
             username=username or None,
         )
+        if state or app_id or profile:
+            found = self.find(state=state, username=username, app_id=app_id, profile=profile)
+            return Page(offset=offset, limit=limit, items=query.select(found))
         now = self.now()
         items = [decide(o, now).session for o in self.backend.observe_page(query)]
         return Page(offset=offset, limit=limit, items=items)
@@ -346,6 +356,40 @@ class SessionService:
         """Every session, as decided now (for metrics and the command line); writes nothing."""
         now = self.now()
         return [decide(o, now).session for o in self.backend.observe_all()]
+
+    def find(
+        self,
+        *,
+        state: SessionState | str | None = None,
+        username: str | None = None,
+        app_id: str | None = None,
+        profile: str | None = None,
+    ) -> list[Session]:
+        """Every session, as decided now, that matches each filter given (None or empty:
+        any): its state (a `SessionState` or its value, e.g. "failed"), owner, app id and
+        profile id. Writes nothing. Raises `InvalidInput` for an unknown state."""
+        if state and not isinstance(state, SessionState):
+            try:
+                state = SessionState(str(state).lower())
+            except ValueError:
+                known = ", ".join(s.value for s in SessionState)
+                raise InvalidInput(f"state must be one of {known}", field="state") from None
+        wanted = {"state": state, "username": username, "app_id": app_id, "profile": profile}
+        wanted = {k: v for k, v in wanted.items() if v}
+        return [s for s in self.all() if all(getattr(s, k) == v for k, v in wanted.items())]
+
+    def logs(self, session_id: str, tail: int = LOG_TAIL, caller: Identity | None = None):
+        """The last `tail` (1 to `MAX_LOG_TAIL`) log lines of the session's container or pod,
+        oldest first, for as long as the session is kept (running, ended or failed), as a
+        list of str. Admins only: raises `Forbidden` for another `caller`; `SessionNotFound`;
+        `InvalidInput` for a bad `tail`."""
+        if caller is not None:
+            caller.require(ADMIN)
+        if not is_session_id(session_id):
+            raise SessionNotFound(session_id[:64])
+        if not 1 <= tail <= MAX_LOG_TAIL:
+            raise InvalidInput(f"tail must be 1 to {MAX_LOG_TAIL}", field="tail")
+        return self.backend.logs(session_id, tail)
 
     def stop(self, session_id: str, caller: Identity | None = None) -> None:
         """Remove the session now, also while it starts. Raises `SessionNotFound`."""

@@ -6,6 +6,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_dump, pre_load, vali
 
 from ovas.models import Reason, Session, SessionState
 from ovas.names import APP_ID_PATTERN, PROFILE_ID_PATTERN, VERSION_PATTERN
+from ovas.services import LOG_TAIL, MAX_LOG_TAIL
 
 
 class RouteSchema(Schema):
@@ -148,6 +149,19 @@ class StreamListQuerySchema(Schema):
     )
     order = fields.String(load_default="DESC", validate=validate.OneOf(["ASC", "DESC"]))
     username = fields.String(validate=validate.Length(min=1, max=253))
+    # ovas's filters, for admins (a non-admin sees only their own sessions either way).
+    state = fields.String(
+        validate=validate.OneOf([s.value for s in SessionState]),
+        metadata={"description": "Only sessions whose `status.condition` is this (ovas)"},
+    )
+    app_id = fields.String(
+        validate=validate.Regexp(APP_ID_PATTERN, error="Not an application id"),
+        metadata={"description": "Only sessions of this application (ovas)"},
+    )
+    profile = fields.String(
+        validate=validate.Regexp(PROFILE_ID_PATTERN, error="Not a profile id"),
+        metadata={"description": "Only sessions of this profile (ovas)"},
+    )
 
     @pre_load
     def _upper_order(self, data, **kwargs):
@@ -161,3 +175,23 @@ class StreamIdSchema(Schema):
         unknown = EXCLUDE
 
     id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+class StreamLogsQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    tail = fields.Integer(
+        load_default=LOG_TAIL,
+        validate=validate.Range(min=1, max=MAX_LOG_TAIL),
+        metadata={"description": "How many of the last lines"},
+    )
+
+
+class StreamLogsSchema(Schema):
+    id = fields.String(required=True)
+    lines = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "The container's or pod's last log lines, oldest first"},
+    )

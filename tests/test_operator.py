@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,65 @@ def test_the_flask_commands_stay_and_serve_is_the_consoles_own():
 
     assert set(ovas_cli.commands) == {"backends", "catalog", "sessions", "apikey"}
     assert set(main.commands) == {*ovas_cli.commands, "serve"}
+
+
+def test_ready_states_the_settings_that_matter_and_where_only_to_an_admin(gateway, fake):
+    public = gateway.get("/ready").json["settings"]
+    assert public == {
+        "backend": "fake",
+        "sessions": "in this process's memory",
+        "catalog": {"applications": 2, "versions": 3, "profiles": 2},
+        "auth": "header",
+        "capacity": 0,
+        "user_capacity": 0,
+    }
+    assert gateway.get("/ready", headers=ANN).json["settings"] == public
+
+
+def test_ready_tells_an_admin_where_the_catalog_and_engine_are(tmp_path):
+    from ovas.catalog_files import FileCatalog
+
+    (tmp_path / "standin.yaml").write_text(
+        (Path(__file__).parents[1] / "config/catalog/standin.yaml").read_text()
+    )
+    app = create_app(
+        {"TESTING": True, "REAP_INTERVAL": 0, "AUTH": "header", "SESSION_CAPACITY": 4},
+        backend=FakeBackend(FileCatalog(tmp_path)),
+    )
+    client = app.test_client()
+    public = client.get("/ready").json["settings"]["catalog"]
+    assert public == {"applications": 1, "versions": 1, "profiles": 1}
+    insider = client.get("/ready", headers=ADMIN).json["settings"]
+    assert insider["catalog"] == {**public, "path": str(tmp_path)}
+    assert insider["capacity"] == 4
+    assert str(tmp_path) not in client.get("/ready").text
+
+
+def test_the_fake_backend_under_several_gunicorn_workers_warns(tmp_path):
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    repo = Path(__file__).parents[1]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "OVAS_BACKEND": "ovas.testing:FakeBackend",
+        "OVAS_BIND": "127.0.0.1:0",
+        "OVAS_REAP_INTERVAL": "0",
+    }
+    command = [str(gunicorn), "-c", str(repo / "config/gunicorn.conf.py"), "-w", "2"]
+    server = subprocess.Popen(
+        command, cwd=repo, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    warned = []
+    # Bounded: without the warning, the server is ended and the loop ends with its output.
+    deadline = threading.Timer(30, server.terminate)
+    deadline.start()
+    try:
+        for line in server.stderr:
+            if "keeps its sessions in each process's memory" in line:
+                warned.append(line)
+                break
+            assert "Traceback" not in line
+    finally:
+        deadline.cancel()
+        server.terminate()
+        server.wait(timeout=30)
+    assert warned and "2 gunicorn workers" in warned[0] and "OVAS_WORKERS=1" in warned[0]

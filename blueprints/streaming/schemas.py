@@ -141,7 +141,8 @@ class StreamListQuerySchema(Schema):
         unknown = EXCLUDE
 
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    # Bounded so that every answer fits a JSON number clients parse (64-bit).
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
     sort_by = fields.String(
         data_key="sort-by",
         load_default="created_time",

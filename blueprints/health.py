@@ -1,4 +1,5 @@
-"""`/health` (the process answers) and `/ready` (the backend and the catalog can be reached)."""
+"""`/health` (the process answers) and `/ready` (the backend and the catalog can be reached,
+and the effective settings that matter)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,11 @@ def ready():
     problems = [
         f"{name}: {result}" for name, result in checks.items() if result != "ok" and name != "auth"
     ]
+    # Where things are (engine, folders, devices) only for an authenticated admin.
+    settings = state.describe(is_insider())
     if problems:
-        return jsonify(status="unavailable", detail="; ".join(problems), checks=checks), 503
+        detail = "; ".join(problems)
+        return jsonify(status="unavailable", detail=detail, checks=checks, settings=settings), 503
     # Invalid catalog documents are skipped and shown here, but do not make ovas unready.
     invalid = state.catalog.problems
-    return jsonify(status="ok", checks=checks, catalog_problems=invalid)
+    return jsonify(status="ok", checks=checks, catalog_problems=invalid, settings=settings)

@@ -86,6 +86,9 @@ def on_starting(server) -> None:
     from ovas.metrics_files import clear
 
     clear(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    # The workers read how many they are (a backend keeping sessions in one process's
+    # memory warns when several serve it), also when `-w` said it.
+    os.environ["OVAS_WORKERS"] = str(server.cfg.workers)
 
 
 def child_exit(server, worker) -> None:

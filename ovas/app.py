@@ -7,7 +7,7 @@ import atexit
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +25,12 @@ from blueprints import (
     streaming,
 )
 from blueprints.common import ErrorSchema
+from blueprints.streaming.schemas import StreamResponseSchema
 from ovas import config, logs, registry
 from ovas.auth import NoAuth, build_authenticator
 from ovas.backend import Backend, Catalog
-from ovas.models import Clocks
+from ovas.errors import OvasError
+from ovas.models import Clocks, Session
 from ovas.reaper import Reaper
 from ovas.services import CatalogService, SessionService
 
@@ -44,10 +46,31 @@ class Ovas:
     catalogs: CatalogService
     sessions: SessionService
     reaper: Reaper
+    # Sessions as the API shows them (the `items` of GET /stream), for the command line.
+    dump_sessions: Callable[[list[Session]], list[dict]]
+    auth: str = "none"
 
     @property
     def catalog(self) -> Catalog:
         return self.catalogs.catalog
+
+    def describe(self, insider: bool) -> dict[str, Any]:
+        """The effective settings that matter, for the startup log and `/ready`: backend and
+        engine, catalog (and its counts, when it can be read), authentication, capacities.
+        With `insider` False, nothing that says where things are."""
+        catalog: dict[str, Any] = dict(self.catalog.describe(insider))
+        try:
+            catalog.update(self.catalog.counts())
+        except OvasError as exc:
+            catalog["unreadable"] = exc.message_for(insider)
+        return {
+            "backend": self.backend.name or type(self.backend).__name__,
+            **self.backend.describe(insider),
+            "catalog": catalog,
+            "auth": self.auth,
+            "capacity": self.sessions.capacity,
+            "user_capacity": self.sessions.user_capacity,
+        }
 
 
 class OvasApi(Api):
@@ -83,6 +106,30 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _workers() -> int:
+    """How many worker processes serve this app: gunicorn's `workers` when under gunicorn
+    (config/gunicorn.conf.py says how many in `OVAS_WORKERS`), else 1."""
+    if not os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
+        return 1
+    try:
+        return int(os.environ.get("OVAS_WORKERS") or 1)
+    except ValueError:
+        return 1
+
+
+def _log_start(state: Ovas) -> None:
+    facts = state.describe(insider=True)
+    log.info("ovas %s: %s", API_VERSION, " ".join(f"{k}={v}" for k, v in facts.items()))
+    if not state.backend.shared and _workers() > 1:
+        log.warning(
+            "backend %s keeps its sessions in each process's memory, and %d gunicorn workers "
+            "serve it: a session started through one worker is unknown to the others (404); "
+            "serve it with OVAS_WORKERS=1",
+            facts["backend"],
+            _workers(),
+        )
 
 
 def create_app(
@@ -130,8 +177,12 @@ def create_app(
         # One clock for the backend and the rules: a test injects it into the backend.
         now=backend.now,
     )
-    state = Ovas(backend, catalogs, sessions, Reaper(sessions.reap, app.config["REAP_INTERVAL"]))
+    reaper = Reaper(sessions.reap, app.config["REAP_INTERVAL"])
+    auth = str(app.config["AUTH"]).lower()
+    dump = StreamResponseSchema(many=True).dump
+    state = Ovas(backend, catalogs, sessions, reaper, dump, auth)
     app.extensions["ovas"] = state
+    _log_start(state)
 
     app.config.update(_api_settings("APPLICATIONS_", "Application & Profile", "/applications"))
     app.config.update(_api_settings("STREAMING_", "Streaming Session", "/streaming"))

@@ -69,6 +69,18 @@ class Catalog(abc.ABC):
         """All warm pools (`kind: WarmPool`), in any order; none by default."""
         return []
 
+    def describe(self, insider: bool) -> dict[str, Any]:
+        """Where this catalog lives, for the startup log and `/ready`: with `insider` False
+        only what anyone may read (no server paths or addresses). Reads nothing."""
+        return {}
+
+    def counts(self) -> dict[str, int]:
+        """How many applications, versions and profiles are served, as
+        `{"applications": n, "versions": n, "profiles": n}`. Raises what the reads raise."""
+        apps = self.applications()
+        versions = sum(len(self.versions(a.id)) for a in apps)
+        return {"applications": len(apps), "versions": versions, "profiles": len(self.profiles())}
+
     @property
     def problems(self) -> list[str]:
         """Every invalid document, as `where: field: what is wrong` (served documents are
@@ -122,6 +134,9 @@ class Backend(abc.ABC):
     name: ClassVar[str] = ""
     # True when it implements `claim` and admits `request.pool_size`: warm pools run on it.
     keeps_warm_pools: ClassVar[bool] = False
+    # Whether processes sharing one engine see the same sessions (the engine is the record);
+    # a backend keeping them in its own memory says False, and runs in one process only.
+    shared: ClassVar[bool] = True
     catalog: Catalog
     now: Callable[[], datetime] = staticmethod(utcnow)
 
@@ -141,8 +156,9 @@ class Backend(abc.ABC):
         once (ended and failed sessions kept for their retention do not count). A warm
         pool's start (`request.pool`, owned by nobody) is admitted against the capacity and
         `request.pool_size`: never more unclaimed sessions of that pool and version at once.
-        Raises `CapacityExceeded` / `UserCapacityExceeded` (nothing is left behind),
-        `BackendUnavailable`.
+        Raises `CapacityExceeded` / `UserCapacityExceeded` (nothing is left behind) while
+        what it needs is held by others, `Unsatisfiable` when this host can never give it
+        (a profile asking for more GPUs than there are), `BackendUnavailable`.
         """
 
     @abc.abstractmethod
@@ -220,6 +236,13 @@ class Backend(abc.ABC):
 
     def check(self) -> None:
         """Raise `BackendUnavailable` if the engine cannot be reached now."""
+
+    def describe(self, insider: bool) -> dict[str, Any]:
+        """The effective settings an operator checks, for the startup log and `/ready`, as
+        JSON-ready values (e.g. the engine's address without credentials, a port range,
+        the GPUs found). With `insider` False, only what anyone may read: no addresses,
+        paths or device names. Must not contact the engine."""
+        return {}
 
     def close(self) -> None:
         """Release connections and background threads (called when the app shuts down)."""

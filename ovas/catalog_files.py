@@ -196,6 +196,9 @@ class FileCatalog(Catalog):
 
     # Reading
 
+    def describe(self, insider: bool) -> dict[str, Any]:
+        return {"path": str(self.root)} if insider else {}
+
     @property
     def problems(self) -> list[str]:
         """Every invalid document, as `file (document N): field: what is wrong`."""

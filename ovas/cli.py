@@ -1,18 +1,25 @@
-"""`flask ovas ...`: operator commands (registered through the `flask.commands` entry point,
-so `flask ovas backends` works even when the configured backend cannot be loaded)."""
+"""Operator commands, two ways: `ovas ...` (the console command installed with ovas, usable
+from any folder) and `flask ovas ...` (registered through the `flask.commands` entry point).
+Both build the app from the `OVAS_*` environment, as the server does; `ovas backends` and
+`ovas catalog check PATH` work even when the configured backend cannot be loaded."""
 
 from __future__ import annotations
 
+import json
 import sys
+from datetime import datetime
 
 import click
 import yaml
 from flask import current_app
-from flask.cli import with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 
 from ovas import registry
 from ovas.auth import ROLES, STREAMER, hash_key, new_key
 from ovas.errors import OvasError
+from ovas.models import Session, SessionState
+
+COLUMNS = ("ID", "STATE", "REASON", "APP", "VERSION", "PROFILE", "USER", "AGE", "ROUTES")
 
 
 @click.group("ovas")
@@ -42,7 +49,8 @@ def catalog_group() -> None:
 def catalog_check(path: str | None) -> None:
     """Report every invalid catalog document, with its file and field. Exits 1 if any.
 
-    PATH is a catalog folder; without it, the running configuration's catalog is checked."""
+    PATH is a catalog folder; without it, the configured catalog (OVAS_CATALOG_PATH, or the
+    backend's) is checked."""
     if path:
         from ovas.catalog_files import FileCatalog
 
@@ -55,6 +63,8 @@ def catalog_check(path: str | None) -> None:
         problems = catalog.problems
     except OvasError as exc:
         problems = getattr(exc, "problems", None) or [exc.message]
+        if exc.where:
+            problems = [f"{p} (at {exc.where})" for p in problems]
         apps = []
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
@@ -82,14 +92,48 @@ def sessions_reap() -> None:
 
 
 @sessions_group.command("list")
-def sessions_list() -> None:
-    """List every session with its state."""
+@click.option("--state", type=click.Choice([s.value for s in SessionState]), help="Only these")
+@click.option("--user", help="Only the sessions of this user")
+@click.option("--app", "app_id", help="Only the sessions of this application id")
+@click.option("--profile", help="Only the sessions of this profile id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, as GET /stream's items")
+def sessions_list(
+    state: str | None, user: str | None, app_id: str | None, profile: str | None, as_json: bool
+) -> None:
+    """List sessions, oldest first: a table (AGE in seconds, minutes, hours or days; ROUTES
+    as address:port/protocol once ready), or with --json the sessions as the API shows them."""
+    service = _app_state().sessions
     try:
-        items = _app_state().sessions.all()
+        found = service.find(state=state, username=user, app_id=app_id, profile=profile)
     except OvasError as exc:
         raise click.ClickException(exc.message) from None
-    for s in sorted(items, key=lambda s: s.created_time):
-        click.echo(f"{s.id}  {s.state.value:<11} {s.app_id} {s.version} {s.profile} {s.username}")
+    found.sort(key=lambda s: (s.created_time, s.id))
+    if as_json:
+        click.echo(json.dumps(_app_state().dump_sessions(found), indent=2))
+        return
+    if not found:
+        click.echo("no sessions")
+        return
+    now = service.now()
+    rows = [COLUMNS, *(_row(s, now) for s in found)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+@sessions_group.command("logs")
+@click.argument("session_id")
+@click.option("--tail", default=100, show_default=True, help="How many of the last lines")
+def sessions_logs(session_id: str, tail: int) -> None:
+    """Print a session's container or pod log lines, while the session is kept (running,
+    ended or failed)."""
+    try:
+        lines = _app_state().sessions.logs(session_id, tail)
+    except OvasError as exc:
+        raise click.ClickException(exc.message) from None
+    for line in lines:
+        click.echo(line)
 
 
 @ovas_cli.group("apikey")
@@ -119,3 +163,60 @@ def apikey_new(user: str, roles: tuple[str, ...]) -> None:
 @with_appcontext
 def _app_state():
     return current_app.extensions["ovas"]
+
+
+def _row(session: Session, now: datetime) -> tuple[str, ...]:
+    routes = ",".join(f"{r.source_port}/{r.protocol}" for r in session.routes)
+    return (
+        session.id,
+        session.state.value,
+        session.reason.value if session.reason else "-",
+        session.app_id,
+        session.version,
+        session.profile,
+        session.username or "-",
+        age((now - session.created_time).total_seconds()),
+        f"{session.host}:{routes}" if session.ready and session.host and routes else "-",
+    )
+
+
+def age(seconds: float) -> str:
+    """A duration as the largest whole unit: `42s`, `5m`, `3h`, `2d` (negative is `0s`)."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+# `ovas ...`: the same commands, plus `serve`, with the app made from the environment.
+
+
+@click.group("ovas", commands=dict(ovas_cli.commands))
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Run and manage ovas. Settings come from the OVAS_* environment variables, as for the
+    server (see the README's Settings)."""
+    ctx.obj = ScriptInfo(create_app=_create_app, set_debug_flag=False)
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on")
+@click.option("--port", default=8080, show_default=True, help="Port to listen on")
+def serve(host: str, port: int) -> None:
+    """Serve ovas with Flask's development server (gunicorn for production: see the README)."""
+    import os
+
+    # What `flask run --host` sets: create_app warns when OVAS_AUTH=none is exposed.
+    os.environ["FLASK_RUN_HOST"] = host
+    app = _create_app()
+    app.run(host=host, port=port, threaded=True)
+
+
+def _create_app():
+    from ovas.app import create_app
+
+    try:
+        return create_app()
+    except OvasError as exc:
+        raise click.ClickException(exc.message) from None

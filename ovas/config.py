@@ -6,44 +6,271 @@ from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ovas.errors import ConfigurationError
 
+DEFAULT_RETENTION = 3600
+
 # NVIDIA's OVAS spells this one setting its own way; honour it too.
 OVAS_EDITING_VARIABLE = "NV.OV.SVC.APPLICATIONS.ENDPOINTS.EDITING.ENABLED"
 
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: `name` is the environment variable; `default` the value used when it
+    is unset (None: no value); `shown` the default as the README writes it, when that is
+    not the value itself. `key` is the app config key (the name without `OVAS_`); settings
+    read by something other than the app (gunicorn, an SDK) have none."""
+
+    name: str
+    meaning: str
+    default: Any = None
+    shown: str | None = None
+    app: bool = True
+
+    @property
+    def key(self) -> str | None:
+        return self.name.removeprefix("OVAS_") if self.app else None
+
+    def default_text(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if self.default is None or self.default == "":
+            return ""
+        value = str(self.default).lower() if isinstance(self.default, bool) else self.default
+        return f"`{value}`"
+
+
+def _sample_catalog() -> Path:
+    """The sample catalog of a source checkout or editable install (`config/catalog` next
+    to the `ovas` package), found wherever ovas is started from."""
+    return Path(__file__).resolve().parents[1] / "config" / "catalog"
+
+
+# Every setting ovas reads, once: the app's defaults come from here, and the README's table
+# is checked against it (tests/test_settings_table.py).
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "OVAS_BACKEND",
+        "backend name from entry-point group `ovas.backends`, or `module:Class`",
+        "docker",
+    ),
+    Setting(
+        "OVAS_CATALOG_PATH",
+        "folder of catalog YAML for the file catalog (Docker backend)",
+        str(_sample_catalog()),
+        "the sample `config/catalog` of the checkout ovas runs from",
+    ),
+    Setting(
+        "OVAS_EDITING_ENABLED",
+        "editing routes on (`NV.OV.SVC.APPLICATIONS.ENDPOINTS.EDITING.ENABLED` too)",
+        False,
+    ),
+    Setting(
+        "OVAS_SESSION_CAPACITY",
+        "most sessions at once, all users (0 = only the backend's own limits); 503 beyond",
+        0,
+    ),
+    Setting(
+        "OVAS_USER_SESSION_CAPACITY", "most sessions at once per user (0 = no limit); 429 beyond", 0
+    ),
+    Setting(
+        "OVAS_START_RATE_LIMIT",
+        "session starts per user (empty turns it off); 429 beyond",
+        "30/minute",
+    ),
+    Setting(
+        "OVAS_RATELIMIT_STORAGE_URI",
+        "where the rate limit counts (`memory://` is per process; `redis://…` shares one "
+        "count between workers)",
+        "memory://",
+    ),
+    Setting(
+        "OVAS_START_TIMEOUT", "seconds a session may take to become ready before it fails", 900
+    ),
+    Setting(
+        "OVAS_SESSION_CONNECT_TIMEOUT",
+        "seconds a ready session may wait for its first client before it ends "
+        "(`connect_timeout`; 0 = off)",
+        300,
+    ),
+    Setting(
+        "OVAS_SESSION_IDLE_TIMEOUT",
+        "seconds a session may have no client before it ends (`idle_timeout`; 0 = off)",
+        300,
+    ),
+    Setting(
+        "OVAS_SESSION_MAX_LIFETIME",
+        "seconds after its creation any session ends (`max_lifetime`; 0 = off)",
+        28800,
+    ),
+    Setting(
+        "OVAS_SESSION_RETENTION",
+        "seconds an ended or failed session stays visible, holding nothing, before it is removed",
+        DEFAULT_RETENTION,
+    ),
+    Setting("OVAS_REAP_GRACE", "the older name of `OVAS_SESSION_RETENTION`", None),
+    Setting(
+        "OVAS_REAP_INTERVAL",
+        "seconds between passes of the reaper, which applies the clocks and the retention, "
+        "and tends the warm pools (0 = off)",
+        30,
+    ),
+    Setting(
+        "OVAS_POOL_MAX_AGE",
+        "seconds after which an unclaimed warm pool session is renewed (0 = never)",
+        3600,
+    ),
+    Setting(
+        "OVAS_USD_PATH_ROOTS",
+        "folders an absolute `usd_stage_uri` may lie under, comma-separated",
+        "/app/samples",
+    ),
+    Setting("OVAS_MAX_CONTENT_LENGTH", "largest request body, in bytes; 413 beyond", 64 * 1024),
+    Setting("OVAS_CORS_ORIGINS", "allowed browser origins, comma-separated", "*"),
+    Setting("OVAS_AUTH", "`none`, `header`, `jwt` or `apikey` (see Security)", "none"),
+    Setting("OVAS_AUTH_USER_HEADER", "`header`: the header naming the user", "X-Forwarded-User"),
+    Setting(
+        "OVAS_AUTH_ROLES_HEADER",
+        "`header`: the header listing the roles, comma-separated",
+        "X-Forwarded-Roles",
+    ),
+    Setting(
+        "OVAS_AUTH_TRUSTED_PROXIES",
+        "`header`: CIDRs whose headers are believed",
+        "127.0.0.1/32,::1/128",
+    ),
+    Setting(
+        "OVAS_AUTH_PROXY_SECRET",
+        "`header`: a shared secret the gateway must send too (empty: none)",
+        "",
+    ),
+    Setting(
+        "OVAS_AUTH_PROXY_SECRET_HEADER",
+        "`header`: the header carrying that secret",
+        "X-Ovas-Proxy-Secret",
+    ),
+    Setting(
+        "OVAS_AUTH_DEFAULT_ROLES", "`header`: roles of a user the headers give none", "streamer"
+    ),
+    Setting("OVAS_JWT_ISSUER", "`jwt`: the OIDC issuer", ""),
+    Setting("OVAS_JWT_AUDIENCE", "`jwt`: the audience tokens must name", ""),
+    Setting(
+        "OVAS_JWT_JWKS_URL",
+        "`jwt`: where the signing keys are",
+        "",
+        shown="discovered from the issuer",
+    ),
+    Setting(
+        "OVAS_JWT_ROLES_CLAIM",
+        "`jwt`: the claim holding the roles (dotted, e.g. `realm_access.roles`)",
+        "roles",
+    ),
+    Setting(
+        "OVAS_JWT_USERNAME_CLAIM",
+        "`jwt`: the claim naming the user (else `sub`)",
+        "preferred_username",
+    ),
+    Setting(
+        "OVAS_JWT_REFRESH_COOLDOWN",
+        "`jwt`: seconds between fetches of the keys for an unknown key id",
+        30,
+    ),
+    Setting(
+        "OVAS_APIKEYS_FILE",
+        "`apikey`: a YAML list of `{sha256, user, roles}`, read again when it changes",
+        "",
+    ),
+    Setting("OVAS_LOG_FORMAT", "`plain` or `json` (one object a line)", "plain"),
+    Setting("OVAS_LOG_LEVEL", "the log level", "INFO"),
+    Setting("DOCKER_HOST", "Docker engine (the SDK's own variable)", None, "local socket", False),
+    Setting("OVAS_DOCKER_PUBLIC_HOST", "address put in `routes`", "127.0.0.1"),
+    Setting("OVAS_DOCKER_PORT_RANGE", "host ports handed to sessions", "31000-31999"),
+    Setting("OVAS_DOCKER_GPUS", "`auto`, `none`, or device indexes/UUIDs `0,1`", "auto"),
+    Setting("OVAS_DOCKER_BIND_ADDRESS", "host address session ports are published on", "127.0.0.1"),
+    Setting(
+        "OVAS_DOCKER_PROBE_HOST",
+        "where ovas probes a session's published ports",
+        "",
+        shown="the bind address",
+    ),
+    Setting(
+        "KUBECONFIG",
+        "cluster config outside a cluster (in-cluster config is used inside a pod)",
+        None,
+        app=False,
+    ),
+    Setting(
+        "OVAS_KUBERNETES_NAMESPACE", "namespace of catalog objects and sessions", "omni-streaming"
+    ),
+    Setting("OVAS_KUBERNETES_SESSION_MODE", "`pod` or `helmrelease`", "pod"),
+    Setting(
+        "OVAS_KUBERNETES_PUBLIC_HOST",
+        "address given to clients for NodePort sessions",
+        "",
+        shown="the pod's node IP",
+    ),
+    Setting(
+        "OVAS_KUBERNETES_HELM_REPOSITORY",
+        "Flux HelmRepository for a `helm_chart` without `repo/`",
+        "omniverse",
+    ),
+    Setting("OVAS_KUBERNETES_CONTEXT", "kubeconfig context", "", shown="the current one"),
+    Setting(
+        "OVAS_BIND",
+        "gunicorn: address and port",
+        "127.0.0.1:8080",
+        shown="`127.0.0.1:8080` (`0.0.0.0:8080` in the image)",
+        app=False,
+    ),
+    Setting(
+        "OVAS_WORKERS",
+        "gunicorn: worker processes",
+        None,
+        shown="2 x CPUs + 1, at most 8",
+        app=False,
+    ),
+    Setting("OVAS_THREADS", "gunicorn: threads per worker", 4, app=False),
+    Setting("OVAS_TIMEOUT", "gunicorn: seconds before a silent worker is replaced", 30, app=False),
+    Setting(
+        "OVAS_KEEPALIVE",
+        "gunicorn: seconds an idle keep-alive connection stays open (more than any proxy's)",
+        75,
+        app=False,
+    ),
+    Setting(
+        "OVAS_FORWARDED_ALLOW_IPS",
+        "gunicorn: proxies trusted to say a request came over https",
+        "127.0.0.1,::1",
+        app=False,
+    ),
+    Setting(
+        "PROMETHEUS_MULTIPROC_DIR",
+        "gunicorn: where workers keep their metrics",
+        None,
+        shown="a fresh temporary folder",
+        app=False,
+    ),
+)
+
 DEFAULTS: dict[str, Any] = {
-    "BACKEND": "docker",
-    "CATALOG_PATH": "config/catalog",
-    "EDITING_ENABLED": False,
-    "SESSION_CAPACITY": 0,
-    "USER_SESSION_CAPACITY": 0,
-    "START_TIMEOUT": 900,
-    "SESSION_CONNECT_TIMEOUT": 300,
-    "SESSION_IDLE_TIMEOUT": 300,
-    "SESSION_MAX_LIFETIME": 28800,
-    # SESSION_RETENTION: 3600, unless only the older OVAS_REAP_GRACE is set (see normalise).
-    "REAP_INTERVAL": 30,
-    "POOL_MAX_AGE": 3600,
-    "CORS_ORIGINS": "*",
-    "AUTH": "none",
-    "START_RATE_LIMIT": "30/minute",
-    "RATELIMIT_STORAGE_URI": "memory://",
-    "USD_PATH_ROOTS": "/app/samples",
-    "LOG_FORMAT": "plain",
-    "LOG_LEVEL": "INFO",
-    "DOCKER_PUBLIC_HOST": "127.0.0.1",
-    "DOCKER_PORT_RANGE": "31000-31999",
-    "DOCKER_GPUS": "auto",
-    "DOCKER_BIND_ADDRESS": "127.0.0.1",
-    "DOCKER_PROBE_HOST": "",
-    "KUBERNETES_NAMESPACE": "omni-streaming",
-    "KUBERNETES_SESSION_MODE": "pod",
-    # Request bodies of this API are small; refuse anything larger outright.
-    "MAX_CONTENT_LENGTH": 64 * 1024,
-    "JSON_SORT_KEYS": False,
+    s.key: s.default
+    for s in SETTINGS
+    # SESSION_RETENTION: unless only the older OVAS_REAP_GRACE is set (see normalise).
+    if s.key and s.default is not None and s.key != "SESSION_RETENTION"
 }
+DEFAULTS["JSON_SORT_KEYS"] = False
+
+
+def settings_table() -> str:
+    """SETTINGS as the README's Markdown table."""
+    rows = ["| Variable | Meaning | Default |", "|---|---|---|"]
+    rows += [f"| `{s.name}` | {s.meaning} | {s.default_text()} |" for s in SETTINGS]
+    return "\n".join(rows)
+
 
 _BOOLEANS = ("EDITING_ENABLED",)
 _INTEGERS = (
@@ -57,7 +284,6 @@ _INTEGERS = (
     "REAP_INTERVAL",
     "POOL_MAX_AGE",
 )
-DEFAULT_RETENTION = 3600
 
 
 def as_bool(value: Any) -> bool:

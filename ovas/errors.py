@@ -72,6 +72,17 @@ class InvalidInput(OvasError):
         self.field = field
 
 
+class Unsatisfiable(InvalidInput):
+    """A request this ovas can never grant as it is set up (a profile asking for more GPUs
+    than the host has): answered as a 422 on `field`, since waiting will not change it,
+    unlike `CapacityExceeded`. The message names what is missing."""
+
+    default_message = "This request cannot be granted on this host"
+
+    def __init__(self, message: str | None = None, *, field: str | None = "profile", **kw):
+        super().__init__(message, field=field, **kw)
+
+
 class EditingDisabled(OvasError):
     http_status = 405
     default_message = (

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from ovas import pools
-from ovas.auth import Identity
+from ovas.auth import ADMIN, Identity
 from ovas.backend import Backend, Catalog, utcnow
 from ovas.errors import (
     CapacityExceeded,
@@ -58,6 +58,8 @@ log = logging.getLogger("ovas.sessions")
 LATEST = "latest"
 STAGE_URI_SCHEMES = ("omniverse://", "http://", "https://", "s3://")
 MAX_STAGE_URI = 2048
+LOG_TAIL = 100  # log lines given when not told how many
+MAX_LOG_TAIL = 10000
 
 
 def sort_versions(versions: list[Version]) -> list[Version]:
@@ -532,12 +534,17 @@ class SessionService:
         order: str = "DESC",
         username: str | None = None,
         pooled: bool = False,
+        state: SessionState | str | None = None,
+        app_id: str | None = None,
+        profile: str | None = None,
         caller: Identity | None = None,
     ) -> Page:
         """A page of sessions; a non-admin `caller` sees only their own. Warm pools'
         unclaimed sessions are listed only with `pooled`, to an admin (`Forbidden` to
         others). Listing decides each session's state but writes nothing (its cost must not
-        grow with the sessions): `get` and the reaper write what the lifecycle asks."""
+        grow with the sessions): `get` and the reaper write what the lifecycle asks.
+        `state`, `app_id` and `profile` keep the sessions matching them (see `find`), at
+        the cost of deciding every session."""
         if pooled and caller is not None and not caller.is_admin:
             raise Forbidden("Only an admin may list the warm pools' sessions")
         if caller is not None and not caller.is_admin:
@@ -552,6 +559,9 @@ class SessionService:
             username=username or None,
             pooled=pooled,
         )
+        if state or app_id or profile:
+            found = self.find(state=state, username=username, app_id=app_id, profile=profile)
+            return Page(offset=offset, limit=limit, items=query.select(found))
         now = self.now()
         items = [decide(o, now).session for o in self.backend.observe_page(query)]
         return Page(offset=offset, limit=limit, items=items)
@@ -560,6 +570,40 @@ class SessionService:
         """Every session, as decided now (for metrics and the command line); writes nothing."""
         now = self.now()
         return [decide(o, now).session for o in self.backend.observe_all()]
+
+    def find(
+        self,
+        *,
+        state: SessionState | str | None = None,
+        username: str | None = None,
+        app_id: str | None = None,
+        profile: str | None = None,
+    ) -> list[Session]:
+        """Every session, as decided now, that matches each filter given (None or empty:
+        any): its state (a `SessionState` or its value, e.g. "failed"), owner, app id and
+        profile id. Writes nothing. Raises `InvalidInput` for an unknown state."""
+        if state and not isinstance(state, SessionState):
+            try:
+                state = SessionState(str(state).lower())
+            except ValueError:
+                known = ", ".join(s.value for s in SessionState)
+                raise InvalidInput(f"state must be one of {known}", field="state") from None
+        wanted = {"state": state, "username": username, "app_id": app_id, "profile": profile}
+        wanted = {k: v for k, v in wanted.items() if v}
+        return [s for s in self.all() if all(getattr(s, k) == v for k, v in wanted.items())]
+
+    def logs(self, session_id: str, tail: int = LOG_TAIL, caller: Identity | None = None):
+        """The last `tail` (1 to `MAX_LOG_TAIL`) log lines of the session's container or pod,
+        oldest first, for as long as the session is kept (running, ended or failed), as a
+        list of str. Admins only: raises `Forbidden` for another `caller`; `SessionNotFound`;
+        `InvalidInput` for a bad `tail`."""
+        if caller is not None:
+            caller.require(ADMIN)
+        if not is_session_id(session_id):
+            raise SessionNotFound(session_id[:64])
+        if not 1 <= tail <= MAX_LOG_TAIL:
+            raise InvalidInput(f"tail must be 1 to {MAX_LOG_TAIL}", field="tail")
+        return self.backend.logs(session_id, tail)
 
     def stop(self, session_id: str, caller: Identity | None = None) -> None:
         """Remove the session now, also while it starts. Raises `SessionNotFound`."""

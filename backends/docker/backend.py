@@ -477,6 +477,17 @@ class DockerBackend(Backend):
             return c.parse_outcome(objects.outcome.labels)[1][-tail:]
         return []
 
+    def describe(self, insider: bool) -> dict[str, Any]:
+        found = self._ledger_now().inventory
+        if not insider:
+            return {"gpus": len(found.gpus)}
+        return {
+            "engine": self.engine.address,
+            "port_range": as_text(self.ports),
+            "gpus": [g.describe() for g in found.gpus],
+            "gpu_source": found.source,
+        }
+
     def close(self) -> None:
         self.jobs.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -61,6 +61,15 @@ class Engine:
         return self._explicit_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
 
     @property
+    def address(self) -> str:
+        """`url` without any user or password it names (`ssh://user@host` -> `ssh://host`),
+        for logs and admins."""
+        parts = urllib.parse.urlsplit(self.url)
+        if not parts.netloc or "@" not in parts.netloc:
+            return self.url
+        return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+    @property
     def is_local(self) -> bool:
         """True when the engine runs on this host (a unix socket, or TCP on a loopback
         address), so its published ports are this host's ports."""

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ovas.errors import CapacityExceeded, ConfigurationError
+from ovas.errors import CapacityExceeded, ConfigurationError, Unsatisfiable
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,9 @@ class GpuLedger:
     def candidates(self, count: int, in_use: Iterable[str]) -> list[Gpu]:
         """Every free GPU, lowest index first, when at least `count` are; [] for 0.
 
-        Raises `CapacityExceeded` (see `refusal`). The caller claims them in turn; the claim,
-        not this call, is the reservation."""
+        Raises `CapacityExceeded` while too few are free, `Unsatisfiable` when the
+        inventory holds fewer than `count` (see `refusal`). The caller claims them in
+        turn; the claim, not this call, is the reservation."""
         if count <= 0:
             return []
         free = self.free(in_use)
@@ -184,15 +185,28 @@ class GpuLedger:
             return free
         raise self.refusal(count, free)
 
-    def refusal(self, count: int, free: list[Gpu]) -> CapacityExceeded:
-        """The answer to a session asking for `count` GPUs when only `free` are."""
-        asked = f"The session asks for {count} GPU{'s' if count > 1 else ''}"
+    def refusal(self, count: int, free: list[Gpu]) -> CapacityExceeded | Unsatisfiable:
+        """The answer to a session asking for `count` GPUs when only `free` are: a retry
+        later (`CapacityExceeded`, 503) while GPUs ovas may use are held by other sessions;
+        `Unsatisfiable` (422) when there are fewer than `count` of them at all, which no
+        wait changes. Without any GPU, it points to the stand-in Kit app."""
+        asked = f"The profile asks for {count} GPU{'s' if count > 1 else ''}"
         if not self.gpus:
-            message = f"{asked}; ovas has no GPU to give ({self.inventory.source})"
-        else:
-            listed = ", ".join(g.describe() for g in free) or "none"
-            message = (
-                f"{asked}; {len(free)} of the {len(self.gpus)} GPUs ovas may use "
-                f"{'is' if len(free) == 1 else 'are'} free: {listed}"
+            return Unsatisfiable(
+                f"{asked}, and this host has none that ovas may use "
+                f"({self.inventory.source}). Without a GPU, try the stand-in Kit app of "
+                'the sample catalog: build it with `make standin`, then start {"id": '
+                '"kit-standin", "profile": "standin"}'
             )
+        if count > len(self.gpus):
+            listed = ", ".join(g.describe() for g in self.gpus)
+            return Unsatisfiable(
+                f"{asked}, and this host has only {len(self.gpus)} that ovas may use "
+                f"({listed}); choose a profile asking for fewer"
+            )
+        listed = ", ".join(g.describe() for g in free) or "none"
+        message = (
+            f"{asked}; {len(free)} of the {len(self.gpus)} GPUs ovas may use "
+            f"{'is' if len(free) == 1 else 'are'} free: {listed}"
+        )
         return CapacityExceeded(message, retry_after=60)

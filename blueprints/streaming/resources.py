@@ -10,6 +10,8 @@ from blueprints.streaming.schemas import (
     StreamIdSchema,
     StreamListQuerySchema,
     StreamListSchema,
+    StreamLogsQuerySchema,
+    StreamLogsSchema,
     StreamRequestSchema,
     StreamResponseSchema,
 )
@@ -44,7 +46,8 @@ class Streams(Resource):
     @blp.response(200, StreamListSchema)
     @error_responses(blp, 503)
     def get(self, query):
-        """List sessions, paged and sorted (`pooled=true`: the warm pools' unclaimed ones)"""
+        """List sessions, paged and sorted; an admin may filter by state, app and profile, and
+        list the warm pools' unclaimed sessions (`pooled=true`)"""
         return sessions().list(**query, caller=current_identity())
 
     @blp.arguments(StreamRequestSchema())
@@ -101,3 +104,19 @@ class StreamById(Resource):
     def delete(self, session_id):
         """Stop a session, also while it is starting"""
         return _stop(session_id)
+
+
+@blp.route("/<session_id>/logs")
+class StreamLogs(Resource):
+    @blp.arguments(StreamLogsQuerySchema(), location="query")
+    @blp.response(200, StreamLogsSchema)
+    @error_responses(blp, 404, 422, 503)
+    def get(self, query, session_id):
+        """A session's log lines; admins only
+
+        The last `tail` lines of the session's container or pod, while the session is kept:
+        running, ended or failed (for `OVAS_SESSION_RETENTION` seconds). An ovas extension:
+        OVAS has no such route. A caller who is not an admin is answered 403.
+        """
+        lines = sessions().logs(session_id, query["tail"], current_identity())
+        return {"id": session_id, "lines": lines}

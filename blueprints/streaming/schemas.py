@@ -6,6 +6,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_dump, pre_load, vali
 
 from ovas.models import Reason, Session, SessionState
 from ovas.names import APP_ID_PATTERN, PROFILE_ID_PATTERN, VERSION_PATTERN
+from ovas.services import LOG_TAIL, MAX_LOG_TAIL
 
 
 class RouteSchema(Schema):
@@ -140,7 +141,8 @@ class StreamListQuerySchema(Schema):
         unknown = EXCLUDE
 
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    # Bounded so that every answer fits a JSON number clients parse (64-bit).
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
     sort_by = fields.String(
         data_key="sort-by",
         load_default="created_time",
@@ -155,6 +157,19 @@ class StreamListQuerySchema(Schema):
             "only those (an admin only; 403 otherwise). They never appear without it."
         },
     )
+    # ovas's filters, for admins (a non-admin sees only their own sessions either way).
+    state = fields.String(
+        validate=validate.OneOf([s.value for s in SessionState]),
+        metadata={"description": "Only sessions whose `status.condition` is this (ovas)"},
+    )
+    app_id = fields.String(
+        validate=validate.Regexp(APP_ID_PATTERN, error="Not an application id"),
+        metadata={"description": "Only sessions of this application (ovas)"},
+    )
+    profile = fields.String(
+        validate=validate.Regexp(PROFILE_ID_PATTERN, error="Not a profile id"),
+        metadata={"description": "Only sessions of this profile (ovas)"},
+    )
 
     @pre_load
     def _upper_order(self, data, **kwargs):
@@ -168,3 +183,23 @@ class StreamIdSchema(Schema):
         unknown = EXCLUDE
 
     id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+class StreamLogsQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    tail = fields.Integer(
+        load_default=LOG_TAIL,
+        validate=validate.Range(min=1, max=MAX_LOG_TAIL),
+        metadata={"description": "How many of the last lines"},
+    )
+
+
+class StreamLogsSchema(Schema):
+    id = fields.String(required=True)
+    lines = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "The container's or pod's last log lines, oldest first"},
+    )

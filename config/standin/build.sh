@@ -17,13 +17,21 @@ if ldd "$busybox" >/dev/null 2>&1; then
 fi
 
 context="$(mktemp -d)"
-trap 'rm -rf "$context"' EXIT
+messages="$(mktemp)"
+trap 'rm -rf "$context" "$messages"' EXIT
 cp "$here/Dockerfile" "$here/entrypoint.sh" "$context/"
 cp "$busybox" "$context/busybox"
 
-# Without the buildx plugin, the classic builder builds this image just as well.
+# Without the buildx plugin, the classic builder builds this image just as well; it then
+# prints a notice that it is deprecated, which reads like an error. The build's messages
+# are shown only when it fails.
 if ! docker buildx version >/dev/null 2>&1; then
     export DOCKER_BUILDKIT=0
 fi
-docker build --quiet -t "$image:1.0.0" -t "$image:latest" "$context"
+if ! docker build --quiet -t "$image:1.0.0" -t "$image:latest" "$context" \
+    >"$messages" 2>&1; then
+    cat "$messages" >&2
+    echo "build.sh: the image did not build" >&2
+    exit 1
+fi
 echo "build.sh: built $image:1.0.0 and $image:latest"

@@ -190,6 +190,7 @@ class FakeBackend(Backend):
 
     name = "fake"
     keeps_warm_pools = True
+    shared = False  # its sessions live in this process's memory
     host = "127.0.0.1"
 
     def __init__(
@@ -215,6 +216,9 @@ class FakeBackend(Backend):
         self._lock = threading.Lock()
         self._sessions: dict[str, _Entry] = {}
         self._next_port = 31000
+
+    def describe(self, insider: bool) -> dict[str, Any]:
+        return {"sessions": "in this process's memory"}
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:

@@ -17,7 +17,7 @@ from backends.docker.gpus import Gpu, GpuLedger, Inventory, inventory, parse_nvi
 from backends.docker.ports import ephemeral_overlap, parse_port_range
 from backends.docker.pulls import PullProgress
 from ovas.catalog_files import FileCatalog
-from ovas.errors import CapacityExceeded, ConfigurationError
+from ovas.errors import CapacityExceeded, ConfigurationError, Unsatisfiable
 from ovas.lifecycle import Mark, Outcome, Stage
 from ovas.models import Reason, SessionState
 from ovas.testing import make_request
@@ -185,10 +185,25 @@ def test_ledger_lists_free_gpus_and_refuses_saying_what_is_free():
     assert ledger.candidates(0, in_use={"GPU-aaa", "GPU-bbb"}) == []
 
 
-def test_no_gpu_at_all_says_so():
+def test_no_gpu_at_all_is_no_retry_and_points_to_the_standin():
     ledger = GpuLedger(Inventory((), "no NVIDIA GPU found (NVML: driver not loaded)"))
-    with pytest.raises(CapacityExceeded, match=r"no GPU to give.*NVML"):
+    with pytest.raises(Unsatisfiable) as caught:
         ledger.candidates(1, in_use=())
+    refused = caught.value
+    assert refused.http_status == 422 and refused.field == "profile"
+    assert "Retry-After" not in refused.headers
+    assert "asks for 1 GPU, and this host has none" in refused.message
+    assert "NVML: driver not loaded" in refused.message
+    assert '"kit-standin"' in refused.message and "make standin" in refused.message
+
+
+def test_more_gpus_than_the_host_has_is_no_retry():
+    with pytest.raises(Unsatisfiable, match=r"asks for 3 GPUs, and this host has only 2"):
+        GpuLedger(GPUS).candidates(3, in_use=())
+    # Fewer free than asked, but enough on the host: a wait may help.
+    with pytest.raises(CapacityExceeded) as caught:
+        GpuLedger(GPUS).candidates(2, in_use={"GPU-bbb"})
+    assert caught.value.headers == {"Retry-After": "60"}
 
 
 def test_gpu_setting_overrides_detection():

@@ -233,8 +233,9 @@ def free_ports(count: int) -> str:
     raise NoDaemon(f"no {count} free host ports in 30000-32699")
 
 
-def build_standin(daemon: Daemon) -> None:
-    """Build the stand-in Kit image on the daemon with config/standin/build.sh."""
+def build_standin(daemon: Daemon) -> subprocess.CompletedProcess:
+    """Build the stand-in Kit image on the daemon with config/standin/build.sh; returns the
+    finished build (its output). Raises `NoDaemon` when it fails."""
     done = subprocess.run(
         ["bash", str(REPO / "config/standin/build.sh")],
         env={**os.environ, "DOCKER_HOST": daemon.url},
@@ -244,3 +245,4 @@ def build_standin(daemon: Daemon) -> None:
     )
     if done.returncode != 0:
         raise NoDaemon(f"the stand-in image did not build: {done.stderr.strip()[-600:]}")
+    return done

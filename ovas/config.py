@@ -220,6 +220,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("OVAS_KUBERNETES_CONTEXT", "kubeconfig context", "", shown="the current one"),
     Setting(
+        "OVAS_KUBERNETES_BASE_DOMAIN",
+        "with it, a pod session's route key is `<session-id>.<base domain>` (OVAS's secure "
+        "streaming endpoints), and its Service is annotated for external-dns",
+        "",
+        shown="none: routes by address",
+    ),
+    Setting(
         "OVAS_BIND",
         "gunicorn: address and port",
         "127.0.0.1:8080",

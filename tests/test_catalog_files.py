@@ -79,6 +79,42 @@ BROKEN = {
         "      image: {repository: r}\n      ports: {signaling: 99999}\n",
         "profile.yaml (document 2): spec.chartValues.streamingKit.ports.signaling: 99999",
     ),
+    "image.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationVersion\n"
+        "metadata: {name: v, labels: {app: usd-viewer, version: 1.0.0}}\n"
+        "spec: {container: UPPER/Case, container_version: '1'}\n",
+        "image.yaml (document 1): spec.container: 'UPPER/Case' is not an image name",
+    ),
+    "tag.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationVersion\n"
+        "metadata: {name: v, labels: {app: usd-viewer, version: 1.0.1}}\n"
+        'spec: {container: nvcr.io/x, container_version: "1\\nx"}\n',
+        "tag.yaml (document 1): spec.container_version: '1\\nx' is not an image tag",
+    ),
+    "float.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationVersion\n"
+        "metadata: {name: v, labels: {app: usd-viewer, version: 1.0.2}}\n"
+        "spec: {container: nvcr.io/x, container_version: 1.10}\n",
+        "float.yaml (document 1): spec.container_version: must be a string, not float 1.1 "
+        "(quote it)",
+    ),
+    "label.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationVersion\n"
+        "metadata: {name: v, labels: {app: usd-viewer, version: 2.0}}\n",
+        "label.yaml (document 1): metadata.labels.version: must be a string, not float 2.0",
+    ),
+    "name.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: Application\n"
+        "metadata: {name: dated}\nspec: {name: 2024-01-01, tags: [a]}\n",
+        "name.yaml (document 1): spec.name: must be a string, not date",
+    ),
+    "repository.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationProfile\n"
+        "metadata: {name: hardcoded}\nspec:\n  chartValues:\n    streamingKit:\n"
+        "      image: {repository: Kit/Viewer, tag: '1'}\n",
+        "repository.yaml (document 1): spec.chartValues.streamingKit.image.repository: "
+        "'Kit/Viewer' is not an image name",
+    ),
     "dup.yaml": (
         "apiVersion: omniverse.nvidia.com/v1\nkind: Application\nmetadata: {name: usd-viewer}\n",
         "duplicates Application 'usd-viewer'",

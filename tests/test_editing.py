@@ -124,6 +124,49 @@ def test_versions_are_added_and_removed(folder):
     assert [v.version for v in FileCatalog(folder).versions("usd-viewer")] == ["107.3.2"]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("container", "UPPER/Case", "is not an image name"),
+        ("container", "nvcr.io/x y", "is not an image name"),
+        ("container", "nvcr.io/x/", "is not an image name"),
+        ("container", "nvcr.io/x:1", "is not an image name"),  # a tag goes in container_version
+        ("container_version", "1\nx", "is not an image tag"),
+        ("container_version", ".hidden", "is not an image tag"),
+        ("container_version", "-rc1", "is not an image tag"),
+    ],
+)
+def test_a_version_naming_no_valid_image_is_422_and_changes_nothing(folder, field, value, words):
+    client = make_client(folder, EDITING_ENABLED=True)
+    before = snapshot(folder)
+    body = {"version": "9.0.0", "container": "nvcr.io/x", "container_version": "9", field: value}
+    answer = client.post("/cfg/apps/usd-viewer/versions", json=body)
+    assert answer.status_code == 422, answer.json
+    (problem,) = answer.json["detail"]
+    assert problem["loc"] == ["body", field]
+    assert words in problem["msg"]
+    assert snapshot(folder) == before
+    # The newest version is unchanged, so starts without a version still run.
+    started = client.post("/streaming/stream", json={"id": "usd-viewer", "profile": "default"})
+    assert started.status_code in (200, 202), started.json
+    assert started.json["version"] == "107.3.2"
+
+
+@pytest.mark.parametrize(
+    ("container", "tag"),
+    [
+        ("localhost:5000/kit", "1.0"),
+        ("[::1]:5000/team/kit__viewer", "v1_2-rc.3"),
+        ("registry.example.com/a/b/c", "latest"),
+        ("nvcr.io/x@sha256:" + "ab" * 32, ""),
+    ],
+)
+def test_every_form_of_the_reference_grammar_is_accepted(folder, container, tag):
+    client = make_client(folder, EDITING_ENABLED=True)
+    body = {"version": "9.0.0", "container": container, "container_version": tag}
+    assert client.post("/cfg/apps/usd-viewer/versions", json=body).status_code == 201
+
+
 def test_deleting_an_application_removes_its_versions_and_keeps_sessions(folder):
     client = make_client(folder, EDITING_ENABLED=True)
     started = client.post("/streaming/stream", json={"id": "usd-viewer", "profile": "default"})

@@ -127,7 +127,7 @@ class FileCatalog(Catalog):
             try:
                 documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
             except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-                snapshot.problems.append(f"{self._rel(path)}: cannot be read: {exc}")
+                snapshot.problems.append(f"{self._rel(path)}: cannot be read: {_why(exc)}")
                 continue
             for index, raw in enumerate(documents):
                 if raw is None:
@@ -355,7 +355,7 @@ def _unparsed(path: Path, catalog: FileCatalog) -> list[Any]:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise Conflict(
             f"{catalog._rel(path)} cannot be read, so ovas will not rewrite it; fix the file "
-            f"first ({exc})"
+            f"first ({_why(exc)})"
         ) from None
     kept = []
     for raw in documents:
@@ -366,6 +366,14 @@ def _unparsed(path: Path, catalog: FileCatalog) -> list[Any]:
         except ValueError:
             kept.append(raw)
     return kept
+
+
+def _why(exc: Exception) -> str:
+    """Why a file cannot be read, without its path: an OSError's text names the absolute
+    path, and these words reach `/ready` (public) and editing answers."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
 
 
 def _atomic_write(path: Path, documents: list[Any]) -> None:

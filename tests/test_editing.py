@@ -24,7 +24,7 @@ def folder(tmp_path):
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {p.name: p.read_text() for p in sorted(folder.glob("*.y*ml"))}
+    return {p.name: p.read_text() for p in sorted(folder.glob("*.y*ml")) if p.is_file()}
 
 
 def make_client(folder, **config):
@@ -223,3 +223,20 @@ def test_a_file_being_hand_edited_is_never_overwritten(folder):
     assert answer.status_code == 409
     assert "factory.yaml cannot be read" in answer.json["detail"]
     assert snapshot(folder) == before
+
+
+def test_a_folder_where_the_file_would_go_is_409_without_server_paths(folder):
+    client = make_client(folder, EDITING_ENABLED=True)
+    (folder / "factory.yaml").mkdir()
+    before = snapshot(folder)
+    answer = client.post("/cfg/apps", json={"id": "factory"})
+    assert answer.status_code == 409
+    assert answer.json["detail"] == (
+        "factory.yaml cannot be read, so ovas will not rewrite it; fix the file first "
+        "(Is a directory)"
+    )
+    assert str(folder.parent) not in answer.get_data(as_text=True)
+    assert snapshot(folder) == before
+    # Nothing else the catalog answers names where it lives either.
+    for path in ("/ready", "/cfg/apps", "/cfg/apps/factory"):
+        assert str(folder.parent) not in client.get(path).get_data(as_text=True), path

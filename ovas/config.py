@@ -5,6 +5,8 @@ config. Keys are the variable names without `OVAS_` (`OVAS_SESSION_CAPACITY` ->
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -25,7 +27,11 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_MAX_LIFETIME": 28800,
     # SESSION_RETENTION: 3600, unless only the older OVAS_REAP_GRACE is set (see normalise).
     "REAP_INTERVAL": 30,
-    "CORS_ORIGINS": "*",
+    # Empty: loopback origins (any port) while AUTH is none, `*` with authentication.
+    "CORS_ORIGINS": "",
+    # Empty: loopback names and the bind host (any name when bound to all interfaces); only
+    # checked while AUTH is none.
+    "ALLOWED_HOSTS": "",
     "AUTH": "none",
     "START_RATE_LIMIT": "30/minute",
     "RATELIMIT_STORAGE_URI": "memory://",
@@ -91,6 +97,69 @@ def normalise(config: MutableMapping[str, Any]) -> None:
         config["USD_PATH_ROOTS"] = tuple(r.strip() for r in roots.split(",") if r.strip())
     if config.get("LOG_FORMAT") not in ("plain", "json"):
         raise ConfigurationError("OVAS_LOG_FORMAT must be plain or json")
-    origins = config.get("CORS_ORIGINS", "*")
-    if isinstance(origins, str):
-        config["CORS_ORIGINS"] = [o.strip() for o in origins.split(",") if o.strip()] or ["*"]
+    config["CORS_ORIGINS"] = [_origin(o) for o in _items(config.get("CORS_ORIGINS"))]
+    config["ALLOWED_HOSTS"] = [_host(h) for h in _items(config.get("ALLOWED_HOSTS"))]
+
+
+def _items(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(v).strip() for v in value or () if str(v).strip()]
+
+
+def _origin(value: str) -> str:
+    """`*` or a web origin as browsers send it: scheme://host[:port], nothing after it."""
+    parts = urllib.parse.urlsplit(value)
+    if value == "*" or (
+        parts.scheme in ("http", "https")
+        and parts.hostname
+        and parts.path in ("", "/")
+        and not (parts.query or parts.fragment or parts.username)
+        and _port_ok(parts)
+    ):
+        return value if value == "*" else value.rstrip("/").lower()
+    raise ConfigurationError(
+        f"OVAS_CORS_ORIGINS: {value!r} is not a web origin (scheme://host[:port], e.g. "
+        "http://localhost:5173) or *"
+    )
+
+
+def _port_ok(parts: urllib.parse.SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError:
+        return False
+    return True
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_HOST = re.compile(rf"^(\*|\.?{_LABEL}(\.{_LABEL})*|\[?[0-9a-f:.]+\]?)\Z")
+
+
+def _host(value: str) -> str:
+    """A host name, an address, `.domain` (it and every name under it) or `*`."""
+    host = value.lower().rstrip(".") if value != "." else value
+    if _HOST.match(host):
+        return host
+    raise ConfigurationError(
+        f"OVAS_ALLOWED_HOSTS: {value!r} is not a host name, an address, .domain or * "
+        "(no scheme or port)"
+    )
+
+
+ALL_INTERFACES = ("0.0.0.0", "::")
+
+
+def bind_hosts(environ=os.environ) -> list[str]:
+    """The addresses ovas is told to listen on: `flask run`'s FLASK_RUN_HOST and gunicorn's
+    OVAS_BIND (host:port), as given; [] when neither is set."""
+    hosts = []
+    for variable in ("FLASK_RUN_HOST", "OVAS_BIND"):
+        value = environ.get(variable, "").strip()
+        if variable == "OVAS_BIND" and value.startswith("unix:"):
+            continue
+        if variable == "OVAS_BIND":
+            value = value.rsplit(":", 1)[0] if value.count(":") == 1 or "]" in value else value
+        if value:
+            hosts.append(value.strip("[]"))
+    return hosts

@@ -10,7 +10,6 @@ from ovas import create_app
 from ovas.errors import ConfigurationError
 from ovas.testing import FakeBackend
 
-
 PREFLIGHT = {
     "Access-Control-Request-Method": "POST",
     "Access-Control-Request-Headers": "content-type",

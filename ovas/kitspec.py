@@ -118,7 +118,7 @@ def parse_kit(values: dict[str, Any]) -> KitSpec:
     """Read `streamingKit` out of rendered chart values. Raises ValueError naming the field."""
     kit = values.get("streamingKit")
     if not isinstance(kit, dict):
-        raise ValueError("chartValues.streamingKit: must be a mapping")
+        raise ValueError("streamingKit: must be a mapping")
     image = _mapping(kit, "image")
     repository = _str(image, "repository", "streamingKit.image")
     tag = _str(image, "tag", "streamingKit.image")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
 from pathlib import Path
@@ -240,3 +241,31 @@ def test_a_folder_where_the_file_would_go_is_409_without_server_paths(folder):
     # Nothing else the catalog answers names where it lives either.
     for path in ("/ready", "/cfg/apps", "/cfg/apps/factory"):
         assert str(folder.parent) not in client.get(path).get_data(as_text=True), path
+
+
+def test_an_edit_that_would_rewrite_a_json_file_or_a_list_is_409_and_changes_nothing(folder):
+    (folder / "usd-viewer.yaml").rename(folder / "usd-viewer.json")
+    documents = list(yaml.safe_load_all((folder / "usd-viewer.json").read_text()))
+    (folder / "usd-viewer.json").write_text("\n".join(json.dumps(d) for d in documents if d))
+    listed = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": list(yaml.safe_load_all((folder / "usd-composer.yaml").read_text())),
+    }
+    (folder / "usd-composer.yaml").write_text(yaml.safe_dump(listed))
+    client = make_client(folder, EDITING_ENABLED=True)
+    assert client.get("/cfg/apps/usd-viewer").status_code == 200
+    assert client.get("/cfg/apps/usd-composer").status_code == 200
+    before = {p.name: p.read_text() for p in folder.iterdir() if p.is_file()}
+    for method, path, body, words in [
+        ("patch", "/cfg/apps/usd-viewer", {"name": "x"}, "usd-viewer.json is a JSON file"),
+        ("post", "/cfg/apps/usd-viewer/versions", {"version": "9.0.0"}, "is a JSON file"),
+        ("delete", "/cfg/apps/usd-composer", None, "usd-composer.yaml is a list object"),
+    ]:
+        answer = getattr(client, method)(path, json=body)
+        assert answer.status_code == 409, (path, answer.json)
+        assert words in answer.json["detail"]
+    assert snapshot(folder) == {k: v for k, v in before.items() if k.endswith(".yaml")}
+    assert (folder / "usd-viewer.json").read_text() == before["usd-viewer.json"]
+    # Edits of plain YAML documents go on as before.
+    assert client.post("/cfg/apps", json={"id": "factory"}).status_code == 201

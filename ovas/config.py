@@ -64,10 +64,19 @@ _INTEGERS = (
 DEFAULT_RETENTION = 3600
 
 
-def as_bool(value: Any) -> bool:
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def as_bool(value: Any, name: str = "") -> bool:
+    """A yes/no setting: true/false, yes/no, on/off, 1/0 (any case). Raises
+    `ConfigurationError` naming `OVAS_<name>` for anything else."""
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigurationError(f"OVAS_{name} must be true or false, not {value!r}")
 
 
 def apply_environment(config: MutableMapping[str, Any], environ=os.environ) -> None:
@@ -79,19 +88,18 @@ def apply_environment(config: MutableMapping[str, Any], environ=os.environ) -> N
 def normalise(config: MutableMapping[str, Any]) -> None:
     """Coerce settings that came in as text; raise `ConfigurationError` naming a bad one."""
     for key in _BOOLEANS:
-        config[key] = as_bool(config.get(key, False))
+        config[key] = as_bool(config.get(key, False), key)
     # OVAS_REAP_GRACE is what OVAS_SESSION_RETENTION was called before session clocks.
     config.setdefault("SESSION_RETENTION", config.get("REAP_GRACE", DEFAULT_RETENTION))
     for key in _INTEGERS:
-        try:
-            value = int(config.get(key, 0))
-        except (TypeError, ValueError):
-            raise ConfigurationError(
-                f"OVAS_{key} must be a whole number, not {config.get(key)!r}"
-            ) from None
-        if value < 0:
-            raise ConfigurationError(f"OVAS_{key} must not be negative")
-        config[key] = value
+        config[key] = _whole(config.get(key, 0), key)
+    if _whole(config.get("MAX_CONTENT_LENGTH"), "MAX_CONTENT_LENGTH") == 0:
+        raise ConfigurationError("OVAS_MAX_CONTENT_LENGTH must be more than 0")
+    config["MAX_CONTENT_LENGTH"] = _whole(config["MAX_CONTENT_LENGTH"], "MAX_CONTENT_LENGTH")
+    level = str(config.get("LOG_LEVEL", "INFO")).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigurationError(f"OVAS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    config["LOG_LEVEL"] = level
     roots = config.get("USD_PATH_ROOTS", "")
     if isinstance(roots, str):
         config["USD_PATH_ROOTS"] = tuple(r.strip() for r in roots.split(",") if r.strip())
@@ -99,6 +107,22 @@ def normalise(config: MutableMapping[str, Any]) -> None:
         raise ConfigurationError("OVAS_LOG_FORMAT must be plain or json")
     config["CORS_ORIGINS"] = [_origin(o) for o in _items(config.get("CORS_ORIGINS"))]
     config["ALLOWED_HOSTS"] = [_host(h) for h in _items(config.get("ALLOWED_HOSTS"))]
+
+
+def _whole(value: Any, key: str) -> int:
+    """A whole number of at least 0. `from_prefixed_env` reads values as JSON, so `1.5` and
+    `true` arrive as a float and a bool: refused, never rounded or counted as 1."""
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"OVAS_{key} must be a whole number, not {value!r}") from None
+    if number < 0:
+        raise ConfigurationError(f"OVAS_{key} must not be negative")
+    return number
 
 
 def _items(value: Any) -> list[str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -198,3 +201,28 @@ def test_docs_pages_use_local_assets_only(client):
     asset = client.get("/docs-assets/swagger-ui/swagger-ui-bundle.js")
     assert asset.status_code == 200
     assert len(asset.data) > 100_000
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        ("OVAS_EDITING_ENABLED", "perhaps", "OVAS_EDITING_ENABLED must be true or false"),
+        ("OVAS_SESSION_CAPACITY", "1.5", "OVAS_SESSION_CAPACITY must be a whole number, not 1.5"),
+        ("OVAS_SESSION_CAPACITY", "true", "OVAS_SESSION_CAPACITY must be a whole number"),
+        ("OVAS_LOG_LEVEL", "LOUD", "OVAS_LOG_LEVEL must be one of DEBUG, INFO"),
+        ("OVAS_MAX_CONTENT_LENGTH", "big", "OVAS_MAX_CONTENT_LENGTH must be a whole number"),
+        ("OVAS_CORS_ORIGINS", "localhost:5173", "OVAS_CORS_ORIGINS: 'localhost:5173'"),
+    ],
+)
+def test_a_bad_setting_stops_startup_with_one_clear_line(tmp_path, variable, value, line):
+    env = {**os.environ, variable: value, "OVAS_BACKEND": "ovas.testing.fake:FakeBackend"}
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "ovas", "routes"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert line in done.stderr

@@ -15,8 +15,8 @@ from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from blueprints.edge import EdgeMiddleware
-from ovas import events
+from blueprints.edge import EdgeMiddleware, HostNames
+from ovas import config, events
 from ovas.auth import ADMIN, ANONYMOUS, STREAMER, VIEWER, Authenticator, Identity, NoAuth
 from ovas.errors import ConfigurationError, OvasError, UserCapacityExceeded
 
@@ -94,11 +94,18 @@ def init_app(app: Flask, authenticator: Authenticator) -> None:
     app.extensions["ovas_rate_limiter"] = limiter
     warned: list[bool] = []
 
-    app.wsgi_app = EdgeMiddleware(app.wsgi_app, origins=app.config["CORS_ORIGINS"])
+    open_access = isinstance(authenticator, NoAuth)
+    app.wsgi_app = EdgeMiddleware(
+        app.wsgi_app,
+        # The defaults of OVAS_CORS_ORIGINS: loopback origins with no authentication, where
+        # any page could otherwise drive the API; every origin when credentials are needed.
+        origins=app.config["CORS_ORIGINS"] or ([] if open_access else ["*"]),
+        loopback_origins=open_access,
+        refuse=open_access,
+        hosts=HostNames(app.config["ALLOWED_HOSTS"] or _bound_names()) if open_access else None,
+    )
     reaper = app.extensions["ovas"].reaper
     app.extensions["ovas"].sessions.events.subscribe(audit_event)
-
-    open_access = isinstance(authenticator, NoAuth)
 
     @app.before_request
     def _identify() -> None:
@@ -122,6 +129,15 @@ def init_app(app: Flask, authenticator: Authenticator) -> None:
         identity = authenticator.identify(request.headers, request.remote_addr)
         g.ovas_identity = identity
         identity.require(_required_role())
+
+
+def _bound_names() -> list[str]:
+    """The default of OVAS_ALLOWED_HOSTS: the bind host (loopback names are always served).
+    Bound to all interfaces, ovas is served to the network by whatever name reaches it, so
+    any Host is (as Jupyter Server's `allow_remote_access` defaults to true for a
+    non-loopback `ip`)."""
+    bound = config.bind_hosts()
+    return ["*"] if any(h in config.ALL_INTERFACES for h in bound) else bound
 
 
 def _loopback(address: str | None) -> bool:

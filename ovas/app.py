@@ -94,11 +94,7 @@ def _api_settings(prefix: str, title: str, docs_prefix: str) -> dict[str, Any]:
 def _exposed() -> bool:
     """Whether the configured bind address (`flask run --host`, gunicorn's `OVAS_BIND`)
     reaches beyond this machine."""
-    for variable in ("FLASK_RUN_HOST", "OVAS_BIND"):
-        host = os.environ.get(variable, "").rsplit(":", 1)[0].strip("[]")
-        if host and host not in ("localhost",) and not _is_loopback(host):
-            return True
-    return False
+    return any(h != "localhost" and not _is_loopback(h) for h in config.bind_hosts())
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,14 +1,19 @@
 """The file catalog: OVAS custom resources as YAML files in a folder.
 
-Every `*.yaml` / `*.yml` under the folder (recursively) may hold several documents. Documents
-that are not valid are reported with their file and field (`problems`), never silently
-dropped; the valid ones are served. Edits rewrite only the files they touch, each atomically
+Every file under the folder (recursively) is read in each form `kubectl apply -f` takes:
+`*.yaml` / `*.yml` with several documents, `*.json` with one object or several in a row, and
+in either, a list object (`kind: List`, or `ApplicationList`...) whose `items` are the
+documents. Documents that are not valid are reported with their file and field
+(`problems`), never silently dropped; the valid ones are served. Edits rewrite only the files
+they touch (plain YAML documents; a JSON file or a list object is the operator's to change,
+and an edit needing to rewrite one is refused), each atomically
 (a temporary file renamed over the old one) under a lock file, so several worker processes
 never lose each other's writes. Other processes' edits are seen within `reload_interval`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -49,14 +54,17 @@ from ovas.resources import (
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".ovas-catalog.lock"
+SUFFIXES = (".yaml", ".yml", ".json")  # what `kubectl apply -f <folder>` reads
+MAX_LIST_DEPTH = 8
 
 
 @dataclass
 class _Doc:
     path: Path
-    index: int
+    where: str  # "document 2", or "document 1, items[3]" within a list object
     raw: dict[str, Any]
     value: Application | Version | Profile | WarmPool
+    listed: bool = False  # an item of a list object (`kind: List`)
 
 
 @dataclass
@@ -90,7 +98,7 @@ class FileCatalog(Catalog):
     def _files(self) -> list[Path]:
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
+        found = [p for p in self.root.rglob("*") if p.suffix in SUFFIXES and p.is_file()]
         return sorted(found)
 
     def _signature(self) -> tuple:
@@ -129,18 +137,15 @@ class FileCatalog(Catalog):
             return snapshot
         for path in self._files():
             try:
-                documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-                snapshot.problems.append(f"{self._rel(path)}: cannot be read: {exc}")
+                documents = _read(path)
+            except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+                snapshot.problems.append(f"{self._rel(path)}: cannot be read: {_why(exc)}")
                 continue
-            for index, raw in enumerate(documents):
-                if raw is None:
-                    continue
-                where = f"{self._rel(path)} (document {index + 1})"
+            for where, raw, listed in _flatten(documents):
                 try:
-                    snapshot.docs.append(_Doc(path, index, raw, _parse(raw)))
+                    snapshot.docs.append(_Doc(path, where, raw, _parse(raw), listed))
                 except ValueError as exc:
-                    snapshot.problems.append(f"{where}: {exc}")
+                    snapshot.problems.append(f"{self._rel(path)} ({where}): {exc}")
         self._index(snapshot)
         return snapshot
 
@@ -151,8 +156,8 @@ class FileCatalog(Catalog):
             if key in seen:
                 first = seen[key]
                 snapshot.problems.append(
-                    f"{self._rel(doc.path)} (document {doc.index + 1}): duplicates {key[0]} "
-                    f"'{key[1]}' of {self._rel(first.path)} (document {first.index + 1})"
+                    f"{self._rel(doc.path)} ({doc.where}): duplicates {key[0]} "
+                    f"'{key[1]}' of {self._rel(first.path)} ({first.where})"
                 )
                 snapshot.docs.remove(doc)
                 continue
@@ -169,14 +174,14 @@ class FileCatalog(Catalog):
                     snapshot.versions.setdefault(doc.value.app_id, []).append(doc.value)
                 else:
                     snapshot.problems.append(
-                        f"{self._rel(doc.path)} (document {doc.index + 1}): metadata.labels.app: "
+                        f"{self._rel(doc.path)} ({doc.where}): metadata.labels.app: "
                         f"no Application '{doc.value.app_id}' in the catalog"
                     )
 
     def _index_pool(self, snapshot: _Snapshot, doc: _Doc) -> None:
         """Serve a pool whose application and profile are in the catalog; report others."""
         pool = doc.value
-        where = f"{self._rel(doc.path)} (document {doc.index + 1})"
+        where = f"{self._rel(doc.path)} ({doc.where})"
         if pool.application not in snapshot.apps:
             snapshot.problems.append(
                 f"{where}: spec.application: no Application '{pool.application}' in the catalog"
@@ -322,7 +327,53 @@ def _is(doc: _Doc, kind: str) -> bool:
 
 
 def _new(path: Path, raw: dict[str, Any]) -> _Doc:
-    return _Doc(path, -1, raw, _parse(raw))
+    return _Doc(path, "new", raw, _parse(raw))
+
+
+def _read(path: Path) -> list[Any]:
+    """The documents of a catalog file, in order: YAML documents, or the JSON objects of a
+    `.json` file (one, or several in a row, as kubectl's decoder takes them). Raises
+    OSError, UnicodeDecodeError, ValueError (JSON) or yaml.YAMLError."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".json":
+        return list(yaml.safe_load_all(text))
+    decoder, documents, at = json.JSONDecoder(), [], 0
+    while (at := _skip_space(text, at)) < len(text):
+        document, at = decoder.raw_decode(text, at)
+        documents.append(document)
+    return documents
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\r\n":
+        at += 1
+    return at
+
+
+def _flatten(documents: list[Any]):
+    """(where, document, listed) for each document, the items of list objects in their place
+    (kubectl flattens `kind: List` and typed lists such as `ApplicationList` alike)."""
+    for number, raw in enumerate(documents, 1):
+        if raw is not None:
+            yield from _items(f"document {number}", raw, 0)
+
+
+def _items(where: str, raw: Any, depth: int):
+    is_list = (
+        isinstance(raw, dict)
+        and isinstance(raw.get("kind"), str)
+        and raw["kind"].endswith("List")
+        and "items" in raw
+    )
+    if not is_list:
+        yield where, raw, depth > 0
+        return
+    items = raw["items"]
+    if not isinstance(items, list) or depth >= MAX_LIST_DEPTH:
+        yield where, {"kind": raw["kind"], "items": "?"}, depth > 0
+        return
+    for index, item in enumerate(items):
+        yield from _items(f"{where}, items[{index}]", item, depth + 1)
 
 
 class _Edit:
@@ -386,21 +437,34 @@ def _unparsed(path: Path, catalog: FileCatalog) -> list[Any]:
     if not path.exists():
         return []
     try:
-        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        documents = _read(path)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise Conflict(
             f"{catalog._rel(path)} cannot be read, so ovas will not rewrite it; fix the file "
-            f"first ({exc})"
+            f"first ({_why(exc)})"
         ) from None
+    flat = list(_flatten(documents))
+    if path.suffix == ".json" or any(listed for _, _, listed in flat):
+        form = "a JSON file" if path.suffix == ".json" else "a list object (kind: List)"
+        raise Conflict(
+            f"{catalog._rel(path)} is {form}, which ovas reads but does not rewrite; make this "
+            "change in the file by hand, or move its documents to a YAML file"
+        )
     kept = []
-    for raw in documents:
-        if raw is None:
-            continue
+    for _, raw, _ in flat:
         try:
             _parse(raw)
         except ValueError:
             kept.append(raw)
     return kept
+
+
+def _why(exc: Exception) -> str:
+    """Why a file cannot be read, without its path: an OSError's text names the absolute
+    path, and these words reach `/ready` (public) and editing answers."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
 
 
 def _atomic_write(path: Path, documents: list[Any]) -> None:

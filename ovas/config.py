@@ -5,6 +5,8 @@ config. Keys are the variable names without `OVAS_` (`OVAS_SESSION_CAPACITY` ->
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +132,21 @@ SETTINGS: tuple[Setting, ...] = (
         "/app/samples",
     ),
     Setting("OVAS_MAX_CONTENT_LENGTH", "largest request body, in bytes; 413 beyond", 64 * 1024),
-    Setting("OVAS_CORS_ORIGINS", "allowed browser origins, comma-separated", "*"),
+    Setting(
+        "OVAS_CORS_ORIGINS",
+        "allowed browser origins, comma-separated (`*`: any); with `OVAS_AUTH=none` other "
+        "origins are refused (403)",
+        "",
+        shown="loopback origins (any port) while `OVAS_AUTH=none`; `*` with authentication",
+    ),
+    Setting(
+        "OVAS_ALLOWED_HOSTS",
+        "with `OVAS_AUTH=none`, the Host names this server answers to besides the loopback "
+        "names and the bind host: names, addresses, `.domain` (and its subdomains) or `*`; "
+        "other Hosts are refused (403)",
+        "",
+        shown="loopback names and the bind host (any, when bound to all interfaces)",
+    ),
     Setting("OVAS_AUTH", "`none`, `header`, `jwt` or `apikey` (see Security)", "none"),
     Setting("OVAS_AUTH_USER_HEADER", "`header`: the header naming the user", "X-Forwarded-User"),
     Setting(
@@ -293,10 +309,19 @@ _INTEGERS = (
 )
 
 
-def as_bool(value: Any) -> bool:
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def as_bool(value: Any, name: str = "") -> bool:
+    """A yes/no setting: true/false, yes/no, on/off, 1/0 (any case). Raises
+    `ConfigurationError` naming `OVAS_<name>` for anything else."""
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigurationError(f"OVAS_{name} must be true or false, not {value!r}")
 
 
 def apply_environment(config: MutableMapping[str, Any], environ=os.environ) -> None:
@@ -308,24 +333,102 @@ def apply_environment(config: MutableMapping[str, Any], environ=os.environ) -> N
 def normalise(config: MutableMapping[str, Any]) -> None:
     """Coerce settings that came in as text; raise `ConfigurationError` naming a bad one."""
     for key in _BOOLEANS:
-        config[key] = as_bool(config.get(key, False))
+        config[key] = as_bool(config.get(key, False), key)
     # OVAS_REAP_GRACE is what OVAS_SESSION_RETENTION was called before session clocks.
     config.setdefault("SESSION_RETENTION", config.get("REAP_GRACE", DEFAULT_RETENTION))
     for key in _INTEGERS:
-        try:
-            value = int(config.get(key, 0))
-        except (TypeError, ValueError):
-            raise ConfigurationError(
-                f"OVAS_{key} must be a whole number, not {config.get(key)!r}"
-            ) from None
-        if value < 0:
-            raise ConfigurationError(f"OVAS_{key} must not be negative")
-        config[key] = value
+        config[key] = _whole(config.get(key, 0), key)
+    if _whole(config.get("MAX_CONTENT_LENGTH"), "MAX_CONTENT_LENGTH") == 0:
+        raise ConfigurationError("OVAS_MAX_CONTENT_LENGTH must be more than 0")
+    config["MAX_CONTENT_LENGTH"] = _whole(config["MAX_CONTENT_LENGTH"], "MAX_CONTENT_LENGTH")
+    level = str(config.get("LOG_LEVEL", "INFO")).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigurationError(f"OVAS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    config["LOG_LEVEL"] = level
     roots = config.get("USD_PATH_ROOTS", "")
     if isinstance(roots, str):
         config["USD_PATH_ROOTS"] = tuple(r.strip() for r in roots.split(",") if r.strip())
     if config.get("LOG_FORMAT") not in ("plain", "json"):
         raise ConfigurationError("OVAS_LOG_FORMAT must be plain or json")
-    origins = config.get("CORS_ORIGINS", "*")
-    if isinstance(origins, str):
-        config["CORS_ORIGINS"] = [o.strip() for o in origins.split(",") if o.strip()] or ["*"]
+    config["CORS_ORIGINS"] = [_origin(o) for o in _items(config.get("CORS_ORIGINS"))]
+    config["ALLOWED_HOSTS"] = [_host(h) for h in _items(config.get("ALLOWED_HOSTS"))]
+
+
+def _whole(value: Any, key: str) -> int:
+    """A whole number of at least 0. `from_prefixed_env` reads values as JSON, so `1.5` and
+    `true` arrive as a float and a bool: refused, never rounded or counted as 1."""
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"OVAS_{key} must be a whole number, not {value!r}") from None
+    if number < 0:
+        raise ConfigurationError(f"OVAS_{key} must not be negative")
+    return number
+
+
+def _items(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(v).strip() for v in value or () if str(v).strip()]
+
+
+def _origin(value: str) -> str:
+    """`*` or a web origin as browsers send it: scheme://host[:port], nothing after it."""
+    parts = urllib.parse.urlsplit(value)
+    if value == "*" or (
+        parts.scheme in ("http", "https")
+        and parts.hostname
+        and parts.path in ("", "/")
+        and not (parts.query or parts.fragment or parts.username)
+        and _port_ok(parts)
+    ):
+        return value if value == "*" else value.rstrip("/").lower()
+    raise ConfigurationError(
+        f"OVAS_CORS_ORIGINS: {value!r} is not a web origin (scheme://host[:port], e.g. "
+        "http://localhost:5173) or *"
+    )
+
+
+def _port_ok(parts: urllib.parse.SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError:
+        return False
+    return True
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_HOST = re.compile(rf"^(\*|\.?{_LABEL}(\.{_LABEL})*|\[?[0-9a-f:.]+\]?)\Z")
+
+
+def _host(value: str) -> str:
+    """A host name, an address, `.domain` (it and every name under it) or `*`."""
+    host = value.lower().rstrip(".") if value != "." else value
+    if _HOST.match(host):
+        return host
+    raise ConfigurationError(
+        f"OVAS_ALLOWED_HOSTS: {value!r} is not a host name, an address, .domain or * "
+        "(no scheme or port)"
+    )
+
+
+ALL_INTERFACES = ("0.0.0.0", "::")
+
+
+def bind_hosts(environ=os.environ) -> list[str]:
+    """The addresses ovas is told to listen on: `flask run`'s FLASK_RUN_HOST and gunicorn's
+    OVAS_BIND (host:port), as given; [] when neither is set."""
+    hosts = []
+    for variable in ("FLASK_RUN_HOST", "OVAS_BIND"):
+        value = environ.get(variable, "").strip()
+        if variable == "OVAS_BIND" and value.startswith("unix:"):
+            continue
+        if variable == "OVAS_BIND":
+            value = value.rsplit(":", 1)[0] if value.count(":") == 1 or "]" in value else value
+        if value:
+            hosts.append(value.strip("[]"))
+    return hosts

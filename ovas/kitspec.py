@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ovas.models import Application, Profile, Version
+from ovas.names import image_problem
 
 DEFAULT_SIGNALING_PORT = 49100
 DEFAULT_MEDIA_PORT = 47998
@@ -117,12 +118,14 @@ def parse_kit(values: dict[str, Any]) -> KitSpec:
     """Read `streamingKit` out of rendered chart values. Raises ValueError naming the field."""
     kit = values.get("streamingKit")
     if not isinstance(kit, dict):
-        raise ValueError("chartValues.streamingKit: must be a mapping")
+        raise ValueError("streamingKit: must be a mapping")
     image = _mapping(kit, "image")
     repository = _str(image, "repository", "streamingKit.image")
     tag = _str(image, "tag", "streamingKit.image")
     if not repository:
         raise ValueError("streamingKit.image.repository: is empty (map `container` to it)")
+    if problem := image_problem(repository, tag):
+        raise ValueError(f"streamingKit.image.{problem[0]}: {problem[1]}")
     pull_policy = _str(image, "pullPolicy", "streamingKit.image") or "IfNotPresent"
     if pull_policy not in ("Always", "IfNotPresent", "Never"):
         raise ValueError(

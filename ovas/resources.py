@@ -13,7 +13,7 @@ from typing import Any
 from ovas.kitspec import parse_kit, render_values
 from ovas.lifecycle import CLOCK_ANNOTATIONS, parse_seconds
 from ovas.models import Application, Profile, SupportedApplication, Version, WarmPool
-from ovas.names import APP_ID_PATTERN, is_semver
+from ovas.names import APP_ID_PATTERN, VERSION_IMAGE_FIELDS, image_problem, is_semver
 
 API_VERSION = "omniverse.nvidia.com/v1"
 GROUP, API = API_VERSION.split("/")
@@ -57,7 +57,11 @@ def _meta(doc: dict[str, Any]) -> tuple[str, dict[str, str]]:
     labels = metadata.get("labels") or {}
     if not isinstance(labels, dict):
         raise ValueError("metadata.labels: must be a mapping")
-    return name, {str(k): "" if v is None else str(v) for k, v in labels.items()}
+    for key, value in labels.items():
+        # Kubernetes label values are strings; `kubectl apply` refuses `version: 1.0`.
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"metadata.labels.{key}: must be a string{_quote_hint(value)}")
+    return name, {str(k): v or "" for k, v in labels.items()}
 
 
 def _spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -70,12 +74,21 @@ def _spec(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _text(spec: dict[str, Any], key: str, default: str = "") -> str:
+    """`spec.key`, which the CRD schema (config/deploy/crds.yaml) types as a string. Any other
+    YAML type is an error, never converted: YAML reads `1.10` as the number 1.1, and
+    Kubernetes refuses the document."""
     value = spec.get(key, default)
     if value is None:
         return default
-    if isinstance(value, dict | list | bool):
-        raise ValueError(f"spec.{key}: must be a string")
-    return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"spec.{key}: must be a string{_quote_hint(value)}")
+    return value
+
+
+def _quote_hint(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return f", not a {'mapping' if isinstance(value, dict) else 'list'}"
+    return f", not {type(value).__name__} {value!r} (quote it)"
 
 
 def application_from_resource(doc: dict[str, Any]) -> Application:
@@ -105,11 +118,15 @@ def version_from_resource(doc: dict[str, Any]) -> Version:
         raise ValueError("metadata.labels.version: is required (or spec.version)")
     if not is_semver(version):
         raise ValueError(f"metadata.labels.version: '{version}' is not a semantic version")
+    container, tag = _text(spec, "container"), _text(spec, "container_version")
+    problem = image_problem(container, tag)
+    if problem:
+        raise ValueError(f"spec.{VERSION_IMAGE_FIELDS[problem[0]]}: {problem[1]}")
     return Version(
         app_id=app_id,
         version=version,
-        container=_text(spec, "container"),
-        container_version=_text(spec, "container_version"),
+        container=container,
+        container_version=tag,
         helm_chart=_text(spec, "helm_chart"),
         helm_chart_version=_text(spec, "helm_chart_version"),
     )

@@ -52,7 +52,15 @@ from ovas.models import (
     Version,
     WarmPool,
 )
-from ovas.names import APP_ID_PATTERN, is_semver, is_session_id, new_session_id, semver_key
+from ovas.names import (
+    APP_ID_PATTERN,
+    VERSION_IMAGE_FIELDS,
+    image_problem,
+    is_semver,
+    is_session_id,
+    new_session_id,
+    semver_key,
+)
 
 log = logging.getLogger("ovas.sessions")
 LATEST = "latest"
@@ -213,6 +221,8 @@ class CatalogService:
         catalog = self._editable()
         if not is_semver(version.version):
             raise InvalidInput(f"'{version.version}' is not a semantic version", field="version")
+        if problem := image_problem(version.container, version.container_version):
+            raise InvalidInput(problem[1], field=VERSION_IMAGE_FIELDS[problem[0]])
         catalog.application(version.app_id)
         catalog.create_version(version)
         return version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,42 @@ BROKEN = {
         "metadata: {name: p}\nspec:\n  chartValues:\n    streamingKit:\n"
         "      image: {repository: r}\n      ports: {signaling: 99999}\n",
         "profile.yaml (document 2): spec.chartValues.streamingKit.ports.signaling: 99999",
+    ),
+    "image.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationVersion\n"
+        "metadata: {name: v, labels: {app: usd-viewer, version: 1.0.0}}\n"
+        "spec: {container: UPPER/Case, container_version: '1'}\n",
+        "image.yaml (document 1): spec.container: 'UPPER/Case' is not an image name",
+    ),
+    "tag.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationVersion\n"
+        "metadata: {name: v, labels: {app: usd-viewer, version: 1.0.1}}\n"
+        'spec: {container: nvcr.io/x, container_version: "1\\nx"}\n',
+        "tag.yaml (document 1): spec.container_version: '1\\nx' is not an image tag",
+    ),
+    "float.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationVersion\n"
+        "metadata: {name: v, labels: {app: usd-viewer, version: 1.0.2}}\n"
+        "spec: {container: nvcr.io/x, container_version: 1.10}\n",
+        "float.yaml (document 1): spec.container_version: must be a string, not float 1.1 "
+        "(quote it)",
+    ),
+    "label.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationVersion\n"
+        "metadata: {name: v, labels: {app: usd-viewer, version: 2.0}}\n",
+        "label.yaml (document 1): metadata.labels.version: must be a string, not float 2.0",
+    ),
+    "name.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: Application\n"
+        "metadata: {name: dated}\nspec: {name: 2024-01-01, tags: [a]}\n",
+        "name.yaml (document 1): spec.name: must be a string, not date",
+    ),
+    "repository.yaml": (
+        "apiVersion: omniverse.nvidia.com/v1\nkind: ApplicationProfile\n"
+        "metadata: {name: hardcoded}\nspec:\n  chartValues:\n    streamingKit:\n"
+        "      image: {repository: Kit/Viewer, tag: '1'}\n",
+        "repository.yaml (document 1): spec.chartValues.streamingKit.image.repository: "
+        "'Kit/Viewer' is not an image name",
     ),
     "dup.yaml": (
         "apiVersion: omniverse.nvidia.com/v1\nkind: Application\nmetadata: {name: usd-viewer}\n",
@@ -205,3 +242,92 @@ def test_warm_pools_are_read_and_checked_as_their_crd_says(tmp_path):
     assert "pools.yaml (document 3): spec.application: no Application 'nope'" in problems
     assert "pools.yaml (document 4): spec.version: 'newest' is neither" in problems
     assert "pools.yaml (document 5): apiVersion: must be ovas.io/v1alpha1" in problems
+
+
+def test_every_form_kubectl_apply_reads_is_served(tmp_path):
+    app = {"apiVersion": "omniverse.nvidia.com/v1", "kind": "Application"}
+    version = {"apiVersion": "omniverse.nvidia.com/v1", "kind": "ApplicationVersion"}
+    write(
+        tmp_path,
+        "list.yaml",
+        """
+        apiVersion: v1
+        kind: List
+        items:
+          - {apiVersion: omniverse.nvidia.com/v1, kind: Application, metadata: {name: listed}}
+          - apiVersion: omniverse.nvidia.com/v1
+            kind: ApplicationVersion
+            metadata: {name: listed-1, labels: {app: listed, version: 1.0.0}}
+            spec: {container: nvcr.io/x/listed, container_version: "1.0"}
+        """,
+    )
+    write(
+        tmp_path,
+        "typed.yml",
+        """
+        apiVersion: omniverse.nvidia.com/v1
+        kind: ApplicationProfileList
+        items:
+          - apiVersion: omniverse.nvidia.com/v1
+            kind: ApplicationProfile
+            metadata: {name: typed}
+            spec:
+              supportedApplications: [{name: "*"}]
+              chartMappings: {container: streamingKit.image.repository}
+              chartValues: {streamingKit: {image: {repository: ""}}}
+        """,
+    )
+    (tmp_path / "one.json").write_text(json.dumps({**app, "metadata": {"name": "jsonapp"}}))
+    labels = {"app": "jsonapp", "version": "2.0.0"}
+    (tmp_path / "stream.json").write_text(
+        json.dumps({**app, "metadata": {"name": "second"}})
+        + "\n"
+        + json.dumps({**version, "metadata": {"name": "j-2", "labels": labels}})
+    )
+    catalog = FileCatalog(tmp_path)
+    assert catalog.problems == []
+    assert {a.id for a in catalog.applications()} == {"listed", "jsonapp", "second"}
+    assert catalog.version("listed", "1.0.0").container_version == "1.0"
+    assert [v.version for v in catalog.versions("jsonapp")] == ["2.0.0"]
+    assert [p.id for p in catalog.profiles()] == ["typed"]
+
+
+def test_problems_in_lists_and_json_name_file_item_and_field(tmp_path):
+    write(
+        tmp_path,
+        "list.yaml",
+        """
+        apiVersion: v1
+        kind: List
+        items:
+          - {apiVersion: omniverse.nvidia.com/v1, kind: Application, metadata: {name: ok}}
+          - {apiVersion: omniverse.nvidia.com/v1, kind: Application, metadata: {name: n},
+             spec: {name: 7}}
+        """,
+    )
+    (tmp_path / "broken.json").write_text('{"apiVersion": "omniverse.nvidia.com/v1",')
+    (tmp_path / "tags.json").write_text(
+        json.dumps(
+            {
+                "apiVersion": "omniverse.nvidia.com/v1",
+                "kind": "Application",
+                "metadata": {"name": "t"},
+                "spec": {"tags": "USD"},
+            }
+        )
+    )
+    problems = FileCatalog(tmp_path).problems
+    assert problems == [
+        "broken.json: cannot be read: Expecting property name enclosed in double quotes: "
+        "line 1 column 42 (char 41)",
+        "list.yaml (document 1, items[1]): spec.name: must be a string, not int 7 (quote it)",
+        "tags.json (document 1): spec.tags: must be a list of strings",
+    ]
+    result = subprocess.run(
+        [*FLASK, "ovas", "catalog", "check", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert all(f"error: {p}" in result.stderr for p in problems)

@@ -38,8 +38,11 @@ def find_chromium() -> str:
     pytest.skip(reason)
 
 
-def load_page(chromium: str, url: str, workdir: Path) -> tuple[str, dict]:
-    """Load `url` with no way out to the network; return the rendered DOM and the net log."""
+def load_page(chromium: str, url: str, workdir: Path, *, hostile: str = "") -> tuple[str, dict]:
+    """Load `url` with no way out to the network; return the rendered DOM and the net log.
+    `hostile`: a name the browser resolves to the loopback address, as a DNS rebinding
+    attacker's name does once rebound."""
+    mapped = f"MAP {hostile} {LOOPBACK}, " if hostile else ""
     net_log = workdir / "net-log.json"
     command = [
         chromium,
@@ -56,9 +59,9 @@ def load_page(chromium: str, url: str, workdir: Path) -> tuple[str, dict]:
         f"--user-data-dir={workdir / 'profile'}",
         # Every name but the loopback address fails to resolve, and anything that still
         # reaches for a proxy finds a dead one: nothing can leave the machine.
-        f"--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE {LOOPBACK}",
+        f"--host-resolver-rules={mapped}MAP * ~NOTFOUND, EXCLUDE {LOOPBACK}, EXCLUDE localhost",
         f"--proxy-server={DEAD_PROXY}",
-        f"--proxy-bypass-list={LOOPBACK}",
+        f"--proxy-bypass-list={LOOPBACK};localhost;{hostile or LOOPBACK}",
         f"--log-net-log={net_log}",
         # Virtual time waits for pending fetches, so the DOM is dumped once Swagger UI has
         # fetched the OpenAPI document and rendered it, not at a guessed wall-clock moment.
@@ -165,3 +168,72 @@ def test_docs_page_renders_every_operation_from_ovas_alone(chromium, serve, tmp_
     assert f"{server.url}/docs-assets/swagger-ui/swagger-ui-bundle.js" in asked
     outside = sorted(url for url in asked if urlsplit(url).hostname != LOOPBACK)
     assert not outside, f"the docs page asked for outside resources: {outside}"
+
+
+VIEWER_PAGE = """<!doctype html><html><body><pre id="out">not run</pre><script>
+const ovas = "%s", out = document.getElementById("out");
+const say = (line) => { out.textContent += "\\n" + line; };
+(async () => {
+  out.textContent = "ran";
+  try {
+    const apps = await fetch(ovas + "/cfg/apps");
+    say("apps " + apps.status + " " + (await apps.json()).count);
+    const started = await fetch(ovas + "/streaming/stream", {
+      method: "POST",
+      headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({id: "usd-viewer", profile: "default"}),
+    });
+    say("started " + started.status + " " + (await started.json()).id);
+  } catch (error) { say("refused " + error.name); }
+  // A simple request, sent without a preflight; its answer is unreadable either way.
+  await fetch(ovas + "/streaming/stream", {method: "POST", mode: "no-cors",
+    body: JSON.stringify({id: "usd-viewer", profile: "default"})}).catch(() => {});
+  say("done");
+})();
+</script></body></html>"""
+
+
+def page_server(serve, html: str):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [html.encode()]
+
+    return serve(app)
+
+
+def page_text(dom: str) -> str:
+    return dom.split('<pre id="out">', 1)[1].split("</pre>", 1)[0]
+
+
+def test_the_web_viewer_served_from_localhost_starts_a_stream(chromium, serve, tmp_path):
+    backend = FakeBackend()
+    ovas = serve(create_app({"TESTING": True}, backend=backend))
+    viewer = page_server(serve, VIEWER_PAGE % ovas.url)
+    # As `npm run dev` serves NVIDIA's web-viewer-sample: http://localhost:5173, another port.
+    url = viewer.url.replace(LOOPBACK, "localhost") + "/"
+    dom, _ = load_page(chromium, url, tmp_path)
+    text = page_text(dom)
+    assert "apps 200 " in text and "started 20" in text and "done" in text, text
+    # One start: the body sent without a preflight is text/plain, which ovas does not read.
+    assert len(backend.observe_all()) == 1
+
+
+def test_a_page_from_another_site_cannot_drive_ovas_without_auth(chromium, serve, tmp_path):
+    backend = FakeBackend()
+    ovas = serve(create_app({"TESTING": True}, backend=backend))
+    page = page_server(serve, VIEWER_PAGE % ovas.url)
+    url = page.url.replace(LOOPBACK, "attacker.example") + "/"
+    dom, _ = load_page(chromium, url, tmp_path, hostile="attacker.example")
+    text = page_text(dom)
+    assert "refused TypeError" in text and "done" in text, text
+    assert "apps 200" not in text
+    assert backend.observe_all() == []  # not even the request sent without a preflight
+
+
+def test_dns_rebinding_reads_nothing_from_ovas(chromium, serve, tmp_path):
+    ovas = serve(create_app({"TESTING": True}, backend=FakeBackend()))
+    # The attacker's name now resolves to 127.0.0.1: its page and ovas are the same origin.
+    url = ovas.url.replace(LOOPBACK, "rebound.example") + "/cfg/apps"
+    dom, _ = load_page(chromium, url, tmp_path, hostile="rebound.example")
+    assert "OVAS_ALLOWED_HOSTS" in dom
+    assert "usd-viewer" not in dom

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
 from pathlib import Path
@@ -24,7 +25,7 @@ def folder(tmp_path):
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {p.name: p.read_text() for p in sorted(folder.glob("*.y*ml"))}
+    return {p.name: p.read_text() for p in sorted(folder.glob("*.y*ml")) if p.is_file()}
 
 
 def make_client(folder, **config):
@@ -124,6 +125,49 @@ def test_versions_are_added_and_removed(folder):
     assert [v.version for v in FileCatalog(folder).versions("usd-viewer")] == ["107.3.2"]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("container", "UPPER/Case", "is not an image name"),
+        ("container", "nvcr.io/x y", "is not an image name"),
+        ("container", "nvcr.io/x/", "is not an image name"),
+        ("container", "nvcr.io/x:1", "is not an image name"),  # a tag goes in container_version
+        ("container_version", "1\nx", "is not an image tag"),
+        ("container_version", ".hidden", "is not an image tag"),
+        ("container_version", "-rc1", "is not an image tag"),
+    ],
+)
+def test_a_version_naming_no_valid_image_is_422_and_changes_nothing(folder, field, value, words):
+    client = make_client(folder, EDITING_ENABLED=True)
+    before = snapshot(folder)
+    body = {"version": "9.0.0", "container": "nvcr.io/x", "container_version": "9", field: value}
+    answer = client.post("/cfg/apps/usd-viewer/versions", json=body)
+    assert answer.status_code == 422, answer.json
+    (problem,) = answer.json["detail"]
+    assert problem["loc"] == ["body", field]
+    assert words in problem["msg"]
+    assert snapshot(folder) == before
+    # The newest version is unchanged, so starts without a version still run.
+    started = client.post("/streaming/stream", json={"id": "usd-viewer", "profile": "default"})
+    assert started.status_code in (200, 202), started.json
+    assert started.json["version"] == "107.3.2"
+
+
+@pytest.mark.parametrize(
+    ("container", "tag"),
+    [
+        ("localhost:5000/kit", "1.0"),
+        ("[::1]:5000/team/kit__viewer", "v1_2-rc.3"),
+        ("registry.example.com/a/b/c", "latest"),
+        ("nvcr.io/x@sha256:" + "ab" * 32, ""),
+    ],
+)
+def test_every_form_of_the_reference_grammar_is_accepted(folder, container, tag):
+    client = make_client(folder, EDITING_ENABLED=True)
+    body = {"version": "9.0.0", "container": container, "container_version": tag}
+    assert client.post("/cfg/apps/usd-viewer/versions", json=body).status_code == 201
+
+
 def test_deleting_an_application_removes_its_versions_and_keeps_sessions(folder):
     client = make_client(folder, EDITING_ENABLED=True)
     started = client.post("/streaming/stream", json={"id": "usd-viewer", "profile": "default"})
@@ -180,3 +224,48 @@ def test_a_file_being_hand_edited_is_never_overwritten(folder):
     assert answer.status_code == 409
     assert "factory.yaml cannot be read" in answer.json["detail"]
     assert snapshot(folder) == before
+
+
+def test_a_folder_where_the_file_would_go_is_409_without_server_paths(folder):
+    client = make_client(folder, EDITING_ENABLED=True)
+    (folder / "factory.yaml").mkdir()
+    before = snapshot(folder)
+    answer = client.post("/cfg/apps", json={"id": "factory"})
+    assert answer.status_code == 409
+    assert answer.json["detail"] == (
+        "factory.yaml cannot be read, so ovas will not rewrite it; fix the file first "
+        "(Is a directory)"
+    )
+    assert str(folder.parent) not in answer.get_data(as_text=True)
+    assert snapshot(folder) == before
+    # Nothing else the catalog answers names where it lives either.
+    for path in ("/ready", "/cfg/apps", "/cfg/apps/factory"):
+        assert str(folder.parent) not in client.get(path).get_data(as_text=True), path
+
+
+def test_an_edit_that_would_rewrite_a_json_file_or_a_list_is_409_and_changes_nothing(folder):
+    (folder / "usd-viewer.yaml").rename(folder / "usd-viewer.json")
+    documents = list(yaml.safe_load_all((folder / "usd-viewer.json").read_text()))
+    (folder / "usd-viewer.json").write_text("\n".join(json.dumps(d) for d in documents if d))
+    listed = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": list(yaml.safe_load_all((folder / "usd-composer.yaml").read_text())),
+    }
+    (folder / "usd-composer.yaml").write_text(yaml.safe_dump(listed))
+    client = make_client(folder, EDITING_ENABLED=True)
+    assert client.get("/cfg/apps/usd-viewer").status_code == 200
+    assert client.get("/cfg/apps/usd-composer").status_code == 200
+    before = {p.name: p.read_text() for p in folder.iterdir() if p.is_file()}
+    for method, path, body, words in [
+        ("patch", "/cfg/apps/usd-viewer", {"name": "x"}, "usd-viewer.json is a JSON file"),
+        ("post", "/cfg/apps/usd-viewer/versions", {"version": "9.0.0"}, "is a JSON file"),
+        ("delete", "/cfg/apps/usd-composer", None, "usd-composer.yaml is a list object"),
+    ]:
+        answer = getattr(client, method)(path, json=body)
+        assert answer.status_code == 409, (path, answer.json)
+        assert words in answer.json["detail"]
+    assert snapshot(folder) == {k: v for k, v in before.items() if k.endswith(".yaml")}
+    assert (folder / "usd-viewer.json").read_text() == before["usd-viewer.json"]
+    # Edits of plain YAML documents go on as before.
+    assert client.post("/cfg/apps", json={"id": "factory"}).status_code == 201

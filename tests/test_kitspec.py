@@ -60,6 +60,9 @@ def test_empty_stage_uri_keeps_the_profiles():
         ({"image": {"repository": "r"}, "resources": {"limits": {"nvidia.com/gpu": "x"}}}, "gpu"),
         ({"image": {"repository": "r"}, "env": {"A": "1"}}, "streamingKit.env"),
         ({"image": {"repository": "r"}, "startupProbe": {"exec": {}}}, "startupProbe"),
+        ({"image": {"repository": "Kit/Viewer", "tag": "1"}}, "streamingKit.image.repository"),
+        ({"image": {"repository": "kit:1", "tag": "2"}}, "streamingKit.image.repository"),
+        ({"image": {"repository": "kit", "tag": "1\nforged"}}, "streamingKit.image.tag"),
     ],
 )
 def test_invalid_values_name_the_field(kit, field):

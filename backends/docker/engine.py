@@ -31,6 +31,22 @@ PULL_TIMEOUT = 600  # seconds a pull may go without a progress event
 UNREACHABLE = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
+# The Docker SDK reaches ssh:// engines through paramiko (its `ssh` extra), whether it speaks
+# SSH itself or runs the system's ssh client (`use_ssh_client`).
+SSH_MISSING = (
+    "The Docker engine is at an ssh:// address (DOCKER_HOST), which needs the Python package "
+    "paramiko: install ovas[docker] (it brings docker[ssh]) or `pip install paramiko`"
+)
+
+
+def _has_paramiko() -> bool:
+    try:
+        import paramiko  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class EngineError(OvasError):
     """The engine answered an error ovas has no better word for."""
 
@@ -81,10 +97,13 @@ class Engine:
 
     def new_client(self, timeout: float = CALL_TIMEOUT) -> docker.APIClient:
         """A fresh client. Raises `BackendUnavailable` when the engine cannot be reached
-        (building one asks the engine for its API version)."""
+        (building one asks the engine for its API version), or when its address needs a
+        transport that is not installed."""
         kwargs = docker.utils.kwargs_from_env()
         if self._explicit_url:
             kwargs["base_url"] = self._explicit_url
+        if self.url.startswith("ssh://") and not _has_paramiko():
+            raise BackendUnavailable(SSH_MISSING, where=self.url)
         with self.translated():
             return docker.APIClient(version="auto", timeout=timeout, max_pool_size=32, **kwargs)
 

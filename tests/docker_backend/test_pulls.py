@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from support.registry import Registry
 
+from ovas import create_app
 from ovas.errors import SessionNotFound
 from ovas.models import Reason, SessionState
 from ovas.testing import service_for
@@ -146,3 +147,22 @@ def test_a_missing_image_under_pull_policy_never_fails_at_once(backend, standin_
         "The Kit image could not be pulled: the image ovas/not-built:1 is not on the Docker "
         "engine and the profile's pullPolicy is Never"
     )
+
+
+@pytest.mark.parametrize("pull_policy", ["IfNotPresent", "Always", "Never"])
+def test_a_spec_the_engine_refuses_fails_with_its_words_not_a_500(
+    backend, standin_request, pull_policy
+):
+    # The core refuses such a reference before any backend is asked; a third-party profile
+    # path or an engine stricter than ovas may still hand the engine one it refuses (400).
+    sessions = service_for(backend)
+    started = backend.start(standin_request(image="UPPER/Case:1", pull_policy=pull_policy))
+    failed = wait_until(
+        lambda: (s := sessions.get(started.record.id)).state is SessionState.FAILED and s
+    )
+    assert failed.reason in (Reason.CREATE_FAILED, Reason.IMAGE_PULL)
+    assert "invalid reference format: repository name must be lowercase" in failed.message
+    client = create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=backend).test_client()
+    answer = client.get(f"/stream/{started.record.id}")
+    assert answer.status_code == 410
+    assert answer.json["status"]["message"] == failed.message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,16 @@ def test_session_routes_answer_503_and_the_catalog_still_works(client):
     assert client.post("/streaming/stream", json=unknown).status_code == 404
     session = "0b0c7d1e-5d0a-4c57-9a4e-6a8f3f1b2c3d"
     assert client.get(f"/streaming/stream/{session}").status_code == 503
+
+
+def test_an_ssh_engine_without_paramiko_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "paramiko", None)  # as where it is not installed
+    client = make_client(tmp_path, monkeypatch)
+    monkeypatch.setenv("DOCKER_HOST", "ssh://ovas@engine.example:22")
+    for path in ("/ready", "/streaming/stream"):
+        answer = client.get(path)
+        assert answer.status_code == 503, path
+        detail = answer.get_json()["detail"]
+        assert "paramiko" in detail and "ovas[docker]" in detail, detail
+        assert "is the Docker daemon running" not in detail
+    assert client.get("/cfg/apps").status_code == 200

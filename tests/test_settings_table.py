@@ -55,12 +55,20 @@ def test_defaults_come_from_the_list():
 
 def test_make_run_uses_an_environment_without_test_distributions():
     planned = subprocess.run(
-        ["make", "--no-print-directory", "-n", "-B", "run"], cwd=REPO, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "-B", "run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     installs = [line for line in planned.splitlines() if "pip install" in line and " -e " in line]
     assert installs == [".venv-run/bin/python -m pip install -q -e '.[docker,kubernetes,serve]'"]
     assert planned.splitlines()[-1] == ".venv-run/bin/ovas serve --host 127.0.0.1 --port 8080"
     tested = subprocess.run(
-        ["make", "--no-print-directory", "-n", "-B", "test"], cwd=REPO, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "-B", "test"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "-e tests/plugin_example" in tested and ".venv-run" not in tested

@@ -101,6 +101,28 @@ def run_docker(http: requests.Session, daemon_url: str, poll: float) -> float:
     return total
 
 
+def serve_standin(daemon, work: Path, extra: dict[str, str] | None = None):
+    """The stand-in image built on `daemon`, its catalog (plus `extra` files, by name) in
+    `work/catalog`, a Docker backend on ports 30900-30980 and an ovas app over it served
+    quietly on 127.0.0.1: (backend, app, server, base URL)."""
+    dockerd.build_standin(daemon)
+    (work / "catalog").mkdir()
+    shutil.copy(REPO / "config/catalog/standin.yaml", work / "catalog")
+    for name, text in (extra or {}).items():
+        (work / "catalog" / name).write_text(text)
+    backend = DockerBackend(
+        FileCatalog(work / "catalog"),
+        docker_host=daemon.url,
+        port_range="30900-30980",
+        gpus="none",
+    )
+    app = create_app({"REAP_INTERVAL": 0}, backend=backend)
+    logging.getLogger("ovas").setLevel(logging.WARNING)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return backend, app, server, f"http://127.0.0.1:{server.server_port}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
@@ -116,20 +138,7 @@ def main() -> int:
         return 1
     work = Path(tempfile.mkdtemp(prefix="ovas-bench-"))
     try:
-        dockerd.build_standin(daemon)
-        (work / "catalog").mkdir()
-        shutil.copy(REPO / "config/catalog/standin.yaml", work / "catalog")
-        backend = DockerBackend(
-            FileCatalog(work / "catalog"),
-            docker_host=daemon.url,
-            port_range="30900-30980",
-            gpus="none",
-        )
-        app = create_app({"REAP_INTERVAL": 0}, backend=backend)
-        logging.getLogger("ovas").setLevel(logging.WARNING)
-        server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{server.server_port}"
+        backend, _app, server, base = serve_standin(daemon, work)
         http = requests.Session()
         run_ovas(http, base, args.poll)  # warm up both paths once
         run_docker(http, daemon.url, args.poll)

@@ -15,26 +15,21 @@ do. Exits 0; the goal is reported, not enforced.
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import requests
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
+from docker_start import serve_standin  # noqa: E402
 from support import dockerd  # noqa: E402
 
-from backends.docker import DockerBackend  # noqa: E402
-from ovas import create_app  # noqa: E402
-from ovas.catalog_files import FileCatalog  # noqa: E402
 from ovas.lifecycle import Mark  # noqa: E402
 
 POOL = """\
@@ -46,11 +41,6 @@ spec: {{application: kit-standin, version: latest, profile: standin, size: {size
 MATCH = {"id": "kit-standin", "profile": "standin"}
 # Another stage than the profile's own: no pool matches, so it starts on demand.
 ON_DEMAND = {**MATCH, "arguments": {"usd_stage_uri": "omniverse://nucleus/bench.usd"}}
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args) -> None:
-        pass
 
 
 def first_200(http: requests.Session, base: str, body: dict, poll: float) -> tuple[float, int]:
@@ -107,21 +97,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ovas-bench-"))
     pooled, on_demand, statuses = [], [], []
     try:
-        dockerd.build_standin(daemon)
-        (work / "catalog").mkdir()
-        shutil.copy(REPO / "config/catalog/standin.yaml", work / "catalog")
-        (work / "catalog" / "pools.yaml").write_text(POOL.format(size=args.size))
-        backend = DockerBackend(
-            FileCatalog(work / "catalog"),
-            docker_host=daemon.url,
-            port_range="30900-30980",
-            gpus="none",
-        )
-        app = create_app({"REAP_INTERVAL": 0}, backend=backend)
-        logging.getLogger("ovas").setLevel(logging.WARNING)
-        server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{server.server_port}"
+        pools = {"pools.yaml": POOL.format(size=args.size)}
+        backend, app, server, base = serve_standin(daemon, work, pools)
         http = requests.Session()
         refill(app, args.size)
         first_200(http, base, MATCH, args.poll)  # warm up both paths once

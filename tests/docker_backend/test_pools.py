@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from support.warm_pools import OTHER_STAGE, POOL, START, fill, pooled, post_at_once
+from support.warm_pools import POOL, START, PoolScenarios, fill, pooled
 
 from ovas import create_app
 from ovas.catalog_files import FileCatalog
@@ -40,10 +40,6 @@ def make_app(new_backend, pool_catalog):
     return build
 
 
-def sessions_of(app):
-    return app.extensions["ovas"].sessions
-
-
 def test_a_pool_of_two_fills_two_posts_take_it_at_once_a_third_starts_and_it_refills(
     make_app, serve
 ):
@@ -70,40 +66,5 @@ def test_a_pool_of_two_fills_two_posts_take_it_at_once_a_third_starts_and_it_ref
     fill(app)  # the pool refills to its size
 
 
-def test_concurrent_claims_from_several_workers_never_share_a_session(make_app):
-    workers = [make_app(), make_app(), make_app()]
-    fill(workers[0])
-    answers = post_at_once(workers)
-    taken = [a.get_json()["id"] for a in answers if a.status_code == 200]
-    assert len(taken) == 2 and len(set(taken)) == 2, [a.get_json() for a in answers]
-    assert sorted(a.status_code for a in answers) == [200, 200, 202, 202, 202, 202]
-
-
-def test_capacity_goes_to_on_demand_starts_first(make_app):
-    app = make_app(SESSION_CAPACITY=2)
-    fill(app)
-    client = app.test_client()
-    # No match, so it starts on demand, in a place a pool's session gives up.
-    other = OTHER_STAGE
-    first = client.post("/streaming/stream", json=other)
-    assert first.status_code == 202, first.get_json()
-    assert len(pooled(app, ready=False)) == 1
-    second = client.post("/streaming/stream", json=other)
-    assert second.status_code == 202, second.get_json()
-    assert pooled(app, ready=False) == []
-    third = client.post("/streaming/stream", json=other)
-    assert third.status_code == 503  # full, and no pool left to shrink
-    sessions_of(app).reap()
-    assert pooled(app, ready=False) == []  # no room: the pool does not take it back
-
-
-def test_a_restart_of_ovas_keeps_the_pool(make_app):
-    first = make_app()
-    fill(first)
-    before = {s.id for s in pooled(first)}
-    restarted = make_app()  # a new process on the same engine
-    assert {s.id for s in pooled(restarted)} == before
-    sessions_of(restarted).reap()  # nothing to start: the pool is full
-    assert {s.id for s in pooled(restarted, ready=False)} == before
-    answer = restarted.test_client().post("/streaming/stream", json=START)
-    assert answer.status_code == 200 and answer.get_json()["id"] in before
+class TestDockerPools(PoolScenarios):
+    """Concurrent claims, capacity shared with on-demand starts, a restart."""

@@ -5,7 +5,7 @@ on-demand starts first, and a restarted replica keeps the pool."""
 from __future__ import annotations
 
 import pytest
-from support.warm_pools import OTHER_STAGE, POOL, START, fill, pooled, post_at_once
+from support.warm_pools import POOL, START, PoolScenarios, fill
 
 from ovas import create_app
 
@@ -40,35 +40,5 @@ def test_a_pool_of_two_fills_two_posts_take_it_a_third_starts_and_it_refills(mak
     fill(app)
 
 
-def test_claims_from_several_replicas_never_share_a_session(make_app):
-    replicas = [make_app(), make_app(), make_app()]
-    fill(replicas[0])
-    answers = post_at_once(replicas)
-    taken = [a.get_json()["id"] for a in answers if a.status_code == 200]
-    assert len(taken) == 2 and len(set(taken)) == 2, [a.get_json() for a in answers]
-    assert sorted(a.status_code for a in answers) == [200, 200, 202, 202, 202, 202]
-
-
-def test_capacity_goes_to_on_demand_starts_first(make_app):
-    app = make_app(SESSION_CAPACITY=2)
-    fill(app)
-    client = app.test_client()
-    other = OTHER_STAGE
-    assert client.post("/streaming/stream", json=other).status_code == 202
-    assert len(pooled(app, ready=False)) == 1
-    assert client.post("/streaming/stream", json=other).status_code == 202
-    assert pooled(app, ready=False) == []
-    assert client.post("/streaming/stream", json=other).status_code == 503
-    app.extensions["ovas"].sessions.reap()
-    assert pooled(app, ready=False) == []
-
-
-def test_a_restarted_replica_keeps_the_pool(make_app):
-    first = make_app()
-    fill(first)
-    before = {r.id for r in pooled(first)}
-    restarted = make_app()
-    restarted.extensions["ovas"].sessions.reap()
-    assert {r.id for r in pooled(restarted, ready=False)} == before
-    answer = restarted.test_client().post("/streaming/stream", json=START)
-    assert answer.status_code == 200 and answer.get_json()["id"] in before
+class TestKubernetesPools(PoolScenarios):
+    """Concurrent claims, capacity shared with on-demand starts, a restart."""

@@ -36,7 +36,6 @@ POOL_OWNER = "ovas:pool"
 MISS_NONE_READY = "none_ready"  # none of the pool's sessions is ready now
 MISS_TAKEN = "taken"  # every ready one was claimed by another start meanwhile
 MISS_STAGE = "usd_stage_uri"  # the start asks for another stage than the profile's own
-MISS_UNSUPPORTED = "unsupported"  # the backend keeps no warm pools
 
 
 @dataclass

@@ -66,6 +66,7 @@ log = logging.getLogger("ovas.sessions")
 LATEST = "latest"
 STAGE_URI_SCHEMES = ("omniverse://", "http://", "https://", "s3://")
 MAX_STAGE_URI = 2048
+NO_POOLS = ":no-pools"  # logged once: the catalog has pools, the backend keeps none
 LOG_TAIL = 100  # log lines given when not told how many
 MAX_LOG_TAIL = 10000
 
@@ -265,6 +266,7 @@ class SessionService:
         self.pool_max_age = pool_max_age
         self.now = now
         self.events = events or Events()
+        # What was logged once: pool names, and NO_POOLS (no pool name holds a colon).
         self._pool_warned: set[str] = set()
         self._pool_backoff: dict[str, tuple[datetime, float]] = {}  # pool -> (until, seconds)
 
@@ -374,8 +376,10 @@ class SessionService:
     def _from_pool(self, request: SessionRequest) -> Session | None:
         """A ready session of the warm pool `request` matches, claimed for its user at
         once; None (a miss, told to `events`) when there is none to take."""
+        if not type(self.backend).keeps_warm_pools:
+            return None  # and the catalog's pools are not even read
         pool = self._matching_pool(request)
-        if pool is None or not type(self.backend).keeps_warm_pools:
+        if pool is None:
             return None
         if request.usd_stage_uri and request.usd_stage_uri != self._pool_stage(request):
             self.events.emit(PoolMissed(pool.name, pools.MISS_STAGE))
@@ -395,13 +399,9 @@ class SessionService:
         now = self.now()
         # In a random order, so that starts at once in several processes rarely collide.
         for record in random.sample(candidates, len(candidates)):
-            try:
-                claimed = self.backend.claim(
-                    record.id, request.username, now, user_capacity=self.user_capacity
-                )
-            except NotImplementedError:
-                self.events.emit(PoolMissed(pool.name, pools.MISS_UNSUPPORTED))
-                return None
+            claimed = self.backend.claim(
+                record.id, request.username, now, user_capacity=self.user_capacity
+            )
             if not claimed:
                 continue
             log.info(
@@ -449,8 +449,8 @@ class SessionService:
         pool's starts for this pass; other errors are logged."""
         catalog_pools = self.warm_pools()
         if catalog_pools and not type(self.backend).keeps_warm_pools:
-            if "" not in self._pool_warned:
-                self._pool_warned.add("")
+            if NO_POOLS not in self._pool_warned:
+                self._pool_warned.add(NO_POOLS)
                 log.warning("the %s backend keeps no warm pools", type(self.backend).name)
             return
         names = {p.name for p in catalog_pools}
@@ -504,8 +504,6 @@ class SessionService:
     def _remove_pooled_quietly(self, session_id: str, why: str) -> None:
         try:
             self._remove_pooled(session_id, why)
-        except NotImplementedError:
-            return
         except OvasError as exc:
             log.warning("removing session %s of a warm pool: %s", session_id, exc.message)
 

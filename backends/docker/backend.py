@@ -456,7 +456,7 @@ class DockerBackend(Backend):
         record = seen.record_of(objects)
         removed = []
         for found in objects.claims:
-            if found.record != c.SLOT or found.name.startswith("ovas-slot-"):
+            if found.record != c.SLOT or found.name.startswith(c.SLOT_PREFIX):
                 continue
             if _pool_slot(found):
                 stale = not record.pooled

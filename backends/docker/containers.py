@@ -123,7 +123,7 @@ def mark_name(session_id: str, mark: Mark) -> str:
 def slot_name(index: int, username: str | None = None) -> str:
     """`ovas-slot-<k>` for the shared capacity, `ovas-user-<hash>-<k>` for a user's."""
     if username is None:
-        return f"ovas-slot-{index}"
+        return f"{SLOT_PREFIX}{index}"
     return f"ovas-user-{hashlib.sha256(username.encode()).hexdigest()[:12]}-{index}"
 
 
@@ -136,6 +136,7 @@ def pool_slot_name(index: int, pool: str, version: str) -> str:
 
 
 POOL_SLOT_PREFIX = "ovas-pool-"
+SLOT_PREFIX = "ovas-slot-"  # the shared capacity's slots
 
 
 def gpu_name(device_id: str) -> str:

@@ -36,6 +36,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from ovas.models import Clocks, Reason, Route, Session, SessionRequest, SessionState
 
@@ -109,23 +110,28 @@ class Record:
             pool=request.pool,
         )
 
-    @property
+    # Derived once per record (records are frozen: a change makes a new one), since a
+    # listing decides every session and reads these several times each.
+
+    @cached_property
     def claimed_time(self) -> datetime | None:
         """When a warm pool's session was handed to its user; None for any other."""
         return self.marks.get(Mark.CLAIMED) if self.pool else None
 
-    @property
+    @cached_property
     def pooled(self) -> bool:
         """True for a warm pool's session nobody has claimed yet."""
         return bool(self.pool) and Mark.CLAIMED not in self.marks
 
-    @property
+    @cached_property
     def started_time(self) -> datetime:
         """When the session became its user's: its claim, or its creation."""
         return self.claimed_time or self.created_time
 
-    @property
+    @cached_property
     def expires_time(self) -> datetime | None:
+        """When the max lifetime ends the session (counted from `started_time`); None for
+        an unclaimed pooled session, or with no max lifetime."""
         return None if self.pooled else self.clocks.expires(self.started_time)
 
     def marked(self, mark: Mark, at: datetime | None) -> Record | None:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Self
 
@@ -26,6 +27,7 @@ from ovas.models import (
     Profile,
     Reason,
     Route,
+    SessionQuery,
     SessionRequest,
     SupportedApplication,
     Version,
@@ -168,6 +170,14 @@ class _Entry:
     def knob(self, name: str) -> str | None:
         return self.env.get(name)
 
+    @cached_property
+    def routes(self) -> tuple[Route, Route]:
+        """Its signaling and media routes, which never change while it runs."""
+        return (
+            Route("signaling", "TCP", self.port, self.kit_ports[0]),
+            Route("media", "UDP", self.port + 1, self.kit_ports[1]),
+        )
+
     def delay(self, default: float) -> float:
         value = self.knob(STANDIN_READY_DELAY)
         return default if value is None else float(value)
@@ -285,6 +295,12 @@ class FakeBackend(Backend):
         self._engine()
         return [self._observed(e) for e in list(self._sessions.values())]
 
+    def observe_page(self, query: SessionQuery) -> list[Observed]:
+        # The page is chosen from the records alone: only its sessions are observed.
+        self._engine()
+        page = query.select(list(self._sessions.values()), key=lambda e: e.record)
+        return [self._observed(e) for e in page]
+
     def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
         self._engine()
         with self._lock:
@@ -384,10 +400,7 @@ class FakeBackend(Backend):
             Stage.RUNNING,
             probe_ok=True,
             host=self.host,
-            routes=(
-                Route("signaling", "TCP", entry.port, entry.kit_ports[0]),
-                Route("media", "UDP", entry.port + 1, entry.kit_ports[1]),
-            ),
+            routes=entry.routes,
             connections=entry.clients if self.counts_clients else None,
         )
 

@@ -14,6 +14,7 @@ import pytest
 
 from ovas import create_app
 from ovas.cli import age, ovas_cli
+from ovas.logs import output_lines
 from ovas.models import Reason, SessionState
 from ovas.testing import FakeBackend, FakeClock
 
@@ -105,6 +106,14 @@ def test_an_admin_reads_a_sessions_logs_while_it_is_kept(gateway, fake):
 
     gateway.delete(f"{STREAMS}/{ready}", headers=ADMIN)
     assert gateway.get(f"{STREAMS}/{ready}/logs", headers=ADMIN).status_code == 404
+
+
+def test_log_output_is_cut_at_newlines_only_and_a_crlf_is_one_ending():
+    assert output_lines("") == [] and output_lines("\n") == [""]
+    assert output_lines("a\r\nb\rc\n\nd") == ["a", "b\rc", "", "d"]
+    assert output_lines("a\x0bb\u2028c\r\n\r\n") == ["a\x0bb\u2028c", ""]
+    assert output_lines("1\n2\n3\n", tail=2) == ["2", "3"]
+    assert output_lines("1\n2\n", tail=0) == []
 
 
 def test_the_logs_route_and_the_filters_are_documented(client):

@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from ovas.errors import BackendUnavailable, CapacityExceeded, InvalidInput, OvasError
+from ovas.logs import output_lines
 
 
 @dataclass(frozen=True)
@@ -282,8 +283,9 @@ class Kube:
         return self._call(what, self._custom("replace"), *self._args(kind), name, body)
 
     def logs(self, pod: str, *, tail: int, container: str | None = None) -> list[str]:
-        """The last `tail` lines a pod's container wrote (one call); [] when the pod is gone
-        or its container has not started yet (the API server answers 400 then)."""
+        """The last `tail` lines a pod's container wrote (one call), as `output_lines` cuts
+        them; [] when the pod is gone or its container has not started yet (the API server
+        answers 400 then)."""
         what = f"log of Pod {pod}"
         kw: dict[str, Any] = {"tail_lines": max(0, tail)}
         if container:
@@ -293,7 +295,7 @@ class Kube:
             data = self._send(what, method, pod, self.namespace, **kw)
         except (Missing, InvalidInput):
             return []
-        return data.decode("utf-8", errors="replace").splitlines()
+        return output_lines(data.decode("utf-8", errors="replace"), max(0, tail))
 
     def delete(self, kind: Kind, name: str, *, now: bool = False) -> bool:
         """Delete, letting the garbage collector remove what the object owns. False if it

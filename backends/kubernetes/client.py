@@ -74,12 +74,15 @@ _RBAC = re.compile(r'is forbidden: User "(?P<user>[^"]*)" cannot ')
 QUOTA_RETRY_AFTER = 30  # seconds: a quota frees up as other sessions end
 
 
-def _refused(status: int, what: str, message: str, detail: str) -> OvasError:
+def _refused(status: int, what: str, message: str) -> OvasError:
     """The error for a 401 or 403: a full ResourceQuota is a capacity answer (503 with
     Retry-After, naming the quota); RBAC refusing ovas's own account, or credentials the API
     server does not accept, make the backend unavailable; any other admission refusal (a
     webhook, PodSecurity, a LimitRange) is the cluster refusing the session as the profile
-    asks it, with the refuser's own words (422)."""
+    asks it, with the refuser's own words (422). The error's `detail`, which the log line of
+    a 503 carries, is the API server's own words for this refusal alone (not the response's
+    headers), so a quota's log line speaks of the quota, and only RBAC's of RBAC."""
+    detail = f"the API server answered {status} on {what}: {message}"
     quota = _QUOTA.search(message)
     if status == 403 and quota:
         usage = f" ({quota['rest']})" if quota["rest"] else ""
@@ -178,7 +181,7 @@ class Kube:
                     f"The cluster refused the session's {what}: {message}", field="profile"
                 ) from None
             if exc.status in (401, 403):
-                raise _refused(exc.status, what, message, str(exc)) from None
+                raise _refused(exc.status, what, message) from None
             raise BackendUnavailable(
                 f"The Kubernetes API server failed on {what} ({exc.status}): {message}",
                 detail=str(exc),

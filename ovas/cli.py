@@ -6,6 +6,7 @@ Both build the app from the `OVAS_*` environment, as the server does; `ovas back
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from datetime import datetime
 
@@ -193,11 +194,19 @@ def age(seconds: float) -> str:
 
 
 @click.group("ovas", commands=dict(ovas_cli.commands))
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also print the server's log lines (at OVAS_LOG_LEVEL)"
+)
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, verbose: bool) -> None:
     """Run and manage ovas. Settings come from the OVAS_* environment variables, as for the
     server (see the README's Settings)."""
     ctx.obj = ScriptInfo(create_app=_create_app, set_debug_flag=False)
+    if not verbose and ctx.invoked_subcommand != "serve":
+        # A command prints what was asked: the log lines that building the app writes (the
+        # settings line first) are the server's, warnings and errors aside.
+        logging.disable(logging.INFO)
+        ctx.call_on_close(lambda: logging.disable(logging.NOTSET))
 
 
 @main.command("serve")

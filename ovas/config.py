@@ -205,7 +205,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKER_HOST", "Docker engine (the SDK's own variable)", None, "local socket", False),
     Setting("OVAS_DOCKER_PUBLIC_HOST", "address put in `routes`", "127.0.0.1"),
     Setting("OVAS_DOCKER_PORT_RANGE", "host ports handed to sessions", "31000-31999"),
-    Setting("OVAS_DOCKER_GPUS", "`auto`, `none`, or device indexes/UUIDs `0,1`", "auto"),
+    Setting(
+        "OVAS_DOCKER_GPUS",
+        "`auto`, `none`, device indexes/UUIDs `0,1`, or CDI names `nvidia.com/gpu=0`",
+        "auto",
+    ),
     Setting("OVAS_DOCKER_BIND_ADDRESS", "host address session ports are published on", "127.0.0.1"),
     Setting(
         "OVAS_DOCKER_PROBE_HOST",

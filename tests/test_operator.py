@@ -5,6 +5,7 @@ any folder."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import pytest
 
 from ovas import create_app
 from ovas.cli import age, ovas_cli
+from ovas.logs import output_lines
 from ovas.models import Reason, SessionState
 from ovas.testing import FakeBackend, FakeClock
 
@@ -107,6 +109,14 @@ def test_an_admin_reads_a_sessions_logs_while_it_is_kept(gateway, fake):
     assert gateway.get(f"{STREAMS}/{ready}/logs", headers=ADMIN).status_code == 404
 
 
+def test_log_output_is_cut_at_newlines_only_and_a_crlf_is_one_ending():
+    assert output_lines("") == [] and output_lines("\n") == [""]
+    assert output_lines("a\r\nb\rc\n\nd") == ["a", "b\rc", "", "d"]
+    assert output_lines("a\x0bb\u2028c\r\n\r\n") == ["a\x0bb\u2028c", ""]
+    assert output_lines("1\n2\n3\n", tail=2) == ["2", "3"]
+    assert output_lines("1\n2\n", tail=0) == []
+
+
 def test_the_logs_route_and_the_filters_are_documented(client):
     document = client.get("/streaming/openapi.json").json
     logs = document["paths"]["/streaming/stream/{session_id}/logs"]["get"]
@@ -177,6 +187,8 @@ def test_ages_read_in_their_largest_unit():
 
 def run_ovas(*args, cwd, **env):
     base = {"PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    if os.environ.get("PYTHONPATH"):  # the checkout under test, where it is not installed
+        base["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(
         [str(OVAS), *args], cwd=cwd, env={**base, **env}, capture_output=True, text=True
     )
@@ -200,6 +212,44 @@ def test_the_ovas_command_works_from_any_folder(tmp_path):
     broken = run_ovas("sessions", "list", cwd=tmp_path, OVAS_BACKEND="nope")
     assert broken.returncode == 1 and "Unknown backend 'nope'" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_a_command_prints_what_was_asked_and_serve_its_settings(tmp_path):
+    fake = {"OVAS_BACKEND": "ovas.testing:FakeBackend"}
+    listed = run_ovas("sessions", "list", cwd=tmp_path, **fake)
+    assert (listed.returncode, listed.stdout, listed.stderr) == (0, "no sessions\n", "")
+    checked = run_ovas("catalog", "check", cwd=tmp_path, **fake)
+    assert checked.stderr == "" and checked.stdout.startswith("ok: ")
+    # Warnings still reach the operator; --verbose shows the server's log lines too.
+    workers = {**fake, "SERVER_SOFTWARE": "gunicorn/23.0.0", "OVAS_WORKERS": "3"}
+    warned = run_ovas("sessions", "list", cwd=tmp_path, **workers)
+    assert warned.stdout == "no sessions\n"
+    assert "WARNING" in warned.stderr and " INFO " not in warned.stderr
+    verbose = run_ovas("--verbose", "sessions", "list", cwd=tmp_path, **fake)
+    assert verbose.stdout == "no sessions\n"
+    assert " INFO " in verbose.stderr and "backend=fake" in verbose.stderr
+
+    command = [str(OVAS), "serve", "--port", "0"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **fake, "OVAS_REAP_INTERVAL": "0"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    said = []
+    # Bounded: without the line, the server is ended and the loop ends with its output.
+    deadline = threading.Timer(30, server.terminate)
+    deadline.start()
+    try:
+        for line in server.stderr:
+            said.append(line)
+            if "backend=fake" in line:
+                break
+    finally:
+        deadline.cancel()
+        server.terminate()
+        server.wait(timeout=30)
+    assert " INFO " in said[-1] and "backend=fake" in said[-1], said
 
 
 def test_the_flask_commands_stay_and_serve_is_the_consoles_own():

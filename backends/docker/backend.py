@@ -40,6 +40,10 @@ PORT_TRIES = 8  # starts tried when a host port of the range is held by another 
 ORPHAN_GRACE = timedelta(seconds=60)  # claims and marks of no session, kept this long
 LOG_LINES = 100  # kept with a session's outcome
 GPU_HINT = " (GPUs need the NVIDIA Container Toolkit on the Docker host)"
+CDI_HINT = (
+    " (GPUs by CDI name need Docker Engine 25 or later with CDI enabled, and the NVIDIA "
+    "Container Toolkit's CDI specification on the Docker host: `nvidia-ctk cdi generate`)"
+)
 
 
 class DockerBackend(Backend):
@@ -229,7 +233,9 @@ class DockerBackend(Backend):
             if not is_port_clash(refusal):
                 break
         if refusal:
-            hint = GPU_HINT if "device driver" in refusal or "nvidia" in refusal.lower() else ""
+            words = refusal.lower()
+            hint = GPU_HINT if "device driver" in words or "nvidia" in words else ""
+            hint = CDI_HINT if hint and "cdi" in words else hint
             self._fault(session_id, Reason.CREATE_FAILED, refusal + hint)
             return
         objects = self._objects(session_id)

@@ -12,7 +12,7 @@ unique (Docker refuses a second one, 409). All carry `ovas.session=<id>` and `ov
   `.claimed`, a warm pool's session handed to the user its `ovas.user` names;
 - `slot`: `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (per user), and
   `ovas-pool-<hash>-<k>` (k < a warm pool's size, per pool and version, while unclaimed);
-- `gpu`: `ovas-gpu-<device id>`: the one session holding that GPU.
+- `gpu`: `ovas-gpu-<device id>`: the one session holding that GPU (see `gpu_name`).
 
 Records other than the Kit container are never started, made from a tiny empty image.
 Nothing here talks to Docker; nothing from a request reaches a command or shell: the
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from backends.docker.gpus import is_cdi_name
 from ovas.kitspec import KitSpec, Probe, cpu_to_nano, memory_to_bytes
 from ovas.lifecycle import Mark, Outcome
 from ovas.models import Clocks, Reason, SessionRequest, SessionState
@@ -140,8 +141,14 @@ SLOT_PREFIX = "ovas-slot-"  # the shared capacity's slots
 
 
 def gpu_name(device_id: str) -> str:
-    """The claim of one GPU, by the id Docker's device request names it with."""
-    return "ovas-gpu-" + re.sub(r"[^A-Za-z0-9_.-]", "-", device_id)
+    """The claim of one GPU, by the id Docker's device request names it with. A CDI name
+    (`nvidia.com/gpu=0`) holds several characters a container name cannot, so its claim
+    also carries a digest of it, keeping two devices' claims apart:
+    `ovas-gpu-nvidia.com-gpu-0-<8 hex digits>`."""
+    name = "ovas-gpu-" + re.sub(r"[^A-Za-z0-9_.-]", "-", device_id)
+    if is_cdi_name(device_id):
+        name += "-" + hashlib.sha256(device_id.encode()).hexdigest()[:8]
+    return name
 
 
 def wanted_ports(kit: KitSpec) -> tuple[PortSpec, ...]:
@@ -240,7 +247,8 @@ def container_spec(
 
     Image, environment (with USD_PATH), cpu (`cpu_limit`, else the profile's) and memory
     limits, each port published on `bind_address` at a host port Docker picks from
-    `host_ports` ("first-last"), GPUs by device id. No command: the image's entrypoint runs.
+    `host_ports` ("first-last"), GPUs by device id (index, UUID or CDI name). No command:
+    the image's entrypoint runs.
     """
     kit: KitSpec = request.kit
     cpus = cpu_limit or kit.cpu_limit
@@ -271,9 +279,13 @@ def create_arguments(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
         host["mem_limit"] = spec["mem_limit"]
     if spec.get("gpus"):
         # Named devices, not a count: the GPU claims decided which GPUs this session holds.
-        # The driver is left to Docker, as `docker run --gpus` does.
+        # Indexes and UUIDs leave the driver to Docker, as `docker run --gpus` does; CDI
+        # names go to the `cdi` driver, as `docker run --device nvidia.com/gpu=0` sends them.
+        named = [d for d in spec["gpus"] if not is_cdi_name(d)]
+        cdi = [d for d in spec["gpus"] if is_cdi_name(d)]
         host["device_requests"] = [
-            {"driver": "", "device_ids": list(spec["gpus"]), "capabilities": [["gpu"]]}
+            *([{"driver": "", "device_ids": named, "capabilities": [["gpu"]]}] if named else []),
+            *([{"driver": "cdi", "device_ids": cdi}] if cdi else []),
         ]
     create: dict[str, Any] = {
         "image": spec["image"],

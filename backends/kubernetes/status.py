@@ -199,9 +199,9 @@ def outcome_of(notes: dict[str, str]) -> Outcome | None:
 
 
 def logs_of(config_map: dict[str, Any]) -> list[str]:
-    """The log lines an outcome ConfigMap keeps."""
+    """The log lines an outcome ConfigMap keeps (`build_outcome` joined them with `\n`)."""
     text = ((config_map.get("data") or {}).get(o.LOGS)) or ""
-    return text.splitlines()
+    return text.split("\n") if text else []
 
 
 # Observations

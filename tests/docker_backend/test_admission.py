@@ -176,6 +176,31 @@ def test_the_gpu_ledger_gives_each_gpu_to_one_session(new_backend, standin_reque
     assert sorted(sessions.reap()) == sorted(s.record.id for s in started)
 
 
+def test_gpus_by_cdi_name_are_claimed_once_and_asked_of_the_cdi_driver(
+    new_backend, standin_request, ours, engine
+):
+    # The setting as an operator writes it, read as at startup.
+    backend = new_backend(gpus="nvidia.com/gpu=0,nvidia.com/gpu=1")
+    assert backend.describe(True)["gpus"] == ["GPU nvidia.com/gpu=0", "GPU nvidia.com/gpu=1"]
+    started, refused = start_all(backend, [standin_request(gpus=1) for _ in range(4)])
+    assert len(started) == 2 and len(refused) == 2
+    assert all("asks for 1 GPU; 0 of the 2 GPUs" in e.message for e in refused)
+    kinds = (c.PENDING, c.CONTAINER)
+    held = sorted(s["Labels"][c.GPUS] for s in ours() if s["Labels"].get(c.RECORD) in kinds)
+    assert held == ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]
+    # This daemon has no CDI: it takes the request, and refuses to start the container.
+    sessions = service_for(backend, retention=600)
+    for start in started:
+        failed = wait_for(sessions, start.record.id, SessionState.FAILED)
+        assert "CDI" in failed.message and "nvidia-ctk cdi generate" in failed.message
+        requested = engine.inspect_container(kit_container(ours, start.record.id)["Id"])
+        (device,) = requested["HostConfig"]["DeviceRequests"]
+        assert (device["Driver"], device["DeviceIDs"]) == (
+            "cdi",
+            [c.parse_labels(kit_or_pending(ours, start.record.id)).gpus[0]],
+        )
+
+
 def kit_or_pending(ours, session_id):
     kinds = (c.CONTAINER, c.PENDING)
     return next(s["Labels"] for s in ours(session_id) if s["Labels"][c.RECORD] in kinds)

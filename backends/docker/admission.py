@@ -53,10 +53,8 @@ class Admission:
         taken: list[str] = []
         try:
             if request.pool_size:
-                version = request.version.version
-                names = [
-                    c.pool_slot_name(k, request.pool, version) for k in range(request.pool_size)
-                ]
+                key = request.pool_key
+                names = [c.pool_slot_name(k, request.pool, key) for k in range(request.pool_size)]
                 if not self._take_one(request.id, names, held, taken):
                     raise CapacityExceeded(
                         f"Warm pool '{request.pool}' has its {request.pool_size} sessions",

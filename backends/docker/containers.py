@@ -49,6 +49,7 @@ PROBE = "ovas.probe"
 IMAGE = "ovas.image"
 NOTE = "ovas.note"
 POOL = "ovas.pool"  # a warm pool's session: the pool's name
+RENDERING = "ovas.rendering"  # a warm pool's session: the digest of what it was started from
 SPEC = "ovas.spec"  # pending: the Kit container's spec
 REASON = "ovas.reason"  # fault, outcome
 DETAIL = "ovas.detail"  # fault
@@ -109,6 +110,7 @@ class SessionLabels:
     probe: Probe | None = None
     note: str = ""
     pool: str = ""
+    rendering: str = ""  # none on sessions recorded before ovas kept it
 
 
 def container_name(session_id: str, record: str = CONTAINER) -> str:
@@ -127,12 +129,10 @@ def slot_name(index: int, username: str | None = None) -> str:
     return f"ovas-user-{hashlib.sha256(username.encode()).hexdigest()[:12]}-{index}"
 
 
-def pool_slot_name(index: int, pool: str, version: str) -> str:
+def pool_slot_name(index: int, pool: str, key: str) -> str:
     """`ovas-pool-<hash>-<k>`: one of the places of warm pool `pool`'s unclaimed sessions
-    of `version`."""
-    return (
-        f"{POOL_SLOT_PREFIX}{hashlib.sha256(f'{pool}@{version}'.encode()).hexdigest()[:12]}-{index}"
-    )
+    of `key` (`SessionRequest.pool_key`: their version and rendering)."""
+    return f"{POOL_SLOT_PREFIX}{hashlib.sha256(f'{pool}@{key}'.encode()).hexdigest()[:12]}-{index}"
 
 
 POOL_SLOT_PREFIX = "ovas-pool-"
@@ -224,6 +224,7 @@ def session_labels(
         PROBE: format_probe(kit.probe),
         NOTE: note,
         POOL: request.pool,
+        RENDERING: request.rendering,
     }
 
 
@@ -362,6 +363,7 @@ def parse_labels(labels: Mapping[str, str]) -> SessionLabels:
             probe=parse_probe(labels.get(PROBE, "")),
             note=labels.get(NOTE, ""),
             pool=labels.get(POOL, ""),
+            rendering=labels.get(RENDERING, ""),
         )
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed ovas labels: {exc!r}") from None

@@ -10,8 +10,9 @@ unique (Docker refuses a second one, 409). All carry `ovas.session=<id>` and `ov
 - `outcome`: `ovas-<id>.outcome`, how the session ended (kept for the retention);
 - `mark`: `ovas-<id>.ready`, `.connected`, `.idle`: moments the lifecycle asked to keep;
   `.claimed`, a warm pool's session handed to the user its `ovas.user` names;
-- `slot`: `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (per user), and
-  `ovas-pool-<hash>-<k>` (k < a warm pool's size, per pool and version, while unclaimed);
+- `slot`: `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (per user),
+  `ovas-pool-<hash>-<k>` (k < a warm pool's size, per pool and version, while unclaimed),
+  and `ovas-port-<tcp|udp>-<k>` (k < the ports of the range: one per host port published);
 - `gpu`: `ovas-gpu-<device id>`: the one session holding that GPU.
 
 Records other than the Kit container are never started, made from a tiny empty image.
@@ -136,7 +137,22 @@ def pool_slot_name(index: int, pool: str, key: str) -> str:
 
 
 POOL_SLOT_PREFIX = "ovas-pool-"
+PORT_SLOT_PREFIX = "ovas-port-"
 SLOT_PREFIX = "ovas-slot-"  # the shared capacity's slots
+
+
+def port_slot_name(index: int, protocol: str) -> str:
+    """`ovas-port-<protocol>-<k>`: one of the host ports of the range, of that protocol, a
+    session publishes (which port is Docker's choice)."""
+    return f"{PORT_SLOT_PREFIX}{protocol}-{index}"
+
+
+def ports_needed(kit: KitSpec) -> dict[str, int]:
+    """How many host ports of each protocol the session publishes: `{"tcp": 2, "udp": 1}`."""
+    needed: dict[str, int] = {}
+    for port in wanted_ports(kit):
+        needed[port.protocol] = needed.get(port.protocol, 0) + 1
+    return needed
 
 
 def gpu_name(device_id: str) -> str:

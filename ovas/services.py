@@ -400,17 +400,30 @@ class SessionService:
         return version.version, digest, ""
 
     def _matching_pools(self, request: SessionRequest) -> tuple[list[WarmPool], str]:
-        """Every pool `request` matches (its application, profile and version), and the
-        rendering their sessions must have been started from to be handed out."""
-        found, digest = [], ""
+        """Every pool `request` matches (its application, profile and resolved version), and
+        the rendering their sessions must have been started from to be handed out: the
+        request's own, read from the catalog as it is now."""
+        found = []
         for pool in self.warm_pools():
-            if pool.application != request.app.id or pool.profile != request.profile.id:
-                continue
-            version, rendering, _ = self._pool_target(pool)
-            if pool.size > 0 and version == request.version.version:
+            if (
+                pool.application == request.app.id
+                and pool.profile == request.profile.id
+                and pool.size > 0
+                and self._pool_version(pool) == request.version.version
+            ):
                 found.append(pool)
-                digest = rendering
-        return found, digest
+        if not found:
+            return [], ""
+        try:
+            return found, pools.rendering(request.app, request.version, request.profile)
+        except ValueError:
+            return [], ""  # build_request refused such a request already
+
+    def _pool_version(self, pool: WarmPool) -> str | None:
+        try:
+            return self.catalogs.resolve_version(pool.application, pool.version).version
+        except OvasError:
+            return None
 
     def _from_pool(self, request: SessionRequest) -> Session | None:
         """A ready session of a warm pool `request` matches, started from the catalog's

@@ -19,6 +19,7 @@ from ovas import registry
 from ovas.auth import ROLES, STREAMER, hash_key, new_key
 from ovas.errors import OvasError
 from ovas.models import Session, SessionState
+from ovas.services import CatalogService
 
 COLUMNS = ("ID", "STATE", "REASON", "APP", "VERSION", "PROFILE", "USER", "AGE", "ROUTES")
 
@@ -48,7 +49,8 @@ def catalog_group() -> None:
 @catalog_group.command("check")
 @click.argument("path", required=False, type=click.Path(file_okay=False))
 def catalog_check(path: str | None) -> None:
-    """Report every invalid catalog document, with its file and field. Exits 1 if any.
+    """Report every invalid catalog document, with its file and field, and every warm
+    pool the catalog cannot serve. Exits 1 if any.
 
     PATH is a catalog folder; without it, the configured catalog (OVAS_CATALOG_PATH, or the
     backend's) is checked."""
@@ -61,7 +63,7 @@ def catalog_check(path: str | None) -> None:
     try:
         catalog.check()
         apps = catalog.applications()
-        problems = catalog.problems
+        problems = [*catalog.problems, *CatalogService(catalog).pool_problems()]
     except OvasError as exc:
         problems = getattr(exc, "problems", None) or [exc.message]
         if exc.where:
@@ -84,12 +86,16 @@ def sessions_group() -> None:
 
 @sessions_group.command("reap")
 def sessions_reap() -> None:
-    """Remove failed and timed-out sessions, and anything of ours that is no session."""
+    """Apply the session clocks, remove ended and failed sessions whose retention has
+    passed, and anything of ours that is no session; each removal is printed with why.
+    Warm pools are left to the server's reaper, whose catalog decides what they keep."""
     try:
-        removed = _app_state().reaper.run_once()
+        removed = _app_state().sessions.reap_pass(tend_pools=False)
     except OvasError as exc:
         raise click.ClickException(exc.message) from None
-    click.echo(f"removed {len(removed)}" + "".join(f"\n  {name}" for name in removed))
+    for name, why in removed.items():
+        click.echo(f"removed {name}: {why}")
+    click.echo(f"removed {len(removed)}")
 
 
 @sessions_group.command("list")

@@ -94,6 +94,9 @@ class Record:
     marks: Mapping[Mark, datetime] = field(default_factory=dict)
     outcome: Outcome | None = None
     pool: str = ""  # started for this warm pool; `username` is its claimant's once claimed
+    # With `pool`: the digest of what it was started from (`ovas.pools.rendering`); empty
+    # for a session recorded by an ovas that kept none.
+    rendering: str = ""
 
     @classmethod
     def of(cls, request: SessionRequest) -> Record:
@@ -108,6 +111,7 @@ class Record:
             deadline=request.deadline,
             clocks=request.clocks,
             pool=request.pool,
+            rendering=request.rendering,
         )
 
     # Derived once per record (records are frozen: a change makes a new one), since a

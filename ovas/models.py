@@ -155,7 +155,16 @@ class SessionRequest:
     user_capacity: int = 0  # most sessions at once for this username; 0 = no limit
     clocks: Clocks = field(default_factory=Clocks)
     pool: str = ""  # the warm pool this session is started for, owned by nobody until claimed
-    pool_size: int = 0  # with `pool`: most unclaimed sessions of that pool and version at once
+    pool_size: int = 0  # with `pool`: most unclaimed sessions of that pool and key at once
+    rendering: str = ""  # with `pool`: the digest of what it runs (`ovas.pools.rendering`)
+
+    @property
+    def pool_key(self) -> str:
+        """What a warm pool's places (`pool_size`) are counted per, with the pool's name:
+        its version and rendering. A catalog edit thus opens new places, and replacements
+        start while the sessions they replace are kept (`ovas.pools`)."""
+        version = self.version.version
+        return f"{version}#{self.rendering}" if self.rendering else version
 
 
 @dataclass

@@ -16,8 +16,8 @@ import pytest
 from ovas import create_app
 from ovas.cli import age, ovas_cli
 from ovas.logs import output_lines
-from ovas.models import Reason, SessionState
-from ovas.testing import FakeBackend, FakeClock
+from ovas.models import Reason, SessionState, WarmPool
+from ovas.testing import FakeBackend, FakeClock, sample_catalog
 
 ADMIN = {"X-Forwarded-User": "root", "X-Forwarded-Roles": "admin"}
 ANN = {"X-Forwarded-User": "ann", "X-Forwarded-Roles": "streamer"}
@@ -177,6 +177,33 @@ def test_sessions_list_is_a_table_with_a_header(clock):
     assert logs.output == "USD_PATH=/app/samples/stage01.usd\n"
     unknown = runner.invoke(ovas_cli, ["sessions", "logs", "nope"])
     assert unknown.exit_code == 1 and "Session 'nope' not found" in unknown.output
+
+
+def test_sessions_reap_prints_each_removal_and_leaves_warm_pools_to_the_server(clock):
+    fake = FakeBackend(now=clock, ready_after=5)
+    fake.catalog.pools["viewers"] = WarmPool("viewers", "usd-viewer", "latest", "default", 2)
+    server = create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=fake).extensions["ovas"]
+    server.sessions.reap()
+    clock.advance(6)
+    server.sessions.reap()
+    pooled = {r.id for r in fake.records() if r.pooled}
+    assert len(pooled) == 2
+    fake.fault = Reason.NO_GPU
+    failed = server.sessions.start("usd-composer", "default", username="bob")
+    fake.fault = None
+    clock.advance(3601)  # past the failed session's retention
+
+    # The command, run with another catalog than the server's: one without its pool.
+    fake.catalog = sample_catalog()
+    command = create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=fake)
+    reaped = command.test_cli_runner().invoke(ovas_cli, ["sessions", "reap"])
+    assert reaped.exit_code == 0, reaped.output
+    removal, total = reaped.output.splitlines()
+    assert removal.startswith(f"removed {failed.id}: failed (no_gpu) at ")
+    assert removal.endswith("kept for its retention of 3600 s") and total == "removed 1"
+    assert {r.id for r in fake.records() if r.pooled} == pooled
+    again = command.test_cli_runner().invoke(ovas_cli, ["sessions", "reap"])
+    assert again.output == "removed 0\n"
 
 
 def test_ages_read_in_their_largest_unit():

@@ -182,6 +182,7 @@ def record_of(obj: dict[str, Any]) -> Record | None:
         marks=marks,
         outcome=outcome,
         pool=notes.get(o.POOL, ""),
+        rendering=notes.get(o.RENDERING, ""),
     )
 
 

@@ -72,6 +72,21 @@ class InMemoryCatalog(Catalog):
     def warm_pools(self) -> list[WarmPool]:
         return list(self.pools.values())
 
+    def save_profile(self, profile: Profile) -> None:
+        """Add `profile`, or replace the one of its id: an edit of the catalog."""
+        with self._lock:
+            self._profiles[profile.id] = profile
+
+    def remove_profile(self, profile_id: str) -> None:
+        """Remove a profile, if there is one of that id."""
+        with self._lock:
+            self._profiles.pop(profile_id, None)
+
+    def save_version(self, version: Version) -> None:
+        """Add `version`, or replace the one of its app and version string."""
+        with self._lock:
+            self._versions[(version.app_id, version.version)] = version
+
     def create_application(self, app: Application) -> None:
         with self._lock:
             if app.id in self._apps:
@@ -267,6 +282,7 @@ class FakeBackend(Backend):
                     if e.record.pooled
                     and e.record.pool == request.pool
                     and e.record.version == request.version.version
+                    and e.record.rendering == request.rendering
                 ]
                 if request.pool_size and len(pooled) >= request.pool_size:
                     raise CapacityExceeded(

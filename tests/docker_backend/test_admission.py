@@ -78,7 +78,13 @@ def test_twenty_starts_in_four_processes_admit_exactly_capacity(
     assert len(refused) == 15 and all("All 5 session slots" in m for m in refused)
     assert {s["Labels"][c.SESSION] for s in ours() if c.CLAIM not in s["Labels"]} == set(started)
     slots = [s["Names"][0] for s in ours() if s["Labels"].get(c.RECORD) == c.SLOT]
-    assert sorted(slots) == [f"/ovas-slot-{k}" for k in range(5)]
+    assert sorted(n for n in slots if n.startswith("/ovas-slot-")) == [
+        f"/ovas-slot-{k}" for k in range(5)
+    ]
+    # And the host ports each publishes: signaling and probe (TCP), media (UDP).
+    ports = [n for n in slots if n.startswith("/" + c.PORT_SLOT_PREFIX)]
+    assert len(ports) == len(set(ports)) == 15
+    assert sum(n.startswith("/ovas-port-udp-") for n in ports) == 5
 
     for session_id in started:
         backend.stop(session_id)

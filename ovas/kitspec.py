@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ovas.bounds import FRACTIONAL_SECONDS, TRIES
 from ovas.models import Application, Profile, Version
 from ovas.names import image_problem
 
@@ -211,6 +212,15 @@ def _port(value: Any, name: str) -> int:
     return value
 
 
+# A probe's timings, as Kubernetes' Probe names them: (Probe field, key, default, range).
+_TIMINGS = (
+    ("initial_delay_seconds", "initialDelaySeconds", 0, FRACTIONAL_SECONDS),
+    ("period_seconds", "periodSeconds", 10, FRACTIONAL_SECONDS),
+    ("timeout_seconds", "timeoutSeconds", 1, FRACTIONAL_SECONDS),
+    ("failure_threshold", "failureThreshold", 3, TRIES),
+)
+
+
 def _probe(spec: Any, name: str) -> Probe | None:
     if spec is None:
         return None
@@ -218,10 +228,8 @@ def _probe(spec: Any, name: str) -> Probe | None:
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: must be a mapping")
     timing = {
-        "initial_delay_seconds": float(spec.get("initialDelaySeconds", 0)),
-        "period_seconds": float(spec.get("periodSeconds", 10)),
-        "timeout_seconds": float(spec.get("timeoutSeconds", 1)),
-        "failure_threshold": int(spec.get("failureThreshold", 3)),
+        field: bounds.read(spec.get(key, default), f"{where}.{key}")
+        for field, key, default, bounds in _TIMINGS
     }
     if "httpGet" in spec:
         http = _mapping(spec, "httpGet", where)

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from ovas.kitspec import parse_kit, render_values
-from ovas.lifecycle import CLOCK_ANNOTATIONS, parse_seconds
+from ovas.lifecycle import DURATION_ANNOTATIONS, parse_seconds
 from ovas.models import Application, Profile, SupportedApplication, Version, WarmPool
 from ovas.names import APP_ID_PATTERN, VERSION_IMAGE_FIELDS, image_problem, is_semver
 
@@ -191,7 +191,8 @@ def profile_from_resource(doc: dict[str, Any]) -> Profile:
 
 
 def _annotations(doc: dict[str, Any]) -> dict[str, str]:
-    """`metadata.annotations`, with the session clocks (`ovas/idle-timeout`...) checked."""
+    """`metadata.annotations`, with every duration (`ovas/idle-timeout`, `ovas/max-pending`...)
+    checked against its range (`ovas.bounds`)."""
     raw = doc["metadata"].get("annotations") or {}
     if not isinstance(raw, dict):
         raise ValueError("metadata.annotations: must be a mapping")
@@ -201,7 +202,7 @@ def _annotations(doc: dict[str, Any]) -> dict[str, str]:
             # Kubernetes refuses annotation values that are not strings; so does ovas.
             raise ValueError(f"metadata.annotations.{key}: must be a string (quote it)")
         annotations[str(key)] = value
-    for key in CLOCK_ANNOTATIONS:
+    for key in DURATION_ANNOTATIONS:
         if key in annotations:
             parse_seconds(annotations[key], f"metadata.annotations.{key}")
     return annotations

@@ -16,7 +16,7 @@ from flask import current_app
 from flask.cli import ScriptInfo, with_appcontext
 
 from ovas import registry
-from ovas.auth import ROLES, STREAMER, hash_key, new_key
+from ovas.auth import ROLES, STREAMER, hash_key, new_key, username_problem
 from ovas.errors import OvasError
 from ovas.models import Session, SessionState
 from ovas.services import CatalogService
@@ -160,7 +160,14 @@ def apikey_group() -> None:
     help="A role of the key (repeatable)",
 )
 def apikey_new(user: str, roles: tuple[str, ...]) -> None:
-    """Print a new key (shown once) and the entry to add to OVAS_APIKEYS_FILE."""
+    """Print a new key (shown once) and the entry to add to OVAS_APIKEYS_FILE. A user name
+    the server would refuse (empty, a control character, over 253 characters) is refused
+    here, before any entry is printed: one bad entry makes the whole file bad."""
+    problem = username_problem(user.strip())
+    if problem:
+        shown = repr(user) if len(user) <= 60 else f"{user[:40]!r}..."
+        raise click.BadParameter(f"{shown} {problem}", param_hint="'--user'")
+    user = user.strip()
     key = new_key()
     entry = yaml.safe_dump([{"sha256": hash_key(key), "user": user, "roles": list(roles)}])
     click.echo(f"key: {key}", err=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
+
+from ovas.bounds import after
 
 S = TypeVar("S")  # a Session, or a stand-in with its id, username and created_time
 
@@ -129,8 +131,9 @@ class Clocks:
     max_lifetime: float = 28800  # since the session was created
 
     def expires(self, created: datetime) -> datetime | None:
-        """When the max lifetime ends a session created at `created`; None without one."""
-        return created + timedelta(seconds=self.max_lifetime) if self.max_lifetime else None
+        """When the max lifetime ends a session created at `created`; None without one (or
+        when that is past year 9999)."""
+        return after(created, self.max_lifetime) if self.max_lifetime else None
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-# A name fits a Docker container name and a Kubernetes object name once prefixed.
-NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,198}[a-z0-9])?$")
-KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# A name fits a Docker container name and a Kubernetes object name once prefixed: a DNS
+# subdomain (RFC 1123, as Kubernetes checks object names), dot-separated parts each starting
+# and ending with a letter or digit. `\Z`, not `$`, which would let a final newline through.
+NAME_PATTERN = re.compile(
+    r"^(?=.{1,200}\Z)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\Z"
+)
+KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 MAX_VALUE = 4000  # characters of one value: what a Docker label holds comfortably
 FORMAT_KEY = "format"  # every record's format version, written by `RecordCodec`
 
@@ -58,7 +62,10 @@ def check_record(name: str, data: Mapping[str, str]) -> None:
     """Raise `LedgerError` unless `name` matches `NAME_PATTERN`, every key `KEY_PATTERN`,
     and every value is a str of at most `MAX_VALUE` characters."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise LedgerError(f"ledger name {name!r} is not 1 to 200 of a-z, 0-9, '.' and '-'")
+        raise LedgerError(
+            f"ledger name {name!r} is not 1 to 200 of a-z, 0-9, '.' and '-' in dot-separated "
+            "parts that start and end with a-z or 0-9"
+        )
     for key, value in data.items():
         if not isinstance(key, str) or not KEY_PATTERN.match(key):
             raise LedgerError(f"ledger key {key!r} of {name} is not a-z, 0-9 and '_'")

@@ -143,10 +143,10 @@ class LedgerContract:
         assert dict(ledger.get(f"{space}v").data) == data
 
     def test_a_name_or_value_it_cannot_hold_is_refused_and_nothing_is_made(self, ledger, space):
-        for name in ("", "UPPER", "a b", "-a", "a-", "a/b", "x" * 201):
+        for name in ("", "UPPER", "a b", "-a", "a-", "a/b", "a..b", "a.-b", "a\n", "x" * 201):
             with pytest.raises(LedgerError):
                 ledger.create(name, {"k": "v"})
-        for data in ({"Bad-Key": "v"}, {"k": 1}, {"k": "x" * (MAX_VALUE + 1)}):
+        for data in ({"Bad-Key": "v"}, {"k\n": "v"}, {"k": 1}, {"k": "x" * (MAX_VALUE + 1)}):
             with pytest.raises(LedgerError):
                 ledger.create(f"{space}bad", data)
         assert ledger.list(space) == []

@@ -44,6 +44,11 @@ def ready():
     if problems:
         detail = "; ".join(problems)
         return jsonify(status="unavailable", detail=detail, checks=checks, settings=settings), 503
-    # Invalid catalog documents are skipped and shown here, but do not make ovas unready.
+    # Invalid catalog documents are skipped, and warm pools the catalog cannot serve are
+    # emptied; both are shown here, but do not make ovas unready.
     invalid = state.catalog.problems
+    try:
+        invalid = [*invalid, *state.catalogs.pool_problems()]
+    except OvasError as exc:
+        current_app.logger.warning("reading the warm pools for /ready: %s", exc.message)
     return jsonify(status="ok", checks=checks, catalog_problems=invalid, settings=settings)

@@ -40,8 +40,15 @@ import tempfile
 
 
 def _int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else default
+    """A bounded number setting (its range is in ovas/config.py's list); a value out of it
+    stops gunicorn with one line naming the variable and the largest allowed."""
+    from ovas.config import gunicorn_number
+    from ovas.errors import ConfigurationError
+
+    try:
+        return gunicorn_number(name, default)
+    except ConfigurationError as exc:
+        raise SystemExit(f"Error: {exc.message}") from None
 
 
 def _cpus() -> int:

@@ -200,7 +200,7 @@ def create_app(
         # One clock for the backend and the rules: a test injects it into the backend.
         now=backend.now,
     )
-    reaper = Reaper(sessions.reap, app.config["REAP_INTERVAL"])
+    reaper = Reaper(sessions.reap_pass, app.config["REAP_INTERVAL"])
     auth = str(app.config["AUTH"]).lower()
     dump = StreamResponseSchema(many=True).dump
     state = Ovas(backend, catalogs, sessions, reaper, dump, auth)

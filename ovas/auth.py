@@ -20,6 +20,7 @@ import json
 import logging
 import secrets
 import threading
+import unicodedata
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,9 +61,23 @@ class Identity:
 ANONYMOUS = Identity("anonymous", frozenset(ROLES))
 
 
+def username_problem(name: str) -> str | None:
+    """Why `name` (as read, surrounding blanks removed) cannot name a user; None if it can.
+    The one rule for every mode and for `ovas apikey new`: 1 to `MAX_USERNAME` characters
+    (a Kubernetes object name's limit), no control characters or line breaks, which would
+    forge lines in the audit log."""
+    if not name:
+        return "is empty"
+    if len(name) > MAX_USERNAME:
+        return f"is longer than {MAX_USERNAME} characters"
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        return "holds a control character or a line break"
+    return None
+
+
 def _username(value: Any) -> str:
     name = str(value or "").strip()
-    if not name or len(name) > MAX_USERNAME or any(ord(c) < 32 for c in name):
+    if username_problem(name):
         raise Unauthorized("The credentials name no usable user")
     return name
 
@@ -157,6 +172,14 @@ def new_key() -> str:
     return "ovas_" + secrets.token_urlsafe(32)
 
 
+class _BadFile(Exception):
+    """Why the keys file cannot be used, in words without its path."""
+
+
+def _unreadable(exc: OSError) -> str:
+    return f"cannot be read: {exc.strerror or type(exc).__name__}"
+
+
 class ApiKeyAuth(Authenticator):
     """Keys in a YAML (or JSON) file: a list of `{sha256, user, roles}`. The file is read again
     when it changes, so keys can be added and revoked without a restart."""
@@ -167,55 +190,72 @@ class ApiKeyAuth(Authenticator):
         self.path = Path(path)
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
+        self._loaded = False
         self._keys: list[tuple[bytes, Identity]] = []
         self._load()
 
     def _load(self) -> list[tuple[bytes, Identity]]:
         """The keys: read again when the file changed. Raises `ConfigurationError` when the
         file cannot be read or is not valid at start; once ovas serves, a file that goes bad
-        (deleted, or saved with an error) is logged, shown in `/ready` (`problem`), and the
-        last good keys stay in use."""
+        (deleted, unreadable, or saved with any error, one bad entry included) is logged,
+        shown in `/ready` (`problem`), and the last good keys stay in use."""
         try:
             stat = self.path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            with self._lock:
-                if stamp != self._stamp:
-                    self._keys, self._stamp = self._read(), stamp
-                    self.problem = ""
+            stamp: tuple | None = (stat.st_mtime_ns, stat.st_size)
+            gone = None
+        except OSError as exc:
+            stamp = None
+            gone = "does not exist" if isinstance(exc, FileNotFoundError) else _unreadable(exc)
+        with self._lock:
+            if stamp is not None and stamp == self._stamp:
                 return self._keys
-        except ConfigurationError as exc:
-            if self._stamp is None:
-                raise
-            bad = "OVAS_APIKEYS_FILE is not valid; the last good keys stay in use"
-            if bad != self.problem:
-                log.error("%s; the last good keys stay in use", exc.message)
-            self.problem = bad
-            return self._keys
-        except FileNotFoundError:
-            if self._stamp is None:
-                raise ConfigurationError(f"OVAS_APIKEYS_FILE {self.path} does not exist") from None
-            gone = "OVAS_APIKEYS_FILE is gone; the last good keys stay in use"
-            if self.problem != gone:
-                log.error("OVAS_APIKEYS_FILE %s is gone; the last good keys stay in use", self.path)
-            self.problem = gone
-            return self._keys
+            try:
+                if gone:
+                    raise _BadFile(gone)
+                keys = self._read()
+            except _BadFile as exc:
+                if not self._loaded:
+                    raise ConfigurationError(f"OVAS_APIKEYS_FILE {self.path} {exc}") from None
+                # Said without the path: /ready is public.
+                problem = f"OVAS_APIKEYS_FILE {exc}; the last good keys stay in use"
+                if problem != self.problem:
+                    log.error(
+                        "OVAS_APIKEYS_FILE %s %s; the last good keys stay in use", self.path, exc
+                    )
+                # A bad file is read again only once it changes.
+                self.problem, self._stamp = problem, stamp
+                return self._keys
+            self._keys, self._stamp, self._loaded, self.problem = keys, stamp, True, ""
+            return keys
 
     def _read(self) -> list[tuple[bytes, Identity]]:
+        """The file's keys. Raises `_BadFile` saying why, whatever the reason: unreadable,
+        not YAML, nested past what the parser can follow, or one entry not valid."""
         try:
             entries = yaml.safe_load(self.path.read_text()) or []
-        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(
-                f"OVAS_APIKEYS_FILE {self.path} cannot be read: {exc}"
-            ) from None
+        except OSError as exc:
+            raise _BadFile(_unreadable(exc)) from None
+        except (ValueError, yaml.YAMLError) as exc:
+            raise _BadFile(f"cannot be parsed: {exc}") from None
+        except (RecursionError, MemoryError):
+            raise _BadFile("cannot be parsed: it nests too deep or is too large") from None
         if not isinstance(entries, list):
-            raise ConfigurationError(f"OVAS_APIKEYS_FILE {self.path} is not a list of keys")
+            raise _BadFile("is not a list of keys")
         keys = []
-        for i, entry in enumerate(entries):
-            digest = str(entry.get("sha256", "")).lower() if isinstance(entry, dict) else ""
-            if len(digest) != 64:
-                raise ConfigurationError(f"{self.path}: entry {i + 1} has no sha256")
-            identity = Identity(_username(entry.get("user")), _roles(entry.get("roles")))
-            keys.append((digest.encode(), identity))
+        for number, entry in enumerate(entries, 1):
+            if not isinstance(entry, dict):
+                raise _BadFile(f"is not valid: entry {number} is not a mapping")
+            digest = entry.get("sha256")
+            if not isinstance(digest, str) or len(digest) != 64:
+                raise _BadFile(f"is not valid: entry {number} has no sha256")
+            user = entry.get("user")
+            problem = "is not a string" if not isinstance(user, str) else None
+            problem = problem or username_problem(user.strip())
+            if problem:
+                raise _BadFile(f"is not valid: entry {number}: user {problem}")
+            keys.append(
+                (digest.lower().encode(), Identity(user.strip(), _roles(entry.get("roles"))))
+            )
         return keys
 
     def identify(self, headers, remote_addr) -> Identity:

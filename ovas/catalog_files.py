@@ -80,13 +80,19 @@ class _Snapshot:
 
 # Said without the folder's path: /ready is public, and a server's paths are nobody's business.
 MISSING_FOLDER = "the catalog folder (OVAS_CATALOG_PATH) does not exist"
+# Whatever stops a file from being read or parsed: it is reported and skipped, never raised.
+# RecursionError: YAML nested some 500 levels deep, JSON some 1000.
+UNREADABLE = (OSError, ValueError, yaml.YAMLError, RecursionError, MemoryError)
 
 
 class FileCatalog(Catalog):
     """A catalog read from, and edited in, a folder of YAML files."""
 
     def __init__(self, path: str | os.PathLike, *, reload_interval: float = 1.0):
-        self.root = Path(path).resolve()
+        try:
+            self.root = Path(path).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: said by `check` and `problems`
+            self.root = Path(path).absolute()
         self.reload_interval = reload_interval
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
@@ -96,19 +102,38 @@ class FileCatalog(Catalog):
     # Loading
 
     def _files(self) -> list[Path]:
+        """The catalog files under the folder: every name with a catalog suffix that is not a
+        folder, also those that cannot be read (a broken link, a symlink loop), so that they
+        are reported."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.rglob("*") if p.suffix in SUFFIXES and p.is_file()]
+        try:
+            found = [p for p in self.root.rglob("*") if p.suffix in SUFFIXES and not p.is_dir()]
+        except OSError as exc:
+            log.error("catalog: %s cannot be listed: %s", self.root, exc)
+            return []
         return sorted(found)
+
+    def _folder_problem(self) -> str | None:
+        """Why the folder cannot be read (without its path); None when it can."""
+        try:
+            self.root.stat()
+        except FileNotFoundError:
+            return MISSING_FOLDER
+        except OSError as exc:
+            return f"the catalog folder (OVAS_CATALOG_PATH) cannot be read: {_why(exc)}"
+        return (
+            None if self.root.is_dir() else "the catalog path (OVAS_CATALOG_PATH) is not a folder"
+        )
 
     def _signature(self) -> tuple:
         entries = []
         for path in self._files():
             try:
                 stat = path.stat()
-            except FileNotFoundError:
-                continue
-            entries.append((str(path), stat.st_mtime_ns, stat.st_size))
+                entries.append((str(path), stat.st_mtime_ns, stat.st_size))
+            except OSError as exc:
+                entries.append((str(path), type(exc).__name__))
         return tuple(entries)
 
     def _current(self) -> _Snapshot:
@@ -132,20 +157,20 @@ class FileCatalog(Catalog):
 
     def _load(self, signature: tuple) -> _Snapshot:
         snapshot = _Snapshot(signature)
-        if not self.root.is_dir():
-            snapshot.problems.append(MISSING_FOLDER)
+        if problem := self._folder_problem():
+            snapshot.problems.append(problem)
             return snapshot
         for path in self._files():
             try:
                 documents = _read(path)
-            except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+            except UNREADABLE as exc:
                 snapshot.problems.append(f"{self._rel(path)}: cannot be read: {_why(exc)}")
                 continue
             for where, raw, listed in _flatten(documents):
                 try:
                     snapshot.docs.append(_Doc(path, where, raw, _parse(raw), listed))
-                except ValueError as exc:
-                    snapshot.problems.append(f"{self._rel(path)} ({where}): {exc}")
+                except (ValueError, RecursionError) as exc:
+                    snapshot.problems.append(f"{self._rel(path)} ({where}): {_why(exc)}")
         self._index(snapshot)
         return snapshot
 
@@ -210,9 +235,9 @@ class FileCatalog(Catalog):
         return list(self._current().problems)
 
     def check(self) -> None:
-        if not self.root.is_dir():
-            log.warning("catalog: %s does not exist", self.root)
-            raise CatalogError([MISSING_FOLDER], where=str(self.root))
+        if problem := self._folder_problem():
+            log.warning("catalog: %s: %s", self.root, problem)
+            raise CatalogError([problem], where=str(self.root))
 
     def applications(self) -> list[Application]:
         return list(self._current().apps.values())
@@ -332,8 +357,11 @@ def _new(path: Path, raw: dict[str, Any]) -> _Doc:
 
 def _read(path: Path) -> list[Any]:
     """The documents of a catalog file, in order: YAML documents, or the JSON objects of a
-    `.json` file (one, or several in a row, as kubectl's decoder takes them). Raises
-    OSError, UnicodeDecodeError, ValueError (JSON) or yaml.YAMLError."""
+    `.json` file (one, or several in a row, as kubectl's decoder takes them). Raises one of
+    `UNREADABLE`: OSError, UnicodeDecodeError, ValueError (JSON), yaml.YAMLError, or
+    RecursionError for a file nested deeper than the parser follows."""
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise OSError(0, "not a regular file")  # a FIFO or a device would block the read
     text = path.read_text(encoding="utf-8")
     if path.suffix != ".json":
         return list(yaml.safe_load_all(text))
@@ -438,7 +466,7 @@ def _unparsed(path: Path, catalog: FileCatalog) -> list[Any]:
         return []
     try:
         documents = _read(path)
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+    except UNREADABLE as exc:
         raise Conflict(
             f"{catalog._rel(path)} cannot be read, so ovas will not rewrite it; fix the file "
             f"first ({_why(exc)})"
@@ -454,16 +482,20 @@ def _unparsed(path: Path, catalog: FileCatalog) -> list[Any]:
     for _, raw, _ in flat:
         try:
             _parse(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             kept.append(raw)
     return kept
 
 
-def _why(exc: Exception) -> str:
+def _why(exc: BaseException) -> str:
     """Why a file cannot be read, without its path: an OSError's text names the absolute
     path, and these words reach `/ready` (public) and editing answers."""
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
+    if isinstance(exc, RecursionError):
+        return "it is nested deeper than ovas reads"
+    if isinstance(exc, MemoryError):
+        return "it is too large to read"
     return str(exc)
 
 

@@ -6,6 +6,7 @@ Both build the app from the `OVAS_*` environment, as the server does; `ovas back
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from datetime import datetime
 
@@ -15,9 +16,10 @@ from flask import current_app
 from flask.cli import ScriptInfo, with_appcontext
 
 from ovas import registry
-from ovas.auth import ROLES, STREAMER, hash_key, new_key
+from ovas.auth import ROLES, STREAMER, hash_key, new_key, username_problem
 from ovas.errors import OvasError
 from ovas.models import Session, SessionState
+from ovas.services import CatalogService
 
 COLUMNS = ("ID", "STATE", "REASON", "APP", "VERSION", "PROFILE", "USER", "AGE", "ROUTES")
 
@@ -47,7 +49,8 @@ def catalog_group() -> None:
 @catalog_group.command("check")
 @click.argument("path", required=False, type=click.Path(file_okay=False))
 def catalog_check(path: str | None) -> None:
-    """Report every invalid catalog document, with its file and field. Exits 1 if any.
+    """Report every invalid catalog document, with its file and field, and every warm
+    pool the catalog cannot serve. Exits 1 if any.
 
     PATH is a catalog folder; without it, the configured catalog (OVAS_CATALOG_PATH, or the
     backend's) is checked."""
@@ -60,7 +63,7 @@ def catalog_check(path: str | None) -> None:
     try:
         catalog.check()
         apps = catalog.applications()
-        problems = catalog.problems
+        problems = [*catalog.problems, *CatalogService(catalog).pool_problems()]
     except OvasError as exc:
         problems = getattr(exc, "problems", None) or [exc.message]
         if exc.where:
@@ -83,12 +86,16 @@ def sessions_group() -> None:
 
 @sessions_group.command("reap")
 def sessions_reap() -> None:
-    """Remove failed and timed-out sessions, and anything of ours that is no session."""
+    """Apply the session clocks, remove ended and failed sessions whose retention has
+    passed, and anything of ours that is no session; each removal is printed with why.
+    Warm pools are left to the server's reaper, whose catalog decides what they keep."""
     try:
-        removed = _app_state().reaper.run_once()
+        removed = _app_state().sessions.reap_pass(tend_pools=False)
     except OvasError as exc:
         raise click.ClickException(exc.message) from None
-    click.echo(f"removed {len(removed)}" + "".join(f"\n  {name}" for name in removed))
+    for name, why in removed.items():
+        click.echo(f"removed {name}: {why}")
+    click.echo(f"removed {len(removed)}")
 
 
 @sessions_group.command("list")
@@ -153,7 +160,14 @@ def apikey_group() -> None:
     help="A role of the key (repeatable)",
 )
 def apikey_new(user: str, roles: tuple[str, ...]) -> None:
-    """Print a new key (shown once) and the entry to add to OVAS_APIKEYS_FILE."""
+    """Print a new key (shown once) and the entry to add to OVAS_APIKEYS_FILE. A user name
+    the server would refuse (empty, a control character, over 253 characters) is refused
+    here, before any entry is printed: one bad entry makes the whole file bad."""
+    problem = username_problem(user.strip())
+    if problem:
+        shown = repr(user) if len(user) <= 60 else f"{user[:40]!r}..."
+        raise click.BadParameter(f"{shown} {problem}", param_hint="'--user'")
+    user = user.strip()
     key = new_key()
     entry = yaml.safe_dump([{"sha256": hash_key(key), "user": user, "roles": list(roles)}])
     click.echo(f"key: {key}", err=True)
@@ -193,11 +207,19 @@ def age(seconds: float) -> str:
 
 
 @click.group("ovas", commands=dict(ovas_cli.commands))
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also print the server's log lines (at OVAS_LOG_LEVEL)"
+)
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, verbose: bool) -> None:
     """Run and manage ovas. Settings come from the OVAS_* environment variables, as for the
     server (see the README's Settings)."""
     ctx.obj = ScriptInfo(create_app=_create_app, set_debug_flag=False)
+    if not verbose and ctx.invoked_subcommand != "serve":
+        # A command prints what was asked: the log lines that building the app writes (the
+        # settings line first) are the server's, warnings and errors aside.
+        logging.disable(logging.INFO)
+        ctx.call_on_close(lambda: logging.disable(logging.NOTSET))
 
 
 @main.command("serve")

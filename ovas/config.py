@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ovas.bounds import BODY_BYTES, SECONDS, SESSIONS, THREADS, WORKERS, Bounds
 from ovas.errors import ConfigurationError
 
 DEFAULT_RETENTION = 3600
@@ -25,13 +26,15 @@ class Setting:
     """One setting: `name` is the environment variable; `default` the value used when it
     is unset (None: no value); `shown` the default as the README writes it, when that is
     not the value itself. `key` is the app config key (the name without `OVAS_`); settings
-    read by something other than the app (gunicorn, an SDK) have none."""
+    read by something other than the app (gunicorn, an SDK) have none. `bounds`: the range
+    of a duration or a count (`ovas.bounds`), refused outside it at startup."""
 
     name: str
     meaning: str
     default: Any = None
     shown: str | None = None
     app: bool = True
+    bounds: Bounds | None = None
 
     @property
     def key(self) -> str | None:
@@ -75,9 +78,13 @@ SETTINGS: tuple[Setting, ...] = (
         "OVAS_SESSION_CAPACITY",
         "most sessions at once, all users (0 = only the backend's own limits); 503 beyond",
         0,
+        bounds=SESSIONS,
     ),
     Setting(
-        "OVAS_USER_SESSION_CAPACITY", "most sessions at once per user (0 = no limit); 429 beyond", 0
+        "OVAS_USER_SESSION_CAPACITY",
+        "most sessions at once per user (0 = no limit); 429 beyond",
+        0,
+        bounds=SESSIONS,
     ),
     Setting(
         "OVAS_START_RATE_LIMIT",
@@ -91,47 +98,61 @@ SETTINGS: tuple[Setting, ...] = (
         "memory://",
     ),
     Setting(
-        "OVAS_START_TIMEOUT", "seconds a session may take to become ready before it fails", 900
+        "OVAS_START_TIMEOUT",
+        "seconds a session may take to become ready before it fails",
+        900,
+        bounds=SECONDS,
     ),
     Setting(
         "OVAS_SESSION_CONNECT_TIMEOUT",
         "seconds a ready session may wait for its first client before it ends "
         "(`connect_timeout`; 0 = off)",
         300,
+        bounds=SECONDS,
     ),
     Setting(
         "OVAS_SESSION_IDLE_TIMEOUT",
         "seconds a session may have no client before it ends (`idle_timeout`; 0 = off)",
         300,
+        bounds=SECONDS,
     ),
     Setting(
         "OVAS_SESSION_MAX_LIFETIME",
         "seconds after its creation any session ends (`max_lifetime`; 0 = off)",
         28800,
+        bounds=SECONDS,
     ),
     Setting(
         "OVAS_SESSION_RETENTION",
         "seconds an ended or failed session stays visible, holding nothing, before it is removed",
         DEFAULT_RETENTION,
+        bounds=SECONDS,
     ),
-    Setting("OVAS_REAP_GRACE", "the older name of `OVAS_SESSION_RETENTION`", None),
+    Setting("OVAS_REAP_GRACE", "the older name of `OVAS_SESSION_RETENTION`", None, bounds=SECONDS),
     Setting(
         "OVAS_REAP_INTERVAL",
         "seconds between passes of the reaper, which applies the clocks and the retention, "
         "and tends the warm pools (0 = off)",
         30,
+        bounds=SECONDS,
     ),
     Setting(
         "OVAS_POOL_MAX_AGE",
         "seconds after which an unclaimed warm pool session is renewed (0 = never)",
         3600,
+        bounds=SECONDS,
     ),
     Setting(
         "OVAS_USD_PATH_ROOTS",
         "folders an absolute `usd_stage_uri` may lie under, comma-separated",
         "/app/samples",
     ),
-    Setting("OVAS_MAX_CONTENT_LENGTH", "largest request body, in bytes; 413 beyond", 64 * 1024),
+    Setting(
+        "OVAS_MAX_CONTENT_LENGTH",
+        "largest request body, in bytes; 413 beyond",
+        64 * 1024,
+        bounds=BODY_BYTES,
+    ),
     Setting(
         "OVAS_CORS_ORIGINS",
         "allowed browser origins, comma-separated (`*`: any); with `OVAS_AUTH=none` other "
@@ -194,6 +215,7 @@ SETTINGS: tuple[Setting, ...] = (
         "OVAS_JWT_REFRESH_COOLDOWN",
         "`jwt`: seconds between fetches of the keys for an unknown key id",
         30,
+        bounds=SECONDS,
     ),
     Setting(
         "OVAS_APIKEYS_FILE",
@@ -205,7 +227,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKER_HOST", "Docker engine (the SDK's own variable)", None, "local socket", False),
     Setting("OVAS_DOCKER_PUBLIC_HOST", "address put in `routes`", "127.0.0.1"),
     Setting("OVAS_DOCKER_PORT_RANGE", "host ports handed to sessions", "31000-31999"),
-    Setting("OVAS_DOCKER_GPUS", "`auto`, `none`, or device indexes/UUIDs `0,1`", "auto"),
+    Setting(
+        "OVAS_DOCKER_GPUS",
+        "`auto`, `none`, device indexes/UUIDs `0,1`, or CDI names `nvidia.com/gpu=0`",
+        "auto",
+    ),
     Setting("OVAS_DOCKER_BIND_ADDRESS", "host address session ports are published on", "127.0.0.1"),
     Setting(
         "OVAS_DOCKER_PROBE_HOST",
@@ -255,14 +281,22 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         shown="2 x CPUs + 1, at most 8",
         app=False,
+        bounds=WORKERS,
     ),
-    Setting("OVAS_THREADS", "gunicorn: threads per worker", 4, app=False),
-    Setting("OVAS_TIMEOUT", "gunicorn: seconds before a silent worker is replaced", 30, app=False),
+    Setting("OVAS_THREADS", "gunicorn: threads per worker", 4, app=False, bounds=THREADS),
+    Setting(
+        "OVAS_TIMEOUT",
+        "gunicorn: seconds before a silent worker is replaced",
+        30,
+        app=False,
+        bounds=SECONDS,
+    ),
     Setting(
         "OVAS_KEEPALIVE",
         "gunicorn: seconds an idle keep-alive connection stays open (more than any proxy's)",
         75,
         app=False,
+        bounds=SECONDS,
     ),
     Setting(
         "OVAS_FORWARDED_ALLOW_IPS",
@@ -291,22 +325,18 @@ DEFAULTS["JSON_SORT_KEYS"] = False
 def settings_table() -> str:
     """SETTINGS as the README's Markdown table."""
     rows = ["| Variable | Meaning | Default |", "|---|---|---|"]
-    rows += [f"| `{s.name}` | {s.meaning} | {s.default_text()} |" for s in SETTINGS]
+    rows += [f"| `{s.name}` | {_meaning(s)} | {s.default_text()} |" for s in SETTINGS]
     return "\n".join(rows)
 
 
+def _meaning(setting: Setting) -> str:
+    if setting.bounds is None:
+        return setting.meaning
+    return f"{setting.meaning} (range {setting.bounds.low} to {setting.bounds.high})"
+
+
 _BOOLEANS = ("EDITING_ENABLED",)
-_INTEGERS = (
-    "SESSION_CAPACITY",
-    "USER_SESSION_CAPACITY",
-    "START_TIMEOUT",
-    "SESSION_CONNECT_TIMEOUT",
-    "SESSION_IDLE_TIMEOUT",
-    "SESSION_MAX_LIFETIME",
-    "SESSION_RETENTION",
-    "REAP_INTERVAL",
-    "POOL_MAX_AGE",
-)
+BOUNDED = {s.key: s for s in SETTINGS if s.key and s.bounds}
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -335,12 +365,12 @@ def normalise(config: MutableMapping[str, Any]) -> None:
     for key in _BOOLEANS:
         config[key] = as_bool(config.get(key, False), key)
     # OVAS_REAP_GRACE is what OVAS_SESSION_RETENTION was called before session clocks.
+    if config.get("REAP_GRACE") is not None:
+        config["REAP_GRACE"] = number(BOUNDED["REAP_GRACE"], config["REAP_GRACE"])
     config.setdefault("SESSION_RETENTION", config.get("REAP_GRACE", DEFAULT_RETENTION))
-    for key in _INTEGERS:
-        config[key] = _whole(config.get(key, 0), key)
-    if _whole(config.get("MAX_CONTENT_LENGTH"), "MAX_CONTENT_LENGTH") == 0:
-        raise ConfigurationError("OVAS_MAX_CONTENT_LENGTH must be more than 0")
-    config["MAX_CONTENT_LENGTH"] = _whole(config["MAX_CONTENT_LENGTH"], "MAX_CONTENT_LENGTH")
+    for key, setting in BOUNDED.items():
+        if config.get(key) is not None or setting.default is not None:
+            config[key] = number(setting, config.get(key, 0))
     level = str(config.get("LOG_LEVEL", "INFO")).upper()
     if level not in LOG_LEVELS:
         raise ConfigurationError(f"OVAS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
@@ -354,20 +384,25 @@ def normalise(config: MutableMapping[str, Any]) -> None:
     config["ALLOWED_HOSTS"] = [_host(h) for h in _items(config.get("ALLOWED_HOSTS"))]
 
 
-def _whole(value: Any, key: str) -> int:
-    """A whole number of at least 0. `from_prefixed_env` reads values as JSON, so `1.5` and
-    `true` arrive as a float and a bool: refused, never rounded or counted as 1."""
-    if isinstance(value, str):
-        value = value.strip()
+def number(setting: Setting, value: Any) -> int:
+    """A bounded setting's value (`Setting.bounds`), from text or a number. Raises
+    `ConfigurationError` naming the variable and the largest allowed. `from_prefixed_env`
+    reads values as JSON, so `1.5` and `true` arrive as a float and a bool: refused, never
+    rounded or counted as 1."""
+    assert setting.bounds is not None
     try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"OVAS_{key} must be a whole number, not {value!r}") from None
-    if number < 0:
-        raise ConfigurationError(f"OVAS_{key} must not be negative")
-    return number
+        return setting.bounds.read(value, setting.name)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def gunicorn_number(name: str, default: int, environ=os.environ) -> int:
+    """The value of gunicorn's bounded setting `name` (`OVAS_WORKERS`...) from `environ`, or
+    `default` when unset or empty. Raises `ConfigurationError` as `number` does."""
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    return number(next(s for s in SETTINGS if s.name == name), value)
 
 
 def _items(value: Any) -> list[str]:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ovas.bounds import FRACTIONAL_SECONDS, TRIES
 from ovas.models import Application, Profile, Version
 from ovas.names import image_problem
 
@@ -114,11 +115,76 @@ def _is_env(entry: Any, name: str) -> bool:
     return isinstance(entry, dict) and entry.get("name") == name
 
 
+# Every chart value ovas reads that reaches an image reference, an environment value, a
+# label or an annotation, or another field Kubernetes types as a string: `[]` is each item
+# of a list, `*` each value of a mapping. YAML reads `tag: 2024.10` as the number 2024.1, so
+# any other type is refused, never converted (`check_strings`).
+STRING_FIELDS = (
+    "streamingKit.image.repository",
+    "streamingKit.image.tag",
+    "streamingKit.image.pullPolicy",
+    "streamingKit.env[].name",
+    "streamingKit.env[].value",
+    "streamingKit.startupProbe.httpGet.path",
+    "streamingKit.startupProbe.httpGet.scheme",
+    "streamingKit.readinessProbe.httpGet.path",
+    "streamingKit.readinessProbe.httpGet.scheme",
+    "streamingKit.labels.*",
+    "streamingKit.annotations.*",
+    "streamingKit.nodeSelector.*",
+    "streamingKit.runtimeClassName",
+    "streamingKit.service.type",
+    "streamingKit.service.annotations.*",
+    "global.imagePullSecrets[].name",
+)
+
+
+def check_strings(values: dict[str, Any]) -> None:
+    """Raise ValueError naming the first of `STRING_FIELDS` in `values` that holds anything
+    but a string (an unset one, or null, is left to its default)."""
+    for field in STRING_FIELDS:
+        for where, value in _at(values, field.split("."), ""):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{where}: must be a string{quote_hint(value)}")
+
+
+def _at(node: Any, keys: list[str], where: str):
+    """(path, value) for each value `keys` reach in `node`; none where a step is missing or
+    not the container it names (that is the reader's to report)."""
+    if not keys:
+        yield where, node
+        return
+    key, rest = keys[0], keys[1:]
+    if key == "*":
+        if isinstance(node, dict):
+            for name, child in node.items():
+                yield from _at(child, rest, f"{where}.{name}")
+        return
+    listed = key.endswith("[]")
+    key = key.removesuffix("[]")
+    child = node.get(key) if isinstance(node, dict) else None
+    path = f"{where}.{key}" if where else key
+    if not listed:
+        if child is not None or not rest:
+            yield from _at(child, rest, path)
+    elif isinstance(child, list):
+        for index, item in enumerate(child):
+            yield from _at(item, rest, f"{path}[{index}]")
+
+
+def quote_hint(value: Any) -> str:
+    """What a value that should have been a string is, for an error message."""
+    if isinstance(value, dict | list):
+        return f", not a {'mapping' if isinstance(value, dict) else 'list'}"
+    return f", not {type(value).__name__} {value!r} (quote it)"
+
+
 def parse_kit(values: dict[str, Any]) -> KitSpec:
     """Read `streamingKit` out of rendered chart values. Raises ValueError naming the field."""
     kit = values.get("streamingKit")
     if not isinstance(kit, dict):
         raise ValueError("streamingKit: must be a mapping")
+    check_strings(values)
     image = _mapping(kit, "image")
     repository = _str(image, "repository", "streamingKit.image")
     tag = _str(image, "tag", "streamingKit.image")
@@ -160,9 +226,9 @@ def _str(parent: dict[str, Any], key: str, where: str) -> str:
     value = parent.get(key, "")
     if value is None:
         return ""
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise ValueError(f"{where}.{key}: must be a string")
-    return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}.{key}: must be a string{quote_hint(value)}")
+    return value
 
 
 def _env(entries: Any) -> tuple[tuple[str, str], ...]:
@@ -175,7 +241,9 @@ def _env(entries: Any) -> tuple[tuple[str, str], ...]:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ValueError(f"streamingKit.env[{i}]: must be a mapping with a string `name`")
         value = entry.get("value", "")
-        env[entry["name"]] = "" if value is None else str(value)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"streamingKit.env[{i}].value: must be a string{quote_hint(value)}")
+        env[entry["name"]] = value or ""
     return tuple(env.items())
 
 
@@ -211,6 +279,15 @@ def _port(value: Any, name: str) -> int:
     return value
 
 
+# A probe's timings, as Kubernetes' Probe names them: (Probe field, key, default, range).
+_TIMINGS = (
+    ("initial_delay_seconds", "initialDelaySeconds", 0, FRACTIONAL_SECONDS),
+    ("period_seconds", "periodSeconds", 10, FRACTIONAL_SECONDS),
+    ("timeout_seconds", "timeoutSeconds", 1, FRACTIONAL_SECONDS),
+    ("failure_threshold", "failureThreshold", 3, TRIES),
+)
+
+
 def _probe(spec: Any, name: str) -> Probe | None:
     if spec is None:
         return None
@@ -218,10 +295,8 @@ def _probe(spec: Any, name: str) -> Probe | None:
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: must be a mapping")
     timing = {
-        "initial_delay_seconds": float(spec.get("initialDelaySeconds", 0)),
-        "period_seconds": float(spec.get("periodSeconds", 10)),
-        "timeout_seconds": float(spec.get("timeoutSeconds", 1)),
-        "failure_threshold": int(spec.get("failureThreshold", 3)),
+        field: bounds.read(spec.get(key, default), f"{where}.{key}")
+        for field, key, default, bounds in _TIMINGS
     }
     if "httpGet" in spec:
         http = _mapping(spec, "httpGet", where)

@@ -35,8 +35,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
+from functools import cached_property
 
+from ovas.bounds import SECONDS, after
 from ovas.models import Clocks, Reason, Route, Session, SessionRequest, SessionState
 
 ACTIVE = "Session is active"
@@ -47,6 +49,11 @@ CLOCK_ANNOTATIONS = {
     "ovas/idle-timeout": "idle_timeout",
     "ovas/max-lifetime": "max_lifetime",
 }
+# Every ApplicationProfile annotation holding a duration, each checked against
+# `ovas.bounds.SECONDS` when the catalog is read: the clocks, and the Kubernetes backend's
+# pending limit (backends/kubernetes/profiles.py).
+MAX_PENDING = "ovas/max-pending"
+DURATION_ANNOTATIONS = (*CLOCK_ANNOTATIONS, MAX_PENDING)
 
 
 class Stage(enum.StrEnum):
@@ -93,6 +100,9 @@ class Record:
     marks: Mapping[Mark, datetime] = field(default_factory=dict)
     outcome: Outcome | None = None
     pool: str = ""  # started for this warm pool; `username` is its claimant's once claimed
+    # With `pool`: the digest of what it was started from (`ovas.pools.rendering`); empty
+    # for a session recorded by an ovas that kept none.
+    rendering: str = ""
 
     @classmethod
     def of(cls, request: SessionRequest) -> Record:
@@ -107,25 +117,31 @@ class Record:
             deadline=request.deadline,
             clocks=request.clocks,
             pool=request.pool,
+            rendering=request.rendering,
         )
 
-    @property
+    # Derived once per record (records are frozen: a change makes a new one), since a
+    # listing decides every session and reads these several times each.
+
+    @cached_property
     def claimed_time(self) -> datetime | None:
         """When a warm pool's session was handed to its user; None for any other."""
         return self.marks.get(Mark.CLAIMED) if self.pool else None
 
-    @property
+    @cached_property
     def pooled(self) -> bool:
         """True for a warm pool's session nobody has claimed yet."""
         return bool(self.pool) and Mark.CLAIMED not in self.marks
 
-    @property
+    @cached_property
     def started_time(self) -> datetime:
         """When the session became its user's: its claim, or its creation."""
         return self.claimed_time or self.created_time
 
-    @property
+    @cached_property
     def expires_time(self) -> datetime | None:
+        """When the max lifetime ends the session (counted from `started_time`); None for
+        an unclaimed pooled session, or with no max lifetime."""
         return None if self.pooled else self.clocks.expires(self.started_time)
 
     def marked(self, mark: Mark, at: datetime | None) -> Record | None:
@@ -186,14 +202,9 @@ def clocks_for(settings: Clocks, annotations: Mapping[str, str]) -> Clocks:
 
 
 def parse_seconds(text: object, where: str) -> int:
-    """A whole number of seconds >= 0, from YAML or an annotation. Raises ValueError."""
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise ValueError(f"{where}: {text!r} is not a whole number of seconds") from None
-    if value < 0 or isinstance(text, bool):
-        raise ValueError(f"{where}: {text!r} must be a whole number of seconds >= 0")
-    return value
+    """A whole number of seconds in `ovas.bounds.SECONDS` (0 to a year), from YAML or an
+    annotation. Raises ValueError naming `where` and the largest allowed."""
+    return int(SECONDS.read(text, where))
 
 
 def message(reason: Reason, *, detail: str = "", clocks: Clocks | None = None, **facts) -> str:
@@ -302,16 +313,16 @@ def _ready(
         if idle_since is not None:
             marks[Mark.IDLE] = None
     elif count == 0 and connected_at is None:
-        deadline = ready_at + timedelta(seconds=clocks.connect_timeout)
-        if clocks.connect_timeout and now >= deadline:
+        deadline = after(ready_at, clocks.connect_timeout)
+        if clocks.connect_timeout and deadline is not None and now >= deadline:
             text = message(Reason.CONNECT_TIMEOUT, clocks=clocks)
             outcome = Outcome(SessionState.ENDED, Reason.CONNECT_TIMEOUT, text, deadline)
     elif count == 0:
         if idle_since is None:
             idle_since = marks[Mark.IDLE] = now
         last = idle_since
-        deadline = idle_since + timedelta(seconds=clocks.idle_timeout)
-        if clocks.idle_timeout and now >= deadline:
+        deadline = after(idle_since, clocks.idle_timeout)
+        if clocks.idle_timeout and deadline is not None and now >= deadline:
             text = message(Reason.IDLE_TIMEOUT, clocks=clocks)
             outcome = Outcome(SessionState.ENDED, Reason.IDLE_TIMEOUT, text, deadline)
     if outcome is not None:

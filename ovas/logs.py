@@ -1,5 +1,6 @@
 """Logging: plain lines for development, JSON lines in production (`OVAS_LOG_FORMAT=json`);
-every line carries the request id of the request it was written in."""
+every line carries the request id of the request it was written in. Also how a session's
+container log output is cut into lines (`output_lines`), the same for every backend."""
 
 from __future__ import annotations
 
@@ -70,3 +71,21 @@ def configure(fmt: str = "plain", level: str = "INFO") -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter(PLAIN))
     logger.addHandler(handler)
     logger.propagate = fmt != "json"
+
+
+def output_lines(text: str, tail: int | None = None) -> list[str]:
+    """A container's log output as its lines, oldest first, for both backends.
+
+    Lines end at `\\n` alone, as Docker's and the kubelet's `tail` count them: a line
+    holding `\\r`, `\\v`, `\\f`, `\\x1c`-`\\x1e`, U+0085 or U+2028 stays one line (where
+    `str.splitlines` would cut it), so `tail` lines asked are at most `tail` lines given.
+    The `\\r` of a `\\r\\n` ending is part of the ending, not of the line, and is dropped;
+    every other character is kept as the container wrote it. A final `\\n` starts no
+    empty line. With `tail` (0 or more), only the last `tail` lines."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if tail is None:
+        return lines
+    return lines[-tail:] if tail > 0 else []

@@ -5,8 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
+
+from ovas.bounds import after
 
 S = TypeVar("S")  # a Session, or a stand-in with its id, username and created_time
 
@@ -129,8 +131,9 @@ class Clocks:
     max_lifetime: float = 28800  # since the session was created
 
     def expires(self, created: datetime) -> datetime | None:
-        """When the max lifetime ends a session created at `created`; None without one."""
-        return created + timedelta(seconds=self.max_lifetime) if self.max_lifetime else None
+        """When the max lifetime ends a session created at `created`; None without one (or
+        when that is past year 9999)."""
+        return after(created, self.max_lifetime) if self.max_lifetime else None
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,16 @@ class SessionRequest:
     user_capacity: int = 0  # most sessions at once for this username; 0 = no limit
     clocks: Clocks = field(default_factory=Clocks)
     pool: str = ""  # the warm pool this session is started for, owned by nobody until claimed
-    pool_size: int = 0  # with `pool`: most unclaimed sessions of that pool and version at once
+    pool_size: int = 0  # with `pool`: most unclaimed sessions of that pool and key at once
+    rendering: str = ""  # with `pool`: the digest of what it runs (`ovas.pools.rendering`)
+
+    @property
+    def pool_key(self) -> str:
+        """What a warm pool's places (`pool_size`) are counted per, with the pool's name:
+        its version and rendering. A catalog edit thus opens new places, and replacements
+        start while the sessions they replace are kept (`ovas.pools`)."""
+        version = self.version.version
+        return f"{version}#{self.rendering}" if self.rendering else version
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ovas.errors import OvasError
 
@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 class Reaper:
-    def __init__(self, reap: Callable[[], list[str]], interval: float):
-        """`reap()` does one pass and returns what it removed; every `interval` seconds."""
+    def __init__(self, reap: Callable[[], Mapping[str, str]], interval: float):
+        """`reap()` does one pass and returns what it removed, each with why
+        (`SessionService.reap_pass`); every `interval` seconds."""
         self.reap = reap
         self.interval = interval
         self._stop = threading.Event()
@@ -41,10 +42,10 @@ class Reaper:
     def stop(self) -> None:
         self._stop.set()
 
-    def run_once(self) -> list[str]:
+    def run_once(self) -> Mapping[str, str]:
         removed = self.reap()
-        for name in removed:
-            log.info("reaped %s", name)
+        for name, why in removed.items():
+            log.info("removed %s: %s", name, why)
         return removed
 
     @property

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ovas.kitspec import parse_kit, render_values
-from ovas.lifecycle import CLOCK_ANNOTATIONS, parse_seconds
+from ovas.kitspec import check_strings, parse_kit, quote_hint, render_values
+from ovas.lifecycle import DURATION_ANNOTATIONS, parse_seconds
 from ovas.models import Application, Profile, SupportedApplication, Version, WarmPool
 from ovas.names import APP_ID_PATTERN, VERSION_IMAGE_FIELDS, image_problem, is_semver
 
@@ -60,7 +60,7 @@ def _meta(doc: dict[str, Any]) -> tuple[str, dict[str, str]]:
     for key, value in labels.items():
         # Kubernetes label values are strings; `kubectl apply` refuses `version: 1.0`.
         if value is not None and not isinstance(value, str):
-            raise ValueError(f"metadata.labels.{key}: must be a string{_quote_hint(value)}")
+            raise ValueError(f"metadata.labels.{key}: must be a string{quote_hint(value)}")
     return name, {str(k): v or "" for k, v in labels.items()}
 
 
@@ -81,14 +81,8 @@ def _text(spec: dict[str, Any], key: str, default: str = "") -> str:
     if value is None:
         return default
     if not isinstance(value, str):
-        raise ValueError(f"spec.{key}: must be a string{_quote_hint(value)}")
+        raise ValueError(f"spec.{key}: must be a string{quote_hint(value)}")
     return value
-
-
-def _quote_hint(value: Any) -> str:
-    if isinstance(value, dict | list):
-        return f", not a {'mapping' if isinstance(value, dict) else 'list'}"
-    return f", not {type(value).__name__} {value!r} (quote it)"
 
 
 def application_from_resource(doc: dict[str, Any]) -> Application:
@@ -191,7 +185,8 @@ def profile_from_resource(doc: dict[str, Any]) -> Profile:
 
 
 def _annotations(doc: dict[str, Any]) -> dict[str, str]:
-    """`metadata.annotations`, with the session clocks (`ovas/idle-timeout`...) checked."""
+    """`metadata.annotations`, with every duration (`ovas/idle-timeout`, `ovas/max-pending`...)
+    checked against its range (`ovas.bounds`)."""
     raw = doc["metadata"].get("annotations") or {}
     if not isinstance(raw, dict):
         raise ValueError("metadata.annotations: must be a mapping")
@@ -201,7 +196,7 @@ def _annotations(doc: dict[str, Any]) -> dict[str, str]:
             # Kubernetes refuses annotation values that are not strings; so does ovas.
             raise ValueError(f"metadata.annotations.{key}: must be a string (quote it)")
         annotations[str(key)] = value
-    for key in CLOCK_ANNOTATIONS:
+    for key in DURATION_ANNOTATIONS:
         if key in annotations:
             parse_seconds(annotations[key], f"metadata.annotations.{key}")
     return annotations
@@ -212,9 +207,11 @@ def _check_values(profile: Profile) -> None:
     is loaded rather than when a user asks for a stream."""
     probe_app = Application("app", "app")
     probe_version = Version("app", "1.0.0", "registry.example/app", "1.0.0", "chart", "1.0.0")
-    values = render_values(profile, probe_app, probe_version, "session")
     try:
-        parse_kit(values)
+        # The profile's own values too: a number that a version field is mapped over is
+        # harmless today, and wrong (the chart reads a string) once the mapping goes.
+        check_strings(profile.chart_values)
+        parse_kit(render_values(profile, probe_app, probe_version, "session"))
     except ValueError as exc:
         raise ValueError(f"spec.chartValues.{exc}") from None
 

@@ -9,7 +9,8 @@ import fnmatch
 import logging
 import posixpath
 import random
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -94,28 +95,55 @@ def profile_supports(profile: Profile, app_id: str, version: str) -> bool:
 
 def check_stage_uri(uri: str, roots: tuple[str, ...] = ()) -> None:
     """Accept `omniverse://`, `http(s)://` and `s3://` URIs, and absolute paths under one of
-    `roots`; raise `InvalidInput` otherwise. The value only ever reaches `USD_PATH`."""
+    `roots`; raise `InvalidInput` otherwise. The value only ever reaches `USD_PATH`.
+
+    A path must lie under a root as written and after each percent-decoding of it (Kit's
+    asset resolvers take `/app/samples/%2e%2e/x` as `/app/samples/../x`, and a reader that
+    decodes twice takes `%252e` as a dot), so no encoded `..` or `/` leaves the roots."""
     field = "arguments.usd_stage_uri"
     if len(uri) > MAX_STAGE_URI:
         raise InvalidInput(f"usd_stage_uri is longer than {MAX_STAGE_URI} characters", field=field)
-    if any(ord(c) < 32 or c.isspace() or ord(c) == 127 for c in uri):
-        raise InvalidInput("usd_stage_uri must not hold spaces or control characters", field=field)
+    _check_characters(uri, field)
     if uri.lower().startswith(STAGE_URI_SCHEMES) and len(uri.split("://", 1)[1]) > 0:
         return
     if uri.startswith("/"):
-        path = posixpath.normpath(uri)
-        for root in roots:
-            root = posixpath.normpath(root)
-            if path == root or path.startswith(root.rstrip("/") + "/"):
-                return
-        allowed = ", ".join(roots) or "none configured"
-        raise InvalidInput(
-            f"usd_stage_uri paths must lie under an allowed folder ({allowed})", field=field
-        )
+        for form in _decodings(uri, field):
+            _check_characters(form, field)
+            path = posixpath.normpath(form)
+            if not any(_lies_under(path, posixpath.normpath(root)) for root in roots):
+                allowed = ", ".join(roots) or "none configured"
+                raise InvalidInput(
+                    f"usd_stage_uri paths must lie under an allowed folder ({allowed})",
+                    field=field,
+                )
+        return
     raise InvalidInput(
         "usd_stage_uri must be an omniverse://, http(s):// or s3:// URI, or an allowed path",
         field=field,
     )
+
+
+MAX_DECODINGS = 3  # percent-decodings of a stage path followed; one more is refused
+
+
+def _decodings(path: str, field: str) -> list[str]:
+    """`path`, then each percent-decoding of it while one changes it. Raises `InvalidInput`
+    for a path still encoded after `MAX_DECODINGS` decodings."""
+    forms = [path]
+    while (decoded := urllib.parse.unquote(forms[-1])) != forms[-1]:
+        if len(forms) > MAX_DECODINGS:
+            raise InvalidInput("usd_stage_uri is percent-encoded over and over", field=field)
+        forms.append(decoded)
+    return forms
+
+
+def _check_characters(text: str, field: str) -> None:
+    if any(ord(c) < 32 or c.isspace() or ord(c) == 127 for c in text):
+        raise InvalidInput("usd_stage_uri must not hold spaces or control characters", field=field)
+
+
+def _lies_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def parse_tags(raw: list[str]) -> list[str]:
@@ -185,6 +213,39 @@ class CatalogService:
             if profile.id == profile_id:
                 return profile
         raise ProfileNotFound(profile_id)
+
+    def pool_target(self, pool: WarmPool) -> tuple[Version, str]:
+        """What `pool` keeps now: its version (the newest for "latest") and the digest of
+        its sessions' rendering (`ovas.pools.rendering`). Raises `OvasError` when the
+        catalog cannot serve it: its application, version or profile not found, the
+        profile not supporting the version (`ProfileNotFound`) or not rendering for it
+        (`InvalidInput`)."""
+        app = self.get_application(pool.application)
+        version = self.resolve_version(pool.application, pool.version)
+        profile = self.catalog.profile(pool.profile)
+        if not profile_supports(profile, app.id, version.version):
+            raise ProfileNotFound(
+                profile.id, f"Profile '{profile.id}' does not support {app.id} {version.version}"
+            )
+        try:
+            return version, pools.rendering(app, version, profile)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"Profile '{profile.id}' cannot run {app.id} {version.version}: {exc}",
+                field="profile",
+            ) from None
+
+    def pool_problems(self) -> list[str]:
+        """Each warm pool the catalog cannot serve now, as `warm pool <name>: why`, by
+        name (its sessions are removed, `ovas.pools`). Raises what the catalog's reads
+        raise."""
+        problems = []
+        for pool in sorted(self.catalog.warm_pools(), key=lambda p: p.name):
+            try:
+                self.pool_target(pool)
+            except OvasError as exc:
+                problems.append(f"warm pool {pool.name}: {exc.message}")
+        return problems
 
     # Editing
 
@@ -299,6 +360,7 @@ class SessionService:
         try:
             kit = parse_kit(values)
             clocks = clocks_for(self.clocks, profile.annotations)
+            rendering = pools.rendering(app, resolved, profile) if pool else ""
         except ValueError as exc:
             raise InvalidInput(
                 f"Profile '{profile_id}' cannot run {app.id} {resolved.version}: {exc}",
@@ -321,6 +383,7 @@ class SessionService:
             clocks=clocks,
             pool=pool.name if pool else "",
             pool_size=pool.size if pool else 0,
+            rendering=rendering,
         )
 
     def start(self, app_id: str, profile_id: str, version: str | None = None, **kw) -> Session:
@@ -355,46 +418,66 @@ class SessionService:
         """The catalog's warm pools, by name."""
         return sorted(self.catalogs.catalog.warm_pools(), key=lambda p: p.name)
 
-    def pool_target(self, pool: WarmPool) -> str | None:
-        """The version `pool` keeps now ("latest": the newest); None when it cannot be had."""
+    def _pool_target(self, pool: WarmPool) -> tuple[str | None, str, str]:
+        """`pool`'s version and rendering now (`CatalogService.pool_target`), as
+        (version, digest, ""); (None, "", why) when the catalog cannot serve it."""
         try:
-            return self.catalogs.resolve_version(pool.application, pool.version).version
-        except OvasError:
-            return None
+            version, digest = self.catalogs.pool_target(pool)
+        except OvasError as exc:
+            return None, "", exc.message
+        return version.version, digest, ""
 
-    def _matching_pool(self, request: SessionRequest) -> WarmPool | None:
+    def _matching_pools(self, request: SessionRequest) -> tuple[list[WarmPool], str]:
+        """Every pool `request` matches (its application, profile and resolved version), and
+        the rendering their sessions must have been started from to be handed out: the
+        request's own, read from the catalog as it is now."""
+        found = []
         for pool in self.warm_pools():
             if (
                 pool.application == request.app.id
                 and pool.profile == request.profile.id
                 and pool.size > 0
-                and self.pool_target(pool) == request.version.version
+                and self._pool_version(pool) == request.version.version
             ):
-                return pool
-        return None
+                found.append(pool)
+        if not found:
+            return [], ""
+        try:
+            return found, pools.rendering(request.app, request.version, request.profile)
+        except ValueError:
+            return [], ""  # build_request refused such a request already
+
+    def _pool_version(self, pool: WarmPool) -> str | None:
+        try:
+            return self.catalogs.resolve_version(pool.application, pool.version).version
+        except OvasError:
+            return None
 
     def _from_pool(self, request: SessionRequest) -> Session | None:
-        """A ready session of the warm pool `request` matches, claimed for its user at
-        once; None (a miss, told to `events`) when there is none to take."""
+        """A ready session of a warm pool `request` matches, started from the catalog's
+        rendering now, claimed for its user at once; None (a miss, told to `events` for
+        each pool matched) when there is none to take."""
         if not type(self.backend).keeps_warm_pools:
             return None  # and the catalog's pools are not even read
-        pool = self._matching_pool(request)
-        if pool is None:
+        matched, digest = self._matching_pools(request)
+        if not matched:
             return None
         if request.usd_stage_uri and request.usd_stage_uri != self._pool_stage(request):
-            self.events.emit(PoolMissed(pool.name, pools.MISS_STAGE))
+            self._missed(matched, pools.MISS_STAGE)
             return None
+        names = {pool.name for pool in matched}
         candidates = [
             r
             for r in self.backend.records()
             if r.pooled
-            and r.pool == pool.name
+            and r.pool in names
             and r.version == request.version.version
+            and r.rendering == digest
             and r.outcome is None
             and Mark.READY in r.marks
         ]
         if not candidates:
-            self.events.emit(PoolMissed(pool.name, pools.MISS_NONE_READY))
+            self._missed(matched, pools.MISS_NONE_READY)
             return None
         now = self.now()
         # In a random order, so that starts at once in several processes rarely collide.
@@ -405,16 +488,20 @@ class SessionService:
             if not claimed:
                 continue
             log.info(
-                "session %s of warm pool %s is %s's now", record.id, pool.name, request.username
+                "session %s of warm pool %s is %s's now", record.id, record.pool, request.username
             )
             with contextlib.suppress(SessionNotFound):
                 session = self._settle(self.backend.observe(record.id))
-                self.events.emit(PoolClaimed(pool.name, session))
+                self.events.emit(PoolClaimed(record.pool, session))
                 if session.ready:
                     self.events.emit(SessionReady(session, now))
                 return session
-        self.events.emit(PoolMissed(pool.name, pools.MISS_TAKEN))
+        self._missed(matched, pools.MISS_TAKEN)
         return None
+
+    def _missed(self, matched: list[WarmPool], reason: str) -> None:
+        for pool in matched:
+            self.events.emit(PoolMissed(pool.name, reason))
 
     def _pool_stage(self, request: SessionRequest) -> str:
         """The profile's own USD_PATH, which a pooled session runs with."""
@@ -427,32 +514,41 @@ class SessionService:
         pooled = [r for r in self.backend.records() if r.pooled and r.outcome is None]
         pooled.sort(key=lambda r: (Mark.READY in r.marks, -r.created_time.timestamp()))
         for record in pooled:
-            if self._remove_pooled(record.id, "an on-demand start needs its place"):
+            if self._remove_pooled(record.id):
+                log.info(
+                    "removed session %s of warm pool %s: an on-demand start needs its place",
+                    record.id,
+                    record.pool,
+                )
                 return True
         return False
 
-    def _remove_pooled(self, session_id: str, why: str) -> bool:
+    def _remove_pooled(self, session_id: str) -> bool:
         """Claim an unclaimed pooled session for the pool itself, then remove it: a user's
-        claim at the same moment wins it whole or never sees it."""
+        claim at the same moment wins it whole or never sees it. True if it went."""
         try:
             if not self.backend.claim(session_id, pools.POOL_OWNER, self.now()):
                 return False
             self.backend.stop(session_id)
         except SessionNotFound:
             return False
-        log.info("removed session %s of a warm pool: %s", session_id, why)
         return True
 
-    def tend_pools(self, sessions: list[Session], now: datetime) -> None:
+    def tend_pools(
+        self, sessions: list[Session], now: datetime, renderings: Mapping[str, str]
+    ) -> dict[str, str]:
         """One pass over the warm pools (`ovas.pools.plan`), from `sessions` as decided
-        now: remove what the plan says, start what it asks. Capacity refusals end a
-        pool's starts for this pass; other errors are logged."""
+        now and the rendering each was started from (`renderings`, by id; "" or none:
+        unknown, so stale): remove what the plan says, start what it asks. A start that
+        finds no room (capacity, ports, GPUs) or fails ends a pool's starts for this pass.
+        Returns the ids removed, with why."""
         catalog_pools = self.warm_pools()
         if catalog_pools and not type(self.backend).keeps_warm_pools:
             if NO_POOLS not in self._pool_warned:
                 self._pool_warned.add(NO_POOLS)
                 log.warning("the %s backend keeps no warm pools", type(self.backend).name)
-            return
+            return {}
+        removed: dict[str, str] = {}
         names = {p.name for p in catalog_pools}
         members: dict[str, list[Session]] = {}
         for session in sessions:
@@ -460,26 +556,29 @@ class SessionService:
                 members.setdefault(session.pool, []).append(session)
         for name in set(members) - names:
             for session in members[name]:
-                self._remove_pooled_quietly(session.id, f"warm pool {name} is gone")
+                self._remove_pooled_quietly(session.id, f"warm pool {name} is gone", removed)
         for pool in catalog_pools:
-            target = self.pool_target(pool)
+            target, digest, problem = self._pool_target(pool)
             if target is None and pool.name not in self._pool_warned:
                 self._pool_warned.add(pool.name)
-                log.warning(
-                    "warm pool %s: %s %s cannot be had", pool.name, pool.application, pool.version
-                )
+                log.warning("warm pool %s: the catalog cannot serve it: %s", pool.name, problem)
             mine = members.get(pool.name, [])
-            step = pools.plan(pool, target, mine, now, self.pool_max_age)
+            stale = {m.id for m in mine if renderings.get(m.id, "") != digest}
+            step = pools.plan(
+                pool, target, mine, now, self.pool_max_age, stale=stale, problem=problem
+            )
             self._back_off(pool, mine, now)
             for session_id in step.done:
                 with contextlib.suppress(SessionNotFound):
                     self.backend.stop(session_id)  # failed or ended: nobody can claim it
+                    removed[session_id] = f"warm pool {pool.name}'s session failed or ended"
             for session_id in step.stops:
-                self._remove_pooled_quietly(session_id, step.why[session_id])
+                self._remove_pooled_quietly(session_id, step.why[session_id], removed)
             until = self._pool_backoff.get(pool.name, (now, 0.0))[0]
-            for _ in range(step.starts if now >= until else 0):
+            for _ in range(step.starts if now >= until and target else 0):
                 if not self._start_pooled(pool, target, step.pool_size, now):
                     break
+        return removed
 
     def _back_off(self, pool: WarmPool, members: list[Session], now: datetime) -> None:
         """A pool whose sessions fail starts again after 30 s, then twice as long each time
@@ -501,9 +600,10 @@ class SessionService:
             seconds,
         )
 
-    def _remove_pooled_quietly(self, session_id: str, why: str) -> None:
+    def _remove_pooled_quietly(self, session_id: str, why: str, removed: dict[str, str]) -> None:
         try:
-            self._remove_pooled(session_id, why)
+            if self._remove_pooled(session_id):
+                removed[session_id] = why
         except OvasError as exc:
             log.warning("removing session %s of a warm pool: %s", session_id, exc.message)
 
@@ -627,29 +727,46 @@ class SessionService:
         self.events.emit(SessionStopped(session_id))
 
     def reap(self) -> list[str]:
+        """One pass of the reaper (`reap_pass`), tending the warm pools too: the ids and
+        names removed."""
+        return list(self.reap_pass())
+
+    def reap_pass(self, *, tend_pools: bool = True) -> dict[str, str]:
         """One pass of the reaper: decide every session now, write what that asks (ending
         those whose clock ran out), remove ended and failed sessions whose retention has
-        passed, and let the backend collect what belongs to no session. Returns the ids and
-        names removed. Safe in several processes at once: a session is ended once."""
+        passed, and let the backend collect what belongs to no session; with `tend_pools`,
+        then the warm pools' pass (`tend_pools`). Returns each id or name removed, with
+        why, in the order removed. Without `tend_pools` no warm pool's unclaimed session is
+        touched: what a pool keeps is decided by the catalog, which only the server's pass
+        is sure to read as the server does. Safe in several processes at once: a session
+        is ended once."""
         now = self.now()
-        removed = []
+        removed: dict[str, str] = {}
         sessions = []
+        renderings = {}
         for observed in self.backend.observe_all():
             session_id = observed.record.id
             try:
                 session = self._settle(observed, now=now)
                 sessions.append(session)
+                renderings[session_id] = observed.record.rendering
                 if session.pooled:
                     continue  # the pool's own pass removes them
                 if session.ended_time is not None and now >= session.ended_time + self.retention:
                     with contextlib.suppress(SessionNotFound):
                         self.backend.stop(session_id)
-                        removed.append(session_id)
+                        removed[session_id] = (
+                            f"{session.state.value} ({session.reason}) at "
+                            f"{session.ended_time.isoformat(timespec='seconds')}, and kept "
+                            f"for its retention of {self.retention.total_seconds():g} s"
+                        )
                         self.events.emit(SessionRemoved(session_id))
             except OvasError as exc:
                 log.warning("reaping session %s: %s", session_id, exc.message)
-        self.tend_pools(sessions, now)
-        removed.extend(self.backend.collect(now))
+        if tend_pools:
+            removed.update(self.tend_pools(sessions, now, renderings))
+        for name in self.backend.collect(now):
+            removed[name] = "it belongs to no session, or to one that has ended"
         return removed
 
     def _settle(self, observed: Observed, *, now: datetime | None = None) -> Session:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import jwt
 import pytest
@@ -13,6 +15,7 @@ from flask import Flask, jsonify
 
 from ovas import create_app
 from ovas.auth import hash_key
+from ovas.errors import ConfigurationError
 from ovas.testing import FakeBackend
 
 START = {"id": "usd-viewer", "profile": "default"}
@@ -322,24 +325,90 @@ def test_an_unreachable_issuer_without_a_jwks_url_is_401_not_500():
     assert answer.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize("going_bad", ["deleted", "a YAML error"])
+GOOD_ENTRY = {"sha256": hash_key("good"), "user": "ann", "roles": ["viewer"]}
+
+
+def entry_for(user) -> dict:
+    """What `ovas apikey new --user <user>` printed before it checked the name."""
+    return {"sha256": hash_key("new"), "user": user, "roles": ["streamer"]}
+
+
+def appended(entry) -> Callable[[Path], None]:
+    return lambda keys: keys.write_text(keys.read_text() + yaml.safe_dump([entry]))
+
+
+def symlink_loop(keys: Path) -> None:
+    keys.unlink()
+    keys.symlink_to(keys.with_name("loop.yaml"))
+    keys.with_name("loop.yaml").unlink(missing_ok=True)
+    keys.with_name("loop.yaml").symlink_to(keys)
+
+
+# How a keys file goes bad, and what /ready then says of it.
+GOING_BAD = {
+    "deleted": (Path.unlink, "does not exist"),
+    "a YAML error": (lambda keys: keys.write_text("- {sha256: [\n"), "cannot be parsed"),
+    "a blank user": (appended(entry_for("")), "entry 2: user is empty"),
+    "a user of spaces": (appended(entry_for("   ")), "entry 2: user is empty"),
+    "a newline in a user": (appended(entry_for("a\nb")), "entry 2: user holds a control"),
+    "an escape in a user": (appended(entry_for("a\x1bb")), "entry 2: user holds a control"),
+    "a user too long": (appended(entry_for("u" * 254)), "entry 2: user is longer than 253"),
+    "a user not a string": (appended(entry_for(1.10)), "entry 2: user is not a string"),
+    "an entry nested 1000 deep": (
+        lambda keys: keys.write_text(keys.read_text() + "- " + "[" * 1000 + "]" * 1000 + "\n"),
+        "nests too deep",
+    ),
+    "a symlink loop": (symlink_loop, "cannot be read: Too many levels of symbolic links"),
+}
+
+
+@pytest.mark.parametrize("going_bad", GOING_BAD)
 def test_a_keys_file_that_goes_bad_keeps_the_last_good_keys(tmp_path, going_bad):
     keys = tmp_path / "keys.yaml"
-    keys.write_text(
-        yaml.safe_dump([{"sha256": hash_key("good"), "user": "ann", "roles": ["viewer"]}])
-    )
+    keys.write_text(yaml.safe_dump([GOOD_ENTRY]))
     config = {"TESTING": True, "AUTH": "apikey", "APIKEYS_FILE": str(keys)}
     client = create_app(config, backend=FakeBackend()).test_client()
     assert client.get("/cfg/apps", headers={"X-API-Key": "good"}).status_code == 200
-    if going_bad == "deleted":
-        keys.unlink()
-    else:
-        keys.write_text("- {sha256: [\n")
+    spoil, reason = GOING_BAD[going_bad]
+    spoil(keys)
     assert client.get("/cfg/apps", headers={"X-API-Key": "good"}).status_code == 200
+    assert client.get("/cfg/apps", headers={"X-API-Key": "new"}).status_code == 401
     refused = client.get("/cfg/apps", headers={"X-API-Key": "bad"})
     assert refused.status_code == 401
     assert str(tmp_path) not in refused.get_data(as_text=True)
     ready = client.get("/ready")
     assert ready.status_code == 200
+    assert reason in ready.json["checks"]["auth"]
     assert "the last good keys stay in use" in ready.json["checks"]["auth"]
     assert str(tmp_path) not in ready.get_data(as_text=True)
+
+    # Made whole again, it is used again; made bad before ovas starts, startup says why.
+    keys.unlink(missing_ok=True)
+    keys.write_text(yaml.safe_dump([GOOD_ENTRY, entry_for("val")]))
+    assert client.get("/cfg/apps", headers={"X-API-Key": "new"}).status_code == 200
+    assert "auth" not in client.get("/ready").json["checks"]
+    keys.write_text(yaml.safe_dump([GOOD_ENTRY]))
+    spoil(keys)
+    with pytest.raises(ConfigurationError, match=f"OVAS_APIKEYS_FILE {keys} .*{reason}"):
+        create_app(config, backend=FakeBackend())
+
+
+@pytest.mark.parametrize(
+    ("user", "why"),
+    [
+        ("", "'' is empty"),
+        ("  ", "'  ' is empty"),
+        ("a\nb", "holds a control character or a line break"),
+        ("a\x1bb", "holds a control character or a line break"),
+        ("u" * 254, "is longer than 253 characters"),
+    ],
+)
+def test_apikey_new_refuses_a_user_the_server_would_refuse(user, why):
+    from click.testing import CliRunner
+
+    from ovas.cli import ovas_cli
+
+    made = CliRunner().invoke(ovas_cli, ["apikey", "new", "--user", user])
+    assert made.exit_code != 0
+    assert "Invalid value for '--user'" in made.output and why in made.output
+    assert "sha256" not in made.output and "key:" not in made.output

@@ -331,3 +331,89 @@ def test_problems_in_lists_and_json_name_file_item_and_field(tmp_path):
     )
     assert result.returncode == 1
     assert all(f"error: {p}" in result.stderr for p in problems)
+
+
+# Files no parser or reader can take, each as a user met it; all are reported and skipped.
+UNREADABLE_FILES = {
+    "deep.yaml": ("a: " + "[" * 500 + "]" * 500 + "\n", "deep.yaml: cannot be read: it is nested"),
+    "deep.json": ("[" * 1000 + "]" * 1000, "deep.json: cannot be read: it is nested deeper"),
+    "loop.yaml": (None, "loop.yaml: cannot be read: Too many levels of symbolic links"),
+    "dangling.yaml": (None, "dangling.yaml: cannot be read: No such file or directory"),
+}
+
+
+@pytest.fixture
+def unreadable(tmp_path):
+    folder = tmp_path / "catalog"
+    shutil.copytree(SAMPLE, folder)
+    for name, (text, _) in UNREADABLE_FILES.items():
+        if text is not None:
+            (folder / name).write_text(text)
+    (folder / "loop.yaml").symlink_to(folder / "loop-back")
+    (folder / "loop-back").symlink_to(folder / "loop.yaml")
+    (folder / "dangling.yaml").symlink_to(folder / "gone")
+    return folder
+
+
+def test_files_that_cannot_be_read_are_named_and_skipped_never_a_500(unreadable):
+    from ovas import create_app
+    from ovas.testing import FakeBackend
+
+    client = create_app(
+        {"TESTING": True, "REAP_INTERVAL": 0}, backend=FakeBackend(FileCatalog(unreadable))
+    ).test_client()
+    assert {a["id"] for a in client.get("/cfg/apps").json["items"]} >= {"usd-viewer"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    problems = "\n".join(ready.json["catalog_problems"])
+    for name, (_, expected) in UNREADABLE_FILES.items():
+        assert expected in problems, name
+    assert str(unreadable) not in ready.get_data(as_text=True)
+    started = client.post("/streaming/stream", json={"id": "usd-viewer", "profile": "default"})
+    assert started.status_code in (200, 202)
+
+    checked = subprocess.run(
+        [*FLASK, "ovas", "catalog", "check", str(unreadable)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 1
+    for _, expected in UNREADABLE_FILES.values():
+        assert f"error: {expected}" in checked.stderr
+    assert "Traceback" not in checked.stderr
+
+
+def test_a_catalog_path_that_is_a_symlink_loop_is_named_never_a_traceback(tmp_path):
+    from ovas import create_app
+    from ovas.testing import FakeBackend
+
+    loop = tmp_path / "catalog"
+    loop.symlink_to(tmp_path / "again")
+    (tmp_path / "again").symlink_to(loop)
+    why = "the catalog folder (OVAS_CATALOG_PATH) cannot be read: Too many levels of symbolic"
+
+    client = create_app(
+        {"TESTING": True, "REAP_INTERVAL": 0}, backend=FakeBackend(FileCatalog(loop))
+    ).test_client()
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and why in ready.json["detail"]
+    assert client.get("/cfg/apps").status_code < 500
+
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(SAMPLE.parents[1]),  # this checkout's ovas, wherever it is installed
+        "OVAS_CATALOG_PATH": str(loop),
+    }
+    for args in (["catalog", "check"], ["catalog", "check", str(loop)]):
+        checked = subprocess.run(
+            [str(Path(sys.executable).parent / "ovas"), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert checked.returncode == 1, checked.stderr
+        assert f"error: {why}" in checked.stderr
+        assert "Traceback" not in checked.stderr

@@ -207,10 +207,20 @@ def test_docs_pages_use_local_assets_only(client):
     ("variable", "value", "line"),
     [
         ("OVAS_EDITING_ENABLED", "perhaps", "OVAS_EDITING_ENABLED must be true or false"),
-        ("OVAS_SESSION_CAPACITY", "1.5", "OVAS_SESSION_CAPACITY must be a whole number, not 1.5"),
-        ("OVAS_SESSION_CAPACITY", "true", "OVAS_SESSION_CAPACITY must be a whole number"),
+        ("OVAS_SESSION_CAPACITY", "1.5", "OVAS_SESSION_CAPACITY: 1.5 is not a whole number"),
+        ("OVAS_SESSION_CAPACITY", "true", "OVAS_SESSION_CAPACITY: True is not a whole number"),
         ("OVAS_LOG_LEVEL", "LOUD", "OVAS_LOG_LEVEL must be one of DEBUG, INFO"),
-        ("OVAS_MAX_CONTENT_LENGTH", "big", "OVAS_MAX_CONTENT_LENGTH must be a whole number"),
+        ("OVAS_MAX_CONTENT_LENGTH", "big", "OVAS_MAX_CONTENT_LENGTH: 'big' is not a whole number"),
+        (
+            "OVAS_SESSION_MAX_LIFETIME",
+            "999999999999",
+            "OVAS_SESSION_MAX_LIFETIME: 999999999999 is more than the largest allowed, 31536000",
+        ),
+        (
+            "OVAS_START_TIMEOUT",
+            "999999999999",
+            "OVAS_START_TIMEOUT: 999999999999 is more than the largest allowed, 31536000",
+        ),
         ("OVAS_CORS_ORIGINS", "localhost:5173", "OVAS_CORS_ORIGINS: 'localhost:5173'"),
     ],
 )

@@ -80,6 +80,41 @@ def test_other_stage_uris_are_422_and_start_nothing(uri):
     assert client.get("/stream").json["count"] == 0
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/app/samples/%2e%2e/%2e%2e/etc/passwd",
+        "/app/samples/%2E%2E/%2E%2E/etc/passwd",
+        "/app/samples/..%2f..%2fetc/passwd",
+        "/app/samples/..%2F..%2Fetc%2Fpasswd",
+        "/app/samples/.%2e/.%2e/etc/passwd",
+        "/app/samples%2f..%2f..%2fetc/passwd",
+        "/app/samples/%252e%252e/%252e%252e/etc/passwd",  # encoded twice
+        "/app/samples/%25252e%25252e/%25252e%25252e/etc/passwd",  # three times
+        "/app/samples/%2525252e.usd",  # more times than any path needs
+        "/app/samples/stage%00.usd",
+        "/app/samples/stage%0a.usd",
+    ],
+)
+def test_percent_encoded_traversal_is_422_and_reaches_no_kit(uri):
+    backend = FakeBackend()
+    client = create_app({"TESTING": True}, backend=backend).test_client()
+    answer = client.post("/stream", json={**START, "arguments": {"usd_stage_uri": uri}})
+    assert answer.status_code == 422, answer.json
+    assert answer.json["detail"][0]["loc"] == ["body", "arguments", "usd_stage_uri"]
+    assert backend._sessions == {}
+
+
+def test_a_percent_encoded_path_under_a_root_is_allowed_as_written():
+    backend = FakeBackend()
+    client = create_app({"TESTING": True}, backend=backend).test_client()
+    uri = "/app/samples/city%2dblock/stage%2e01.usd"
+    answer = client.post("/stream", json={**START, "arguments": {"usd_stage_uri": uri}})
+    assert answer.status_code in (200, 202)
+    (record,) = backend._sessions.values()
+    assert record.env["USD_PATH"] == uri
+
+
 def test_configured_roots_allow_their_paths():
     client = make_client(USD_PATH_ROOTS="/data/stages,/mnt/usd")
     body = {**START, "arguments": {"usd_stage_uri": "/mnt/usd/city.usd"}}

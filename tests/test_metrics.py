@@ -330,6 +330,24 @@ def test_counters_from_every_gunicorn_worker_are_summed_in_one_scrape(gunicorn):
         assert value(samples, "ovas_backend_up", backend="fake") == 1
 
 
+def test_gunicorn_answers_oversized_requests_itself_as_the_readme_says(gunicorn):
+    url, _ = gunicorn
+    readme = (ROOT / "README.md").read_text()
+    for said in ("over 4094 bytes is a `414`", "over 8190 bytes, or more than 100 header"):
+        assert said in " ".join(readme.split())
+    target = "/cfg/apps?q="
+    fits = f"{target}{'a' * (4094 - len(f'GET {target} HTTP/1.1'))}"
+    assert requests.get(f"{url}{fits}").status_code == 200
+    too_long = requests.get(f"{url}{fits}a")
+    assert too_long.status_code == 414
+    assert too_long.headers["Content-Type"] == "text/html"
+    header = "a" * (8190 - len("X-Note: \r\n"))
+    assert requests.get(f"{url}/cfg/apps", headers={"X-Note": header}).status_code == 200
+    too_big = requests.get(f"{url}/cfg/apps", headers={"X-Note": header + "a"})
+    assert too_big.status_code == 431
+    assert too_big.headers["Content-Type"] == "text/html"
+
+
 def _worker_pids(url: str, rounds: int = 60) -> set[int]:
     return {
         int(r.headers["X-Worker-Pid"])

@@ -5,6 +5,7 @@ any folder."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -14,8 +15,9 @@ import pytest
 
 from ovas import create_app
 from ovas.cli import age, ovas_cli
-from ovas.models import Reason, SessionState
-from ovas.testing import FakeBackend, FakeClock
+from ovas.logs import output_lines
+from ovas.models import Reason, SessionState, WarmPool
+from ovas.testing import FakeBackend, FakeClock, sample_catalog
 
 ADMIN = {"X-Forwarded-User": "root", "X-Forwarded-Roles": "admin"}
 ANN = {"X-Forwarded-User": "ann", "X-Forwarded-Roles": "streamer"}
@@ -107,6 +109,14 @@ def test_an_admin_reads_a_sessions_logs_while_it_is_kept(gateway, fake):
     assert gateway.get(f"{STREAMS}/{ready}/logs", headers=ADMIN).status_code == 404
 
 
+def test_log_output_is_cut_at_newlines_only_and_a_crlf_is_one_ending():
+    assert output_lines("") == [] and output_lines("\n") == [""]
+    assert output_lines("a\r\nb\rc\n\nd") == ["a", "b\rc", "", "d"]
+    assert output_lines("a\x0bb\u2028c\r\n\r\n") == ["a\x0bb\u2028c", ""]
+    assert output_lines("1\n2\n3\n", tail=2) == ["2", "3"]
+    assert output_lines("1\n2\n", tail=0) == []
+
+
 def test_the_logs_route_and_the_filters_are_documented(client):
     document = client.get("/streaming/openapi.json").json
     logs = document["paths"]["/streaming/stream/{session_id}/logs"]["get"]
@@ -169,6 +179,33 @@ def test_sessions_list_is_a_table_with_a_header(clock):
     assert unknown.exit_code == 1 and "Session 'nope' not found" in unknown.output
 
 
+def test_sessions_reap_prints_each_removal_and_leaves_warm_pools_to_the_server(clock):
+    fake = FakeBackend(now=clock, ready_after=5)
+    fake.catalog.pools["viewers"] = WarmPool("viewers", "usd-viewer", "latest", "default", 2)
+    server = create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=fake).extensions["ovas"]
+    server.sessions.reap()
+    clock.advance(6)
+    server.sessions.reap()
+    pooled = {r.id for r in fake.records() if r.pooled}
+    assert len(pooled) == 2
+    fake.fault = Reason.NO_GPU
+    failed = server.sessions.start("usd-composer", "default", username="bob")
+    fake.fault = None
+    clock.advance(3601)  # past the failed session's retention
+
+    # The command, run with another catalog than the server's: one without its pool.
+    fake.catalog = sample_catalog()
+    command = create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=fake)
+    reaped = command.test_cli_runner().invoke(ovas_cli, ["sessions", "reap"])
+    assert reaped.exit_code == 0, reaped.output
+    removal, total = reaped.output.splitlines()
+    assert removal.startswith(f"removed {failed.id}: failed (no_gpu) at ")
+    assert removal.endswith("kept for its retention of 3600 s") and total == "removed 1"
+    assert {r.id for r in fake.records() if r.pooled} == pooled
+    again = command.test_cli_runner().invoke(ovas_cli, ["sessions", "reap"])
+    assert again.output == "removed 0\n"
+
+
 def test_ages_read_in_their_largest_unit():
     assert [age(s) for s in (-1, 0, 59, 60, 3599, 3600, 86400 * 3)] == [
         "0s", "0s", "59s", "1m", "59m", "1h", "3d"
@@ -177,6 +214,8 @@ def test_ages_read_in_their_largest_unit():
 
 def run_ovas(*args, cwd, **env):
     base = {"PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    if os.environ.get("PYTHONPATH"):  # the checkout under test, where it is not installed
+        base["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(
         [str(OVAS), *args], cwd=cwd, env={**base, **env}, capture_output=True, text=True
     )
@@ -200,6 +239,44 @@ def test_the_ovas_command_works_from_any_folder(tmp_path):
     broken = run_ovas("sessions", "list", cwd=tmp_path, OVAS_BACKEND="nope")
     assert broken.returncode == 1 and "Unknown backend 'nope'" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_a_command_prints_what_was_asked_and_serve_its_settings(tmp_path):
+    fake = {"OVAS_BACKEND": "ovas.testing:FakeBackend"}
+    listed = run_ovas("sessions", "list", cwd=tmp_path, **fake)
+    assert (listed.returncode, listed.stdout, listed.stderr) == (0, "no sessions\n", "")
+    checked = run_ovas("catalog", "check", cwd=tmp_path, **fake)
+    assert checked.stderr == "" and checked.stdout.startswith("ok: ")
+    # Warnings still reach the operator; --verbose shows the server's log lines too.
+    workers = {**fake, "SERVER_SOFTWARE": "gunicorn/23.0.0", "OVAS_WORKERS": "3"}
+    warned = run_ovas("sessions", "list", cwd=tmp_path, **workers)
+    assert warned.stdout == "no sessions\n"
+    assert "WARNING" in warned.stderr and " INFO " not in warned.stderr
+    verbose = run_ovas("--verbose", "sessions", "list", cwd=tmp_path, **fake)
+    assert verbose.stdout == "no sessions\n"
+    assert " INFO " in verbose.stderr and "backend=fake" in verbose.stderr
+
+    command = [str(OVAS), "serve", "--port", "0"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **fake, "OVAS_REAP_INTERVAL": "0"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    said = []
+    # Bounded: without the line, the server is ended and the loop ends with its output.
+    deadline = threading.Timer(30, server.terminate)
+    deadline.start()
+    try:
+        for line in server.stderr:
+            said.append(line)
+            if "backend=fake" in line:
+                break
+    finally:
+        deadline.cancel()
+        server.terminate()
+        server.wait(timeout=30)
+    assert " INFO " in said[-1] and "backend=fake" in said[-1], said
 
 
 def test_the_flask_commands_stay_and_serve_is_the_consoles_own():

@@ -75,3 +75,33 @@ def test_list_dump_validates_too():
     body = orjson.loads(orjson.dumps(StreamListSchema().dump(page)))
     assert StreamListSchema().validate(body) == {}
     assert body["count"] == len(SessionState)
+
+
+def test_a_listed_session_is_written_as_its_own_answer_writes_it():
+    """The list writes each session through the same schema as a GET of it: the values
+    built in their wire form (routes, status) come out the same either way."""
+    items = [session(s, "why" if s.final else "") for s in SessionState]
+    page = Page(offset=0, limit=50, items=items)
+    listed = orjson.loads(orjson.dumps(StreamListSchema().dump(page)))["items"]
+    assert listed == [session_to_json(s) for s in items]
+    ready = listed[[s.value for s in SessionState].index("ready")]
+    assert ready["routes"]["10.1.2.3"]["routes"][0]["source_port"] == 31000
+
+
+def test_the_documents_describe_routes_status_and_items_in_full(client):
+    """Values written in their wire form are still documented field by field: schemathesis
+    and clients' generators read these."""
+    schemas = client.get("/streaming/openapi.json").get_json()["components"]["schemas"]
+    response = schemas["StreamResponse"]["properties"]
+    assert response["status"]["$ref"].endswith("/StreamStatus")
+    assert response["routes"]["additionalProperties"]["$ref"].endswith("/RouteSet")
+    assert schemas["RouteSet"]["properties"]["routes"]["items"]["$ref"].endswith("/Route")
+    assert set(schemas["Route"]["required"]) == {
+        "description",
+        "protocol",
+        "source_port",
+        "destination_port",
+    }
+    assert set(schemas["StreamStatus"]["properties"]) == {"condition", "message", "status"}
+    items = schemas["StreamList"]["properties"]["items"]
+    assert items["type"] == "array" and items["items"]["$ref"].endswith("/StreamResponse")

@@ -3,13 +3,15 @@ containers whose names are unique, so creating one is an atomic claim (a second 
 that name is refused with 409), as the Kubernetes backend does with its slot ConfigMaps.
 
 A session holds `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (k < the per-user
-capacity) and one `ovas-gpu-<device id>` per GPU. A warm pool's session holds
-`ovas-pool-<hash>-<k>` (k < its `pool_size`) instead of a user's slot until it is claimed;
-its claim trades that for the user's. Any number of worker processes, or of
-ovas hosts sharing one engine, then never over-admit, and no lock is held across an engine
-round trip: a start lists the claims once (to skip those taken), then creates. Claims are
-released when the session ends or is stopped; the reaper removes those of sessions that
-never came to be.
+capacity), one `ovas-port-<protocol>-<k>` per host port it publishes (k < the ports of
+OVAS_DOCKER_PORT_RANGE: Docker picks the ports, these count them, so that a start finds no
+room rather than a container that can never start) and one `ovas-gpu-<device id>` per GPU.
+A warm pool's session holds `ovas-pool-<hash>-<k>` (k < its `pool_size`) instead of a
+user's slot until it is claimed; its claim trades that for the user's. Any number of worker
+processes, or of ovas hosts sharing one engine, then never over-admit, and no lock is held
+across an engine round trip: a start lists the claims once (to skip those taken), then
+creates. Claims are released when the session ends or is stopped; the reaper removes those
+of sessions that never came to be.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from backends.docker import containers as c
 from backends.docker.engine import Engine
 from backends.docker.gpus import GpuLedger
-from ovas.errors import CapacityExceeded, UserCapacityExceeded
+from ovas.errors import CapacityExceeded, Unsatisfiable, UserCapacityExceeded
 from ovas.models import SessionRequest
 
 RETRY_AFTER = 30
@@ -38,25 +40,27 @@ class Claims:
 
 
 class Admission:
-    def __init__(self, engine: Engine, ledger: Callable[[], GpuLedger]):
+    def __init__(self, engine: Engine, ledger: Callable[[], GpuLedger], ports: range | None = None):
         self.engine = engine
         self.ledger = ledger  # found on first use: finding GPUs may run nvidia-smi
+        self.ports = ports  # OVAS_DOCKER_PORT_RANGE; None: host ports are not counted
 
     def claim(self, request: SessionRequest) -> Claims:
         """Take what `request` needs: a slot of the shared capacity and one of its user's,
-        when those are set, and its GPUs. Raises `UserCapacityExceeded` /
-        `CapacityExceeded`, leaving nothing taken; `BackendUnavailable`."""
+        when those are set, a place per host port it publishes, and its GPUs. Raises
+        `UserCapacityExceeded` / `CapacityExceeded`, leaving nothing taken;
+        `Unsatisfiable` when the range holds fewer ports than one session publishes;
+        `BackendUnavailable`."""
         gpus = request.kit.gpus
-        if not (request.capacity or request.user_capacity or gpus or request.pool_size):
+        counted = (request.capacity, request.user_capacity, gpus, request.pool_size, self.ports)
+        if not any(counted):
             return Claims()
         held = self._held()
         taken: list[str] = []
         try:
             if request.pool_size:
-                version = request.version.version
-                names = [
-                    c.pool_slot_name(k, request.pool, version) for k in range(request.pool_size)
-                ]
+                key = request.pool_key
+                names = [c.pool_slot_name(k, request.pool, key) for k in range(request.pool_size)]
                 if not self._take_one(request.id, names, held, taken):
                     raise CapacityExceeded(
                         f"Warm pool '{request.pool}' has its {request.pool_size} sessions",
@@ -73,6 +77,7 @@ class Admission:
                         f"All {request.capacity} session slots are in use; try again later",
                         retry_after=RETRY_AFTER,
                     )
+            self._take_ports(request, held, taken)
             gpu_ids = self._take_gpus(request, gpus, held, taken)
         except BaseException:
             self.release(taken)
@@ -117,6 +122,27 @@ class Admission:
                 taken.append(name)
                 return True
         return False
+
+    def _take_ports(self, request: SessionRequest, held: set[str], taken: list[str]) -> None:
+        if not self.ports:
+            return
+        span = f"{self.ports.start}-{self.ports.stop - 1}"
+        for protocol, count in sorted(c.ports_needed(request.kit).items()):
+            if count > len(self.ports):
+                raise Unsatisfiable(
+                    f"The profile publishes {count} {protocol.upper()} ports; "
+                    f"OVAS_DOCKER_PORT_RANGE ({span}) holds {len(self.ports)}"
+                )
+            names = [c.port_slot_name(k, protocol) for k in range(len(self.ports))]
+            for _ in range(count):
+                if not self._take_one(request.id, names, held, taken, request.username):
+                    raise CapacityExceeded(
+                        f"All {len(self.ports)} {protocol.upper()} host ports of "
+                        f"OVAS_DOCKER_PORT_RANGE ({span}) are published by sessions; "
+                        "try again later",
+                        retry_after=RETRY_AFTER,
+                    )
+                held.add(taken[-1])
 
     def _take_gpus(
         self, request: SessionRequest, count: int, held: set[str], taken: list[str]

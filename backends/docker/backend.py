@@ -39,7 +39,13 @@ PROBE_SETTLE = timedelta(seconds=2 * PROBE_BUDGET)
 PORT_TRIES = 8  # starts tried when a host port of the range is held by another program
 ORPHAN_GRACE = timedelta(seconds=60)  # claims and marks of no session, kept this long
 LOG_LINES = 100  # kept with a session's outcome
+# Slots a session holds whoever owns it: not traded by a warm pool's claim.
+_SHARED_SLOTS = (c.SLOT_PREFIX, c.PORT_SLOT_PREFIX)
 GPU_HINT = " (GPUs need the NVIDIA Container Toolkit on the Docker host)"
+CDI_HINT = (
+    " (GPUs by CDI name need Docker Engine 25 or later with CDI enabled, and the NVIDIA "
+    "Container Toolkit's CDI specification on the Docker host: `nvidia-ctk cdi generate`)"
+)
 
 
 class DockerBackend(Backend):
@@ -74,7 +80,7 @@ class DockerBackend(Backend):
         self.stop_grace = stop_grace
         self._gpu_setting = gpus
         self._ledger: GpuLedger | None = None
-        self.admission = Admission(self.engine, self._ledger_now)
+        self.admission = Admission(self.engine, self._ledger_now, self.ports)
         self.jobs = Jobs(self.engine.pull)
         self.clients = Clients(self.engine)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ovas-probe")
@@ -229,7 +235,9 @@ class DockerBackend(Backend):
             if not is_port_clash(refusal):
                 break
         if refusal:
-            hint = GPU_HINT if "device driver" in refusal or "nvidia" in refusal.lower() else ""
+            words = refusal.lower()
+            hint = GPU_HINT if "device driver" in words or "nvidia" in words else ""
+            hint = CDI_HINT if hint and "cdi" in words else hint
             self._fault(session_id, Reason.CREATE_FAILED, refusal + hint)
             return
         objects = self._objects(session_id)
@@ -456,7 +464,7 @@ class DockerBackend(Backend):
         record = seen.record_of(objects)
         removed = []
         for found in objects.claims:
-            if found.record != c.SLOT or found.name.startswith(c.SLOT_PREFIX):
+            if found.record != c.SLOT or found.name.startswith(_SHARED_SLOTS):
                 continue
             if _pool_slot(found):
                 stale = not record.pooled

@@ -10,9 +10,10 @@ unique (Docker refuses a second one, 409). All carry `ovas.session=<id>` and `ov
 - `outcome`: `ovas-<id>.outcome`, how the session ended (kept for the retention);
 - `mark`: `ovas-<id>.ready`, `.connected`, `.idle`: moments the lifecycle asked to keep;
   `.claimed`, a warm pool's session handed to the user its `ovas.user` names;
-- `slot`: `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (per user), and
-  `ovas-pool-<hash>-<k>` (k < a warm pool's size, per pool and version, while unclaimed);
-- `gpu`: `ovas-gpu-<device id>`: the one session holding that GPU.
+- `slot`: `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (per user),
+  `ovas-pool-<hash>-<k>` (k < a warm pool's size, per pool and version, while unclaimed),
+  and `ovas-port-<tcp|udp>-<k>` (k < the ports of the range: one per host port published);
+- `gpu`: `ovas-gpu-<device id>`: the one session holding that GPU (see `gpu_name`).
 
 Records other than the Kit container are never started, made from a tiny empty image.
 Nothing here talks to Docker; nothing from a request reaches a command or shell: the
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from backends.docker.gpus import is_cdi_name
 from ovas.kitspec import KitSpec, Probe, cpu_to_nano, memory_to_bytes
 from ovas.lifecycle import Mark, Outcome
 from ovas.models import Clocks, Reason, SessionRequest, SessionState
@@ -49,6 +51,7 @@ PROBE = "ovas.probe"
 IMAGE = "ovas.image"
 NOTE = "ovas.note"
 POOL = "ovas.pool"  # a warm pool's session: the pool's name
+RENDERING = "ovas.rendering"  # a warm pool's session: the digest of what it was started from
 SPEC = "ovas.spec"  # pending: the Kit container's spec
 REASON = "ovas.reason"  # fault, outcome
 DETAIL = "ovas.detail"  # fault
@@ -109,6 +112,7 @@ class SessionLabels:
     probe: Probe | None = None
     note: str = ""
     pool: str = ""
+    rendering: str = ""  # none on sessions recorded before ovas kept it
 
 
 def container_name(session_id: str, record: str = CONTAINER) -> str:
@@ -127,21 +131,40 @@ def slot_name(index: int, username: str | None = None) -> str:
     return f"ovas-user-{hashlib.sha256(username.encode()).hexdigest()[:12]}-{index}"
 
 
-def pool_slot_name(index: int, pool: str, version: str) -> str:
+def pool_slot_name(index: int, pool: str, key: str) -> str:
     """`ovas-pool-<hash>-<k>`: one of the places of warm pool `pool`'s unclaimed sessions
-    of `version`."""
-    return (
-        f"{POOL_SLOT_PREFIX}{hashlib.sha256(f'{pool}@{version}'.encode()).hexdigest()[:12]}-{index}"
-    )
+    of `key` (`SessionRequest.pool_key`: their version and rendering)."""
+    return f"{POOL_SLOT_PREFIX}{hashlib.sha256(f'{pool}@{key}'.encode()).hexdigest()[:12]}-{index}"
 
 
 POOL_SLOT_PREFIX = "ovas-pool-"
+PORT_SLOT_PREFIX = "ovas-port-"
 SLOT_PREFIX = "ovas-slot-"  # the shared capacity's slots
 
 
+def port_slot_name(index: int, protocol: str) -> str:
+    """`ovas-port-<protocol>-<k>`: one of the host ports of the range, of that protocol, a
+    session publishes (which port is Docker's choice)."""
+    return f"{PORT_SLOT_PREFIX}{protocol}-{index}"
+
+
+def ports_needed(kit: KitSpec) -> dict[str, int]:
+    """How many host ports of each protocol the session publishes: `{"tcp": 2, "udp": 1}`."""
+    needed: dict[str, int] = {}
+    for port in wanted_ports(kit):
+        needed[port.protocol] = needed.get(port.protocol, 0) + 1
+    return needed
+
+
 def gpu_name(device_id: str) -> str:
-    """The claim of one GPU, by the id Docker's device request names it with."""
-    return "ovas-gpu-" + re.sub(r"[^A-Za-z0-9_.-]", "-", device_id)
+    """The claim of one GPU, by the id Docker's device request names it with. A CDI name
+    (`nvidia.com/gpu=0`) holds several characters a container name cannot, so its claim
+    also carries a digest of it, keeping two devices' claims apart:
+    `ovas-gpu-nvidia.com-gpu-0-<8 hex digits>`."""
+    name = "ovas-gpu-" + re.sub(r"[^A-Za-z0-9_.-]", "-", device_id)
+    if is_cdi_name(device_id):
+        name += "-" + hashlib.sha256(device_id.encode()).hexdigest()[:8]
+    return name
 
 
 def wanted_ports(kit: KitSpec) -> tuple[PortSpec, ...]:
@@ -224,6 +247,7 @@ def session_labels(
         PROBE: format_probe(kit.probe),
         NOTE: note,
         POOL: request.pool,
+        RENDERING: request.rendering,
     }
 
 
@@ -240,7 +264,8 @@ def container_spec(
 
     Image, environment (with USD_PATH), cpu (`cpu_limit`, else the profile's) and memory
     limits, each port published on `bind_address` at a host port Docker picks from
-    `host_ports` ("first-last"), GPUs by device id. No command: the image's entrypoint runs.
+    `host_ports` ("first-last"), GPUs by device id (index, UUID or CDI name). No command:
+    the image's entrypoint runs.
     """
     kit: KitSpec = request.kit
     cpus = cpu_limit or kit.cpu_limit
@@ -271,9 +296,13 @@ def create_arguments(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
         host["mem_limit"] = spec["mem_limit"]
     if spec.get("gpus"):
         # Named devices, not a count: the GPU claims decided which GPUs this session holds.
-        # The driver is left to Docker, as `docker run --gpus` does.
+        # Indexes and UUIDs leave the driver to Docker, as `docker run --gpus` does; CDI
+        # names go to the `cdi` driver, as `docker run --device nvidia.com/gpu=0` sends them.
+        named = [d for d in spec["gpus"] if not is_cdi_name(d)]
+        cdi = [d for d in spec["gpus"] if is_cdi_name(d)]
         host["device_requests"] = [
-            {"driver": "", "device_ids": list(spec["gpus"]), "capabilities": [["gpu"]]}
+            *([{"driver": "", "device_ids": named, "capabilities": [["gpu"]]}] if named else []),
+            *([{"driver": "cdi", "device_ids": cdi}] if cdi else []),
         ]
     create: dict[str, Any] = {
         "image": spec["image"],
@@ -362,6 +391,7 @@ def parse_labels(labels: Mapping[str, str]) -> SessionLabels:
             probe=parse_probe(labels.get(PROBE, "")),
             note=labels.get(NOTE, ""),
             pool=labels.get(POOL, ""),
+            rendering=labels.get(RENDERING, ""),
         )
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed ovas labels: {exc!r}") from None

@@ -21,6 +21,7 @@ import requests.exceptions
 
 from backends.docker import containers as c
 from ovas.errors import BackendUnavailable, OvasError
+from ovas.logs import output_lines
 
 log = logging.getLogger(__name__)
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
@@ -305,14 +306,15 @@ class Engine:
                 return {}
 
     def logs(self, container_id: str, tail: int) -> list[str]:
-        """A container's last `tail` log lines, stdout and stderr; [] if it is gone."""
+        """A container's last `tail` log lines, stdout and stderr, as `output_lines` cuts
+        them; [] if it is gone."""
         api = self.api()
         with self.translated():
             try:
                 text = api.logs(container_id, tail=tail).decode(errors="replace")
             except docker.errors.NotFound:
                 return []
-        return text.splitlines()
+        return output_lines(text, tail)
 
     def run_inside(self, container_id: str, command: list[str]) -> str | None:
         """The output of `command` run in a running container (no shell), or None when it

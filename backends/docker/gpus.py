@@ -1,47 +1,67 @@
 """The host's GPUs (the inventory) and which of them sessions hold (the ledger).
 
 The inventory comes from NVML (nvidia-ml-py), else from `nvidia-smi`, else is empty; the
-setting OVAS_DOCKER_GPUS overrides it: `auto`, `none`, or indexes/UUIDs such as `0,1`.
+setting OVAS_DOCKER_GPUS overrides it: `auto`, `none`, indexes/UUIDs such as `0,1`, or CDI
+device names such as `nvidia.com/gpu=0,nvidia.com/gpu=1` (hosts whose NVIDIA Container
+Toolkit is set up for the Container Device Interface, as `docker run --device` takes them).
 The ledger keeps no state of its own: the caller passes the device ids that sessions hold
 (read from their GPU claims, see `backends.docker.admission`), so it is rebuilt after every
-restart for free. One session per GPU: a GPU is either free or held by exactly one session.
+restart for free. One session per GPU: a GPU is either free or held by exactly one session;
+a CDI name is one such GPU, also `nvidia.com/gpu=all` (one session then holds them all).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ovas.errors import CapacityExceeded, ConfigurationError, Unsatisfiable
 
 log = logging.getLogger(__name__)
 
 
+# A CDI device name, `vendor/class=name`, by the Container Device Interface's rules
+# (container-device-interface, pkg/parser): vendor and class begin with a letter, the name
+# with a letter or digit; each ends with a letter or digit; the name may also hold `:`.
+_KIND = r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?"
+_CDI = re.compile(rf"({_KIND}/{_KIND})=([A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?)")
+NVIDIA_GPU = "nvidia.com/gpu"  # the kind the NVIDIA Container Toolkit's CDI specs name
+
+
+def is_cdi_name(device_id: str) -> bool:
+    """Whether `device_id` is a CDI device name, which Docker's `cdi` driver takes."""
+    return _CDI.fullmatch(device_id) is not None
+
+
 @dataclass(frozen=True)
 class Gpu:
-    """One GPU: `device_id` is what a Docker DeviceRequest names (the UUID when known, as
-    it stays the same when device indexes change)."""
+    """One GPU: `device_id` is what a Docker DeviceRequest names: its CDI name when it was
+    listed by one, else the UUID when known (it stays the same when device indexes change)."""
 
     index: int
     uuid: str = ""
     name: str = ""
     memory_bytes: int = 0
+    cdi: str = ""
 
     @property
     def device_id(self) -> str:
-        return self.uuid or str(self.index)
+        return self.cdi or self.uuid or str(self.index)
 
     @property
     def ids(self) -> set[str]:
         """Every id a container's label may use for this GPU."""
+        if self.cdi:
+            return {self.cdi}
         return {str(self.index), self.uuid} - {""}
 
     def describe(self) -> str:
         parts = [p for p in (self.name, _gib(self.memory_bytes), self.uuid) if p]
-        return f"GPU {self.index}" + (f" ({', '.join(parts)})" if parts else "")
+        return f"GPU {self.cdi or self.index}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 @dataclass(frozen=True)
@@ -130,10 +150,15 @@ def detect() -> Inventory:
 
 
 def inventory(setting: str | None = "auto", detector=detect) -> Inventory:
-    """The GPUs ovas may use under OVAS_DOCKER_GPUS (`auto`, `none`, or `0,1` / UUIDs).
+    """The GPUs ovas may use under OVAS_DOCKER_GPUS (`auto`, `none`, `0,1` / UUIDs, or CDI
+    names such as `nvidia.com/gpu=0`).
 
-    Listed GPUs are described from detection where it works, and used as given where it
-    does not. Raises `ConfigurationError` for an entry that is neither an index nor a UUID.
+    Listed GPUs are described from detection where it works (an `nvidia.com/gpu` CDI name
+    by the index or UUID it ends with), and used as given where it does not. Raises
+    `ConfigurationError` for an entry that is none of these, and for a list that could give
+    one GPU to two sessions: CDI names mixed with indexes/UUIDs, a GPU listed twice (also
+    under two names detection tells apart), `<kind>=all` beside another device of its kind,
+    or a MIG device (`nvidia.com/gpu=0:1`) beside its whole GPU.
     """
     raw = str(setting if setting is not None else "auto").strip()
     if raw.lower() == "auto" or raw == "":
@@ -141,8 +166,15 @@ def inventory(setting: str | None = "auto", detector=detect) -> Inventory:
     if raw.lower() == "none":
         return Inventory((), "OVAS_DOCKER_GPUS=none")
     detected = detector().gpus
-    chosen = []
+    chosen: list[Gpu] = []
     for position, token in enumerate(t.strip() for t in raw.split(",") if t.strip()):
+        cdi = _CDI.fullmatch(token)
+        if cdi:
+            kind, device = cdi.groups()
+            ids = {device} if kind == NVIDIA_GPU else set()
+            known = next((g for g in detected if g.ids & ids), None)
+            chosen.append(replace(known, cdi=token) if known else Gpu(position, cdi=token))
+            continue
         known = next((g for g in detected if token in g.ids), None)
         if known:
             chosen.append(known)
@@ -152,10 +184,42 @@ def inventory(setting: str | None = "auto", detector=detect) -> Inventory:
             chosen.append(Gpu(position, uuid=token))
         else:
             raise ConfigurationError(
-                f"OVAS_DOCKER_GPUS must be auto, none, or GPU indexes/UUIDs such as 0,1; "
-                f"{token!r} is neither"
+                "OVAS_DOCKER_GPUS must be auto, none, GPU indexes/UUIDs such as 0,1, or CDI "
+                f"device names such as nvidia.com/gpu=0; {token!r} is none of these"
             )
+    _check_exclusive(chosen)
     return Inventory(tuple(chosen), f"OVAS_DOCKER_GPUS={raw}")
+
+
+def _check_exclusive(gpus: list[Gpu]) -> None:
+    """Refuse a list in which one GPU could be given to two sessions under two names."""
+    if 0 < sum(1 for g in gpus if g.cdi) < len(gpus):
+        raise ConfigurationError(
+            "OVAS_DOCKER_GPUS names GPUs both by CDI name and by index/UUID; list them one "
+            "way, as a GPU listed both ways could be given to two sessions"
+        )
+    seen: dict[object, str] = {}
+    for gpu in gpus:
+        # A GPU detection knows is the same GPU under any of its names.
+        key = gpu.uuid or gpu.device_id
+        if key in seen:
+            raise ConfigurationError(
+                f"OVAS_DOCKER_GPUS lists one GPU twice ({seen[key]} and {gpu.device_id})"
+            )
+        seen[key] = gpu.device_id
+    names = [g.cdi.split("=", 1) for g in gpus if g.cdi]
+    for kind, device in names:
+        whole = device.split(":")[0]
+        overlapping = [
+            f"{k}={d}"
+            for k, d in names
+            if k == kind and d != device and (device == "all" or d == whole)
+        ]
+        if overlapping:
+            raise ConfigurationError(
+                f"OVAS_DOCKER_GPUS lists {kind}={device} and {overlapping[0]}, which share a "
+                "GPU: two sessions could hold it at once; list one of them"
+            )
 
 
 class GpuLedger:

@@ -161,6 +161,7 @@ def record_of(objects: SessionObjects) -> Record:
         profile=labels.profile,
         username=username,
         pool=labels.pool,
+        rendering=labels.rendering,
         created_time=labels.created_time,
         deadline=labels.deadline,
         clocks=labels.clocks,

@@ -35,10 +35,10 @@ class Admission:
         taken: list[str] = []
         try:
             if request.pool_size:
-                version = request.version.version
-                key = o.pool_key(request.pool, version)
+                places = request.pool_key
+                key = o.pool_key(request.pool, places)
                 names = [
-                    o.pool_slot_name(k, request.pool, version) for k in range(request.pool_size)
+                    o.pool_slot_name(k, request.pool, places) for k in range(request.pool_size)
                 ]
                 name = self._take(request.id, "", request.created_time, names, "pool", key)
                 if name is None:

@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from ovas.errors import BackendUnavailable, CapacityExceeded, InvalidInput, OvasError
+from ovas.logs import output_lines
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,15 @@ _RBAC = re.compile(r'is forbidden: User "(?P<user>[^"]*)" cannot ')
 QUOTA_RETRY_AFTER = 30  # seconds: a quota frees up as other sessions end
 
 
-def _refused(status: int, what: str, message: str, detail: str) -> OvasError:
+def _refused(status: int, what: str, message: str) -> OvasError:
     """The error for a 401 or 403: a full ResourceQuota is a capacity answer (503 with
     Retry-After, naming the quota); RBAC refusing ovas's own account, or credentials the API
     server does not accept, make the backend unavailable; any other admission refusal (a
     webhook, PodSecurity, a LimitRange) is the cluster refusing the session as the profile
-    asks it, with the refuser's own words (422)."""
+    asks it, with the refuser's own words (422). The error's `detail`, which the log line of
+    a 503 carries, is the API server's own words for this refusal alone (not the response's
+    headers), so a quota's log line speaks of the quota, and only RBAC's of RBAC."""
+    detail = f"the API server answered {status} on {what}: {message}"
     quota = _QUOTA.search(message)
     if status == 403 and quota:
         usage = f" ({quota['rest']})" if quota["rest"] else ""
@@ -177,7 +181,7 @@ class Kube:
                     f"The cluster refused the session's {what}: {message}", field="profile"
                 ) from None
             if exc.status in (401, 403):
-                raise _refused(exc.status, what, message, str(exc)) from None
+                raise _refused(exc.status, what, message) from None
             raise BackendUnavailable(
                 f"The Kubernetes API server failed on {what} ({exc.status}): {message}",
                 detail=str(exc),
@@ -282,8 +286,9 @@ class Kube:
         return self._call(what, self._custom("replace"), *self._args(kind), name, body)
 
     def logs(self, pod: str, *, tail: int, container: str | None = None) -> list[str]:
-        """The last `tail` lines a pod's container wrote (one call); [] when the pod is gone
-        or its container has not started yet (the API server answers 400 then)."""
+        """The last `tail` lines a pod's container wrote (one call), as `output_lines` cuts
+        them; [] when the pod is gone or its container has not started yet (the API server
+        answers 400 then)."""
         what = f"log of Pod {pod}"
         kw: dict[str, Any] = {"tail_lines": max(0, tail)}
         if container:
@@ -293,7 +298,7 @@ class Kube:
             data = self._send(what, method, pod, self.namespace, **kw)
         except (Missing, InvalidInput):
             return []
-        return data.decode("utf-8", errors="replace").splitlines()
+        return output_lines(data.decode("utf-8", errors="replace"), max(0, tail))
 
     def delete(
         self, kind: Kind, name: str, *, now: bool = False, version: str | None = None

@@ -48,6 +48,7 @@ MARKS = {
     Mark.CLAIMED: CLAIMED_AT,
 }
 POOL = PREFIX + "pool"  # annotation: the warm pool a session was started for
+RENDERING = PREFIX + "rendering"  # annotation: with POOL, the digest of what it runs
 STATE = PREFIX + "state"  # the outcome, on outcome ConfigMaps: "ended" or "failed"
 REASON = PREFIX + "reason"
 MESSAGE = PREFIX + "message"
@@ -122,6 +123,8 @@ def record_annotations(record: Record) -> dict[str, str]:
     }
     if record.pool:
         notes[POOL] = record.pool
+    if record.rendering:
+        notes[RENDERING] = record.rendering
     for name, annotation in CLOCKS.items():
         notes[annotation] = seconds_text(getattr(record.clocks, name))
     for mark, at in record.marks.items():
@@ -422,14 +425,15 @@ def slot_name(index: int, username: str | None = None) -> str:
     return f"ovas-user-{digest}-{index}"
 
 
-def pool_key(pool: str, version: str) -> str:
-    """The label value naming one warm pool's version (its places are counted per version)."""
-    return hashlib.sha256(f"{pool}@{version}".encode()).hexdigest()[:12]
+def pool_key(pool: str, places: str) -> str:
+    """The label value naming one set of a warm pool's places (counted per
+    `SessionRequest.pool_key`: its version and rendering)."""
+    return hashlib.sha256(f"{pool}@{places}".encode()).hexdigest()[:12]
 
 
-def pool_slot_name(index: int, pool: str, version: str) -> str:
+def pool_slot_name(index: int, pool: str, places: str) -> str:
     """`ovas-pool-<hash>-<k>`: one of the places of a warm pool's unclaimed sessions."""
-    return f"ovas-pool-{pool_key(pool, version)}-{index}"
+    return f"ovas-pool-{pool_key(pool, places)}-{index}"
 
 
 def build_slot(

@@ -18,10 +18,9 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from ovas.lifecycle import parse_seconds
+from ovas.lifecycle import MAX_PENDING, parse_seconds
 from ovas.models import Profile, SessionRequest
 
-MAX_PENDING = "ovas/max-pending"
 ENVOY = "streamingKit.envoy"
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"^(?=.{{1,200}}$)({_LABEL}\.)*{_LABEL}$")  # room for a session id
@@ -29,7 +28,7 @@ _DNS_NAME = re.compile(rf"^(?=.{{1,200}}$)({_LABEL}\.)*{_LABEL}$")  # room for a
 
 def max_pending(profile: Profile) -> int:
     """The profile's `ovas/max-pending` in seconds (0: none). Raises ValueError naming the
-    annotation when it is not a whole number of seconds >= 0."""
+    annotation when it is not a whole number of seconds in range (`ovas.bounds.SECONDS`)."""
     if MAX_PENDING not in profile.annotations:
         return 0
     return parse_seconds(profile.annotations[MAX_PENDING], MAX_PENDING)

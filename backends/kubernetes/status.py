@@ -182,6 +182,7 @@ def record_of(obj: dict[str, Any]) -> Record | None:
         marks=marks,
         outcome=outcome,
         pool=notes.get(o.POOL, ""),
+        rendering=notes.get(o.RENDERING, ""),
     )
 
 
@@ -199,9 +200,9 @@ def outcome_of(notes: dict[str, str]) -> Outcome | None:
 
 
 def logs_of(config_map: dict[str, Any]) -> list[str]:
-    """The log lines an outcome ConfigMap keeps."""
+    """The log lines an outcome ConfigMap keeps (`build_outcome` joined them with `\n`)."""
     text = ((config_map.get("data") or {}).get(o.LOGS)) or ""
-    return text.splitlines()
+    return text.split("\n") if text else []
 
 
 # Observations

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_dump, pre_load, validate
 
-from ovas.models import Reason, Session, SessionState
+from ovas.models import Reason, Route, Session, SessionState
 from ovas.names import APP_ID_PATTERN, PROFILE_ID_PATTERN, VERSION_PATTERN
 from ovas.services import LOG_TAIL, MAX_LOG_TAIL
+
+
+class Prepared(fields.Nested):
+    """A nested value that `session_fields` has already built in its wire form (dicts of
+    str, int and bool): the OpenAPI document shows `nested` as it would for `fields.Nested`,
+    and a dump writes the value as it is instead of walking it field by field again. Output
+    only: nothing is loaded through it."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value
 
 
 class RouteSchema(Schema):
@@ -36,11 +46,11 @@ class StreamResponseSchema(Schema):
     id = fields.String(required=True)
     routes = fields.Dict(
         keys=fields.String(),
-        values=fields.Nested(RouteSetSchema),
+        values=Prepared(RouteSetSchema),
         required=True,
         metadata={"description": "One key, the address a client reaches; empty until ready"},
     )
-    status = fields.Nested(StreamStatusSchema, required=True)
+    status = Prepared(StreamStatusSchema, required=True)
     app_id = fields.String()
     version = fields.String()
     profile = fields.String()
@@ -76,18 +86,22 @@ class StreamListSchema(Schema):
     offset = fields.Integer(required=True)
     limit = fields.Integer(required=True)
     count = fields.Integer(required=True)
-    items = fields.List(fields.Nested(StreamResponseSchema), required=True)
+    items = fields.Nested(StreamResponseSchema, many=True, required=True)
 
 
 def session_fields(session: Session) -> dict:
     """A session in the StreamResponse's shape, for the schema to write: `routes` is `{}`
-    until the session is ready, with one key, the address a client reaches."""
+    until the session is ready, with one key, the address a client reaches. `routes` and
+    `status` are built here in their wire form (see `Prepared`)."""
     ready = session.state is SessionState.READY
+    routes = {}
+    if ready and session.host:
+        routes = {session.host: {"routes": [route_fields(r) for r in session.routes]}}
     return {
         "id": session.id,
-        "routes": {session.host: {"routes": session.routes}} if ready and session.host else {},
+        "routes": routes,
         "status": {
-            "condition": session.state,  # a str
+            "condition": session.state.value,
             "message": session.message or ("Session is active" if ready else ""),
             "status": ready,
         },
@@ -101,6 +115,16 @@ def session_fields(session: Session) -> dict:
         "last_connected_time": session.last_connected_time,
         "expires_time": session.expires_time,
         "ended_time": session.ended_time,
+    }
+
+
+def route_fields(route: Route) -> dict:
+    """One route in RouteSchema's shape."""
+    return {
+        "description": route.description,
+        "protocol": route.protocol,
+        "source_port": route.source_port,
+        "destination_port": route.destination_port,
     }
 
 

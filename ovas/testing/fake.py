@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Self
 
@@ -26,6 +27,7 @@ from ovas.models import (
     Profile,
     Reason,
     Route,
+    SessionQuery,
     SessionRequest,
     SupportedApplication,
     Version,
@@ -69,6 +71,21 @@ class InMemoryCatalog(Catalog):
 
     def warm_pools(self) -> list[WarmPool]:
         return list(self.pools.values())
+
+    def save_profile(self, profile: Profile) -> None:
+        """Add `profile`, or replace the one of its id: an edit of the catalog."""
+        with self._lock:
+            self._profiles[profile.id] = profile
+
+    def remove_profile(self, profile_id: str) -> None:
+        """Remove a profile, if there is one of that id."""
+        with self._lock:
+            self._profiles.pop(profile_id, None)
+
+    def save_version(self, version: Version) -> None:
+        """Add `version`, or replace the one of its app and version string."""
+        with self._lock:
+            self._versions[(version.app_id, version.version)] = version
 
     def create_application(self, app: Application) -> None:
         with self._lock:
@@ -168,6 +185,14 @@ class _Entry:
     def knob(self, name: str) -> str | None:
         return self.env.get(name)
 
+    @cached_property
+    def routes(self) -> tuple[Route, Route]:
+        """Its signaling and media routes, which never change while it runs."""
+        return (
+            Route("signaling", "TCP", self.port, self.kit_ports[0]),
+            Route("media", "UDP", self.port + 1, self.kit_ports[1]),
+        )
+
     def delay(self, default: float) -> float:
         value = self.knob(STANDIN_READY_DELAY)
         return default if value is None else float(value)
@@ -257,6 +282,7 @@ class FakeBackend(Backend):
                     if e.record.pooled
                     and e.record.pool == request.pool
                     and e.record.version == request.version.version
+                    and e.record.rendering == request.rendering
                 ]
                 if request.pool_size and len(pooled) >= request.pool_size:
                     raise CapacityExceeded(
@@ -284,6 +310,12 @@ class FakeBackend(Backend):
     def observe_all(self) -> list[Observed]:
         self._engine()
         return [self._observed(e) for e in list(self._sessions.values())]
+
+    def observe_page(self, query: SessionQuery) -> list[Observed]:
+        # The page is chosen from the records alone: only its sessions are observed.
+        self._engine()
+        page = query.select(list(self._sessions.values()), key=lambda e: e.record)
+        return [self._observed(e) for e in page]
 
     def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
         self._engine()
@@ -384,10 +416,7 @@ class FakeBackend(Backend):
             Stage.RUNNING,
             probe_ok=True,
             host=self.host,
-            routes=(
-                Route("signaling", "TCP", entry.port, entry.kit_ports[0]),
-                Route("media", "UDP", entry.port + 1, entry.kit_ports[1]),
-            ),
+            routes=entry.routes,
             connections=entry.clients if self.counts_clients else None,
         )
 

@@ -78,7 +78,13 @@ def test_twenty_starts_in_four_processes_admit_exactly_capacity(
     assert len(refused) == 15 and all("All 5 session slots" in m for m in refused)
     assert {s["Labels"][c.SESSION] for s in ours() if c.CLAIM not in s["Labels"]} == set(started)
     slots = [s["Names"][0] for s in ours() if s["Labels"].get(c.RECORD) == c.SLOT]
-    assert sorted(slots) == [f"/ovas-slot-{k}" for k in range(5)]
+    assert sorted(n for n in slots if n.startswith("/ovas-slot-")) == [
+        f"/ovas-slot-{k}" for k in range(5)
+    ]
+    # And the host ports each publishes: signaling and probe (TCP), media (UDP).
+    ports = [n for n in slots if n.startswith("/" + c.PORT_SLOT_PREFIX)]
+    assert len(ports) == len(set(ports)) == 15
+    assert sum(n.startswith("/ovas-port-udp-") for n in ports) == 5
 
     for session_id in started:
         backend.stop(session_id)
@@ -174,6 +180,31 @@ def test_the_gpu_ledger_gives_each_gpu_to_one_session(new_backend, standin_reque
     )
     clock.advance(601)
     assert sorted(sessions.reap()) == sorted(s.record.id for s in started)
+
+
+def test_gpus_by_cdi_name_are_claimed_once_and_asked_of_the_cdi_driver(
+    new_backend, standin_request, ours, engine
+):
+    # The setting as an operator writes it, read as at startup.
+    backend = new_backend(gpus="nvidia.com/gpu=0,nvidia.com/gpu=1")
+    assert backend.describe(True)["gpus"] == ["GPU nvidia.com/gpu=0", "GPU nvidia.com/gpu=1"]
+    started, refused = start_all(backend, [standin_request(gpus=1) for _ in range(4)])
+    assert len(started) == 2 and len(refused) == 2
+    assert all("asks for 1 GPU; 0 of the 2 GPUs" in e.message for e in refused)
+    kinds = (c.PENDING, c.CONTAINER)
+    held = sorted(s["Labels"][c.GPUS] for s in ours() if s["Labels"].get(c.RECORD) in kinds)
+    assert held == ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]
+    # This daemon has no CDI: it takes the request, and refuses to start the container.
+    sessions = service_for(backend, retention=600)
+    for start in started:
+        failed = wait_for(sessions, start.record.id, SessionState.FAILED)
+        assert "CDI" in failed.message and "nvidia-ctk cdi generate" in failed.message
+        requested = engine.inspect_container(kit_container(ours, start.record.id)["Id"])
+        (device,) = requested["HostConfig"]["DeviceRequests"]
+        assert (device["Driver"], device["DeviceIDs"]) == (
+            "cdi",
+            [c.parse_labels(kit_or_pending(ours, start.record.id)).gpus[0]],
+        )
 
 
 def kit_or_pending(ours, session_id):

@@ -4,6 +4,7 @@ ledger, client counts, and what a session's records show."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,6 +92,20 @@ def test_gpus_become_a_device_request_for_those_devices(request_):
     assert spec["labels"][c.GPUS] == "GPU-aaa,GPU-bbb"
     assert c.gpu_name("GPU-aaa") == "ovas-gpu-GPU-aaa"
     assert c.gpu_name("MIG-1/2") == "ovas-gpu-MIG-1-2"
+
+
+def test_gpus_by_cdi_name_become_a_request_to_the_cdi_driver(request_):
+    request = replace(request_, kit=replace(request_.kit, gpus=2))
+    spec = c.container_spec(request, ["nvidia.com/gpu=0", "nvidia.com/gpu=1"])
+    _, host = c.create_arguments(spec)
+    # What `docker run --device nvidia.com/gpu=0 --device nvidia.com/gpu=1` sends.
+    assert host["device_requests"] == [
+        {"driver": "cdi", "device_ids": ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]}
+    ]
+    assert c.parse_labels(spec["labels"]).gpus == ("nvidia.com/gpu=0", "nvidia.com/gpu=1")
+    names = {c.gpu_name(d) for d in ("a.com/gpu=0-1", "a.com/gpu-0=1", "nvidia.com/gpu=all")}
+    assert len(names) == 3  # a claim per device, though `/` and `=` become `-`
+    assert all(re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", name) for name in names)
 
 
 def test_labels_read_back_the_session(request_):
@@ -215,6 +230,48 @@ def test_gpu_setting_overrides_detection():
     assert [g.device_id for g in undetected] == ["0", "GPU-ccc"]
     with pytest.raises(ConfigurationError, match="OVAS_DOCKER_GPUS"):
         inventory("first", detector=lambda: GPUS)
+
+
+def test_gpus_by_cdi_name_are_named_slots_of_the_ledger():
+    listed = inventory("nvidia.com/gpu=0, nvidia.com/gpu=GPU-bbb", detector=lambda: GPUS)
+    assert [g.device_id for g in listed.gpus] == ["nvidia.com/gpu=0", "nvidia.com/gpu=GPU-bbb"]
+    assert listed.gpus[0].describe() == "GPU nvidia.com/gpu=0 (NVIDIA L40S, 48 GiB, GPU-aaa)"
+    ledger = GpuLedger(listed)
+    free = ledger.candidates(1, in_use={"nvidia.com/gpu=0"})
+    assert [g.device_id for g in free] == ["nvidia.com/gpu=GPU-bbb"]
+    # A claim by index or UUID does not hold a GPU listed by CDI name: names are not mixed.
+    assert len(ledger.candidates(2, in_use={"0", "GPU-aaa"})) == 2
+    with pytest.raises(CapacityExceeded, match="0 of the 2 GPUs"):
+        ledger.candidates(1, in_use={"nvidia.com/gpu=0", "nvidia.com/gpu=GPU-bbb"})
+    # Undetected, and `all`: one slot holding every GPU of the kind.
+    alone = inventory("nvidia.com/gpu=all", detector=lambda: Inventory((), "none"))
+    assert [g.describe() for g in alone.gpus] == ["GPU nvidia.com/gpu=all"]
+    assert [g.device_id for g in GpuLedger(alone).candidates(1, in_use=())] == [
+        "nvidia.com/gpu=all"
+    ]
+    with pytest.raises(CapacityExceeded, match="0 of the 1 GPUs"):
+        GpuLedger(alone).candidates(1, in_use={"nvidia.com/gpu=all"})
+
+
+@pytest.mark.parametrize(
+    ("setting", "why"),
+    [
+        ("nvidia.com/gpu=0,1", "both by CDI name and by index/UUID"),
+        ("nvidia.com/gpu=all,nvidia.com/gpu=1", "nvidia.com/gpu=all and nvidia.com/gpu=1"),
+        ("nvidia.com/gpu=0,nvidia.com/gpu=0", "one GPU twice"),
+        ("nvidia.com/gpu=0,nvidia.com/gpu=GPU-aaa", "one GPU twice"),  # detection knows
+        ("0,GPU-aaa", "one GPU twice"),
+        ("nvidia.com/gpu=0:1,nvidia.com/gpu=0", "share a GPU"),
+        ("nvidia.com/gpu=", "none of these"),
+        ("nvidia.com/gpu", "none of these"),
+        ("nvidia.com/=0", "none of these"),
+        ("nvidia.com/gpu=0;1", "none of these"),
+    ],
+)
+def test_a_gpu_list_that_could_give_a_gpu_twice_stops_ovas(setting, why):
+    with pytest.raises(ConfigurationError, match="OVAS_DOCKER_GPUS") as caught:
+        inventory(setting, detector=lambda: GPUS)
+    assert why in caught.value.message
 
 
 def test_nvidia_smi_rows_are_read():

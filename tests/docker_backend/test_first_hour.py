@@ -17,6 +17,7 @@ from backends.docker import DockerBackend
 from backends.docker import containers as c
 from ovas import create_app
 from ovas.catalog_files import FileCatalog
+from ovas.cli import ovas_cli
 from ovas.models import SessionState
 from ovas.testing import service_for, wait_for
 from ovas.testing.requests import STANDIN_EXIT_CODE
@@ -97,6 +98,33 @@ def test_a_failed_sessions_logs_are_served_while_it_is_kept(
             engine.remove_container(container["Id"], force=True)
     assert requests.get(logs).json()["lines"] == lines
     assert requests.get(f"{logs}?tail=1").json()["lines"] == lines[-1:]
+
+
+# Characters `str.splitlines` takes for line ends, which a container may write inside a line.
+ODD = "a\rb\vc\fd\x1ce\x1df\x1eg\x85h\u2028i\u2029j"
+
+
+def test_a_log_line_is_cut_at_newlines_only(backend, standin_request, serve, engine):
+    sessions = service_for(backend, retention=600)
+    session = backend.start(standin_request(env={"USD_PATH": ODD, STANDIN_EXIT_CODE: "3"}))
+    failed = wait_for(sessions, session.record.id, SessionState.FAILED)
+    written = [
+        f"stand-in Kit app: USD_PATH={ODD}",
+        "stand-in Kit app: exiting with code 3 as asked",
+    ]
+    app = create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=backend)
+    logs = f"{serve(app).url}/streaming/stream/{failed.id}/logs"
+    assert requests.get(f"{logs}?tail=2").json()["lines"] == written
+    assert requests.get(f"{logs}?tail=1").json()["lines"] == written[1:]
+    shown = app.test_cli_runner().invoke(ovas_cli, ["sessions", "logs", failed.id, "--tail", "2"])
+    assert shown.output == "".join(f"{line}\n" for line in written)
+
+    # The lines kept with its outcome, once its container is gone, are the same.
+    kit = engine.containers(all=True, filters={"label": [f"{c.SESSION}={failed.id}"]})
+    for container in kit:
+        if container["Labels"].get(c.RECORD) == c.CONTAINER:
+            engine.remove_container(container["Id"], force=True)
+    assert requests.get(f"{logs}?tail=2").json()["lines"] == written
 
 
 def test_startup_names_the_engine_port_range_and_gpus(docker_daemon, new_backend):

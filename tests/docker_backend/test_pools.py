@@ -1,20 +1,25 @@
 """Warm pools on a real Docker daemon with the stand-in image: a pool fills, matching POSTs
 take its sessions at once over HTTP, it refills, workers never share a session, capacity
-goes to on-demand starts first, and a restart of ovas keeps the pool."""
+goes to on-demand starts first, a restart of ovas keeps the pool, an edited profile renews
+it, and host ports are capacity a pool gives up to on-demand starts."""
 
 from __future__ import annotations
 
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
-from support.warm_pools import POOL, START, PoolScenarios, fill, pooled
+from support import dockerd
+from support.warm_pools import OTHER_STAGE, POOL, START, PoolScenarios, fill, pooled
 
 from ovas import create_app
 from ovas.catalog_files import FileCatalog
+from ovas.models import SessionState
+from ovas.testing import FakeClock, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -68,3 +73,84 @@ def test_a_pool_of_two_fills_two_posts_take_it_at_once_a_third_starts_and_it_ref
 
 class TestDockerPools(PoolScenarios):
     """Concurrent claims, capacity shared with on-demand starts, a restart."""
+
+
+def usd_path(engine, session_id: str) -> str:
+    kit = {"label": [f"ovas.session={session_id}", "ovas.record=container"]}
+    (container,) = engine.containers(all=True, filters=kit)
+    env = engine.inspect_container(container["Id"])["Config"]["Env"]
+    return next(e for e in env if e.startswith("USD_PATH=")).removeprefix("USD_PATH=")
+
+
+def test_a_start_never_gets_a_session_of_the_profile_before_its_edit(
+    make_app, pool_catalog, engine
+):
+    app = make_app()
+    fill(app)
+    old = {r.id for r in pooled(app)}
+    catalog_file = pool_catalog.root / "standin.yaml"
+    catalog_file.write_text(catalog_file.read_text().replace("stage01.usd", "stage02.usd"))
+    client = app.test_client()
+    stage02 = {**START, "arguments": {"usd_stage_uri": "/app/samples/stage02.usd"}}
+    first = client.post("/streaming/stream", json=stage02)
+    assert first.status_code == 202, first.get_json()
+    assert first.get_json()["id"] not in old
+    assert usd_path(engine, first.get_json()["id"]) == "/app/samples/stage02.usd"
+    sessions = app.extensions["ovas"].sessions
+    deadline = time.monotonic() + 60
+    # Renewed: replacements of the new rendering ready, the old sessions gone.
+    while {r.id for r in pooled(app, ready=False)} & old or len(pooled(app)) < 2:
+        assert time.monotonic() < deadline, sessions.all()
+        sessions.reap()
+        time.sleep(0.1)
+    second = client.post("/streaming/stream", json=stage02)
+    assert second.status_code == 200, second.get_json()
+    assert usd_path(engine, second.get_json()["id"]) == "/app/samples/stage02.usd"
+
+
+def test_a_pool_holding_every_port_gives_one_up_to_an_on_demand_start(
+    new_backend, pool_catalog, ours
+):
+    # The stand-in publishes two TCP ports (signaling, probe) and one UDP port: four ports
+    # are room for two sessions, both the pool's.
+    clock = FakeClock(ticking=True)
+    backend = new_backend(port_range=dockerd.free_ports(4), now=clock)
+    backend.catalog = pool_catalog
+    app = create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=backend)
+    fill(app)
+    client = app.test_client()
+    answer = client.post("/streaming/stream", json=OTHER_STAGE)
+    assert answer.status_code == 202, answer.get_json()
+    sessions = app.extensions["ovas"].sessions
+    started = wait_for(sessions, answer.get_json()["id"], {SessionState.READY, SessionState.FAILED})
+    assert started.state is SessionState.READY, started.message
+    assert len(pooled(app, ready=False)) == 1
+    sessions.reap()  # no room left: the pool starts nothing, and nothing fails
+    assert len(pooled(app, ready=False)) == 1
+    assert [s for s in sessions.all() if s.state is SessionState.FAILED] == []
+    # The pool's last session, claimed, keeps the ports it publishes for its user.
+    clock.advance(61)  # past the grace the reaper gives claims of a start in progress
+    taken = client.post("/streaming/stream", json=START)
+    assert taken.status_code == 200, taken.get_json()
+    sessions.reap()
+    places = [s for s in ours(taken.get_json()["id"]) if "ovas-port-" in s["Names"][0]]
+    assert len(places) == 3 and pooled(app, ready=False) == []
+    # Full, with no pool left to give way: 503, as for a full capacity.
+    full = client.post("/streaming/stream", json=OTHER_STAGE)
+    assert full.status_code == 503 and "OVAS_DOCKER_PORT_RANGE" in full.get_json()["detail"]
+
+
+def test_a_pools_pass_starts_no_more_sessions_than_there_are_ports(
+    new_backend, pool_catalog, engine
+):
+    (pool_catalog.root / "pools.yaml").write_text(
+        yaml.safe_dump({**POOL, "spec": {**POOL["spec"], "size": 100}})
+    )
+    backend = new_backend(port_range=dockerd.free_ports(6))
+    backend.catalog = pool_catalog
+    app = create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=backend)
+    fill(app, count=3, timeout=60)
+    sessions = app.extensions["ovas"].sessions
+    sessions.reap()
+    assert len(pooled(app, ready=False)) == 3
+    assert [s for s in sessions.all() if s.state is SessionState.FAILED] == []

@@ -242,6 +242,23 @@ def test_logs_come_from_the_pod_then_from_the_outcome(make_backend, clock, mode)
         backend.logs(session.id)
 
 
+# Characters `str.splitlines` takes for line ends, which a container may write inside a line.
+ODD = "a\rb\vc\fd\x1ce\x1df\x1eg\x85h\u2028i\u2029j"
+
+
+def test_a_log_line_is_cut_at_newlines_only(make_backend, clock):
+    backend = make_backend()
+    sessions = service_for(backend)
+    session = begin(sessions, request_for(backend, env(USD_PATH=ODD)))
+    wait_for(sessions, session.id, READY)
+    written = [f"stand-in Kit app: USD_PATH={ODD}", "stand-in Kit app: ready"]
+    assert wait_until(lambda: backend.logs(session.id, tail=2) == written)
+    assert backend.logs(session.id, tail=1) == written[1:]
+    outcome = Outcome(SessionState.ENDED, Reason.MAX_LIFETIME, "Ended", clock())
+    assert backend.finish(session.id, outcome) is True
+    assert backend.logs(session.id, tail=2) == written  # as its outcome keeps them
+
+
 def test_finishing_a_session_that_is_gone_records_nothing(make_backend, cluster, clock):
     backend = make_backend()
     session = begin(service_for(backend), request_for(backend))

@@ -5,6 +5,9 @@ nothing behind."""
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
 import requests
 
@@ -49,7 +52,11 @@ def refused_starts(server, outcome: str) -> float:
     return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
 
 
-def test_a_full_resource_quota_is_a_capacity_answer_naming_the_quota(server, cluster):
+def warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_full_resource_quota_is_a_capacity_answer_naming_the_quota(server, cluster, caplog):
     cluster.seed("omni-streaming", [QUOTA])
     first = requests.post(f"{server.url}/streaming/stream", json=BODY)
     assert first.status_code == 202, first.text
@@ -62,6 +69,15 @@ def test_a_full_resource_quota_is_a_capacity_answer_naming_the_quota(server, clu
         "pods=1, used: pods=1, limited: pods=1); try again later"
     )
     assert "RBAC" not in answer.text
+    # The operator's log line names the quota, in the API server's words, and nothing else.
+    (line,) = warnings(caplog)
+    assert re.fullmatch(
+        r"The namespace's ResourceQuota gpu-quota has no room for the session \(.*\); try "
+        r'again later: the API server answered 403 on Pod: pods "ovas-[0-9a-f-]+" is '
+        r"forbidden: exceeded quota: gpu-quota, requested: pods=1, used: pods=1, limited: pods=1",
+        line,
+    ), line
+    assert not {"RBAC", "credentials", "Role"} & set(line.replace(";", " ").split())
     assert sessions_objects(cluster) == held  # its slot is given back
     assert refused_starts(server, "capacity_exceeded") == 1
     assert refused_starts(server, "backend_unavailable") == 0
@@ -85,7 +101,7 @@ def test_a_webhooks_denial_is_a_client_error_with_its_words(server, cluster):
     assert refused_starts(server, "invalid_input") == 1
 
 
-def test_only_rbac_refusing_ovas_account_speaks_of_rbac(server, cluster):
+def test_only_rbac_refusing_ovas_account_speaks_of_rbac(server, cluster, caplog):
     cluster.emulator.forbidden.add(("create", "pods"))
     answer = requests.post(f"{server.url}/streaming/stream", json=BODY)
     assert answer.status_code == 503
@@ -94,12 +110,14 @@ def test_only_rbac_refusing_ovas_account_speaks_of_rbac(server, cluster):
         '"system:serviceaccount:omni-streaming:ovas" cannot create resource "pods" in API '
         'group "" in the namespace "omni-streaming"; check ovas\'s RBAC (its Role)'
     )
+    (line,) = warnings(caplog)
+    assert "check ovas's RBAC (its Role): the API server answered 403 on Pod: " in line
     assert sessions_objects(cluster) == []
     assert refused_starts(server, "backend_unavailable") == 1
 
 
 def test_credentials_the_api_server_rejects_are_not_an_rbac_matter():
-    refused = _refused(401, "pods list", "Unauthorized", "")
+    refused = _refused(401, "pods list", "Unauthorized")
     assert isinstance(refused, BackendUnavailable)
     assert refused.message == (
         "The Kubernetes API server refused ovas (401) on pods list: Unauthorized; check ovas's "

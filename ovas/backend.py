@@ -153,14 +153,14 @@ class Backend(abc.ABC):
         backend whose engine several processes share supplies one in that engine; by default
         a `MemoryLedger`, which only this process sees (right for a backend that keeps its
         sessions in its own memory, `shared = False`)."""
-        ledger = self.__dict__.get("_ledger")
+        ledger = self.__dict__.get("_core_ledger")
         if ledger is None:
-            ledger = self.__dict__.setdefault("_ledger", MemoryLedger())
+            ledger = self.__dict__.setdefault("_core_ledger", MemoryLedger())
         return ledger
 
     @ledger.setter
     def ledger(self, ledger: Ledger) -> None:
-        self.__dict__["_ledger"] = ledger
+        self.__dict__["_core_ledger"] = ledger
 
     @abc.abstractmethod
     def start(self, request: SessionRequest) -> Observed:

@@ -482,6 +482,14 @@ class SessionService:
         now = self.now()
         # In a random order, so that starts at once in several processes rarely collide.
         for record in random.sample(candidates, len(candidates)):
+            # Only a live session is handed out: one whose container or pod ended since a
+            # pass saw it ready (a daemon restart, a kill) is settled here and left for the
+            # pool's pass to replace.
+            try:
+                if not self._settle(self.backend.observe(record.id), now=now).ready:
+                    continue
+            except SessionNotFound:
+                continue
             claimed = self.backend.claim(
                 record.id, request.username, now, user_capacity=self.user_capacity
             )

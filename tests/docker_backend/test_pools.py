@@ -16,6 +16,7 @@ import yaml
 from support import dockerd
 from support.warm_pools import OTHER_STAGE, POOL, START, PoolScenarios, fill, pooled
 
+from backends.docker import containers as c
 from ovas import create_app
 from ovas.catalog_files import FileCatalog
 from ovas.models import SessionState
@@ -154,3 +155,17 @@ def test_a_pools_pass_starts_no_more_sessions_than_there_are_ports(
     sessions.reap()
     assert len(pooled(app, ready=False)) == 3
     assert [s for s in sessions.all() if s.state is SessionState.FAILED] == []
+
+
+def test_a_pooled_session_whose_container_died_is_never_handed_out(make_app, engine):
+    app = make_app()
+    fill(app)
+    ready = {r.id for r in pooled(app)}
+    for session_id in ready:  # as a daemon restart without live-restore leaves them
+        engine.kill(c.container_name(session_id))
+    answer = app.test_client().post("/streaming/stream", json=START)
+    assert answer.status_code == 202, answer.get_json()
+    assert answer.get_json()["id"] not in ready
+    assert answer.get_json()["status"]["condition"] == "creating"
+    # The dead ones were settled on the way: ended, for the pool's pass to replace.
+    assert pooled(app, ready=False) == []

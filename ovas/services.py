@@ -403,14 +403,31 @@ class SessionService:
         return session
 
     def _start_on_demand(self, request: SessionRequest) -> Observed:
+        """Start `request`; when capacity refuses it, first free what sessions that ended
+        since anyone looked still hold (their outcome unrecorded: a container that exited),
+        and what the backend's clean-up removes (claims of a workload removed by hand),
+        then, for the shared capacity, a warm pool's place."""
         try:
             return self.backend.start(request)
-        except UserCapacityExceeded:
-            raise
-        except CapacityExceeded:
-            if not self._shrink_pools():
-                raise
+        except CapacityExceeded as exc:
+            refused = exc
+        if self._settle_ended() or self.backend.collect(self.now()):
+            try:
+                return self.backend.start(request)
+            except CapacityExceeded as exc:
+                refused = exc
+        if isinstance(refused, UserCapacityExceeded) or not self._shrink_pools():
+            raise refused
         return self.backend.start(request)
+
+    def _settle_ended(self) -> bool:
+        """Decide every session now and record the outcome of those that ended, which frees
+        what they hold (slots, GPUs, ports). True if any did."""
+        now, ended = self.now(), False
+        for observed in self.backend.observe_all():
+            if observed.record.outcome is None and self._settle(observed, now=now).state.final:
+                ended = True
+        return ended
 
     # Warm pools
 

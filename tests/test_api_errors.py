@@ -171,6 +171,9 @@ class ExplodingBackend(FakeBackend):
     def observe_all(self):
         raise RuntimeError("secret internal state /etc/passwd")
 
+    def observe_page(self, query):
+        raise RuntimeError("secret internal state /etc/passwd")
+
 
 def test_unexpected_error_is_500_without_a_traceback():
     client = create_app({"TESTING": True}, backend=ExplodingBackend()).test_client()

@@ -36,8 +36,10 @@ What holds, with any number of processes and hosts on one engine and no lock hel
   between) finishes that delete and creates anew.
 - `list` and `get` read one snapshot in one call and give each record's highest generation.
 
-Engine calls: create 1 (2 more when the name is taken); replace 3 (create, list, remove the
-replaced generation); delete by name 2 or more, by entry 4 or more; list and get 1.
+Engine calls: create 1 (and a list when the name is taken); replace 3 (create, list, remove
+the replaced generation; 2 for the first replace, which keeps the anchor); delete by name 3
+(list, anchor, last generation), by entry 5 (tombstone, list, anchor, last generation,
+tombstone), one fewer each for a record never replaced; list and get 1.
 
 Limits: `Entry.created` is the creating process's clock (a Docker create answers no time);
 a generation made by a process that died between creating it and finding it stale, on a
@@ -274,7 +276,7 @@ class DockerLedger(Ledger):
 
     def delete(self, target: Entry | str) -> bool:
         if isinstance(target, Entry):
-            settled = self._supersede(target, {DELETED: "1"})
+            settled = self._supersede(target, {DELETED: "1"}, tidy=False)
             if settled is None:
                 return False
             # The tombstone holds: the record is deleted. What the snapshot showed goes (a
@@ -295,10 +297,12 @@ class DockerLedger(Ledger):
         if self._own_engine:
             self.engine.close()
 
-    def _supersede(self, entry: Entry, labels: Mapping[str, str]) -> tuple[int, str, Chain] | None:
+    def _supersede(
+        self, entry: Entry, labels: Mapping[str, str], tidy: bool = True
+    ) -> tuple[int, str, Chain] | None:
         """Make the generation after `entry` carrying `labels`: its number, its id and the
         snapshot showing that it holds, or None (the entry changed or is gone), as the
-        module says."""
+        module says. With `tidy`, the generations it ends are removed."""
         match = _VERSION.match(entry.version)
         if match is None:
             return None
@@ -320,6 +324,8 @@ class DockerLedger(Ledger):
         if not holds(chain, made, generation, anchor):
             self._sweep([made])
             return None
+        if not tidy:
+            return generation, made, chain
         below = []  # the chain this generation ends, down to the anchor
         item = chain.generations.get(replaced)
         while item is not None and (not below or item.generation < below[-1].generation):

@@ -4,13 +4,15 @@ replica reads and raises the same one.
 A pool whose sessions fail (a broken image, a profile that cannot run) starts its next
 round 30 s after the failed round started, then twice as long each time, up to 10 minutes,
 until one of its sessions is ready: a broken pool must not churn the engine nor fill the
-log, and running more workers must not make it churn more. So the back-off counts from the
-round's start, not from when a process saw it fail, and a pass that finds failed sessions no
-process has counted yet doubles it once, whichever process sees them first (a
-compare-and-swap on the pool's record); a ready session clears it.
+log, and running more workers must not make it churn more. A failed session raises the
+back-off only when it was started once the back-off in force had run out (or with none in
+force): it is of a new round. Its other sessions, however late each is seen to fail and by
+whichever process, are of the round counted already. A raise is a compare-and-swap on the
+pool's record, so of several processes seeing the same failure one raises it; a ready
+session clears it.
 
-The record is `pool-backoff.<pool>` (`BACKOFF` codec, format 1): `seconds`, `until` (an ISO
-8601 UTC time) and `counted`, the failed sessions already counted (the latest few).
+The record is `pool-backoff.<pool>` (`BACKOFF` codec, format 1): `seconds`, and `until`, an
+ISO 8601 UTC time: the round's start plus `seconds`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from ovas.ledger import NAME_PATTERN, Entry, Ledger, RecordCodec, UnknownFormat
 
 FIRST = 30.0  # seconds: the first back-off
 MOST = 600.0  # seconds: the longest
-COUNTED = 50  # failed sessions remembered as counted, so no process counts one twice
 PREFIX = "pool-backoff."
 BACKOFF = RecordCodec("pool-backoff", current=1, readers={1: dict})
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ class Backoff:
 
     until: datetime
     seconds: float
-    counted: tuple[str, ...]
     entry: Entry
 
 
@@ -74,33 +74,23 @@ class Backoffs:
         return held is not None and now < held.until
 
     def failed(
-        self,
-        pool: str,
-        sessions: Iterable[str],
-        started: datetime,
-        backoffs: dict[str, Backoff],
+        self, pool: str, started: Iterable[datetime], backoffs: dict[str, Backoff]
     ) -> float | None:
-        """Count the failed `sessions` of `pool` that no process has counted yet: if there
-        are any, the back-off doubles (`FIRST` at first, `MOST` at most), and the pool
-        waits until that long after `started` (when the latest of them started).
-        Returns the new back-off in seconds when this call raised it, else None.
-        Safe in any number of processes at once: a compare-and-swap, read again on loss."""
+        """`pool`'s sessions started at `started` failed. Those started once the back-off
+        in force ran out are a new round: the back-off doubles (`FIRST` at first, `MOST`
+        at most) and runs from the latest of them. Returns the new back-off in seconds
+        when this call raised it, else None. Safe in any number of processes at once: a
+        compare-and-swap, read again on loss."""
         name = record_name(pool)
-        failed = list(sessions)
+        times = list(started)
         held = backoffs.get(name)
         for _ in range(5):
-            counted = set(held.counted) if held else set()
-            new = [s for s in failed if s not in counted]
+            new = [t for t in times if held is None or t >= held.until]
             if not new:
                 return None
             seconds = min(MOST, (held.seconds if held else 0.0) * 2 or FIRST)
-            data = BACKOFF.encode(
-                {
-                    "seconds": f"{seconds:g}",
-                    "until": (started + timedelta(seconds=seconds)).isoformat(),
-                    "counted": ",".join([*(held.counted if held else ()), *new][-COUNTED:]),
-                }
-            )
+            until = max(new) + timedelta(seconds=seconds)
+            data = BACKOFF.encode({"seconds": f"{seconds:g}", "until": until.isoformat()})
             written = (
                 self.ledger.replace(held.entry, data) if held else self.ledger.create(name, data)
             )
@@ -120,10 +110,8 @@ class Backoffs:
 
 def _read(entry: Entry) -> Backoff:
     fields = BACKOFF.decode(entry)
-    counted = tuple(s for s in fields.get("counted", "").split(",") if s)
     return Backoff(
         until=datetime.fromisoformat(fields["until"]),
         seconds=float(fields["seconds"]),
-        counted=counted,
         entry=entry,
     )

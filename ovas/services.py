@@ -624,8 +624,7 @@ class SessionService:
             backoffs.clear(pool.name, held)
         if not failed:
             return
-        started = max(m.created_time for m in failed)
-        seconds = backoffs.failed(pool.name, [m.id for m in failed], started, held)
+        seconds = backoffs.failed(pool.name, [m.created_time for m in failed], held)
         if seconds is None:
             return  # counted already, by this process or another
         log.warning(

@@ -22,6 +22,7 @@ from backends.docker.admission import Admission
 from backends.docker.connections import Clients
 from backends.docker.engine import Engine, ImageMissing, PullFailed, is_port_clash
 from backends.docker.gpus import GpuLedger, Inventory, inventory
+from backends.docker.ledger import DockerLedger
 from backends.docker.ports import as_text, ephemeral_overlap, parse_port_range
 from backends.docker.pulls import Jobs
 from ovas.backend import Backend, Catalog, utcnow
@@ -73,6 +74,8 @@ class DockerBackend(Backend):
         self.catalog = catalog
         self.now = now
         self.engine = Engine(docker_host)
+        # The core's shared records (a warm pool's back-off...), on the same engine.
+        self.ledger = DockerLedger(engine=self.engine)
         self.public_host = public_host
         self.bind_address = bind_address
         # Probes go through the published port, where clients connect, never to the

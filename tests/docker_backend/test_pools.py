@@ -169,3 +169,46 @@ def test_a_pooled_session_whose_container_died_is_never_handed_out(make_app, eng
     assert answer.get_json()["status"]["condition"] == "creating"
     # The dead ones were settled on the way: ended, for the pool's pass to replace.
     assert pooled(app, ready=False) == []
+
+
+def test_a_broken_pools_back_off_holds_for_every_worker_on_the_engine(
+    new_backend, pool_catalog, engine
+):
+    """The back-off one worker records is in the engine's ledger: another worker (or
+    replica, or a restarted ovas) waits it out too, so more workers do not churn more."""
+    standin = pool_catalog.root / "standin.yaml"
+    standin.write_text(
+        standin.read_text().replace(
+            "- {name: USD_PATH, value: /app/samples/stage01.usd}",
+            "- {name: USD_PATH, value: /app/samples/stage01.usd}\n"
+            "        - {name: STANDIN_EXIT_CODE, value: '3'}",
+        )
+    )
+    clock = FakeClock(ticking=True)
+
+    def worker():
+        backend = new_backend(now=clock)
+        backend.catalog = pool_catalog
+        return create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=backend)
+
+    first, second = worker(), worker()
+    first.extensions["ovas"].sessions.reap()
+    failing = {r.id for r in pooled(first, ready=False)}
+    assert len(failing) == 2
+    deadline = time.monotonic() + 60
+    while any(
+        s["State"] != "exited"
+        for sid in failing
+        for s in engine.containers(all=True, filters={"name": c.container_name(sid)})
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    clock.advance(10)
+    first.extensions["ovas"].sessions.reap()  # both failed: the pool backs off 30 s
+    assert pooled(first, ready=False) == []
+    clock.advance(5)
+    second.extensions["ovas"].sessions.reap()
+    assert pooled(second, ready=False) == [], "the other worker must wait it out too"
+    clock.advance(16)  # 31 s after the failed round started
+    second.extensions["ovas"].sessions.reap()
+    assert len(pooled(second, ready=False)) == 2

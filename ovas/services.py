@@ -42,6 +42,7 @@ from ovas.events import (
     StopRefused,
 )
 from ovas.kitspec import parse_kit, render_values
+from ovas.ledger import RecordCodec
 from ovas.lifecycle import Mark, Observed, clocks_for, decide
 from ovas.models import (
     Application,
@@ -70,6 +71,10 @@ STAGE_URI_SCHEMES = ("omniverse://", "http://", "https://", "s3://")
 MAX_STAGE_URI = 2048
 NO_POOLS = ":no-pools"  # logged once: the catalog has pools, the backend keeps none
 LOG_TAIL = 100  # log lines given when not told how many
+# A session's removal is recorded in the ledger while a process removes it (`_remove_once`).
+REMOVAL_PREFIX = "removal."
+REMOVAL = RecordCodec("removal", current=1, readers={1: dict})
+REMOVAL_GRACE = timedelta(seconds=120)
 MAX_LOG_TAIL = 10000
 
 
@@ -787,15 +792,16 @@ class SessionService:
                 renderings[session_id] = observed.record.rendering
                 if session.pooled:
                     continue  # the pool's own pass removes them
-                if session.ended_time is not None and now >= session.ended_time + self.retention:
-                    with contextlib.suppress(SessionNotFound):
-                        self.backend.stop(session_id)
-                        removed[session_id] = (
-                            f"{session.state.value} ({session.reason}) at "
-                            f"{session.ended_time.isoformat(timespec='seconds')}, and kept "
-                            f"for its retention of {self.retention.total_seconds():g} s"
-                        )
-                        self.events.emit(SessionRemoved(session_id))
+                expired = session.ended_time is not None and (
+                    now >= session.ended_time + self.retention
+                )
+                if expired and self._remove_once(session_id, now):
+                    removed[session_id] = (
+                        f"{session.state.value} ({session.reason}) at "
+                        f"{session.ended_time.isoformat(timespec='seconds')}, and kept "
+                        f"for its retention of {self.retention.total_seconds():g} s"
+                    )
+                    self.events.emit(SessionRemoved(session_id))
             except OvasError as exc:
                 log.warning("reaping session %s: %s", session_id, exc.message)
         if tend_pools:
@@ -803,6 +809,30 @@ class SessionService:
         for name in self.backend.collect(now):
             removed[name] = "it belongs to no session, or to one that has ended"
         return removed
+
+    def _remove_once(self, session_id: str, now: datetime) -> bool:
+        """Remove a session whose retention has passed, in one process only: of passes in
+        several processes that decided to at once, the one that records the removal in the
+        ledger (`removal.<id>`) does it, so it is audited and logged once. A removal record
+        older than `REMOVAL_GRACE` is of a process that died halfway: it is taken over.
+        True when this call removed the session."""
+        ledger = self.backend.ledger
+        name = f"{REMOVAL_PREFIX}{session_id}"
+        entry = ledger.create(name, REMOVAL.encode({}))
+        if entry is None:
+            held = ledger.get(name)
+            if held is None or now - held.created < REMOVAL_GRACE or not ledger.delete(held):
+                return False
+            entry = ledger.create(name, REMOVAL.encode({}))
+            if entry is None:
+                return False
+        try:
+            self.backend.stop(session_id)
+            return True
+        except SessionNotFound:
+            return False
+        finally:
+            ledger.delete(entry)
 
     def _settle(self, observed: Observed, *, now: datetime | None = None) -> Session:
         """Decide the session, and write through the backend what the decision asks: marks,

@@ -5,15 +5,18 @@ a restart, the reaper, one engine call per list."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from dataclasses import replace
 
 import pytest
 import requests
 
+from backends.docker import DockerBackend
 from backends.docker import containers as c
 from ovas import create_app
 from ovas.errors import SessionNotFound
+from ovas.events import SessionRemoved
 from ovas.lifecycle import Mark
 from ovas.models import Clocks, Reason, SessionState
 from ovas.testing import FakeClock, service_for, wait_for
@@ -288,3 +291,45 @@ def test_a_mark_for_a_session_stopped_meanwhile_is_not_kept(backend, standin_req
     backend.stop(session.record.id)  # another worker stops it while this one decides
     assert backend.mark(session.record.id, Mark.READY, backend.now()) is False
     assert ours(session.record.id) == []
+
+
+class InStep(DockerBackend):
+    """Observes, then waits for the other worker to have observed too: two passes at once."""
+
+    barrier: threading.Barrier
+
+    def observe_all(self):
+        found = super().observe_all()
+        self.barrier.wait(30)
+        return found
+
+
+def test_a_removal_decided_by_two_workers_at_once_is_done_and_audited_once(
+    new_backend, catalog, docker_daemon, standin_request
+):
+    from docker_backend.conftest import TEST_PORTS
+
+    new_backend()  # its clean-up removes what this test leaves
+    barrier = threading.Barrier(2)
+    workers = []
+    for _ in range(2):
+        backend = InStep(catalog, docker_host=docker_daemon.url, port_range=TEST_PORTS, gpus="none")
+        backend.barrier = barrier
+        workers.append(service_for(backend, retention=0))
+    removed: list[str] = []
+    for service in workers:
+        service.events.subscribe(
+            lambda event: (
+                removed.append(event.session_id) if isinstance(event, SessionRemoved) else None
+            )
+        )
+    failing = workers[0].backend.start(standin_request(env={STANDIN_EXIT_CODE: "3"}))
+    wait_for(workers[0], failing.record.id, SessionState.FAILED)
+    passes = [threading.Thread(target=service.reap) for service in workers]
+    for thread in passes:
+        thread.start()
+    for thread in passes:
+        thread.join(60)
+    assert removed == [failing.record.id]
+    for service in workers:
+        service.backend.close()

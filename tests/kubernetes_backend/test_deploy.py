@@ -68,7 +68,7 @@ def test_every_builtin_object_is_valid(rendered):
         checked += 1
         if doc["kind"] not in ("Namespace", "CustomResourceDefinition"):
             assert doc["metadata"]["namespace"] == "omni-streaming", doc["metadata"]["name"]
-    assert checked == 10  # 4 CRDs, namespace, service account, role, binding, deployment, service
+    assert checked == 11  # 4 CRDs, namespace, account, role, binding, deployment, PDB, service
 
 
 def _closed(schema: dict) -> dict:

@@ -1,0 +1,441 @@
+"""The Helm chart (config/helm/ovas): it lints, every rendering is valid against the
+Kubernetes schemas of the version the backend targets, its schema refuses typos, every
+setting of ovas/config.py can be set through it, its Role is the least the backend needs, the
+environment it renders runs ovas against the emulated cluster, and an upgrade changes only
+what its values change. Helm comes from config/tools/helm.sh."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import requests
+import yaml
+from support.kube_server import free_port
+
+from kubernetes_backend.grants import assert_least_privilege, granted, used
+from kubernetes_backend.test_deploy import K8S_VERSION
+from ovas import config
+
+pytestmark = pytest.mark.kubernetes
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "config" / "helm" / "ovas"
+NAMESPACE = "omni-streaming"
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    fetched = subprocess.run(
+        ["bash", str(ROOT / "config" / "tools" / "helm.sh")], capture_output=True, text=True
+    )
+    if fetched.returncode != 0:
+        reason = fetched.stderr.strip()
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI needs Helm: {reason}", pytrace=False)
+        pytest.skip(f"no Helm: {reason}")
+    return fetched.stdout.strip()
+
+
+@pytest.fixture
+def render(helm, tmp_path):
+    """`render(values, *flags)`: the chart's objects as `helm template` renders them for a
+    release `ovas` in omni-streaming with the values file `values`; `check=False` returns the
+    finished process instead (a refusal)."""
+
+    def run(values: dict | None = None, *flags: str, check: bool = True):
+        file = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"
+        file.write_text(yaml.safe_dump(values or {}))
+        command = [helm, "template", "ovas", str(CHART), "-n", NAMESPACE, "-f", str(file)]
+        done = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=60)
+        if not check:
+            return done
+        assert done.returncode == 0, done.stderr
+        return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+    return run
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def container(docs: list[dict]) -> dict:
+    (ovas,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return ovas
+
+
+def env(docs: list[dict]) -> dict[str, dict]:
+    return {e["name"]: e for e in container(docs)["env"]}
+
+
+def test_the_chart_lints_strictly(helm):
+    done = subprocess.run([helm, "lint", "--strict", str(CHART)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+RENDERINGS = {
+    "defaults": {},
+    "helmrelease": {"settings": {"KUBERNETES_SESSION_MODE": "helmrelease"}},
+    "replicas": {"replicaCount": 5, "podDisruptionBudget": {"maxUnavailable": "40%"}},
+    "secrets": {
+        "secretSettings": {
+            "values": {"AUTH_PROXY_SECRET": "s3cret", "JWT_AUDIENCE": "ovas"},
+            "fromSecrets": {"JWT_ISSUER": {"name": "oidc", "key": "issuer"}},
+        },
+        "apiKeys": {"entries": [{"sha256": "ab" * 32, "user": "ci", "roles": ["streamer"]}]},
+        "settings": {"AUTH": "apikey"},
+    },
+}
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_every_rendered_object_is_valid(render, name):
+    docs = render(RENDERINGS[name])
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        if doc["kind"] != "CustomResourceDefinition":
+            assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]["name"]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("CustomResourceDefinition") == 4 and "ClusterRole" not in kinds
+    assert {"ServiceAccount", "Role", "RoleBinding", "Service", "PodDisruptionBudget"} < set(kinds)
+
+
+def test_the_modes_and_replicas_reach_the_deployment(render):
+    assert env(render())["OVAS_KUBERNETES_SESSION_MODE"]["value"] == "pod"
+    helmrelease = render(RENDERINGS["helmrelease"])
+    assert env(helmrelease)["OVAS_KUBERNETES_SESSION_MODE"]["value"] == "helmrelease"
+    replicas = render(RENDERINGS["replicas"])
+    assert one(replicas, "Deployment")["spec"]["replicas"] == 5
+    assert one(replicas, "PodDisruptionBudget")["spec"]["maxUnavailable"] == "40%"
+
+
+def test_the_deployment_is_probed_and_locked_down(render):
+    docs = render()
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    ovas = container(docs)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert ovas["securityContext"]["readOnlyRootFilesystem"] is True
+    assert ovas["securityContext"]["allowPrivilegeEscalation"] is False
+    assert ovas["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert ovas["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert ovas["resources"]["limits"]["memory"] == "512Mi"
+    assert env(docs)["OVAS_KUBERNETES_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.namespace"
+    )
+
+
+@pytest.mark.parametrize(
+    "flag, named",
+    [
+        ("replicaCount=two", "replicaCount"),
+        ("settings.SESSION_IDLE_TIMEOUT=soon", "settings.SESSION_IDLE_TIMEOUT"),
+        ("settings.SESSION_IDLE_TIMEOUT=31536001", "settings.SESSION_IDLE_TIMEOUT"),
+        ("settings.EDITING_ENABLED=maybe", "settings.EDITING_ENABLED"),
+        ("settings.SESION_IDLE_TIMEOUT=600", "SESION_IDLE_TIMEOUT"),
+        ("secretSettings.values.NOT_A_SETTING=x", "NOT_A_SETTING"),
+        ("image.tagg=1.0", "tagg"),
+        ("service.type=Ingress", "service.type"),
+    ],
+)
+def test_the_schema_refuses_a_typo_naming_it(render, flag, named):
+    refused = render(None, "--set", flag, check=False)
+    assert refused.returncode != 0
+    assert named in refused.stderr and "values don't meet the specifications" in refused.stderr
+
+
+def test_the_schema_takes_the_settings_of_config_py():
+    """As the README's table is checked: the settings part of values.schema.json is what
+    config/tools/chart_schema.py writes from ovas/config.py's SETTINGS."""
+    done = subprocess.run(
+        [sys.executable, "config/tools/chart_schema.py", "--check"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    chart_names = set(schema["definitions"]["settings"]["properties"])
+    assert chart_names == {s.name.removeprefix("OVAS_") for s in config.SETTINGS}
+
+
+def _sample(setting: config.Setting) -> Any:
+    name = setting.name.removeprefix("OVAS_")
+    if name in config.BOOLEANS:
+        return True
+    if setting.bounds is not None:
+        return setting.bounds.high  # the largest: no 3.1536e+07 on its way through Helm
+    return f"text of {name}"
+
+
+def test_every_setting_becomes_its_variable(render):
+    every = {s.name.removeprefix("OVAS_"): _sample(s) for s in config.SETTINGS}
+    rendered = env(render({"settings": every}))
+    assert set(rendered) == {s.name for s in config.SETTINGS}
+    for setting in config.SETTINGS:
+        value = _sample(setting)
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        assert rendered[setting.name] == {"name": setting.name, "value": text}
+    one_flag = render(None, "--set", "settings.SESSION_IDLE_TIMEOUT=600")
+    assert env(one_flag)["OVAS_SESSION_IDLE_TIMEOUT"]["value"] == "600"
+
+
+def test_secret_settings_and_api_keys_come_from_secrets(render):
+    docs = render(RENDERINGS["secrets"])
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    assert secrets["ovas-settings"]["stringData"] == {
+        "AUTH_PROXY_SECRET": "s3cret",
+        "JWT_AUDIENCE": "ovas",
+    }
+    entries = yaml.safe_load(secrets["ovas-apikeys"]["stringData"]["apikeys.yaml"])
+    assert entries == RENDERINGS["secrets"]["apiKeys"]["entries"]
+    variables = env(docs)
+    assert variables["OVAS_AUTH_PROXY_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ovas-settings",
+        "key": "AUTH_PROXY_SECRET",
+    }
+    assert "value" not in variables["OVAS_AUTH_PROXY_SECRET"]
+    assert variables["OVAS_JWT_ISSUER"]["valueFrom"]["secretKeyRef"] == {
+        "name": "oidc",
+        "key": "issuer",
+    }
+    path = variables["OVAS_APIKEYS_FILE"]["value"]
+    (mount,) = [m for m in container(docs)["volumeMounts"] if m["name"] == "apikeys"]
+    assert path == f"{mount['mountPath']}/apikeys.yaml"
+    named = render({"apiKeys": {"existingSecret": "my-keys"}})
+    (volume,) = [
+        v
+        for v in one(named, "Deployment")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "apikeys"
+    ]
+    assert volume["secret"]["secretName"] == "my-keys"
+    assert not [d for d in named if d["kind"] == "Secret"]
+
+
+@pytest.mark.parametrize(
+    "values, said",
+    [
+        (
+            {
+                "settings": {"JWT_AUDIENCE": "a"},
+                "secretSettings": {"values": {"JWT_AUDIENCE": "b"}},
+            },
+            "settings.JWT_AUDIENCE is given twice",
+        ),
+        (
+            {"settings": {"APIKEYS_FILE": "/k"}, "apiKeys": {"existingSecret": "keys"}},
+            "settings.APIKEYS_FILE is set by apiKeys",
+        ),
+    ],
+)
+def test_a_setting_given_twice_is_refused(render, values, said):
+    refused = render(values, check=False)
+    assert refused.returncode != 0 and said in refused.stderr
+
+
+def test_the_role_is_the_least_the_backend_needs(render, make_backend, cluster):
+    docs = render()
+    role = one(docs, "Role")
+    assert_least_privilege(role, make_backend, cluster)
+    binding = one(docs, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    account = one(docs, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
+    ]
+
+
+def test_sessions_elsewhere_get_the_role_there(render):
+    docs = render({"settings": {"KUBERNETES_NAMESPACE": "kit-sessions"}})
+    assert one(docs, "Role")["metadata"]["namespace"] == "kit-sessions"
+    binding = one(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "kit-sessions"
+    assert binding["subjects"][0]["namespace"] == NAMESPACE
+    assert env(docs)["OVAS_KUBERNETES_NAMESPACE"]["value"] == "kit-sessions"
+
+
+def test_the_crds_and_service_monitor_are_optional(render):
+    def crds(docs):
+        return sorted(
+            d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"
+        )
+
+    assert crds(render({"crds": {"ovas": False}})) == ["warmpools.ovas.io"]
+    assert crds(render({"crds": {"warmPool": False, "ovas": False}})) == []
+    kept = [d for d in render() if d["kind"] == "CustomResourceDefinition"]
+    assert {d["metadata"]["annotations"]["helm.sh/resource-policy"] for d in kept} == {"keep"}
+    monitored = {"metrics": {"serviceMonitor": {"enabled": True}}}
+    assert not [d for d in render(monitored) if d["kind"] == "ServiceMonitor"]
+    with_crd = render(monitored, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+    monitor = one(with_crd, "ServiceMonitor")
+    service = one(with_crd, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+
+
+@pytest.mark.parametrize("readme", ["README.md", "backends/kubernetes/README.md"])
+def test_the_readmes_values_files_install(render, readme):
+    text = (ROOT / readme).read_text()
+    block = re.split(r"\n *YAML\n", text.split("cat > my-values.yaml <<'YAML'\n", 1)[1])[0]
+    indent = len(block) - len(block.lstrip())
+    values = yaml.safe_load("\n".join(line[indent:] for line in block.splitlines()))
+    docs = render(values)
+    assert container(docs)["image"].startswith(values["image"]["repository"] + ":")
+
+
+def test_the_kustomize_base_is_the_chart_rendered(helm):
+    """config/deploy's objects are the chart's defaults (config/tools/render_deploy.py), so
+    the two install the same; test_deploy.py checks the base itself."""
+    done = subprocess.run(
+        [sys.executable, "config/tools/render_deploy.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def changes(old: Any, new: Any, path: str = "") -> set[str]:
+    """Dotted paths where `new` differs from `old` (a list of another length is one change)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found: set[str] = set()
+        for key in old.keys() | new.keys():
+            found |= changes(old.get(key), new.get(key), f"{path}.{key}".lstrip("."))
+        return found
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        found = set()
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            found |= changes(a, b, f"{path}.{i}")
+        return found
+    return set() if old == new else {path}
+
+
+def test_an_upgrade_changes_only_what_its_values_change(render):
+    """`helm upgrade` from the defaults to another values file: a diff of the two renderings."""
+    before = {(d["kind"], d["metadata"]["name"]): d for d in render()}
+    upgrade = {
+        "replicaCount": 3,
+        "settings": {"SESSION_IDLE_TIMEOUT": 600, "KUBERNETES_SESSION_MODE": "helmrelease"},
+        "secretSettings": {"values": {"AUTH_PROXY_SECRET": "s3cret"}},
+        "service": {"type": "LoadBalancer"},
+    }
+    after = {(d["kind"], d["metadata"]["name"]): d for d in render(upgrade)}
+    assert after.keys() - before.keys() == {("Secret", "ovas-settings")}
+    assert before.keys() - after.keys() == set()
+    changed = {key: changes(before[key], after[key]) for key in before}
+    pod = "spec.template"
+    env_path = f"{pod}.spec.containers.0.env"
+    assert {key: paths for key, paths in changed.items() if paths} == {
+        ("Deployment", "ovas"): {
+            "spec.replicas",
+            env_path,  # one variable more: the secret's
+            f"{pod}.metadata.annotations",  # its checksum, so pods restart for a new secret
+        },
+        ("Service", "ovas"): {"spec.type"},
+    }
+    old_env = {
+        e["name"]: e
+        for e in before[("Deployment", "ovas")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    new_env = env(list(after.values()))
+    assert {n for n in new_env if new_env[n] != old_env.get(n)} == {
+        "OVAS_SESSION_IDLE_TIMEOUT",
+        "OVAS_KUBERNETES_SESSION_MODE",
+        "OVAS_AUTH_PROXY_SECRET",
+    }
+
+
+def _variables(rendered: dict[str, dict], namespace: str) -> dict[str, str]:
+    """The container's environment as the kubelet would give it (a downward-API field
+    resolved to the pod's namespace)."""
+    out = {}
+    for name, entry in rendered.items():
+        if "value" in entry:
+            out[name] = entry["value"]
+        else:
+            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", name
+            out[name] = namespace
+    return out
+
+
+def _wait(url: str, server: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert server.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def test_the_rendered_environment_serves_the_catalog_and_a_session(render, cluster, tmp_path):
+    """ovas started as the chart's container starts it (the image's command, the rendered
+    environment; the emulated cluster's kubeconfig standing in for the in-cluster config,
+    and loopback for 0.0.0.0) serves the catalog and runs a session from start to stop,
+    calling only what the chart's Role grants."""
+    port = free_port()
+    docs = render(None, "--set", f"containerPort={port}")
+    variables = _variables(env(docs), NAMESPACE)
+    assert variables.pop("OVAS_BIND") == f"0.0.0.0:{port}"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    (cmd,) = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
+    command = json.loads(cmd.removeprefix("CMD "))
+    assert command[0] == "gunicorn"
+    environment = {
+        **variables,
+        "OVAS_BIND": f"127.0.0.1:{port}",
+        "KUBECONFIG": cluster.kubeconfig,
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+    }
+    log = tmp_path / "ovas.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", *command],
+            cwd=ROOT,
+            env=environment,
+            stdout=out,
+            stderr=out,
+        )
+    url = f"http://127.0.0.1:{port}"
+    probes = container(docs)
+    try:
+        _wait(f"{url}{probes['readinessProbe']['httpGet']['path']}", server, log)
+        assert requests.get(f"{url}{probes['livenessProbe']['httpGet']['path']}").ok
+        http = requests.Session()
+        apps = http.get(f"{url}/cfg/apps").json()["items"]
+        assert {"kit-standin", "usd-viewer"} <= {a["id"] for a in apps}
+        body = {"id": "kit-standin", "profile": "standin", "version": "1.0.0", "arguments": {}}
+        started = http.post(f"{url}/streaming/stream", json=body)
+        assert started.status_code == 202, started.text
+        session = f"{url}/streaming/stream/{started.json()['id']}"
+        deadline = time.monotonic() + 30
+        while (answer := http.get(session)).status_code == 202:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.1)
+        assert answer.json()["status"]["condition"] == "ready", answer.text
+        stopped = http.delete(f"{url}/streaming/stream", json={"id": started.json()["id"]})
+        assert stopped.status_code == 204, stopped.text
+        assert http.get(session).status_code == 404
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    calls = used(cluster.emulator.calls())
+    assert {("omniverse.nvidia.com", "applications", "list"), ("", "pods", "create")} <= calls
+    assert calls - granted(one(docs, "Role")) == set(), "calls the chart's Role does not allow"

@@ -54,4 +54,4 @@ bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(RUN_VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(RUN_VENV) .pytest_cache .ruff_cache *.egg-info .tools

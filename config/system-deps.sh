@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs, as root and only where missing, the Debian packages the test suite drives:
-# a Docker engine, busybox-static (the stand-in Kit image), Chromium (the docs pages) and
-# kubectl (rendering the kustomize base). Without root it only reports what is missing; the
-# tests that need a missing part then say so.
+# a Docker engine, busybox-static (the stand-in Kit image), Chromium (the docs pages),
+# kubectl (rendering the kustomize base) and npm (fetching Helm: config/tools/helm.sh).
+# Without root it only reports what is missing; the tests that need a missing part then
+# say so.
 set -u
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v chromium >/dev/null || need+=(chromium)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
+command -v npm >/dev/null || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "system-deps: not root; missing: ${need[*]} (the tests needing them will say so)" >&2

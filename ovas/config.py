@@ -325,17 +325,19 @@ DEFAULTS["JSON_SORT_KEYS"] = False
 def settings_table() -> str:
     """SETTINGS as the README's Markdown table."""
     rows = ["| Variable | Meaning | Default |", "|---|---|---|"]
-    rows += [f"| `{s.name}` | {_meaning(s)} | {s.default_text()} |" for s in SETTINGS]
+    rows += [f"| `{s.name}` | {describe(s)} | {s.default_text()} |" for s in SETTINGS]
     return "\n".join(rows)
 
 
-def _meaning(setting: Setting) -> str:
+def describe(setting: Setting) -> str:
+    """What the setting means, with its range when it has one (the README table's words)."""
     if setting.bounds is None:
         return setting.meaning
     return f"{setting.meaning} (range {setting.bounds.low} to {setting.bounds.high})"
 
 
-_BOOLEANS = ("EDITING_ENABLED",)
+# Yes/no settings (read by `as_bool`); the others are text or, with bounds, numbers.
+BOOLEANS = ("EDITING_ENABLED",)
 BOUNDED = {s.key: s for s in SETTINGS if s.key and s.bounds}
 
 
@@ -362,7 +364,7 @@ def apply_environment(config: MutableMapping[str, Any], environ=os.environ) -> N
 
 def normalise(config: MutableMapping[str, Any]) -> None:
     """Coerce settings that came in as text; raise `ConfigurationError` naming a bad one."""
-    for key in _BOOLEANS:
+    for key in BOOLEANS:
         config[key] = as_bool(config.get(key, False), key)
     # OVAS_REAP_GRACE is what OVAS_SESSION_RETENTION was called before session clocks.
     if config.get("REAP_GRACE") is not None:

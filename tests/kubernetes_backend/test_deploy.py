@@ -1,6 +1,7 @@
-"""The deployable base (config/deploy): it renders with `kubectl kustomize`, every object is
-valid against the Kubernetes schemas (kubernetes-validate, offline), every catalog object
-against our CRDs' schemas, and the Role grants exactly the calls the backend makes."""
+"""The deployable base (config/deploy, mostly rendered from the Helm chart: test_helm.py keeps
+it so): it renders with `kubectl kustomize`, every object is valid against the Kubernetes
+schemas (kubernetes-validate, offline), every catalog object against our CRDs' schemas, and
+the Role grants exactly the calls the backend makes."""
 
 from __future__ import annotations
 
@@ -13,14 +14,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from support.kube_requests import wait_for
 from support.kube_server import catalog_documents
 
-from kubernetes_backend.steps import request_for
-from kubernetes_backend.steps import start as begin
-from ovas.models import Application, SessionQuery, SessionState, Version
-from ovas.services import CatalogService
-from ovas.testing import service_for
+from kubernetes_backend.grants import assert_least_privilege
 
 pytestmark = pytest.mark.kubernetes
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +64,7 @@ def test_every_builtin_object_is_valid(rendered):
         checked += 1
         if doc["kind"] not in ("Namespace", "CustomResourceDefinition"):
             assert doc["metadata"]["namespace"] == "omni-streaming", doc["metadata"]["name"]
-    assert checked == 10  # 4 CRDs, namespace, service account, role, binding, deployment, service
+    assert checked == 11  # 4 CRDs, namespace, account, role, binding, deployment, PDB, service
 
 
 def _closed(schema: dict) -> dict:
@@ -144,71 +140,9 @@ def test_the_deployment_is_replicated_probed_and_locked_down(rendered):
     assert "config/gunicorn.conf.py" in dockerfile and ".[kubernetes,serve]" in dockerfile
 
 
-VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
-
-
-def resource(request) -> str:
-    """The resource RBAC names: `pods`, or `pods/log` for a pod's log."""
-    plural = request.resource.plural
-    return f"{plural}/{request.subresource}" if request.subresource else plural
-
-
-def verb(request) -> str:
-    method = request.method.value
-    if method == "GET":
-        return "get" if request.name else "list"
-    if method == "DELETE":
-        return "delete" if request.name else "deletecollection"
-    return VERBS[method]
-
-
-def exercise(make_backend, mode: str) -> None:
-    """Everything the backend does: start, read, mark, end, read logs, stop, collect,
-    check, edit the catalog, keep the core's records."""
-    backend = make_backend(mode)
-    sessions = service_for(backend, retention=60)
-    backend.check()
-    backend.catalog.check()
-    ok = begin(sessions, request_for(backend, capacity=5, user_capacity=5))
-    exits = {"env": [{"name": "STANDIN_EXIT_CODE", "value": "1"}]}
-    crash = begin(sessions, request_for(backend, exits))
-    wait_for(sessions, ok.id, {SessionState.READY})
-    wait_for(sessions, crash.id, {SessionState.FAILED})
-    sessions.all()
-    backend.observe_page(SessionQuery(username="tester"))
-    backend.logs(ok.id)
-    backend.logs(crash.id)
-    backend.stop(ok.id)
-    backend.admission.acquire(request_for(backend, capacity=9))  # a start that died midway
-    backend.now.advance(3600)
-    sessions.reap()
-    ledger = backend.ledger  # the core's records
-    entry = ledger.create(f"check.{mode}", {"n": "1"})
-    ledger.delete(ledger.replace(ledger.get(entry.name), {"n": "2"}))
-    ledger.list()
-    editor = CatalogService(backend.catalog, editing_enabled=True)
-    editor.create_application(Application(f"app-{mode}", "App"))
-    editor.update_application(f"app-{mode}", {"name": "Renamed"})
-    editor.create_version(Version(f"app-{mode}", "1.0.0", "reg/app", "1.0.0"))
-    editor.delete_version(f"app-{mode}", "1.0.0")
-    editor.delete_application(f"app-{mode}")
-    backend.catalog.profile("standin")
-
-
 def test_the_role_grants_exactly_what_the_backend_uses(rendered, make_backend, cluster):
     (role,) = by_kind(rendered, "Role")
-    granted = {
-        (group, resource, v)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for v in rule["verbs"]
-    }
-    for mode in ("pod", "helmrelease"):
-        exercise(make_backend, mode)
-    used = {(r.resource.group, resource(r), verb(r)) for r in cluster.emulator.calls()}
-    assert used - granted == set(), "calls the Role does not allow"
-    assert granted - used == set(), "grants nothing uses"
+    assert_least_privilege(role, make_backend, cluster)
     (binding,) = by_kind(rendered, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"][0]["name"] == "ovas"

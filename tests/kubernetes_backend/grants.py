@@ -1,0 +1,91 @@
+"""RBAC least privilege, checked by use: what a Role grants, what the backend asked the API
+server for, and a run of the backend that makes every kind of call it can make. The kustomize
+base's Role (test_deploy.py) and the chart's (test_helm.py) are held to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from support.kube_requests import wait_for
+
+from kubernetes_backend.steps import request_for
+from kubernetes_backend.steps import start as begin
+from ovas.models import Application, SessionQuery, SessionState, Version
+from ovas.services import CatalogService
+from ovas.testing import service_for
+
+VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
+
+
+def resource(request) -> str:
+    """The resource RBAC names: `pods`, or `pods/log` for a pod's log."""
+    plural = request.resource.plural
+    return f"{plural}/{request.subresource}" if request.subresource else plural
+
+
+def verb(request) -> str:
+    method = request.method.value
+    if method == "GET":
+        return "get" if request.name else "list"
+    if method == "DELETE":
+        return "delete" if request.name else "deletecollection"
+    return VERBS[method]
+
+
+def granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) for every grant of `role`."""
+    return {
+        (group, resource, v)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+def used(calls) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) of every request in `calls` (the emulator's)."""
+    return {(r.resource.group, resource(r), verb(r)) for r in calls}
+
+
+def exercise(make_backend, mode: str) -> None:
+    """Everything the backend does: start, read, mark, end, read logs, stop, collect,
+    check, edit the catalog, keep the core's records."""
+    backend = make_backend(mode)
+    sessions = service_for(backend, retention=60)
+    backend.check()
+    backend.catalog.check()
+    ok = begin(sessions, request_for(backend, capacity=5, user_capacity=5))
+    exits = {"env": [{"name": "STANDIN_EXIT_CODE", "value": "1"}]}
+    crash = begin(sessions, request_for(backend, exits))
+    wait_for(sessions, ok.id, {SessionState.READY})
+    wait_for(sessions, crash.id, {SessionState.FAILED})
+    sessions.all()
+    backend.observe_page(SessionQuery(username="tester"))
+    backend.logs(ok.id)
+    backend.logs(crash.id)
+    backend.stop(ok.id)
+    backend.admission.acquire(request_for(backend, capacity=9))  # a start that died midway
+    backend.now.advance(3600)
+    sessions.reap()
+    ledger = backend.ledger  # the core's records
+    entry = ledger.create(f"check.{mode}", {"n": "1"})
+    ledger.delete(ledger.replace(ledger.get(entry.name), {"n": "2"}))
+    ledger.list()
+    editor = CatalogService(backend.catalog, editing_enabled=True)
+    editor.create_application(Application(f"app-{mode}", "App"))
+    editor.update_application(f"app-{mode}", {"name": "Renamed"})
+    editor.create_version(Version(f"app-{mode}", "1.0.0", "reg/app", "1.0.0"))
+    editor.delete_version(f"app-{mode}", "1.0.0")
+    editor.delete_application(f"app-{mode}")
+    backend.catalog.profile("standin")
+
+
+def assert_least_privilege(role: dict[str, Any], make_backend, cluster) -> None:
+    """Runs the backend in both session modes; every call it made is granted by `role`, and
+    every grant of `role` was used."""
+    for mode in ("pod", "helmrelease"):
+        exercise(make_backend, mode)
+    calls = used(cluster.emulator.calls())
+    assert calls - granted(role) == set(), "calls the Role does not allow"
+    assert granted(role) - calls == set(), "grants nothing uses"

@@ -98,8 +98,18 @@ class Backoffs:
                 backoffs[name] = _read(written)
                 return seconds
             again = self.ledger.get(name)
-            held = _read(again) if again is not None else None
+            try:
+                held = _read(again) if again is not None else None
+            except (UnknownFormat, KeyError, ValueError) as exc:
+                log.warning("leaving the back-off record %s alone: %s", name, exc)
+                return None
         return None
+
+    def forget(self, pools: Iterable[str], backoffs: dict[str, Backoff]) -> None:
+        """Delete the back-offs of pools other than `pools` (gone from the catalog)."""
+        kept = {record_name(pool) for pool in pools}
+        for name in [n for n in backoffs if n not in kept]:
+            self.ledger.delete(backoffs.pop(name).entry)
 
     def clear(self, pool: str, backoffs: dict[str, Backoff]) -> None:
         """A session of `pool` is ready: its back-off is over."""

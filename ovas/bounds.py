@@ -68,6 +68,7 @@ def _number(value: Any, whole: bool) -> int | float | None:
 
 
 SECONDS = Bounds(0, YEAR, "seconds")  # every clock, timeout, interval and age
+DEADLINE = Bounds(1, YEAR, "seconds")  # a deadline that cannot be turned off (the start's)
 FRACTIONAL_SECONDS = Bounds(0, YEAR, "seconds", whole=False)  # probe timings
 SESSIONS = Bounds(0, 100_000, "sessions")  # capacities (0 = no limit)
 TRIES = Bounds(1, 100_000, "tries")  # a probe's failureThreshold

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ovas.bounds import BODY_BYTES, SECONDS, SESSIONS, THREADS, WORKERS, Bounds
+from ovas.bounds import BODY_BYTES, DEADLINE, SECONDS, SESSIONS, THREADS, WORKERS, Bounds
 from ovas.errors import ConfigurationError
 
 DEFAULT_RETENTION = 3600
@@ -99,9 +99,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "OVAS_START_TIMEOUT",
-        "seconds a session may take to become ready before it fails",
+        "seconds a session may take to become ready before it fails (it cannot be turned off)",
         900,
-        bounds=SECONDS,
+        bounds=DEADLINE,
     ),
     Setting(
         "OVAS_SESSION_CONNECT_TIMEOUT",

@@ -48,11 +48,6 @@ class Reaper:
             log.info("removed %s: %s", name, why)
         return removed
 
-    @property
-    def running(self) -> bool:
-        """True once `start` started the thread, until `stop`."""
-        return self._thread is not None and not self._stop.is_set()
-
     def _run(self) -> None:
         while True:
             try:

@@ -75,6 +75,7 @@ LOG_TAIL = 100  # log lines given when not told how many
 REMOVAL_PREFIX = "removal."
 REMOVAL = RecordCodec("removal", current=1, readers={1: dict})
 REMOVAL_GRACE = timedelta(seconds=120)
+FREE_EVERY = timedelta(seconds=5)  # a refused start frees what ended sessions hold, this often
 MAX_LOG_TAIL = 10000
 
 
@@ -333,6 +334,7 @@ class SessionService:
         self.pool_max_age = pool_max_age
         self.now = now
         self.events = events or Events()
+        self._freed_at: datetime | None = None  # see `_freed_room`
         # What was logged once: pool names, and NO_POOLS (no pool name holds a colon).
         self._pool_warned: set[str] = set()
 
@@ -416,7 +418,7 @@ class SessionService:
             return self.backend.start(request)
         except CapacityExceeded as exc:
             refused = exc
-        if self._settle_ended() or self.backend.collect(self.now()):
+        if self._freed_room():
             try:
                 return self.backend.start(request)
             except CapacityExceeded as exc:
@@ -424,6 +426,17 @@ class SessionService:
         if isinstance(refused, UserCapacityExceeded) or not self._shrink_pools():
             raise refused
         return self.backend.start(request)
+
+    def _freed_room(self) -> bool:
+        """Free what ended sessions and removed workloads still hold (`_settle_ended`, then
+        the backend's clean-up), at most once every `FREE_EVERY` in this process: it reads
+        every session, which refused starts in a burst must not repeat. True if it freed
+        anything."""
+        now = self.now()
+        if self._freed_at is not None and now - self._freed_at < FREE_EVERY:
+            return False
+        self._freed_at = now
+        return self._settle_ended() or bool(self.backend.collect(now))
 
     def _settle_ended(self) -> bool:
         """Decide every session now and record the outcome of those that ended, which frees
@@ -588,7 +601,10 @@ class SessionService:
             for session in members[name]:
                 self._remove_pooled_quietly(session.id, f"warm pool {name} is gone", removed)
         backoffs = Backoffs(self.backend.ledger)
+        # Read with pools only: a pass without them costs no ledger call (the back-offs
+        # of pools gone meanwhile are deleted by the next pass that has pools).
         held = backoffs.load() if catalog_pools else {}
+        backoffs.forget(names, held)
         for pool in catalog_pools:
             target, digest, problem = self._pool_target(pool)
             if target is None and pool.name not in self._pool_warned:

@@ -147,3 +147,8 @@ def test_a_session_recorded_with_clocks_past_year_9999_never_fails_a_request():
     assert listed["status"]["condition"] == "ready"
     shown = client.get(f"/streaming/stream/{listed['id']}")
     assert shown.status_code == 200 and shown.json["expires_time"] is None
+
+
+def test_a_start_timeout_of_zero_stops_startup_rather_than_fail_every_session():
+    with pytest.raises(ConfigurationError, match="OVAS_START_TIMEOUT"):
+        create_app({"TESTING": True, "START_TIMEOUT": "0"}, backend=FakeBackend())

@@ -267,6 +267,17 @@ def test_a_back_off_record_of_a_newer_format_is_left_alone(backend, sessions, ca
     assert "leaving the back-off record" in caplog.text
 
 
+def test_the_back_off_of_a_pool_gone_from_the_catalog_goes_too(catalog, backend, sessions):
+    backend.fault = Reason.CREATE_FAILED
+    sessions.reap()
+    sessions.reap()  # failed: the pool backs off
+    assert backend.ledger.get(f"pool-backoff.{POOL.name}") is not None
+    del catalog.pools[POOL.name]
+    catalog.pools["other"] = WarmPool("other", "usd-viewer", "latest", "default", 1)
+    sessions.reap()
+    assert backend.ledger.list("pool-backoff.") == []
+
+
 def test_a_pool_gone_from_the_catalog_is_emptied(catalog, backend, sessions):
     fill(sessions)
     del catalog.pools[POOL.name]

@@ -39,9 +39,10 @@ PROBE_BUDGET = 1.0  # seconds an observation may spend probing and counting clie
 PROBE_SETTLE = timedelta(seconds=2 * PROBE_BUDGET)
 PORT_TRIES = 8  # starts tried when a host port of the range is held by another program
 # Claims and marks of no session are kept this long: a start in progress takes its claims a
-# moment (one engine create) before it records its session. Longer keeps a slot of a session
-# whose container was removed by hand from the next start.
-ORPHAN_GRACE = timedelta(seconds=10)
+# moment (a few engine creates) before it records its session, and hosts sharing a remote
+# engine may disagree on the time by some seconds. Longer keeps a slot of a session whose
+# container was removed by hand from the next start.
+ORPHAN_GRACE = timedelta(seconds=30)
 LOG_LINES = 100  # kept with a session's outcome
 # Slots a session holds whoever owns it: not traded by a warm pool's claim.
 _SHARED_SLOTS = (c.SLOT_PREFIX, c.PORT_SLOT_PREFIX)

@@ -518,6 +518,16 @@ class KubernetesBackend(Backend):
                 recorded = True
             except Taken:
                 pass  # another process recorded it first
+            except OvasError as exc:
+                # The workload must not hold its GPU for want of a record: it ends all the
+                # same, and the session is forgotten rather than kept for its retention.
+                log.warning(
+                    "session %s %s, but its outcome cannot be recorded (%s); ending its "
+                    "workload without keeping it",
+                    session_id,
+                    outcome.reason.value,
+                    exc.detail or exc.message,
+                )
         self._end(session_id, found.pod)
         return recorded
 

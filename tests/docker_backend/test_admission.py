@@ -16,6 +16,7 @@ import pytest
 from support import dockerd
 
 from backends.docker import containers as c
+from backends.docker.backend import ORPHAN_GRACE
 from backends.docker.gpus import Gpu, Inventory
 from backends.docker.ports import parse_port_range
 from ovas.errors import CapacityExceeded
@@ -252,5 +253,5 @@ def test_a_slot_of_a_container_removed_by_hand_is_free_once_the_grace_passes(new
     engine.remove_container(c.container_name(first), force=True)
     with pytest.raises(CapacityExceeded):  # a claim this young may be a start in progress
         sessions.start("kit-standin", "standin")
-    clock.advance(11)
+    clock.advance(ORPHAN_GRACE.total_seconds() + 1)
     assert sessions.start("kit-standin", "standin").id != first

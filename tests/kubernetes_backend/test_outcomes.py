@@ -267,3 +267,24 @@ def test_finishing_a_session_that_is_gone_records_nothing(make_backend, cluster,
     assert backend.finish(session.id, outcome) is False
     assert outcome_of(cluster, session.id) is None
     assert backend.finish("not-a-session", outcome) is False
+
+
+def test_a_session_whose_outcome_cannot_be_recorded_still_frees_its_workload(
+    make_backend, cluster, clock, caplog
+):
+    sessions = service_for(make_backend("pod"))
+    session = begin(sessions, request_for(sessions.backend, clocks=CLOCKS))
+    wait_for(sessions, session.id, READY)
+    # The namespace's quota of ConfigMaps is full: no outcome record can be made.
+    held = {"configmaps": str(len(cluster.objects(CONFIG_MAPS, "omni-streaming")))}
+    full = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "cm"}}
+    cluster.seed("omni-streaming", [{**full, "spec": {"hard": held}}])
+    clock.advance(CLOCKS.max_lifetime + 1)
+    ended = sessions.get(session.id)
+    assert (ended.state, ended.reason) == (SessionState.ENDED, Reason.MAX_LIFETIME)
+    # Its pod and Service go: the GPU is free, though nothing keeps the session.
+    assert wait_until(lambda: of_session(cluster, PODS, session.id) == [])
+    with pytest.raises(SessionNotFound):
+        sessions.get(session.id)
+    said = [r.getMessage() for r in caplog.records if "cannot be recorded" in r.getMessage()]
+    assert said and "exceeded quota: cm" in said[0], said

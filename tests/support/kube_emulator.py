@@ -449,6 +449,8 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         name = (obj.get("metadata") or {}).get("name", "")
         if plural == "pods":
             self._quota(namespace, name, obj)
+        else:
+            self._count_quota(plural, namespace, name)
         for webhook, check in self.webhooks.items():
             reason = check(plural, obj)
             if reason:
@@ -479,6 +481,24 @@ class ClusterEmulator(k8s.KubernetesEmulator):
                     f'pods "{name}" is forbidden: exceeded quota: {quota["metadata"]["name"]}, '
                     f"requested: {listed(asked)}, used: {listed(used)}, limited: {listed(hard)}",
                 )
+
+    def _count_quota(self, plural: str, namespace: str | None, name: str) -> None:
+        """Object count quotas (`count/configmaps`, or `configmaps` for the core kinds that
+        have a short name), as the API server's quota admission counts them."""
+        keys = (f"count/{plural}", plural)
+        for _, quota in self.items("v1/resourcequotas", namespace):
+            hard = (quota.get("spec") or {}).get("hard") or {}
+            for key in keys:
+                if key in hard:
+                    used = sum(1 for _ in self.items(f"v1/{plural}", namespace))
+                    if used + 1 > int(str(hard[key])):
+                        raise error(
+                            403,
+                            "Forbidden",
+                            f'{plural} "{name}" is forbidden: exceeded quota: '
+                            f"{quota['metadata']['name']}, requested: {key}=1, used: "
+                            f"{key}={used}, limited: {key}={hard[key]}",
+                        )
 
     def _list_body(self, request: kmock.Request) -> bytes:
         """The list as JSON, from each object's JSON kept while it is unchanged (as an API

@@ -62,6 +62,11 @@ LOGS = "ovas.logs"  # outcome: the last log lines, one per line
 MARK = "ovas.mark"  # mark
 AT = "ovas.at"  # mark
 CLAIM = "ovas.claim"  # slot, gpu: present on claims alone, so one list finds them all
+# The format of every record's labels, written on each. A container of ovas's without it was
+# made before formats were written (read as format 1, which it is); one of another format is
+# a newer release's, left alone (see `observe.read_summary`).
+FORMAT = "ovas.format"
+CURRENT_FORMAT = "1"
 
 CONTAINER, PENDING, FAULT, OUTCOME, MARK_RECORD, SLOT, GPU = (
     "container",
@@ -272,7 +277,11 @@ def container_spec(
     return {
         "image": kit.image,
         "name": container_name(request.id),
-        "labels": {**session_labels(request, gpu_ids, note), RECORD: CONTAINER},
+        "labels": {
+            **session_labels(request, gpu_ids, note),
+            RECORD: CONTAINER,
+            FORMAT: CURRENT_FORMAT,
+        },
         "environment": dict(kit.env),
         "ports": [
             [p.container_port, p.protocol, bind_address, host_ports] for p in wanted_ports(kit)
@@ -318,8 +327,10 @@ def create_arguments(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 
 def record_spec(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    """A record: a never-started container named `name` carrying `labels`."""
-    return {"image": RECORD_IMAGE, "name": name, "labels": dict(labels), "command": ["ovas-record"]}
+    """A record: a never-started container named `name` carrying `labels`, in the current
+    format."""
+    labels = {**labels, FORMAT: CURRENT_FORMAT}
+    return {"image": RECORD_IMAGE, "name": name, "labels": labels, "command": ["ovas-record"]}
 
 
 def describing(labels: Mapping[str, str]) -> dict[str, str]:

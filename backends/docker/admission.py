@@ -160,8 +160,8 @@ class Admission:
                 )
             names = [c.port_slot_name(k, protocol) for k in range(len(self.ports))]
             for _ in range(count):
-                # The last free places are those of ports published unclaimed, which
-                # `backfill` takes: a start and a backfill at once never share a place.
+                # The last free places are left for ports published unclaimed: `backfill`
+                # takes those, so a start counting on them does not race it for a place.
                 free = [n for n in names if n not in held]
                 free = free[: max(0, len(free) - unclaimed.get(protocol, 0))]
                 if not self._take_one(request.id, free, held, taken, request.username):
@@ -212,8 +212,8 @@ class Admission:
                     count -= 1
             if count:
                 log.warning(
-                    "session %s publishes %d %s ports no place of OVAS_DOCKER_PORT_RANGE "
-                    "counts: the range has fewer places than its sessions publish ports",
+                    "session %s publishes %d %s ports for which OVAS_DOCKER_PORT_RANGE has "
+                    "no free place: its sessions publish more ports than the range holds",
                     objects.session_id,
                     count,
                     protocol.upper(),

@@ -83,6 +83,7 @@ RECORD_KINDS = (*SESSION_RECORDS, FAULT, MARK_RECORD, *CLAIMS)
 RECORD_IMAGE = "ovas/record:1"
 MAX_LABEL = 4000  # characters of a message or logs kept in a label
 _PORT = re.compile(r"^(\w+):(\d+)/(tcp|udp)$")
+_PORT_SLOT = re.compile(r"^ovas-port-(tcp|udp)-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,22 @@ def port_slot_name(index: int, protocol: str) -> str:
     return f"{PORT_SLOT_PREFIX}{protocol}-{index}"
 
 
+def parse_port_slot(name: str) -> tuple[str, int] | None:
+    """The protocol and index of a claim `port_slot_name` names, `("tcp", 3)`; None for any
+    other name."""
+    match = _PORT_SLOT.match(name)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
 def ports_needed(kit: KitSpec) -> dict[str, int]:
     """How many host ports of each protocol the session publishes: `{"tcp": 2, "udp": 1}`."""
+    return count_protocols(wanted_ports(kit))
+
+
+def count_protocols(ports: tuple[PortSpec, ...]) -> dict[str, int]:
+    """`ports` counted by protocol: `{"tcp": 2, "udp": 1}`."""
     needed: dict[str, int] = {}
-    for port in wanted_ports(kit):
+    for port in ports:
         needed[port.protocol] = needed.get(port.protocol, 0) + 1
     return needed
 

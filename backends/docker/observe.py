@@ -160,6 +160,21 @@ def _left_alone(why: str) -> None:
         log.warning("leaving a record alone: %s, which this release cannot read", why)
 
 
+def unclaimed_ports(objects: SessionObjects) -> dict[str, int]:
+    """Host ports of each protocol the session publishes that no `ovas-port-` claim of its
+    counts, `{"tcp": 2, "udp": 1}`: a session started by an ovas that took no port claims
+    (an earlier release) until `collect` claims them. Nothing for a session whose outcome is
+    recorded: it publishes no more."""
+    if not objects.exists or objects.outcome is not None:
+        return {}
+    publishes = c.count_protocols(c.parse_labels(objects.describing.labels).ports)
+    for found in objects.claims:
+        protocol, _ = c.parse_port_slot(found.name) or ("", 0)
+        if protocol in publishes:
+            publishes[protocol] -= 1
+    return {protocol: n for protocol, n in publishes.items() if n > 0}
+
+
 def record_of(objects: SessionObjects) -> Record:
     """The session's record: what was asked, its marks and its outcome."""
     labels = c.parse_labels(objects.describing.labels)

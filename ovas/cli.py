@@ -23,10 +23,29 @@ from ovas.services import CatalogService
 
 COLUMNS = ("ID", "STATE", "REASON", "APP", "VERSION", "PROFILE", "USER", "AGE", "ROUTES")
 
+_verbose_option = click.option(
+    "-v", "--verbose", is_flag=True, help="Also print the server's log lines (at OVAS_LOG_LEVEL)"
+)
+
+
+def _print_what_was_asked(ctx: click.Context, verbose: bool) -> None:
+    """A command prints what was asked: the log lines that building the app writes (the
+    settings line first) are the server's, shown with `--verbose`; warnings and errors
+    still reach the operator. Both `ovas` and `flask ovas` apply it, `serve` aside (a
+    server's log is its output)."""
+    if verbose or ctx.invoked_subcommand == "serve":
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    ctx.call_on_close(lambda: logging.disable(previous))
+
 
 @click.group("ovas")
-def ovas_cli() -> None:
+@_verbose_option
+@click.pass_context
+def ovas_cli(ctx: click.Context, verbose: bool) -> None:
     """Manage ovas: backends, the catalog, sessions."""
+    _print_what_was_asked(ctx, verbose)
 
 
 @ovas_cli.command("backends")
@@ -207,19 +226,13 @@ def age(seconds: float) -> str:
 
 
 @click.group("ovas", commands=dict(ovas_cli.commands))
-@click.option(
-    "-v", "--verbose", is_flag=True, help="Also print the server's log lines (at OVAS_LOG_LEVEL)"
-)
+@_verbose_option
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """Run and manage ovas. Settings come from the OVAS_* environment variables, as for the
     server (see the README's Settings)."""
     ctx.obj = ScriptInfo(create_app=_create_app, set_debug_flag=False)
-    if not verbose and ctx.invoked_subcommand != "serve":
-        # A command prints what was asked: the log lines that building the app writes (the
-        # settings line first) are the server's, warnings and errors aside.
-        logging.disable(logging.INFO)
-        ctx.call_on_close(lambda: logging.disable(logging.NOTSET))
+    _print_what_was_asked(ctx, verbose)
 
 
 @main.command("serve")

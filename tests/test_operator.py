@@ -24,6 +24,7 @@ ANN = {"X-Forwarded-User": "ann", "X-Forwarded-Roles": "streamer"}
 BOB = {"X-Forwarded-User": "bob", "X-Forwarded-Roles": "streamer"}
 STREAMS = "/streaming/stream"
 OVAS = Path(sys.executable).parent / "ovas"
+FLASK = Path(sys.executable).parent / "flask"
 
 
 @pytest.fixture
@@ -213,12 +214,19 @@ def test_ages_read_in_their_largest_unit():
 
 
 def run_ovas(*args, cwd, **env):
+    return _run([str(OVAS), *args], cwd, env)
+
+
+def run_flask_ovas(*args, cwd, **env):
+    """`flask ovas ...`: the same commands, through Flask's CLI."""
+    return _run([str(FLASK), "--app", "ovas:create_app", "ovas", *args], cwd, env)
+
+
+def _run(command, cwd, env):
     base = {"PATH": "/usr/bin:/bin", "HOME": str(cwd)}
     if os.environ.get("PYTHONPATH"):  # the checkout under test, where it is not installed
         base["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return subprocess.run(
-        [str(OVAS), *args], cwd=cwd, env={**base, **env}, capture_output=True, text=True
-    )
+    return subprocess.run(command, cwd=cwd, env={**base, **env}, capture_output=True, text=True)
 
 
 def test_the_ovas_command_works_from_any_folder(tmp_path):
@@ -241,20 +249,33 @@ def test_the_ovas_command_works_from_any_folder(tmp_path):
     assert "Traceback" not in broken.stderr
 
 
-def test_a_command_prints_what_was_asked_and_serve_its_settings(tmp_path):
+@pytest.mark.parametrize("run", [run_ovas, run_flask_ovas], ids=["ovas", "flask ovas"])
+def test_every_command_prints_what_was_asked(run, tmp_path):
     fake = {"OVAS_BACKEND": "ovas.testing:FakeBackend"}
-    listed = run_ovas("sessions", "list", cwd=tmp_path, **fake)
+    listed = run("sessions", "list", cwd=tmp_path, **fake)
     assert (listed.returncode, listed.stdout, listed.stderr) == (0, "no sessions\n", "")
-    checked = run_ovas("catalog", "check", cwd=tmp_path, **fake)
+    checked = run("catalog", "check", cwd=tmp_path, **fake)
     assert checked.stderr == "" and checked.stdout.startswith("ok: ")
+    reaped = run("sessions", "reap", cwd=tmp_path, **fake)
+    assert (reaped.stdout, reaped.stderr) == ("removed 0\n", "")
+    gone = run("sessions", "logs", "nosuchsession", cwd=tmp_path, **fake)
+    assert (gone.returncode, gone.stdout) == (1, "")
+    assert gone.stderr.startswith("Error: ") and gone.stderr.count("\n") == 1
+    assert run("backends", cwd=tmp_path, **fake).stderr == ""
+    key = run("apikey", "new", "--user", "ann", cwd=tmp_path, **fake)
+    assert key.stderr.startswith("key: ") and key.stderr.count("\n") == 1
     # Warnings still reach the operator; --verbose shows the server's log lines too.
     workers = {**fake, "SERVER_SOFTWARE": "gunicorn/23.0.0", "OVAS_WORKERS": "3"}
-    warned = run_ovas("sessions", "list", cwd=tmp_path, **workers)
+    warned = run("sessions", "list", cwd=tmp_path, **workers)
     assert warned.stdout == "no sessions\n"
     assert "WARNING" in warned.stderr and " INFO " not in warned.stderr
-    verbose = run_ovas("--verbose", "sessions", "list", cwd=tmp_path, **fake)
+    verbose = run("--verbose", "sessions", "list", cwd=tmp_path, **fake)
     assert verbose.stdout == "no sessions\n"
     assert " INFO " in verbose.stderr and "backend=fake" in verbose.stderr
+
+
+def test_serve_prints_its_settings(tmp_path):
+    fake = {"OVAS_BACKEND": "ovas.testing:FakeBackend"}
 
     command = [str(OVAS), "serve", "--port", "0"]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **fake, "OVAS_REAP_INTERVAL": "0"}

@@ -12,16 +12,23 @@ processes, or of ovas hosts sharing one engine, then never over-admit, and no lo
 across an engine round trip: a start lists the claims once (to skip those taken), then
 creates. Claims are released when the session ends or is stopped; the reaper removes those
 of sessions that never came to be.
+
+Sessions an earlier release started hold host ports but no port claims: a start counts
+those ports as the last free places of the range, and `backfill` (from `collect`) claims
+them there, so that no start is admitted to fail with "port is already allocated".
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from backends.docker import containers as c
+from backends.docker import observe as seen
 from backends.docker.engine import Engine
 from backends.docker.gpus import GpuLedger
 from ovas.errors import CapacityExceeded, Unsatisfiable, UserCapacityExceeded
@@ -55,7 +62,7 @@ class Admission:
         counted = (request.capacity, request.user_capacity, gpus, request.pool_size, self.ports)
         if not any(counted):
             return Claims()
-        held = self._held()
+        held, unclaimed = self._listing()
         taken: list[str] = []
         try:
             if request.pool_size:
@@ -77,7 +84,7 @@ class Admission:
                         f"All {request.capacity} session slots are in use; try again later",
                         retry_after=RETRY_AFTER,
                     )
-            self._take_ports(request, held, taken)
+            self._take_ports(request, held, unclaimed, taken)
             gpu_ids = self._take_gpus(request, gpus, held, taken)
         except BaseException:
             self.release(taken)
@@ -93,7 +100,19 @@ class Admission:
         return taken
 
     def _held(self) -> set[str]:
-        return {(s.get("Names") or [""])[0].lstrip("/") for s in self.engine.claims()}
+        return {_name(s) for s in self.engine.claims()}
+
+    def _listing(self) -> tuple[set[str], dict[str, int]]:
+        """The claims held, and the host ports of each protocol that sessions publish
+        unclaimed (see `observe.unclaimed_ports`), from one list of the engine."""
+        if not self.ports:
+            return self._held(), {}
+        summaries = self.engine.summaries()
+        held = {_name(s) for s in summaries if c.CLAIM in (s.get("Labels") or {})}
+        unclaimed: Counter[str] = Counter()
+        for objects in seen.group(summaries)[0].values():
+            unclaimed.update(seen.unclaimed_ports(objects))
+        return held, unclaimed
 
     def _take_user_slot(
         self, session_id: str, username: str, capacity: int, held: set[str], taken: list[str]
@@ -123,7 +142,13 @@ class Admission:
                 return True
         return False
 
-    def _take_ports(self, request: SessionRequest, held: set[str], taken: list[str]) -> None:
+    def _take_ports(
+        self,
+        request: SessionRequest,
+        held: set[str],
+        unclaimed: Mapping[str, int],
+        taken: list[str],
+    ) -> None:
         if not self.ports:
             return
         span = f"{self.ports.start}-{self.ports.stop - 1}"
@@ -135,7 +160,11 @@ class Admission:
                 )
             names = [c.port_slot_name(k, protocol) for k in range(len(self.ports))]
             for _ in range(count):
-                if not self._take_one(request.id, names, held, taken, request.username):
+                # The last free places are left for ports published unclaimed: `backfill`
+                # takes those, so a start counting on them does not race it for a place.
+                free = [n for n in names if n not in held]
+                free = free[: max(0, len(free) - unclaimed.get(protocol, 0))]
+                if not self._take_one(request.id, free, held, taken, request.username):
                     raise CapacityExceeded(
                         f"All {len(self.ports)} {protocol.upper()} host ports of "
                         f"OVAS_DOCKER_PORT_RANGE ({span}) are published by sessions; "
@@ -162,6 +191,48 @@ class Admission:
                 in_use.add(gpu.device_id)  # another start took it meanwhile
         raise ledger.refusal(count, ledger.free(in_use | set(got)))
 
+    def backfill(self, objects: seen.SessionObjects, held: set[str]) -> tuple[list, list]:
+        """Claim the host ports a session publishes unclaimed (an earlier release's) at the
+        last free places of the range, where a start leaves them; give back places it holds
+        beyond what it publishes (two processes backfilled it at once), keeping the last, as
+        every process does. `held`: the claims held, updated. Returns (names taken, names
+        given back). Raises `BackendUnavailable`."""
+        if not self.ports or not objects.exists or objects.outcome is not None:
+            return [], []
+        username = c.parse_labels(objects.describing.labels).username
+        taken: list[str] = []
+        for protocol, count in sorted(seen.unclaimed_ports(objects).items()):
+            names = [c.port_slot_name(k, protocol) for k in reversed(range(len(self.ports)))]
+            for name in (n for n in names if n not in held):
+                if not count:
+                    break
+                if self._create(objects.session_id, name, c.SLOT, username):
+                    taken.append(name)
+                    held.add(name)
+                    count -= 1
+            if count:
+                log.warning(
+                    "session %s publishes %d %s ports for which OVAS_DOCKER_PORT_RANGE has "
+                    "no free place: its sessions publish more ports than the range holds",
+                    objects.session_id,
+                    count,
+                    protocol.upper(),
+                )
+        return taken, self._give_back_extra(objects)
+
+    def _give_back_extra(self, objects: seen.SessionObjects) -> list[str]:
+        publishes = c.count_protocols(c.parse_labels(objects.describing.labels).ports)
+        places = sorted(
+            ((slot, f.name) for f in objects.claims if (slot := c.parse_port_slot(f.name))),
+            reverse=True,
+        )
+        given = []
+        for (protocol, _), name in places:
+            publishes[protocol] = publishes.get(protocol, 0) - 1
+            if publishes[protocol] < 0 and self.engine.remove(name):
+                given.append(name)
+        return given
+
     def _create(self, session_id: str, name: str, kind: str, username: str) -> bool:
         labels = c.claim_labels(session_id, kind, username)
         return self.engine.create_record(c.record_spec(name, labels))
@@ -170,3 +241,7 @@ class Admission:
         """Remove the claims named (gone already is fine)."""
         for name in names:
             self.engine.remove(name)
+
+
+def _name(summary: Mapping[str, Any]) -> str:
+    return (summary.get("Names") or [""])[0].lstrip("/")

@@ -444,6 +444,7 @@ class DockerBackend(Backend):
 
     def collect(self, now: datetime) -> list[str]:
         sessions, malformed = seen.group(self.engine.summaries())
+        held = {f.name for o in sessions.values() for f in o.claims}
         removed = []
         for summary in malformed:
             if self.engine.remove(summary["Id"]):
@@ -463,7 +464,19 @@ class DockerBackend(Backend):
                 self._teardown(objects)  # a finish its process did not complete
             else:
                 removed.extend(self._complete_claim(objects, now))
+                self._backfill(objects, held)
         return removed
+
+    def _backfill(self, objects: seen.SessionObjects, held: set[str]) -> None:
+        """Claim the host ports of a session an earlier release started (see `admission`)."""
+        taken, given = self.admission.backfill(objects, held)
+        if taken or given:
+            log.info(
+                "session %s: claimed the host ports it publishes (%s), gave back (%s)",
+                objects.session_id,
+                ", ".join(taken) or "none",
+                ", ".join(given) or "none",
+            )
 
     def _complete_claim(self, objects: seen.SessionObjects, now: datetime) -> list[str]:
         """Slots a claim that died halfway left: the pool's, still held by a claimed

@@ -62,6 +62,11 @@ LOGS = "ovas.logs"  # outcome: the last log lines, one per line
 MARK = "ovas.mark"  # mark
 AT = "ovas.at"  # mark
 CLAIM = "ovas.claim"  # slot, gpu: present on claims alone, so one list finds them all
+# The format of every record's labels, written on each. A container of ovas's without it was
+# made before formats were written (read as format 1, which it is); one of another format is
+# a newer release's, left alone (see `observe.read_summary`).
+FORMAT = "ovas.format"
+CURRENT_FORMAT = "1"
 
 CONTAINER, PENDING, FAULT, OUTCOME, MARK_RECORD, SLOT, GPU = (
     "container",
@@ -78,6 +83,7 @@ RECORD_KINDS = (*SESSION_RECORDS, FAULT, MARK_RECORD, *CLAIMS)
 RECORD_IMAGE = "ovas/record:1"
 MAX_LABEL = 4000  # characters of a message or logs kept in a label
 _PORT = re.compile(r"^(\w+):(\d+)/(tcp|udp)$")
+_PORT_SLOT = re.compile(r"^ovas-port-(tcp|udp)-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -148,10 +154,22 @@ def port_slot_name(index: int, protocol: str) -> str:
     return f"{PORT_SLOT_PREFIX}{protocol}-{index}"
 
 
+def parse_port_slot(name: str) -> tuple[str, int] | None:
+    """The protocol and index of a claim `port_slot_name` names, `("tcp", 3)`; None for any
+    other name."""
+    match = _PORT_SLOT.match(name)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
 def ports_needed(kit: KitSpec) -> dict[str, int]:
     """How many host ports of each protocol the session publishes: `{"tcp": 2, "udp": 1}`."""
+    return count_protocols(wanted_ports(kit))
+
+
+def count_protocols(ports: tuple[PortSpec, ...]) -> dict[str, int]:
+    """`ports` counted by protocol: `{"tcp": 2, "udp": 1}`."""
     needed: dict[str, int] = {}
-    for port in wanted_ports(kit):
+    for port in ports:
         needed[port.protocol] = needed.get(port.protocol, 0) + 1
     return needed
 
@@ -272,7 +290,11 @@ def container_spec(
     return {
         "image": kit.image,
         "name": container_name(request.id),
-        "labels": {**session_labels(request, gpu_ids, note), RECORD: CONTAINER},
+        "labels": {
+            **session_labels(request, gpu_ids, note),
+            RECORD: CONTAINER,
+            FORMAT: CURRENT_FORMAT,
+        },
         "environment": dict(kit.env),
         "ports": [
             [p.container_port, p.protocol, bind_address, host_ports] for p in wanted_ports(kit)
@@ -318,8 +340,10 @@ def create_arguments(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 
 def record_spec(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    """A record: a never-started container named `name` carrying `labels`."""
-    return {"image": RECORD_IMAGE, "name": name, "labels": dict(labels), "command": ["ovas-record"]}
+    """A record: a never-started container named `name` carrying `labels`, in the current
+    format."""
+    labels = {**labels, FORMAT: CURRENT_FORMAT}
+    return {"image": RECORD_IMAGE, "name": name, "labels": labels, "command": ["ovas-record"]}
 
 
 def describing(labels: Mapping[str, str]) -> dict[str, str]:

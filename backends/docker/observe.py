@@ -4,6 +4,7 @@ containers and runs the probes and the client counts."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from ovas.models import Reason, Route
 from ovas.names import is_session_id
 
 _EXIT = re.compile(r"Exited \((-?\d+)\)")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,20 @@ class SessionObjects:
         return [f for f in found if f is not None] + self.claims
 
 
+class UnknownFormat(Exception):
+    """A record of a format this release cannot read (a newer release's): left alone."""
+
+
 def read_summary(summary: Mapping[str, Any]) -> Found:
     """A `containers.list` summary as Found. Raises ValueError for a container that
-    carries ovas's label but is no well-formed record of ovas (the reaper removes those)."""
+    carries ovas's label but is no well-formed record of ovas (the reaper removes those),
+    and `UnknownFormat` for one of a format this release does not know (never removed)."""
     names = summary.get("Names") or [""]
     name = names[0].lstrip("/")
     labels = dict(summary.get("Labels") or {})
+    written = labels.get(c.FORMAT, c.CURRENT_FORMAT)
+    if written != c.CURRENT_FORMAT:
+        raise UnknownFormat(f"{name} has record format {written!r}")
     session_id = labels.get(c.SESSION, "")
     record = labels.get(c.RECORD, "")
     if not is_session_id(session_id):
@@ -115,6 +126,9 @@ def group(summaries: Iterable[Mapping[str, Any]]) -> tuple[dict[str, SessionObje
     for summary in summaries:
         try:
             found = read_summary(summary)
+        except UnknownFormat as exc:
+            _left_alone(str(exc))
+            continue
         except ValueError:
             malformed.append(summary)
             continue
@@ -131,6 +145,34 @@ def group(summaries: Iterable[Mapping[str, Any]]) -> tuple[dict[str, SessionObje
         else:
             setattr(entry, kind, found)
     return sessions, malformed
+
+
+_told: set[str] = set()
+
+
+def _left_alone(why: str) -> None:
+    """Say once per record that it is left alone: a newer release on the same engine (an
+    upgrade in progress, or a rollback) wrote it."""
+    if why not in _told:
+        if len(_told) > 10_000:
+            _told.clear()
+        _told.add(why)
+        log.warning("leaving a record alone: %s, which this release cannot read", why)
+
+
+def unclaimed_ports(objects: SessionObjects) -> dict[str, int]:
+    """Host ports of each protocol the session publishes that no `ovas-port-` claim of its
+    counts, `{"tcp": 2, "udp": 1}`: a session started by an ovas that took no port claims
+    (an earlier release) until `collect` claims them. Nothing for a session whose outcome is
+    recorded: it publishes no more."""
+    if not objects.exists or objects.outcome is not None:
+        return {}
+    publishes = c.count_protocols(c.parse_labels(objects.describing.labels).ports)
+    for found in objects.claims:
+        protocol, _ = c.parse_port_slot(found.name) or ("", 0)
+        if protocol in publishes:
+            publishes[protocol] -= 1
+    return {protocol: n for protocol, n in publishes.items() if n > 0}
 
 
 def record_of(objects: SessionObjects) -> Record:

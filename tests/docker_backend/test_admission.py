@@ -18,7 +18,7 @@ from support import dockerd
 from backends.docker import containers as c
 from backends.docker.backend import ORPHAN_GRACE
 from backends.docker.gpus import Gpu, Inventory
-from backends.docker.ports import parse_port_range
+from backends.docker.ports import as_text, parse_port_range
 from ovas.errors import CapacityExceeded
 from ovas.models import Reason, SessionState
 from ovas.testing import FakeClock, service_for, wait_for
@@ -227,18 +227,10 @@ def test_user_capacity_limits_each_user(backend, standin_request):
     assert backend.start(standin_request(username="bob", user_capacity=1, env=SLOW))
 
 
-def _running(engine, session_id) -> None:
-    deadline = time.monotonic() + 60
-    name = c.container_name(session_id)
-    while not any(s["State"] == "running" for s in engine.containers(filters={"name": name})):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-
-
 def test_a_slot_held_by_an_exited_container_is_free_for_the_next_start(new_backend, engine):
     sessions = service_for(new_backend(), capacity=1)
     first = sessions.start("kit-standin", "standin").id
-    _running(engine, first)
+    dockerd.wait_running(engine, c.container_name(first))
     engine.kill(c.container_name(first))  # it ended; no GET, no pass has seen it
     second = sessions.start("kit-standin", "standin")
     assert second.id != first and second.state is SessionState.CREATING
@@ -249,9 +241,87 @@ def test_a_slot_of_a_container_removed_by_hand_is_free_once_the_grace_passes(new
     clock = FakeClock(ticking=True)
     sessions = service_for(new_backend(now=clock), capacity=1)
     first = sessions.start("kit-standin", "standin").id
-    _running(engine, first)
+    dockerd.wait_running(engine, c.container_name(first))
     engine.remove_container(c.container_name(first), force=True)
     with pytest.raises(CapacityExceeded):  # a claim this young may be a start in progress
         sessions.start("kit-standin", "standin")
     clock.advance(ORPHAN_GRACE.total_seconds() + 1)
     assert sessions.start("kit-standin", "standin").id != first
+
+
+# The labels the release before port claims gave a session's Kit container.
+EARLIER_LABELS = (
+    "ovas.session",
+    "ovas.record",
+    "ovas.app",
+    "ovas.version",
+    "ovas.profile",
+    "ovas.user",
+    "ovas.created",
+    "ovas.deadline",
+    "ovas.clocks",
+    "ovas.image",
+    "ovas.ports",
+    "ovas.gpus",
+    "ovas.probe",
+    "ovas.note",
+    "ovas.pool",
+)
+
+
+def started_earlier(backend, request, engine) -> str:
+    """A Kit container as the release before port claims started it: labelled as it
+    labelled one, publishing its ports from the range, holding no claim. Its session id."""
+    spec = c.container_spec(request, [], host_ports=as_text(backend.ports))
+    spec["labels"] = {k: v for k, v in spec["labels"].items() if k in EARLIER_LABELS}
+    container_id, refusal = backend.engine.create_kit(spec)
+    assert not refusal and not backend.engine.start(container_id)
+    dockerd.wait_running(engine, spec["name"])
+    return request.id
+
+
+def port_claims(ours, session_id=None) -> list[str]:
+    return sorted(
+        s["Names"][0].lstrip("/")
+        for s in ours(session_id)
+        if s["Names"][0].startswith("/" + c.PORT_SLOT_PREFIX)
+    )
+
+
+def test_ports_a_session_of_the_earlier_release_publishes_are_counted_then_claimed(
+    new_backend, standin_request, engine, ours
+):
+    # Four ports: room for two stand-ins (two TCP ports and one UDP port each).
+    backend = new_backend(port_range=dockerd.free_ports(4))
+    earlier = started_earlier(backend, standin_request(), engine)
+    assert port_claims(ours) == []
+    # Before any clean-up has run, its ports are counted: one more session, not two.
+    first = backend.start(standin_request()).record.id
+    with pytest.raises(CapacityExceeded, match="OVAS_DOCKER_PORT_RANGE"):
+        backend.start(standin_request())
+    backend.stop(first)
+
+    sessions = service_for(backend)
+    sessions.reap()  # claims what it publishes, at the places a start left for it
+    held = ["ovas-port-tcp-2", "ovas-port-tcp-3", "ovas-port-udp-3"]
+    assert port_claims(ours, earlier) == held
+    sessions.reap()  # once
+    assert port_claims(ours) == held
+    # Two processes that claimed them at once: the extra place is given back.
+    extra = c.record_spec("ovas-port-tcp-1", c.claim_labels(earlier, c.SLOT))
+    assert backend.engine.create_record(extra)
+    sessions.reap()
+    assert port_claims(ours) == held
+
+    second = backend.start(standin_request()).record.id
+    with pytest.raises(CapacityExceeded, match="OVAS_DOCKER_PORT_RANGE"):
+        backend.start(standin_request())
+    # Both run; the earlier session is read as it was written, and was never touched.
+    ready = wait_for(sessions, second, SessionState.READY)
+    assert ready.state is SessionState.READY, ready.message
+    kept = wait_for(sessions, earlier, SessionState.READY)
+    assert kept.state is SessionState.READY and len(kept.routes) == 2
+    # Once it ends, its places are free for the next start.
+    sessions.stop(earlier)
+    assert port_claims(ours, earlier) == []
+    assert backend.start(standin_request())

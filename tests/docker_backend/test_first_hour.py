@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from support import dockerd
+from support.log_lines import ODD
 
 from backends.docker import DockerBackend
 from backends.docker import containers as c
@@ -98,10 +99,6 @@ def test_a_failed_sessions_logs_are_served_while_it_is_kept(
             engine.remove_container(container["Id"], force=True)
     assert requests.get(logs).json()["lines"] == lines
     assert requests.get(f"{logs}?tail=1").json()["lines"] == lines[-1:]
-
-
-# Characters `str.splitlines` takes for line ends, which a container may write inside a line.
-ODD = "a\rb\vc\fd\x1ce\x1df\x1eg\x85h\u2028i\u2029j"
 
 
 def test_a_log_line_is_cut_at_newlines_only(backend, standin_request, serve, engine):

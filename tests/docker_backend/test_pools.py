@@ -17,6 +17,7 @@ from support import dockerd
 from support.warm_pools import OTHER_STAGE, POOL, START, PoolScenarios, fill, pooled
 
 from backends.docker import containers as c
+from backends.docker.backend import ORPHAN_GRACE
 from ovas import create_app
 from ovas.catalog_files import FileCatalog
 from ovas.models import SessionState
@@ -130,7 +131,7 @@ def test_a_pool_holding_every_port_gives_one_up_to_an_on_demand_start(
     assert len(pooled(app, ready=False)) == 1
     assert [s for s in sessions.all() if s.state is SessionState.FAILED] == []
     # The pool's last session, claimed, keeps the ports it publishes for its user.
-    clock.advance(61)  # past the grace the reaper gives claims of a start in progress
+    clock.advance(ORPHAN_GRACE.total_seconds() + 1)  # past the grace of a start's claims
     taken = client.post("/streaming/stream", json=START)
     assert taken.status_code == 200, taken.get_json()
     sessions.reap()

@@ -18,6 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 import yaml
+from support import dockerd
 from support.warm_pools import POOL
 
 from backends.docker import containers as c
@@ -153,13 +154,7 @@ def test_a_restarted_ovas_nobody_calls_ends_a_session_past_its_connect_clock(
     # (300 s from readiness) ran out meanwhile.
     started = backend.now() - timedelta(hours=1)
     session_id = backend.start(standin_request(now=started, start_timeout=7200)).record.id
-    deadline = time.monotonic() + 60
-    while not any(
-        s["State"] == "running"
-        for s in engine.containers(filters={"name": c.container_name(session_id)})
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    dockerd.wait_running(engine, c.container_name(session_id))
     assert backend.mark(session_id, Mark.READY, started + timedelta(seconds=10))
     outcome = c.container_name(session_id, c.OUTCOME)
     port = _free_port()

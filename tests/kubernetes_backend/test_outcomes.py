@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 from support.kube_requests import wait_for
+from support.log_lines import ODD
 
 from backends.kubernetes import objects as o
 from backends.kubernetes.client import CONFIG_MAP
@@ -240,10 +241,6 @@ def test_logs_come_from_the_pod_then_from_the_outcome(make_backend, clock, mode)
     backend.stop(session.id)
     with pytest.raises(SessionNotFound):
         backend.logs(session.id)
-
-
-# Characters `str.splitlines` takes for line ends, which a container may write inside a line.
-ODD = "a\rb\vc\fd\x1ce\x1df\x1eg\x85h\u2028i\u2029j"
 
 
 def test_a_log_line_is_cut_at_newlines_only(make_backend, clock):

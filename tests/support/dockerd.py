@@ -246,3 +246,12 @@ def build_standin(daemon: Daemon) -> subprocess.CompletedProcess:
     if done.returncode != 0:
         raise NoDaemon(f"the stand-in image did not build: {done.stderr.strip()[-600:]}")
     return done
+
+
+def wait_running(client: docker.APIClient, name: str, timeout: float = 60) -> None:
+    """Return once the container named `name` runs; an AssertionError after `timeout`
+    seconds (polled every 0.2 s)."""
+    deadline = time.monotonic() + timeout
+    while not any(s["State"] == "running" for s in client.containers(filters={"name": name})):
+        assert time.monotonic() < deadline, f"{name} is not running after {timeout:g} s"
+        time.sleep(0.2)

@@ -109,6 +109,8 @@ def init_app(app: Flask, authenticator: Authenticator) -> None:
 
     @app.before_request
     def _identify() -> None:
+        # Served by a WSGI server ovas has no hook in (see `ovas.app.serving`): the reaper
+        # starts with the first request.
         reaper.start()
         if open_access:
             # Everyone is ANONYMOUS, which `current_identity()` answers when none is set.

@@ -23,6 +23,8 @@ Every setting can be changed from the environment:
   which is in the workers (see `preload_app`), so `/metrics` sums every worker's counters;
   `child_exit` folds a gone worker's files into one archive per type (`ovas.metrics_files`),
   so the folder stays about two files per live worker however many have come and gone.
+- `post_worker_init`: each worker starts its reaper as soon as it has loaded the app, so the
+  session clocks and the warm pools run after a restart with no traffic.
 - `preload_app`: off, so each worker builds its own app and backend clients after the fork
   (an engine connection or a thread inherited across a fork is not safe to use).
 - `worker_tmp_dir`: `/dev/shm` where present, so worker heartbeats never wait on a slow disk.
@@ -96,6 +98,13 @@ def on_starting(server) -> None:
     # The workers read how many they are (a backend keeping sessions in one process's
     # memory warns when several serve it), also when `-w` said it.
     os.environ["OVAS_WORKERS"] = str(server.cfg.workers)
+
+
+def post_worker_init(worker) -> None:
+    # The reaper of each worker runs from now: clocks and warm pools need no request.
+    from ovas.app import serving
+
+    serving(worker.wsgi)
 
 
 def child_exit(server, worker) -> None:

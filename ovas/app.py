@@ -128,6 +128,33 @@ def _log_start(state: Ovas) -> None:
         )
 
 
+def serving(app: Flask) -> None:
+    """The process is about to serve `app`: start what runs without requests (the reaper).
+    Called by each gunicorn worker once it has loaded the app (`config/gunicorn.conf.py`),
+    by `ovas serve`, and by `create_app` under `flask run`. Other WSGI servers start it on
+    the first request. Idempotent; does nothing for an app that is not ovas's."""
+    state = getattr(app, "extensions", {}).get("ovas")
+    if isinstance(state, Ovas):
+        state.reaper.start()
+
+
+def _under_flask_run() -> bool:
+    """True when `flask run` is loading the app to serve it in this process: not another
+    `flask` command, nor the reloader's watching process (which serves nothing)."""
+    import click
+    from flask.cli import get_debug_flag
+
+    context = click.get_current_context(silent=True)
+    if context is None or context.command.name != "run":
+        return False
+    if os.environ.get("FLASK_RUN_FROM_CLI") != "true":
+        return False
+    reload = context.params.get("reload")
+    if reload is None:
+        reload = get_debug_flag()
+    return not reload or os.environ.get("WERKZEUG_RUN_MAIN") == "true"
+
+
 def create_app(
     test_config: Mapping[str, Any] | None = None, *, backend: Backend | None = None
 ) -> Flask:
@@ -194,5 +221,6 @@ def create_app(
     app.extensions["ovas_authenticator"] = authenticator
     errors.register(app)
     metrics.init_app(app)
-
+    if _under_flask_run():
+        serving(app)
     return app

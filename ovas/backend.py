@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
 from ovas.errors import ApplicationNotFound, ProfileNotFound, VersionNotFound
+from ovas.ledger import Ledger, MemoryLedger
 from ovas.lifecycle import Mark, Observed, Outcome, Record
 from ovas.models import Application, Profile, SessionQuery, SessionRequest, Version, WarmPool
 
@@ -145,6 +146,21 @@ class Backend(abc.ABC):
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
         """Build from the app's settings (`OVAS_*` without the prefix: `CATALOG_PATH`,
         `DOCKER_PORT_RANGE`...). Must not contact the engine: ovas starts without one."""
+
+    @property
+    def ledger(self) -> Ledger:
+        """Where the core keeps the records it shares between processes (`ovas.ledger`). A
+        backend whose engine several processes share supplies one in that engine; by default
+        a `MemoryLedger`, which only this process sees (right for a backend that keeps its
+        sessions in its own memory, `shared = False`)."""
+        ledger = self.__dict__.get("_core_ledger")
+        if ledger is None:
+            ledger = self.__dict__.setdefault("_core_ledger", MemoryLedger())
+        return ledger
+
+    @ledger.setter
+    def ledger(self, ledger: Ledger) -> None:
+        self.__dict__["_core_ledger"] = ledger
 
     @abc.abstractmethod
     def start(self, request: SessionRequest) -> Observed:

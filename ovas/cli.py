@@ -232,6 +232,9 @@ def serve(host: str, port: int) -> None:
     # What `flask run --host` sets: create_app warns when OVAS_AUTH=none is exposed.
     os.environ["FLASK_RUN_HOST"] = host
     app = _create_app()
+    from ovas.app import serving
+
+    serving(app)  # clocks and pools run from now, not from the first request
     app.run(host=host, port=port, threaded=True)
 
 

@@ -1,5 +1,12 @@
 """Runs the session service's reaper (`SessionService.reap`) every few seconds in a background
-thread of a serving process: the session clocks, the retention, and the clean-up."""
+thread of a serving process: the session clocks, the retention, the warm pools and the
+clean-up.
+
+A serving process starts it as it starts (`ovas.app.serving`: each gunicorn worker after
+the fork, `ovas serve`, `flask run`), so clocks run and pools fill after a restart with no
+traffic; its first pass runs at once. Every serving process runs its own: a deployment makes
+(workers x replicas) passes per interval, which is safe, since a pass writes only what
+holds whoever writes it first (marks, outcomes, removals are each done once)."""
 
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ class Reaper:
         self._start_lock = threading.Lock()
 
     def start(self) -> None:
-        """Start the thread once; later calls do nothing. An interval of 0 disables it."""
+        """Start the thread once; later calls do nothing. Its first pass runs at once, then
+        one every `interval` seconds. An interval of 0 disables it."""
         if self.interval <= 0 or self._thread is not None:
             return
         with self._start_lock:
@@ -40,11 +48,18 @@ class Reaper:
             log.info("removed %s: %s", name, why)
         return removed
 
+    @property
+    def running(self) -> bool:
+        """True once `start` started the thread, until `stop`."""
+        return self._thread is not None and not self._stop.is_set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
             try:
                 self.run_once()
             except OvasError as exc:
                 log.warning("reaping skipped: %s", exc.message)
             except Exception:
                 log.exception("reaping failed")
+            if self._stop.wait(self.interval):
+                return

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from ovas import pools
 from ovas.auth import ADMIN, Identity
 from ovas.backend import Backend, Catalog, utcnow
+from ovas.backoff import Backoff, Backoffs
 from ovas.errors import (
     CapacityExceeded,
     EditingDisabled,
@@ -329,7 +330,6 @@ class SessionService:
         self.events = events or Events()
         # What was logged once: pool names, and NO_POOLS (no pool name holds a colon).
         self._pool_warned: set[str] = set()
-        self._pool_backoff: dict[str, tuple[datetime, float]] = {}  # pool -> (until, seconds)
 
     def build_request(
         self,
@@ -403,14 +403,31 @@ class SessionService:
         return session
 
     def _start_on_demand(self, request: SessionRequest) -> Observed:
+        """Start `request`; when capacity refuses it, first free what sessions that ended
+        since anyone looked still hold (their outcome unrecorded: a container that exited),
+        and what the backend's clean-up removes (claims of a workload removed by hand),
+        then, for the shared capacity, a warm pool's place."""
         try:
             return self.backend.start(request)
-        except UserCapacityExceeded:
-            raise
-        except CapacityExceeded:
-            if not self._shrink_pools():
-                raise
+        except CapacityExceeded as exc:
+            refused = exc
+        if self._settle_ended() or self.backend.collect(self.now()):
+            try:
+                return self.backend.start(request)
+            except CapacityExceeded as exc:
+                refused = exc
+        if isinstance(refused, UserCapacityExceeded) or not self._shrink_pools():
+            raise refused
         return self.backend.start(request)
+
+    def _settle_ended(self) -> bool:
+        """Decide every session now and record the outcome of those that ended, which frees
+        what they hold (slots, GPUs, ports). True if any did."""
+        now, ended = self.now(), False
+        for observed in self.backend.observe_all():
+            if observed.record.outcome is None and self._settle(observed, now=now).state.final:
+                ended = True
+        return ended
 
     # Warm pools
 
@@ -482,6 +499,14 @@ class SessionService:
         now = self.now()
         # In a random order, so that starts at once in several processes rarely collide.
         for record in random.sample(candidates, len(candidates)):
+            # Only a live session is handed out: one whose container or pod ended since a
+            # pass saw it ready (a daemon restart, a kill) is settled here and left for the
+            # pool's pass to replace.
+            try:
+                if not self._settle(self.backend.observe(record.id), now=now).ready:
+                    continue
+            except SessionNotFound:
+                continue
             claimed = self.backend.claim(
                 record.id, request.username, now, user_capacity=self.user_capacity
             )
@@ -557,6 +582,8 @@ class SessionService:
         for name in set(members) - names:
             for session in members[name]:
                 self._remove_pooled_quietly(session.id, f"warm pool {name} is gone", removed)
+        backoffs = Backoffs(self.backend.ledger)
+        held = backoffs.load() if catalog_pools else {}
         for pool in catalog_pools:
             target, digest, problem = self._pool_target(pool)
             if target is None and pool.name not in self._pool_warned:
@@ -567,31 +594,39 @@ class SessionService:
             step = pools.plan(
                 pool, target, mine, now, self.pool_max_age, stale=stale, problem=problem
             )
-            self._back_off(pool, mine, now)
+            self._back_off(pool, mine, now, backoffs, held)
             for session_id in step.done:
                 with contextlib.suppress(SessionNotFound):
                     self.backend.stop(session_id)  # failed or ended: nobody can claim it
                     removed[session_id] = f"warm pool {pool.name}'s session failed or ended"
             for session_id in step.stops:
                 self._remove_pooled_quietly(session_id, step.why[session_id], removed)
-            until = self._pool_backoff.get(pool.name, (now, 0.0))[0]
-            for _ in range(step.starts if now >= until and target else 0):
+            waiting = backoffs.waiting(pool.name, held, now)
+            for _ in range(step.starts if not waiting and target else 0):
                 if not self._start_pooled(pool, target, step.pool_size, now):
                     break
         return removed
 
-    def _back_off(self, pool: WarmPool, members: list[Session], now: datetime) -> None:
-        """A pool whose sessions fail starts again after 30 s, then twice as long each time
-        (up to 10 minutes), until one is ready: a broken image or profile must not churn
-        the engine, nor fill the log."""
+    def _back_off(
+        self,
+        pool: WarmPool,
+        members: list[Session],
+        now: datetime,
+        backoffs: Backoffs,
+        held: dict[str, Backoff],
+    ) -> None:
+        """A pool whose sessions fail starts its next round 30 s after the failed one
+        started, then twice as long each time (up to 10 minutes), until one is ready: a
+        broken image or profile must not churn the engine, nor fill the log. The back-off
+        is in the ledger (`ovas.backoff`): every process and replica keeps the same one."""
         failed = [m for m in members if m.state is SessionState.FAILED]
         if any(m.ready for m in members):
-            self._pool_backoff.pop(pool.name, None)
+            backoffs.clear(pool.name, held)
         if not failed:
             return
-        _, seconds = self._pool_backoff.get(pool.name, (now, 0.0))
-        seconds = min(600.0, seconds * 2 or 30.0)
-        self._pool_backoff[pool.name] = (now + timedelta(seconds=seconds), seconds)
+        seconds = backoffs.failed(pool.name, [m.created_time for m in failed], held)
+        if seconds is None:
+            return  # counted already, by this process or another
         log.warning(
             "warm pool %s: %d session(s) failed (%s); starting again in %.0f s",
             pool.name,

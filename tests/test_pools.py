@@ -236,6 +236,37 @@ def test_failed_pool_sessions_are_replaced_backing_off_while_they_keep_failing(
     assert len(pooled(backend)) == 2 and not (failed & kept)
 
 
+def test_a_failing_pool_restarts_at_the_same_rate_whatever_the_number_of_workers(catalog):
+    """Workers (or replicas) sharing one engine share one back-off, in its ledger: four
+    start a broken pool's sessions no more often than one does."""
+
+    def started_in_240_s(workers: int) -> int:
+        clock = FakeClock()
+        engine = FakeBackend(catalog, now=clock, fault=Reason.CREATE_FAILED)
+        services = [service_for(engine, pool_max_age=3600) for _ in range(workers)]
+        started: set[str] = set()
+        for _ in range(24):  # a pass every 10 s in every worker
+            for service in services:
+                service.reap()
+                started |= {r.id for r in engine.records() if r.pool}
+            clock.advance(10)
+        return len(started)
+
+    # Rounds of two sessions at 0 s, 30 s, 90 s and 210 s: each starts 30, 60, then 120 s
+    # after the round that failed.
+    assert started_in_240_s(1) == 8
+    assert started_in_240_s(4) == 8
+
+
+def test_a_back_off_record_of_a_newer_format_is_left_alone(backend, sessions, caplog):
+    newer = {"kind": "pool-backoff", "format": "2", "until": "whenever"}
+    backend.ledger.create(f"pool-backoff.{POOL.name}", newer)
+    fill(sessions)
+    assert len(pooled(backend)) == 2
+    assert dict(backend.ledger.get(f"pool-backoff.{POOL.name}").data) == newer
+    assert "leaving the back-off record" in caplog.text
+
+
 def test_a_pool_gone_from_the_catalog_is_emptied(catalog, backend, sessions):
     fill(sessions)
     del catalog.pools[POOL.name]

@@ -22,6 +22,7 @@ from backends.docker.admission import Admission
 from backends.docker.connections import Clients
 from backends.docker.engine import Engine, ImageMissing, PullFailed, is_port_clash
 from backends.docker.gpus import GpuLedger, Inventory, inventory
+from backends.docker.ledger import DockerLedger
 from backends.docker.ports import as_text, ephemeral_overlap, parse_port_range
 from backends.docker.pulls import Jobs
 from ovas.backend import Backend, Catalog, utcnow
@@ -37,7 +38,10 @@ PROBE_BUDGET = 1.0  # seconds an observation may spend probing and counting clie
 # this long after; connections seen sooner might be ovas's own.
 PROBE_SETTLE = timedelta(seconds=2 * PROBE_BUDGET)
 PORT_TRIES = 8  # starts tried when a host port of the range is held by another program
-ORPHAN_GRACE = timedelta(seconds=60)  # claims and marks of no session, kept this long
+# Claims and marks of no session are kept this long: a start in progress takes its claims a
+# moment (one engine create) before it records its session. Longer keeps a slot of a session
+# whose container was removed by hand from the next start.
+ORPHAN_GRACE = timedelta(seconds=10)
 LOG_LINES = 100  # kept with a session's outcome
 # Slots a session holds whoever owns it: not traded by a warm pool's claim.
 _SHARED_SLOTS = (c.SLOT_PREFIX, c.PORT_SLOT_PREFIX)
@@ -70,6 +74,8 @@ class DockerBackend(Backend):
         self.catalog = catalog
         self.now = now
         self.engine = Engine(docker_host)
+        # The core's shared records (a warm pool's back-off...), on the same engine.
+        self.ledger = DockerLedger(engine=self.engine)
         self.public_host = public_host
         self.bind_address = bind_address
         # Probes go through the published port, where clients connect, never to the

@@ -205,17 +205,30 @@ class Engine:
                     return "", ""
                 return "", explanation(exc)
 
+    def labelled(self, label: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Containers carrying `label` ("key" or "key=value"), of any state, as
+        `containers.list` summaries: one call. `name`, when given, is a regular expression
+        the engine matches against each name ("/" first), as `docker ps --filter name=`."""
+        filters = {"label": label, **({"name": name} if name is not None else {})}
+        api = self.api()
+        with self.translated():
+            return api.containers(all=True, filters=filters)
+
     def create_record(self, spec: Mapping[str, Any]) -> bool:
         """Create a record (a never-started container): True, or False when one of that
         name exists already (the engine refused a second: the claim is someone else's)."""
+        return bool(self.make_record(spec))
+
+    def make_record(self, spec: Mapping[str, Any]) -> str:
+        """Create a record as `create_record` does: its container id, or '' when one of
+        that name exists already."""
         api = self.api()
         create, _ = c.create_arguments(spec)
         with self.translated():
             for attempt in (1, 2):
                 self._ensure_record_image(api)
                 try:
-                    api.create_container(**create)
-                    return True
+                    return api.create_container(**create)["Id"]
                 except docker.errors.ImageNotFound:
                     self._record_image = False  # someone removed it: make it again
                     if attempt == 2:
@@ -223,8 +236,8 @@ class Engine:
                 except docker.errors.APIError as exc:
                     if not is_conflict(exc):
                         raise
-                    return False
-        return False
+                    return ""
+        return ""
 
     def _ensure_record_image(self, api: docker.APIClient) -> None:
         """The empty image records are made from; they are never started, so it needs no

@@ -39,6 +39,7 @@ from backends.kubernetes.client import (
     Missing,
     Taken,
 )
+from backends.kubernetes.ledger import KubernetesLedger
 from ovas.backend import Backend, Catalog, utcnow
 from ovas.errors import (
     BackendUnavailable,
@@ -130,6 +131,7 @@ class KubernetesBackend(Backend):
             else KubernetesCatalog(self.kube, refusal=lambda p: profiles.refusal(p, mode))
         )
         self.admission = Admission(self.kube)
+        self.ledger = KubernetesLedger(kube=self.kube)  # the core's records, as ConfigMaps
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:

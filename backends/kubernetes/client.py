@@ -300,12 +300,19 @@ class Kube:
             return []
         return output_lines(data.decode("utf-8", errors="replace"), max(0, tail))
 
-    def delete(self, kind: Kind, name: str, *, now: bool = False) -> bool:
+    def delete(
+        self, kind: Kind, name: str, *, now: bool = False, version: str | None = None
+    ) -> bool:
         """Delete, letting the garbage collector remove what the object owns. False if it
         was not there. `now`: with no grace period (a pod the cluster is already taking
-        away, whose kubelet may be gone)."""
+        away, whose kubelet may be gone). `version`: only while the object's
+        resourceVersion is this one (a precondition); raises `Taken` if it changed."""
         what = f"{kind.kind} {name}"
         grace = {"grace_period_seconds": 0} if now else {}
+        body = {}
+        if version is not None:
+            preconditions = k8s.V1Preconditions(resource_version=version)
+            body["body"] = k8s.V1DeleteOptions(preconditions=preconditions)
         try:
             if kind.core:
                 self._call(
@@ -315,6 +322,7 @@ class Kube:
                     self.namespace,
                     propagation_policy="Background",
                     **grace,
+                    **body,
                 )
             else:
                 self._call(
@@ -323,6 +331,7 @@ class Kube:
                     *self._args(kind),
                     name,
                     propagation_policy="Background",
+                    **body,
                 )
             return True
         except Missing:

@@ -6,6 +6,8 @@
 - `FakeClock`: a clock tests move past deadlines instead of waiting for them.
 - `BackendContract` (needs pytest): the suite every backend passes. Subclass it in a test
   module and supply a `backend` fixture.
+- `LedgerContract` (needs pytest): the suite every `ovas.ledger.Ledger` passes, with several
+  processes racing; subclass it and supply `ledger`, `ledger_factory` and `engine_calls`.
 - `service_for(backend)`, `wait_for(...)`, `make_request(...)`: the core's rules over a
   backend, without a web request.
 
@@ -34,6 +36,7 @@ __all__ = [
     "FakeBackend",
     "FakeClock",
     "InMemoryCatalog",
+    "LedgerContract",
     "NeverReadyBackend",
     "SlowBackend",
     "WarmPoolContract",
@@ -51,4 +54,8 @@ def __getattr__(name: str):
         from ovas.testing import contract
 
         return getattr(contract, name)
+    if name == "LedgerContract":
+        from ovas.testing import ledger_contract
+
+        return ledger_contract.LedgerContract
     raise AttributeError(name)

@@ -224,3 +224,33 @@ def test_user_capacity_limits_each_user(backend, standin_request):
         backend.start(standin_request(username="ann", user_capacity=1, env=SLOW))
     assert caught.value.http_status == 429
     assert backend.start(standin_request(username="bob", user_capacity=1, env=SLOW))
+
+
+def _running(engine, session_id) -> None:
+    deadline = time.monotonic() + 60
+    name = c.container_name(session_id)
+    while not any(s["State"] == "running" for s in engine.containers(filters={"name": name})):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_a_slot_held_by_an_exited_container_is_free_for_the_next_start(new_backend, engine):
+    sessions = service_for(new_backend(), capacity=1)
+    first = sessions.start("kit-standin", "standin").id
+    _running(engine, first)
+    engine.kill(c.container_name(first))  # it ended; no GET, no pass has seen it
+    second = sessions.start("kit-standin", "standin")
+    assert second.id != first and second.state is SessionState.CREATING
+    assert sessions.get(first).state.final
+
+
+def test_a_slot_of_a_container_removed_by_hand_is_free_once_the_grace_passes(new_backend, engine):
+    clock = FakeClock(ticking=True)
+    sessions = service_for(new_backend(now=clock), capacity=1)
+    first = sessions.start("kit-standin", "standin").id
+    _running(engine, first)
+    engine.remove_container(c.container_name(first), force=True)
+    with pytest.raises(CapacityExceeded):  # a claim this young may be a start in progress
+        sessions.start("kit-standin", "standin")
+    clock.advance(11)
+    assert sessions.start("kit-standin", "standin").id != first

@@ -114,17 +114,19 @@ def test_a_log_line_is_cut_at_newlines_only(backend, standin_request, serve, eng
     ]
     app = create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=backend)
     logs = f"{serve(app).url}/streaming/stream/{failed.id}/logs"
-    assert requests.get(f"{logs}?tail=2").json()["lines"] == written
-    assert requests.get(f"{logs}?tail=1").json()["lines"] == written[1:]
+    # The two lines go to stdout and stderr, which Docker may give in either order.
+    assert sorted(requests.get(f"{logs}?tail=2").json()["lines"]) == sorted(written)
+    (last,) = requests.get(f"{logs}?tail=1").json()["lines"]
+    assert last in written
     shown = app.test_cli_runner().invoke(ovas_cli, ["sessions", "logs", failed.id, "--tail", "2"])
-    assert shown.output == "".join(f"{line}\n" for line in written)
+    assert sorted(shown.output.split("\n")[:-1]) == sorted(written)
 
     # The lines kept with its outcome, once its container is gone, are the same.
     kit = engine.containers(all=True, filters={"label": [f"{c.SESSION}={failed.id}"]})
     for container in kit:
         if container["Labels"].get(c.RECORD) == c.CONTAINER:
             engine.remove_container(container["Id"], force=True)
-    assert requests.get(f"{logs}?tail=2").json()["lines"] == written
+    assert sorted(requests.get(f"{logs}?tail=2").json()["lines"]) == sorted(written)
 
 
 def test_startup_names_the_engine_port_range_and_gpus(docker_daemon, new_backend):

@@ -16,6 +16,7 @@ import yaml
 from support import dockerd
 from support.warm_pools import OTHER_STAGE, POOL, START, PoolScenarios, fill, pooled
 
+from backends.docker import containers as c
 from ovas import create_app
 from ovas.catalog_files import FileCatalog
 from ovas.models import SessionState
@@ -154,3 +155,60 @@ def test_a_pools_pass_starts_no_more_sessions_than_there_are_ports(
     sessions.reap()
     assert len(pooled(app, ready=False)) == 3
     assert [s for s in sessions.all() if s.state is SessionState.FAILED] == []
+
+
+def test_a_pooled_session_whose_container_died_is_never_handed_out(make_app, engine):
+    app = make_app()
+    fill(app)
+    ready = {r.id for r in pooled(app)}
+    for session_id in ready:  # as a daemon restart without live-restore leaves them
+        engine.kill(c.container_name(session_id))
+    answer = app.test_client().post("/streaming/stream", json=START)
+    assert answer.status_code == 202, answer.get_json()
+    assert answer.get_json()["id"] not in ready
+    assert answer.get_json()["status"]["condition"] == "creating"
+    # The dead ones were settled on the way: ended, for the pool's pass to replace.
+    assert pooled(app, ready=False) == []
+
+
+def test_a_broken_pools_back_off_holds_for_every_worker_on_the_engine(
+    new_backend, pool_catalog, engine
+):
+    """The back-off one worker records is in the engine's ledger: another worker (or
+    replica, or a restarted ovas) waits it out too, so more workers do not churn more."""
+    standin = pool_catalog.root / "standin.yaml"
+    standin.write_text(
+        standin.read_text().replace(
+            "- {name: USD_PATH, value: /app/samples/stage01.usd}",
+            "- {name: USD_PATH, value: /app/samples/stage01.usd}\n"
+            "        - {name: STANDIN_EXIT_CODE, value: '3'}",
+        )
+    )
+    clock = FakeClock(ticking=True)
+
+    def worker():
+        backend = new_backend(now=clock)
+        backend.catalog = pool_catalog
+        return create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=backend)
+
+    first, second = worker(), worker()
+    first.extensions["ovas"].sessions.reap()
+    failing = {r.id for r in pooled(first, ready=False)}
+    assert len(failing) == 2
+    deadline = time.monotonic() + 60
+    while any(
+        s["State"] != "exited"
+        for sid in failing
+        for s in engine.containers(all=True, filters={"name": c.container_name(sid)})
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    clock.advance(10)
+    first.extensions["ovas"].sessions.reap()  # both failed: the pool backs off 30 s
+    assert pooled(first, ready=False) == []
+    clock.advance(5)
+    second.extensions["ovas"].sessions.reap()
+    assert pooled(second, ready=False) == [], "the other worker must wait it out too"
+    clock.advance(16)  # 31 s after the failed round started
+    second.extensions["ovas"].sessions.reap()
+    assert len(pooled(second, ready=False)) == 2

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from backends.docker import DockerBackend
+from backends.docker.ledger import DockerLedger
 from ovas import create_app
+from ovas.errors import BackendUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
 NOWHERE = "unix:///nonexistent/ovas-test/docker.sock"
@@ -92,3 +94,11 @@ def test_an_ssh_engine_without_paramiko_says_what_to_install(tmp_path, monkeypat
         assert "paramiko" in detail and "ovas[docker]" in detail, detail
         assert "is the Docker daemon running" not in detail
     assert client.get("/cfg/apps").status_code == 200
+
+
+def test_the_ledger_is_built_without_a_daemon_and_says_when_it_cannot_reach_one():
+    ledger = DockerLedger(NOWHERE)  # builds nothing yet: workers build theirs before a daemon
+    for call in (lambda: ledger.list(), lambda: ledger.create("slot-0", {"holder": "s"})):
+        with pytest.raises(BackendUnavailable):
+            call()
+    ledger.close()

@@ -164,7 +164,7 @@ def verb(request) -> str:
 
 def exercise(make_backend, mode: str) -> None:
     """Everything the backend does: start, read, mark, end, read logs, stop, collect,
-    check, edit the catalog."""
+    check, edit the catalog, keep the core's records."""
     backend = make_backend(mode)
     sessions = service_for(backend, retention=60)
     backend.check()
@@ -182,6 +182,10 @@ def exercise(make_backend, mode: str) -> None:
     backend.admission.acquire(request_for(backend, capacity=9))  # a start that died midway
     backend.now.advance(3600)
     sessions.reap()
+    ledger = backend.ledger  # the core's records
+    entry = ledger.create(f"check.{mode}", {"n": "1"})
+    ledger.delete(ledger.replace(ledger.get(entry.name), {"n": "2"}))
+    ledger.list()
     editor = CatalogService(backend.catalog, editing_enabled=True)
     editor.create_application(Application(f"app-{mode}", "App"))
     editor.update_application(f"app-{mode}", {"name": "Renamed"})

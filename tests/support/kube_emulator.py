@@ -5,10 +5,13 @@ resourceVersion, never collects owned objects, and knows neither PUT nor delete-
 `ClusterEmulator` keeps kmock's server, request log, object store and discovery, and adds:
 
 - uid, resourceVersion, creationTimestamp and generateName on create; 409 AlreadyExists;
+  422 for a name that is not a DNS subdomain (RFC 1123) of at most 253 characters;
 - label selectors (equality and set-based) and field selectors on list and delete-collection;
 - metadata-only lists (`PartialObjectMetadataList`), asked for in the Accept header;
 - merge and JSON patches, and PUT with optimistic concurrency (409 Conflict on a stale
   resourceVersion);
+- deletion preconditions (`preconditions.resourceVersion` and `.uid`: 409 Conflict when
+  the object differs);
 - finalizers and graceful deletion of pods (a deletionTimestamp; the fake kubelet removes
   them; `gracePeriodSeconds=0` removes one at once, also while it terminates), and the
   garbage collector's cascade over ownerReferences;
@@ -55,6 +58,8 @@ CUSTOM = {
 }
 FLUX = {"helm.toolkit.fluxcd.io/v2/helmreleases": "HelmRelease"}
 NODE_PORTS = range(30000, 32768)
+# apimachinery's IsDNS1123Subdomain, which every object name here must pass.
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 PARTIAL = {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata"}
 
 
@@ -229,6 +234,15 @@ class ClusterEmulator(k8s.KubernetesEmulator):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if not meta.get("name"):
             raise error(422, "Invalid", "metadata.name: Required value")
+        name = meta["name"]
+        if not isinstance(name, str) or len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
+            raise error(
+                422,
+                "Invalid",
+                f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain must "
+                "consist of lower case alphanumeric characters, '-' or '.', and must start "
+                "and end with an alphanumeric character",
+            )
         if namespace is not None:
             if meta.get("namespace", namespace) != namespace:
                 raise error(400, "BadRequest", "the namespace of the object does not match")
@@ -283,13 +297,31 @@ class ClusterEmulator(k8s.KubernetesEmulator):
             self.remove(key)
         return saved
 
-    def delete(self, key: tuple, *, grace: int | None = None, cascade: bool = True) -> dict:
-        """Delete as the API server does: mark objects with finalizers (and pods, which the
-        kubelet removes), remove the rest and, unless orphaning, what they own."""
+    def delete(
+        self,
+        key: tuple,
+        *,
+        grace: int | None = None,
+        cascade: bool = True,
+        preconditions: dict[str, Any] | None = None,
+    ) -> dict:
+        """Delete as the API server does: check the preconditions, mark objects with
+        finalizers (and pods, which the kubelet removes), remove the rest and, unless
+        orphaning, what they own."""
         current = self.live(key)
         if current is None:
             raise error(404, "NotFound", f'{key[0].plural} "{key[2]}" not found')
         meta = current["metadata"]
+        for field, said in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+            wanted = (preconditions or {}).get(field)
+            if wanted and wanted != meta.get(field):
+                raise error(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {key[0].plural} "{key[2]}": Precondition '
+                    f"failed: {said} in precondition: {wanted}, {said} in object meta: "
+                    f"{meta.get(field)}",
+                )
         if meta.get("deletionTimestamp") and not (grace == 0 and not meta.get("finalizers")):
             return current
         graceful = key[0].plural == "pods" and self.graceful_pods and grace != 0
@@ -488,6 +520,7 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         return {
             "grace": None if grace is None else int(grace),
             "cascade": options.get("propagationPolicy") != "Orphan",
+            "preconditions": options.get("preconditions") or None,
         }
 
 

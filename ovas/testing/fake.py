@@ -417,6 +417,7 @@ class FakeBackend(Backend):
             probe_ok=True,
             host=self.host,
             routes=entry.routes,
+            signaling=(self.host, entry.port),
             connections=entry.clients if self.counts_clients else None,
         )
 

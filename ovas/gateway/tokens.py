@@ -9,8 +9,9 @@ kept in the backend's ledger (`gateway_secret`), so that all processes on one en
 
 Its text is URL-safe base64 and dots, which a WebSocket subprotocol element may hold (RFC
 6455 4.1: an RFC 7230 token), so clients may send it as `Authorization-Bearer.<token>`
-(OVAS's streaming-authorization form), as an `access_token` query parameter or as an
-`Authorization: Bearer` header.
+(OVAS's streaming-authorization form), as an `access_token` query parameter, as an
+`Authorization: Bearer` header, or in the cookie `cookie_name(session_id)`, which the API
+sets for browsers whose viewer sends no credential on its signaling socket.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from ovas.ledger import Ledger, LedgerError, RecordCodec, UnknownFormat
 
 SALT = "ovas.stream-token"
+COOKIE_PREFIX = "ovas_stream_"
 SECRET_RECORD = "gateway-secret"
 SECRET = RecordCodec("gateway-secret", current=1, readers={1: dict})
 log = logging.getLogger(__name__)
@@ -33,6 +35,12 @@ log = logging.getLogger(__name__)
 def issue(secret: str, session_id: str, username: str) -> str:
     """The stream token of `session_id` for `username`."""
     return URLSafeSerializer(secret, salt=SALT).dumps([session_id, username])
+
+
+def cookie_name(session_id: str) -> str:
+    """The cookie that holds the stream token of `session_id`: `ovas_stream_` and the id's
+    first 8 characters, so that one browser holds the tokens of several sessions at once."""
+    return COOKIE_PREFIX + session_id[:8]
 
 
 def read(secret: str, token: str) -> tuple[str, str] | None:

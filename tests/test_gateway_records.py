@@ -1,4 +1,5 @@
-"""What the API and the gateway share: stream tokens, their secret, and client counts."""
+"""What the API and the gateway share (stream tokens, their secret, client counts), and how a
+request names its session."""
 
 from __future__ import annotations
 
@@ -77,3 +78,49 @@ def test_a_bad_gateway_setting_stops_startup_naming_it(setting, value):
 
     with pytest.raises(ConfigurationError, match=f"OVAS_{setting}"):
         create_app({"TESTING": True, setting: value}, backend=FakeBackend())
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "expected"),
+    [
+        (f"{SID}.streams.test", "/sign_in?x=1", (SID, "/sign_in?x=1")),
+        (f"{SID.upper()}.Streams.Test:8443", "/", (SID, "/")),
+        (f"{SID}.streams.test.", "/a", (SID, "/a")),  # a fully qualified name
+        ("127.0.0.1:8443", f"/sessions/{SID}/sign_in?x=1", (SID, "/sign_in?x=1")),
+        ("[::1]:8443", f"/sessions/{SID}?x=1", (SID, "/?x=1")),
+        ("127.0.0.1", f"/sessions/{SID}", (SID, "/")),
+        (f"{SID}.other.test", "/sign_in", None),  # another domain
+        (f"x.{SID}.streams.test", "/sign_in", None),
+        ("streams.test", "/metrics", None),
+        ("127.0.0.1", f"/sessions/{SID}x/sign_in", None),
+        ("127.0.0.1", "/sessions/0c5e7a9e-0a55-1a70-9c39-8a1d5d3b7f10/", None),  # not a UUID4
+    ],
+)
+def test_a_request_names_its_session_by_host_or_by_path(host, path, expected):
+    from ovas.gateway.routing import session_of
+
+    assert session_of(host, path, "streams.test") == expected
+
+
+def test_credentials_are_taken_out_of_what_goes_upstream():
+    from multidict import CIMultiDict
+
+    from ovas.gateway.routing import take_credentials
+
+    headers = CIMultiDict(
+        {
+            "Sec-WebSocket-Protocol": f"{SID}, Authorization-Bearer.tok1",
+            "authorization": "Bearer tok3",
+            "Cookie": f"a=1; {tokens.cookie_name(SID)}=tok4; b=2",
+            "Origin": "https://viewer.example.com",
+            "Sec-WebSocket-Extensions": "permessage-deflate",
+        }
+    )
+    offer = take_credentials(headers, "/sign_in?peer_id=p&access_token=tok2&v=2", SID)
+    assert offer.credentials == ["tok1", "tok2", "tok3", "tok4"]
+    assert offer.protocols == [SID]
+    assert offer.path == "/sign_in?peer_id=p&v=2"
+    assert offer.headers == {"Cookie": "a=1; b=2", "Origin": "https://viewer.example.com"}
+    basic = take_credentials(CIMultiDict({"Authorization": "Basic eDp5"}), "/?access_token=", SID)
+    assert (basic.credentials, basic.path) == ([], "/")
+    assert basic.headers == {"Authorization": "Basic eDp5"}

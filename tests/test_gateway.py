@@ -305,6 +305,42 @@ async def test_a_client_that_vanishes_leaves_no_socket_to_the_session(core, serv
 
 
 @pytest.mark.asyncio
+async def test_big_credential_cookies_fit_and_headers_past_the_bound_are_refused(
+    core, served, echo, http
+):
+    sid = start(core)
+    jwt_sized = "j" * 12000  # past aiohttp's default 8 KiB, as big JWT cookies are
+    cookie = f"id_token={jwt_sized}; {tokens.cookie_name(sid)}={token(sid)}"
+    headers = {"Cookie": cookie, "X-Forwarded-For": "203.0.113.9"}
+    async with http.ws_connect(served.by_host(sid), headers=headers) as ws:
+        await ws.send_str("big cookie")
+        assert await ws.receive_str() == "big cookie"
+    assert echo.seen[-1].headers["Cookie"] == f"id_token={jwt_sized}"
+    assert echo.seen[-1].headers["X-Forwarded-For"] == "127.0.0.1"  # not the client's word
+    too_big = {"Cookie": "c" * 20000, "Authorization": f"Bearer {token(sid)}"}
+    async with http.get(served.by_host(sid).replace("ws://", "http://"), headers=too_big) as got:
+        assert got.status in (400, 431)
+    assert echo.open == 0
+
+
+@pytest.mark.asyncio
+async def test_a_message_past_the_bound_ends_the_relay_as_an_error(core, served, echo, http):
+    served.gateway.max_message = 1024
+    sid = start(core)
+    ws = await http.ws_connect(served.by_host(sid), protocols=viewer_protocols(sid, token(sid)))
+    await ws.send_str("small")
+    assert await ws.receive_str() == "small"
+    await ws.send_bytes(b"x" * 2048)
+    closing = await ws.receive()
+    assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1009)  # message too big
+    await echo.settled(0)
+    assert echo.seen[-1].close_code == 1011
+    metrics = await (await http.get(f"http://127.0.0.1:{served.port}/metrics")).text()
+    assert "ovas_gateway_relay_errors_total 1.0" in metrics
+    assert "ovas_gateway_connections_open 0.0" in metrics
+
+
+@pytest.mark.asyncio
 async def test_client_counts_are_recorded_renewed_and_deleted(
     core, served, echo, http, backend, clock
 ):

@@ -21,7 +21,8 @@ from ovas.names import is_session_id
 BEARER_PROTOCOL = "Authorization-Bearer."  # OVAS's streaming-authorization subprotocol
 QUERY_TOKEN = "access_token"
 _PATH = re.compile(r"^/sessions/([0-9A-Fa-f-]{36})(?=[/?]|\Z)")
-# Headers the gateway sets itself or that end at a hop (RFC 9110 7.6.1, RFC 6455 4.1):
+# Headers that end at a hop (RFC 9110 7.6.1, RFC 6455 4.1), hold the gateway's credentials,
+# or that the gateway sets itself (a client's own X-Forwarded-For must not pass as ours):
 # never copied upstream.
 HOP_HEADERS = frozenset(
     h.lower()
@@ -42,6 +43,10 @@ HOP_HEADERS = frozenset(
         "Sec-WebSocket-Extensions",
         "Authorization",
         "Cookie",
+        "Forwarded",
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
     )
 )
 

@@ -66,8 +66,9 @@ class Gateway:
     """The gateway in front of the sessions of one ovas core: `core` is the Flask app that
     `ovas.create_app` built (its `ovas` and `ovas_authenticator` extensions and `GATEWAY_*`
     settings are used; its reaper is not started). `renew`: seconds between renewals of the
-    client count records (default `presence.RENEW`). Raises `ConfigurationError` when
-    `OVAS_GATEWAY_DOMAIN` is unset."""
+    client count records (default `presence.RENEW`). `max_message`: bytes of the largest
+    message relayed (`MAX_MESSAGE`); a bigger one ends the relay (1009 to its sender, 1011
+    to the other side). Raises `ConfigurationError` when `OVAS_GATEWAY_DOMAIN` is unset."""
 
     def __init__(self, core, *, renew: float | None = None, replica: str | None = None):
         config = core.config
@@ -90,6 +91,7 @@ class Gateway:
         self._secret: str | None = None
         self._starting: dict[str, int] = {}  # upgrades under way, per session
         self._relays: set[tuple[web.WebSocketResponse, object]] = set()
+        self.max_message = MAX_MESSAGE
         self._client: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
 
@@ -265,7 +267,7 @@ class Gateway:
                     autoclose=False,
                     autoping=False,
                     compress=0,
-                    max_msg_size=MAX_MESSAGE,
+                    max_msg_size=self.max_message,
                     decode_text=False,
                 )
         except aiohttp.WSServerHandshakeError as exc:
@@ -286,7 +288,7 @@ class Gateway:
             autoclose=False,
             autoping=False,
             compress=False,
-            max_msg_size=MAX_MESSAGE,
+            max_msg_size=self.max_message,
             decode_text=False,
         )
         pair = (client, upstream)

@@ -60,7 +60,9 @@ class Echo:
     async def start(self) -> Echo:
         app = web.Application()
         app.router.add_get("/{tail:.*}", self.handler)
-        self.runner = web.AppRunner(app, handle_signals=False)
+        self.runner = web.AppRunner(
+            app, handle_signals=False, max_line_size=16384, max_field_size=16384
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

@@ -215,7 +215,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     """Run and manage ovas. Settings come from the OVAS_* environment variables, as for the
     server (see the README's Settings)."""
     ctx.obj = ScriptInfo(create_app=_create_app, set_debug_flag=False)
-    if not verbose and ctx.invoked_subcommand != "serve":
+    if not verbose and ctx.invoked_subcommand not in ("serve", "gateway"):
         # A command prints what was asked: the log lines that building the app writes (the
         # settings line first) are the server's, warnings and errors aside.
         logging.disable(logging.INFO)
@@ -236,6 +236,32 @@ def serve(host: str, port: int) -> None:
 
     serving(app)  # clocks and pools run from now, not from the first request
     app.run(host=host, port=port, threaded=True)
+
+
+@main.command("gateway")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on")
+@click.option("--port", default=8443, show_default=True, help="Port to listen on")
+def gateway(host: str, port: int) -> None:
+    """Serve the signaling gateway: one port in front of every session's signaling socket,
+    routing `<session-id>.<OVAS_GATEWAY_DOMAIN>` and `/sessions/<session-id>/...` (see the
+    README's "Signaling gateway"). TLS with OVAS_GATEWAY_TLS_CERT and OVAS_GATEWAY_TLS_KEY,
+    plain WebSocket without. Runs until SIGTERM or SIGINT."""
+    import asyncio
+
+    app = _create_app()
+    if not app.config.get("GATEWAY_DOMAIN"):
+        raise click.ClickException(
+            "OVAS_GATEWAY_DOMAIN is not set: the gateway serves `<session-id>.<domain>`, so "
+            "set it (e.g. streams.example.com) as for the API"
+        )
+    from ovas.gateway.server import serve as serve_gateway
+
+    try:
+        asyncio.run(serve_gateway(app, host, port))
+    except OvasError as exc:
+        raise click.ClickException(exc.message) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _create_app():

@@ -689,6 +689,16 @@ class SessionService:
         _check_owner(observed.record.username, caller, session_id)
         return self._settle(observed)
 
+    def signaling(self, session_id: str) -> tuple[Session, tuple[str, int] | None]:
+        """For the signaling gateway: the session as decided now (its state and owner),
+        and where its signaling socket is reached, (host, TCP port), once it is ready (None
+        before, or when the backend cannot say). Raises `SessionNotFound`."""
+        if not is_session_id(session_id):
+            raise SessionNotFound(session_id[:64])
+        observed = self.backend.observe(session_id)
+        session = self._settle(observed)
+        return session, observed.seen.signaling if session.ready else None
+
     def list(
         self,
         *,

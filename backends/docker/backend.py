@@ -314,6 +314,7 @@ class DockerBackend(Backend):
             observation = seen.observation(
                 entry,
                 public_host=self.public_host,
+                probe_host=self.probe_host,
                 probe_ok=_result(probes_.get(sid), False),
                 connections=_result(counts.get(sid), None),
                 progress=progress,

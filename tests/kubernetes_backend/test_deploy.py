@@ -18,9 +18,10 @@ from support.kube_server import catalog_documents
 
 from kubernetes_backend.steps import request_for
 from kubernetes_backend.steps import start as begin
+from ovas import create_app
 from ovas.models import Application, SessionQuery, SessionState, Version
 from ovas.services import CatalogService
-from ovas.testing import service_for
+from ovas.testing import FakeBackend, service_for
 
 pytestmark = pytest.mark.kubernetes
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +69,9 @@ def test_every_builtin_object_is_valid(rendered):
         checked += 1
         if doc["kind"] not in ("Namespace", "CustomResourceDefinition"):
             assert doc["metadata"]["namespace"] == "omni-streaming", doc["metadata"]["name"]
-    assert checked == 10  # 4 CRDs, namespace, service account, role, binding, deployment, service
+    # 4 CRDs, namespace, service account, role, binding; the API's deployment and service,
+    # the gateway's settings, deployment and service.
+    assert checked == 13
 
 
 def _closed(schema: dict) -> dict:
@@ -126,8 +129,12 @@ def test_the_sample_catalog_is_the_one_of_config_catalog(rendered):
     assert sorted(deployed, key=key) == sorted(catalog_documents(), key=key)
 
 
+def named(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in by_kind(docs, kind)}
+
+
 def test_the_deployment_is_replicated_probed_and_locked_down(rendered):
-    (deployment,) = by_kind(rendered, "Deployment")
+    deployment = named(rendered, "Deployment")["ovas"]
     spec = deployment["spec"]
     assert spec["replicas"] == 2
     pod = spec["template"]["spec"]
@@ -141,7 +148,46 @@ def test_the_deployment_is_replicated_probed_and_locked_down(rendered):
     assert env["OVAS_BACKEND"]["value"] == "kubernetes"
     assert env["OVAS_BIND"]["value"].endswith(":8080")
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "config/gunicorn.conf.py" in dockerfile and ".[kubernetes,serve]" in dockerfile
+    # One image for the API and the gateway (aiohttp is the `gateway` extra).
+    assert "config/gunicorn.conf.py" in dockerfile
+    assert ".[kubernetes,serve,gateway]" in dockerfile
+
+
+def test_the_gateway_runs_locked_down_on_one_node_port_with_the_apis_settings(rendered):
+    deployments = named(rendered, "Deployment")
+    assert set(deployments) == {"ovas", "ovas-gateway"}
+    gateway = deployments["ovas-gateway"]
+    pod = gateway["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["command"]
+    assert command[:2] == ["ovas", "gateway"]  # setup.cfg's console script
+    assert "ovas = ovas.cli:main" in (ROOT / "setup.cfg").read_text()
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    (port,) = container["ports"]
+    assert command[command.index("--port") + 1] == str(port["containerPort"])
+    assert pod["serviceAccountName"] == "ovas"  # the API's Role: sessions and ConfigMaps
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["readinessProbe"]["httpGet"]["port"] == port["name"]
+    # The API and the gateway read one set of gateway settings, which ovas accepts.
+    settings = named(rendered, "ConfigMap")["ovas-gateway"]["data"]
+    for deployment in deployments.values():
+        (app,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert {"configMapRef": {"name": "ovas-gateway"}} in app["envFrom"]
+    config = {k.removeprefix("OVAS_"): v for k, v in settings.items()}
+    app = create_app({"TESTING": True, **config}, backend=FakeBackend())
+    assert app.extensions["ovas"].sessions.gateway.on
+    # One Service, on a node port of every node (where the sessions' media ports are too),
+    # which is the port clients are given.
+    services = named(rendered, "Service")
+    assert set(services) == {"ovas", "ovas-gateway"}
+    spec = services["ovas-gateway"]["spec"]
+    assert spec["type"] == "NodePort"
+    assert spec["selector"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    ((exposed),) = spec["ports"]
+    assert exposed["targetPort"] == port["name"]
+    assert exposed["nodePort"] == int(settings["OVAS_GATEWAY_PUBLIC_PORT"])
 
 
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}

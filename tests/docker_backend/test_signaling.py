@@ -5,11 +5,14 @@ app built for OVAS quits on when its client leaves."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import aiohttp
 import pytest
 
+from ovas.gateway import presence
+from ovas.gateway.rules import GatewayRules
 from ovas.models import Reason, SessionState
 from ovas.testing import service_for, wait_for
 from ovas.testing.requests import STANDIN_QUIT_ON_LEAVE
@@ -79,3 +82,22 @@ def test_an_app_that_quits_when_its_websocket_client_leaves_has_ended(backend, s
     assert (ended.state, ended.reason) == (SessionState.ENDED, Reason.APP_EXITED), ended.message
     assert ended.last_connected_time is not None
     assert any("my client left" in line for line in backend.logs(ready.id))
+
+
+def test_with_the_gateway_on_its_counts_decide_and_the_port_is_not_read(
+    new_backend, standin_request
+):
+    backend = new_backend(gateway=True)
+    sessions = service_for(backend, gateway=GatewayRules(domain="streams.example.com"))
+    ready = wait_for(sessions, backend.start(standin_request()).record.id, SessionState.READY)
+    host, port = sessions.signaling(ready.id)[1]
+    with socket.create_connection((host, port), timeout=5):  # around the gateway
+        time.sleep(1)
+        assert sessions.get(ready.id).connected is False
+    name = presence.record_name(ready.id, "aaaaaaaaaaaa")
+    backend.ledger.create(name, presence.data(1, backend.now()))
+    try:
+        assert sessions.get(ready.id).connected is True
+    finally:
+        backend.ledger.delete(name)
+    assert sessions.get(ready.id).connected is False

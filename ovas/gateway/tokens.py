@@ -9,9 +9,15 @@ kept in the backend's ledger (`gateway_secret`), so that all processes on one en
 
 Its text is URL-safe base64 and dots, which a WebSocket subprotocol element may hold (RFC
 6455 4.1: an RFC 7230 token), so clients may send it as `Authorization-Bearer.<token>`
-(OVAS's streaming-authorization form), as an `access_token` query parameter, as an
-`Authorization: Bearer` header, or in the cookie `cookie_name(session_id)`, which the API
-sets for browsers whose viewer sends no credential on its signaling socket.
+(OVAS's streaming-authorization form), as an `access_token` query parameter or as an
+`Authorization: Bearer` header.
+
+Browsers whose client sends no credential on the signaling socket (NVIDIA's web viewer
+sample) get it as a cookie instead: the API's answers to a session's owner set one cookie
+per session, `cookie_name(session id)`, scoped to `OVAS_GATEWAY_DOMAIN` when the API is
+served under that domain, which the browser then sends with the WebSocket handshake to
+`<session id>.<domain>`. One cookie per session, not one in all, so that a user's two
+sessions (two tabs) each keep theirs; each lasts no longer than its session's lifetime.
 """
 
 from __future__ import annotations
@@ -26,21 +32,27 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from ovas.ledger import Ledger, LedgerError, RecordCodec, UnknownFormat
 
 SALT = "ovas.stream-token"
-COOKIE_PREFIX = "ovas_stream_"
+COOKIE = "ovas_stream_token"  # each session's cookie is named `COOKIE_<session id>`
 SECRET_RECORD = "gateway-secret"
 SECRET = RecordCodec("gateway-secret", current=1, readers={1: dict})
 log = logging.getLogger(__name__)
 
 
 def issue(secret: str, session_id: str, username: str) -> str:
-    """The stream token of `session_id` for `username`."""
+    """The stream token of `session_id` for `username`, its owner (the API gives admins
+    the owner's token too, so that the gateway needs no roles to check it)."""
     return URLSafeSerializer(secret, salt=SALT).dumps([session_id, username])
 
 
 def cookie_name(session_id: str) -> str:
-    """The cookie that holds the stream token of `session_id`: `ovas_stream_` and the id's
-    first 8 characters, so that one browser holds the tokens of several sessions at once."""
-    return COOKIE_PREFIX + session_id[:8]
+    """The name of the cookie holding the stream token of `session_id`."""
+    return f"{COOKIE}_{session_id}"
+
+
+def from_cookies(cookies: Mapping[str, str], session_id: str) -> str | None:
+    """The stream token a browser sent for `session_id` in `cookies` (name to value, as a
+    web framework parses the Cookie header), or None."""
+    return cookies.get(cookie_name(session_id)) or None
 
 
 def read(secret: str, token: str) -> tuple[str, str] | None:

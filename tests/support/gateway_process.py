@@ -4,12 +4,14 @@ client that talks through it as NVIDIA's streaming library does."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -115,3 +117,26 @@ def by_host(session_id: str, domain: str, port: int, scheme: str = "ws") -> str:
 
 def by_path(session_id: str, port: int) -> str:
     return f"ws://127.0.0.1:{port}/sessions/{session_id}{PEER_PATH}"
+
+
+class LoopThread:
+    """An event loop in a thread of its own, for servers a synchronous test talks to (an
+    echo standing in for a Kit app's signaling socket, an in-process gateway) while its
+    own client runs in another loop. `run(coroutine)` runs it there and returns its
+    result."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> LoopThread:
+        self.thread.start()
+        return self
+
+    def run(self, coroutine, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()

@@ -24,6 +24,7 @@ class Seen:
     headers: dict[str, str]
     offered: list[str]
     close_code: int | None = None
+    texts: list[str] = field(default_factory=list)  # the text messages received
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Echo:
                 if msg.type is WSMsgType.TEXT and msg.data.startswith("close:"):
                     await ws.close(code=int(msg.data[6:]), message=b"asked")
                 elif msg.type is WSMsgType.TEXT:
+                    seen.texts.append(msg.data)
                     await ws.send_str(msg.data)
                 elif msg.type is WSMsgType.BINARY:
                     await ws.send_bytes(msg.data)

@@ -15,7 +15,7 @@ COPY ovas ovas
 COPY blueprints blueprints
 COPY backends backends
 COPY config config
-RUN pip install '.[kubernetes,serve]' \
+RUN pip install '.[kubernetes,serve,gateway]' \
     && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent ovas
 
 # A numeric user, so runAsNonRoot can verify it without reading /etc/passwd.

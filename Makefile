@@ -18,13 +18,13 @@ RUN_STAMP := $(RUN_VENV)/.installed-stamp
 $(STAMP): setup.cfg pyproject.toml tests/plugin_example/setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[docker,kubernetes,serve,test]' -e tests/plugin_example
+	$(BIN)/python -m pip install -q -e '.[docker,kubernetes,serve,gateway,test]' -e tests/plugin_example
 	touch $@
 
 $(RUN_STAMP): setup.cfg pyproject.toml
 	test -x $(RUN_VENV)/bin/python || $(PYTHON) -m venv $(RUN_VENV)
 	$(RUN_VENV)/bin/python -m pip install -q --upgrade pip
-	$(RUN_VENV)/bin/python -m pip install -q -e '.[docker,kubernetes,serve]'
+	$(RUN_VENV)/bin/python -m pip install -q -e '.[docker,kubernetes,serve,gateway]'
 	touch $@
 
 ## run: serve ovas on http://$(HOST):$(PORT) with the Docker backend and the sample catalog

@@ -4,7 +4,9 @@
 CORS: a request without `Origin` (curl, servers) gets no CORS headers; an allowed origin gets
 `Access-Control-Allow-Origin` (`*` when every origin is allowed, else the origin itself with
 `Vary: Origin`); a preflight also gets the allowed methods, the requested headers and a max
-age. No credentials are allowed: ovas uses no cookies.
+age. No credentials are allowed: the only cookies ovas sets (a session's stream token, for
+the signaling gateway, `blueprints.streaming.cookies`) reach a page from the API's own
+origin only.
 
 With no authentication (`OVAS_AUTH=none`) any web page a developer opens could otherwise drive
 their local ovas, so two more rules hold there, as local development servers enforce them

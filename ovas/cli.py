@@ -31,9 +31,9 @@ _verbose_option = click.option(
 def _print_what_was_asked(ctx: click.Context, verbose: bool) -> None:
     """A command prints what was asked: the log lines that building the app writes (the
     settings line first) are the server's, shown with `--verbose`; warnings and errors
-    still reach the operator. Both `ovas` and `flask ovas` apply it, `serve` aside (a
-    server's log is its output)."""
-    if verbose or ctx.invoked_subcommand == "serve":
+    still reach the operator. Both `ovas` and `flask ovas` apply it, `serve` and `gateway`
+    aside (a server's log is its output)."""
+    if verbose or ctx.invoked_subcommand in ("serve", "gateway"):
         return
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)
@@ -249,6 +249,32 @@ def serve(host: str, port: int) -> None:
 
     serving(app)  # clocks and pools run from now, not from the first request
     app.run(host=host, port=port, threaded=True)
+
+
+@main.command("gateway")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on")
+@click.option("--port", default=8443, show_default=True, help="Port to listen on")
+def gateway(host: str, port: int) -> None:
+    """Serve the signaling gateway: one port in front of every session's signaling socket,
+    routing `<session-id>.<OVAS_GATEWAY_DOMAIN>` and `/sessions/<session-id>/...` (see the
+    README's "Signaling gateway"). TLS with OVAS_GATEWAY_TLS_CERT and OVAS_GATEWAY_TLS_KEY,
+    plain WebSocket without. Runs until SIGTERM or SIGINT."""
+    import asyncio
+
+    app = _create_app()
+    if not app.config.get("GATEWAY_DOMAIN"):
+        raise click.ClickException(
+            "OVAS_GATEWAY_DOMAIN is not set: the gateway serves `<session-id>.<domain>`, so "
+            "set it (e.g. streams.example.com) as for the API"
+        )
+    from ovas.gateway.server import serve as serve_gateway
+
+    try:
+        asyncio.run(serve_gateway(app, host, port))
+    except OvasError as exc:
+        raise click.ClickException(exc.message) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _create_app():

@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ovas.bounds import BODY_BYTES, DEADLINE, SECONDS, SESSIONS, THREADS, WORKERS, Bounds
+from ovas.bounds import (
+    BODY_BYTES,
+    CLIENTS,
+    DEADLINE,
+    PORT,
+    SECONDS,
+    SESSIONS,
+    THREADS,
+    WORKERS,
+    Bounds,
+)
 from ovas.errors import ConfigurationError
 
 DEFAULT_RETENTION = 3600
@@ -269,6 +279,45 @@ SETTINGS: tuple[Setting, ...] = (
         shown="none: routes by address",
     ),
     Setting(
+        "OVAS_GATEWAY_DOMAIN",
+        "the signaling gateway is on: a ready session's route key is `<session-id>.<domain>` "
+        "and its signaling port the gateway's (`ovas gateway`; see the README)",
+        "",
+        shown="none: the gateway is off",
+    ),
+    Setting(
+        "OVAS_GATEWAY_PUBLIC_PORT",
+        "the port clients reach the gateway on (a TLS terminator's, when one is in front)",
+        443,
+        bounds=PORT,
+    ),
+    Setting("OVAS_GATEWAY_TLS_CERT", "the gateway's certificate (PEM file)", "", shown="none"),
+    Setting(
+        "OVAS_GATEWAY_TLS_KEY",
+        "the gateway's private key (PEM file); without a certificate and key it serves plain "
+        "WebSocket, for use behind a TLS terminator that keeps the Host header",
+        "",
+        shown="none",
+    ),
+    Setting(
+        "OVAS_GATEWAY_AUTH",
+        "who may open a session's signaling socket: `token` (its owner and admins, with a "
+        "stream token or the API's credentials) or `none` (anyone who knows the session id)",
+        "token",
+    ),
+    Setting(
+        "OVAS_GATEWAY_SECRET",
+        "the key stream tokens are signed with, the same in every process and replica",
+        "",
+        shown="one made once and kept in the backend's ledger (a warning says so)",
+    ),
+    Setting(
+        "OVAS_GATEWAY_MAX_CLIENTS",
+        "most signaling sockets open at once to one session through the gateway; 429 beyond",
+        4,
+        bounds=CLIENTS,
+    ),
+    Setting(
         "OVAS_BIND",
         "gunicorn: address and port",
         "127.0.0.1:8080",
@@ -384,6 +433,25 @@ def normalise(config: MutableMapping[str, Any]) -> None:
         raise ConfigurationError("OVAS_LOG_FORMAT must be plain or json")
     config["CORS_ORIGINS"] = [_origin(o) for o in _items(config.get("CORS_ORIGINS"))]
     config["ALLOWED_HOSTS"] = [_host(h) for h in _items(config.get("ALLOWED_HOSTS"))]
+    config["GATEWAY_DOMAIN"] = str(config.get("GATEWAY_DOMAIN") or "").strip().lower()
+    if config["GATEWAY_DOMAIN"] and not _GATEWAY_DOMAIN.match(config["GATEWAY_DOMAIN"]):
+        raise ConfigurationError(
+            f"OVAS_GATEWAY_DOMAIN {config['GATEWAY_DOMAIN']!r} is not a DNS name "
+            "(e.g. streams.example.com)"
+        )
+    config["GATEWAY_AUTH"] = str(config.get("GATEWAY_AUTH") or "token").strip().lower()
+    if config["GATEWAY_AUTH"] not in ("token", "none"):
+        raise ConfigurationError("OVAS_GATEWAY_AUTH must be token or none")
+    if bool(config.get("GATEWAY_TLS_CERT")) != bool(config.get("GATEWAY_TLS_KEY")):
+        raise ConfigurationError(
+            "OVAS_GATEWAY_TLS_CERT and OVAS_GATEWAY_TLS_KEY go together: set both or neither"
+        )
+
+
+# RFC 1123 host names of two labels or more, lower case: what a wildcard record can serve.
+_GATEWAY_DOMAIN = re.compile(
+    r"^(?=.{1,200}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
 
 
 def number(setting: Setting, value: Any) -> int:

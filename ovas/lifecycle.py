@@ -169,6 +169,9 @@ class Observation:
     host: str | None = None  # where clients connect, once known
     routes: tuple[Route, ...] = ()
     connections: int | None = None  # clients on the signaling port; None: cannot tell
+    # Where the signaling gateway reaches the session's signaling socket (host, TCP port),
+    # from where ovas runs; None until known.
+    signaling: tuple[str, int] | None = None
     logs: tuple[str, ...] = ()  # the app's last log lines, where the backend read them
     note: str = ""  # something the user should know of how it runs ("CPU limit capped...")
 

@@ -191,6 +191,9 @@ class Session:
     expires_time: datetime | None = None  # when the max lifetime ends it
     ended_time: datetime | None = None
     pool: str = ""  # a warm pool's session not claimed yet: the pool's name
+    # What opens its signaling socket through the gateway (`ovas.gateway.tokens`), set for
+    # its owner and admins only (`SessionService.stream_tokens`); None for anyone else.
+    stream_token: str | None = None
 
     @classmethod
     def of(cls, request: SessionRequest, **fields) -> Session:

@@ -41,9 +41,10 @@ from ovas.events import (
     StartRefused,
     StopRefused,
 )
+from ovas.gateway.rules import GatewayRules
 from ovas.kitspec import parse_kit, render_values
 from ovas.ledger import RecordCodec
-from ovas.lifecycle import Mark, Observed, clocks_for, decide
+from ovas.lifecycle import Decision, Mark, Observed, clocks_for, decide
 from ovas.models import (
     Application,
     Clocks,
@@ -77,6 +78,7 @@ REMOVAL = RecordCodec("removal", current=1, readers={1: dict})
 REMOVAL_GRACE = timedelta(seconds=120)
 FREE_EVERY = timedelta(seconds=5)  # a refused start frees what ended sessions hold, this often
 MAX_LOG_TAIL = 10000
+_READ = object()  # `_settle` reads the clients connected through the gateway itself
 
 
 def sort_versions(versions: list[Version]) -> list[Version]:
@@ -306,7 +308,8 @@ class SessionService:
     `ovas.lifecycle`, and what that decides is written back through the backend (marks,
     outcomes) and told to `events` (metrics, audit, logs listen there).
 
-    `now` is the clock (an aware UTC datetime); tests inject one and move it."""
+    `now` is the clock (an aware UTC datetime); tests inject one and move it. `gateway`
+    says how the signaling gateway changes what is answered (`ovas.gateway.rules`)."""
 
     def __init__(
         self,
@@ -322,7 +325,9 @@ class SessionService:
         pool_max_age: float = 3600,
         now: Callable[[], datetime] = utcnow,
         events: Events | None = None,
+        gateway: GatewayRules | None = None,
     ):
+        self.gateway = gateway or GatewayRules()
         self.stage_roots = tuple(stage_roots)
         self.backend = backend
         self.catalogs = catalogs
@@ -393,11 +398,20 @@ class SessionService:
             rendering=rendering,
         )
 
-    def start(self, app_id: str, profile_id: str, version: str | None = None, **kw) -> Session:
+    def start(
+        self,
+        app_id: str,
+        profile_id: str,
+        version: str | None = None,
+        *,
+        caller: Identity | None = None,
+        **kw,
+    ) -> Session:
         """Start a session; returns it as first decided: READY when a warm pool's session
-        was taken (`ovas.pools`), else normally CREATING. When capacity is short, a pool's
-        unclaimed session makes room for it. Raises what `build_request` and
-        `Backend.start` raise; every start, admitted or refused, is told to `events`."""
+        was taken (`ovas.pools`), else normally CREATING, with its stream token when
+        `caller` may have it (`stream_tokens`). When capacity is short, a pool's unclaimed
+        session makes room for it. Raises what `build_request` and `Backend.start` raise;
+        every start, admitted or refused, is told to `events`."""
         try:
             request = self.build_request(app_id, profile_id, version, **kw)
             session = self._from_pool(request)
@@ -407,6 +421,7 @@ class SessionService:
             self.events.emit(StartRefused(exc))
             raise
         self.events.emit(SessionStarted(session))
+        self.stream_tokens([session], caller)
         return session
 
     def _start_on_demand(self, request: SessionRequest) -> Observed:
@@ -442,8 +457,12 @@ class SessionService:
         """Decide every session now and record the outcome of those that ended, which frees
         what they hold (slots, GPUs, ports). True if any did."""
         now, ended = self.now(), False
-        for observed in self.backend.observe_all():
-            if observed.record.outcome is None and self._settle(observed, now=now).state.final:
+        observations = self.backend.observe_all()
+        clients = self._clients(observations, now)
+        for observed in observations:
+            if observed.record.outcome is not None:
+                continue
+            if self._settle(observed, now=now, clients=clients).state.final:
                 ended = True
         return ended
 
@@ -687,7 +706,19 @@ class SessionService:
             raise SessionNotFound(session_id[:64])
         observed = self.backend.observe(session_id)
         _check_owner(observed.record.username, caller, session_id)
-        return self._settle(observed)
+        session = self._settle(observed)
+        self.stream_tokens([session], caller)
+        return session
+
+    def signaling(self, session_id: str) -> tuple[Session, tuple[str, int] | None]:
+        """For the signaling gateway: the session as decided now (its state and owner),
+        and where its signaling socket is reached, (host, TCP port), once it is ready (None
+        before, or when the backend cannot say). Raises `SessionNotFound`."""
+        if not is_session_id(session_id):
+            raise SessionNotFound(session_id[:64])
+        observed = self.backend.observe(session_id)
+        session = self._settle(observed)
+        return session, observed.seen.signaling if session.ready else None
 
     def list(
         self,
@@ -725,15 +756,29 @@ class SessionService:
         )
         if state or app_id or profile:
             found = self.find(state=state, username=username, app_id=app_id, profile=profile)
-            return Page(offset=offset, limit=limit, items=query.select(found))
-        now = self.now()
-        items = [decide(o, now).session for o in self.backend.observe_page(query)]
+            items = query.select(found)
+        else:
+            now = self.now()
+            items = [d.session for d in self._decide_all(self.backend.observe_page(query), now)]
+        self.stream_tokens(items, caller)
         return Page(offset=offset, limit=limit, items=items)
 
     def all(self) -> list[Session]:
         """Every session, as decided now (for metrics and the command line); writes nothing."""
         now = self.now()
-        return [decide(o, now).session for o in self.backend.observe_all()]
+        return [d.session for d in self._decide_all(self.backend.observe_all(), now)]
+
+    def _decide_all(self, observations: list[Observed], now: datetime) -> list[Decision]:
+        clients = self._clients(observations, now)
+        return [decide(self.gateway.applied(o, clients), now) for o in observations]
+
+    def _clients(self, observations: list[Observed], now: datetime) -> dict[str, int] | None:
+        return self.gateway.clients(self.backend.ledger, observations, now)
+
+    def stream_tokens(self, sessions: list[Session], caller: Identity | None) -> None:
+        """Give each of `sessions` its stream token where `caller` may have it
+        (`GatewayRules.stream_tokens`)."""
+        self.gateway.stream_tokens(self.backend.ledger, sessions, caller)
 
     def find(
         self,
@@ -800,10 +845,12 @@ class SessionService:
         removed: dict[str, str] = {}
         sessions = []
         renderings = {}
-        for observed in self.backend.observe_all():
+        observations = self.backend.observe_all()
+        clients = self.gateway.reap(self.backend.ledger, now, removed)
+        for observed in observations:
             session_id = observed.record.id
             try:
-                session = self._settle(observed, now=now)
+                session = self._settle(observed, now=now, clients=clients)
                 sessions.append(session)
                 renderings[session_id] = observed.record.rendering
                 if session.pooled:
@@ -850,11 +897,17 @@ class SessionService:
         finally:
             ledger.delete(entry)
 
-    def _settle(self, observed: Observed, *, now: datetime | None = None) -> Session:
+    def _settle(
+        self, observed: Observed, *, now: datetime | None = None, clients: object = _READ
+    ) -> Session:
         """Decide the session, and write through the backend what the decision asks: marks,
         and the outcome of a session that has just ended. A write that fails is logged and
-        left to the next reader (the decision holds meanwhile: it is made again the same)."""
-        decision = decide(observed, now or self.now())
+        left to the next reader (the decision holds meanwhile: it is made again the same).
+        `clients`: as `GatewayRules.clients` gives them, read here unless given."""
+        now = now or self.now()
+        if clients is _READ:
+            clients = self._clients([observed], now)
+        decision = decide(self.gateway.applied(observed, clients), now)
         session_id = observed.record.id
         try:
             for mark, at in decision.marks.items():

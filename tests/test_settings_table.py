@@ -62,7 +62,9 @@ def test_make_run_uses_an_environment_without_test_distributions():
         check=True,
     ).stdout
     installs = [line for line in planned.splitlines() if "pip install" in line and " -e " in line]
-    assert installs == [".venv-run/bin/python -m pip install -q -e '.[docker,kubernetes,serve]'"]
+    assert installs == [
+        ".venv-run/bin/python -m pip install -q -e '.[docker,kubernetes,serve,gateway]'"
+    ]
     assert planned.splitlines()[-1] == ".venv-run/bin/ovas serve --host 127.0.0.1 --port 8080"
     tested = subprocess.run(
         ["make", "--no-print-directory", "-n", "-B", "test"],

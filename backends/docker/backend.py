@@ -71,8 +71,12 @@ class DockerBackend(Backend):
         gpus: str | Inventory = "auto",
         stop_grace: float = 10.0,
         now: Callable[[], datetime] = utcnow,
+        gateway: bool = False,
     ):
         self.catalog = catalog
+        # With the signaling gateway on, the core counts its clients: reading the engine's
+        # connection tables would be calls spent on a count nobody uses.
+        self.gateway = gateway
         self.now = now
         self.engine = Engine(docker_host)
         # The core's shared records (a warm pool's back-off...), on the same engine.
@@ -104,9 +108,9 @@ class DockerBackend(Backend):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
-        """Build from `CATALOG_PATH` and the `DOCKER_*` settings (PUBLIC_HOST, BIND_ADDRESS,
-        PROBE_HOST, PORT_RANGE, GPUS). Contacts no engine; raises `ConfigurationError` for
-        a bad port range."""
+        """Build from `CATALOG_PATH`, the `DOCKER_*` settings (PUBLIC_HOST, BIND_ADDRESS,
+        PROBE_HOST, PORT_RANGE, GPUS) and GATEWAY_DOMAIN. Contacts no engine; raises
+        `ConfigurationError` for a bad port range."""
         from ovas.catalog_files import FileCatalog
 
         return cls(
@@ -116,6 +120,7 @@ class DockerBackend(Backend):
             probe_host=settings.get("DOCKER_PROBE_HOST") or None,
             port_range=str(settings.get("DOCKER_PORT_RANGE") or "31000-31999"),
             gpus=str(settings.get("DOCKER_GPUS") or "auto"),
+            gateway=bool(settings.get("GATEWAY_DOMAIN")),
         )
 
     def _ledger_now(self) -> GpuLedger:
@@ -297,8 +302,9 @@ class DockerBackend(Backend):
                 ready_at = _mark_time(entry, Mark.READY)
                 if ready_at is None:
                     probes_[sid] = self._pool.submit(self._probe, entry)
-                    counts[sid] = self._pool.submit(self._count_if_ready, probes_[sid], entry)
-                else:
+                    if not self.gateway:
+                        counts[sid] = self._pool.submit(self._count_if_ready, probes_[sid], entry)
+                elif not self.gateway:
                     settled = now >= ready_at + PROBE_SETTLE
                     counts[sid] = self._pool.submit(self._count, entry, settled)
             elif entry.container is not None and entry.container.ended:
@@ -315,6 +321,7 @@ class DockerBackend(Backend):
             observation = seen.observation(
                 entry,
                 public_host=self.public_host,
+                probe_host=self.probe_host,
                 probe_ok=_result(probes_.get(sid), False),
                 connections=_result(counts.get(sid), None),
                 progress=progress,

@@ -226,13 +226,16 @@ def observation(
     objects: SessionObjects,
     *,
     public_host: str,
+    probe_host: str | None = None,
     probe_ok: bool = False,
     connections: int | None = None,
     progress: str = "",
     exit_info: Exit | None = None,
 ) -> Observation:
     """What the records show. `probe_ok` is the probe's verdict on a running container,
-    `connections` its clients, `progress` a pull's, `exit_info` an exited container's."""
+    `connections` its clients, `progress` a pull's, `exit_info` an exited container's.
+    `probe_host` is where ovas itself reaches the published ports: with the signaling
+    host port, where the signaling gateway reaches the session."""
     container = objects.container
     labels = c.parse_labels(objects.describing.labels)
     note = labels.note
@@ -262,6 +265,7 @@ def observation(
     if container.state != "running":
         return Observation(Stage.WAITING, detail="Starting the container", note=note)
     found = routes(labels, container.host_ports)
+    signaling = next((r.source_port for r in found if r.description == "signaling"), None)
     return Observation(
         Stage.RUNNING,
         detail="Starting the Kit application",
@@ -269,6 +273,7 @@ def observation(
         host=public_host if found else None,
         routes=found,
         connections=connections,
+        signaling=(probe_host, signaling) if probe_host and signaling else None,
         note=note,
     )
 

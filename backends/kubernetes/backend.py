@@ -104,12 +104,15 @@ class KubernetesBackend(Backend):
         kube: Kube | None = None,
         catalog: Catalog | None = None,
         now: Callable[[], datetime] = utcnow,
+        gateway: bool = False,
     ):
         """`orphan_grace`: seconds an object of no session is left alone by `collect` (it may
         be a start in progress). `base_domain`: with one, a session's route key is its own
         hostname `<session-id>.<base_domain>` (see `profiles.hostname`). `now`: the clock of
-        records, marks and outcomes. Raises `ConfigurationError` for a mode or domain that
-        is not valid."""
+        records, marks and outcomes. `gateway`: the signaling gateway is on
+        (`OVAS_GATEWAY_DOMAIN`), so a session's Service exposes its media only, and the
+        gateway reaches signaling in the cluster. Raises `ConfigurationError` for a mode or
+        domain that is not valid."""
         if mode not in MODES:
             raise ConfigurationError(
                 f"OVAS_KUBERNETES_SESSION_MODE must be one of {', '.join(MODES)}, not {mode!r}"
@@ -120,6 +123,7 @@ class KubernetesBackend(Backend):
             raise ConfigurationError(str(exc)) from None
         self.mode = mode
         self.public_host = public_host or None
+        self.gateway = gateway
         self.orphan_grace = timedelta(seconds=orphan_grace)
         self.helm_repository = helm_repository
         self.now = now
@@ -136,8 +140,8 @@ class KubernetesBackend(Backend):
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
         """Reads KUBERNETES_NAMESPACE, KUBERNETES_SESSION_MODE, KUBERNETES_PUBLIC_HOST,
-        KUBERNETES_BASE_DOMAIN, KUBERNETES_HELM_REPOSITORY and KUBERNETES_CONTEXT; contacts
-        nothing."""
+        KUBERNETES_BASE_DOMAIN, KUBERNETES_HELM_REPOSITORY, KUBERNETES_CONTEXT and
+        GATEWAY_DOMAIN; contacts nothing."""
         return cls(
             namespace=str(settings.get("KUBERNETES_NAMESPACE") or "omni-streaming"),
             mode=str(settings.get("KUBERNETES_SESSION_MODE") or "pod").strip().lower(),
@@ -147,6 +151,7 @@ class KubernetesBackend(Backend):
                 settings.get("KUBERNETES_HELM_REPOSITORY") or o.DEFAULT_HELM_REPOSITORY
             ),
             context=settings.get("KUBERNETES_CONTEXT") or None,
+            gateway=bool(settings.get("GATEWAY_DOMAIN")),
         )
 
     @property
@@ -223,9 +228,13 @@ class KubernetesBackend(Backend):
 
     def _start_pod(self, request: SessionRequest) -> dict[str, Any]:
         pod = self._create(POD, o.build_pod(request, self.namespace))
-        name = profiles.hostname(request.id, self.base_domain) if self.base_domain else None
+        # With the gateway, a wildcard DNS name points at it and at the nodes' media ports.
+        own_name = self.base_domain and not self.gateway
+        name = profiles.hostname(request.id, self.base_domain) if own_name else None
         try:
-            service = o.build_service(request, self.namespace, owner=pod, hostname=name)
+            service = o.build_service(
+                request, self.namespace, owner=pod, hostname=name, signaling=not self.gateway
+            )
             self._create(SERVICE, service)
         except BaseException:
             self.kube.delete(POD, pod["metadata"]["name"])
@@ -388,7 +397,11 @@ class KubernetesBackend(Backend):
             if events and seen.stage is Stage.WAITING and entry.pod is not None:
                 told = self._events(entry.pod)
                 seen = s.pod_observation(
-                    entry.pod, entry.service, public_host=self.public_host, events=told
+                    entry.pod,
+                    entry.service,
+                    public_host=self.public_host,
+                    events=told,
+                    gateway=self.gateway,
                 )
             if seen.stage is Stage.EXITED and entry.pod is not None and reads < LOG_READS:
                 reads += 1
@@ -402,7 +415,9 @@ class KubernetesBackend(Backend):
         if entry.pod is None:
             assert entry.owner is not None
             return s.release_observation(entry.owner, dict(record.marks))
-        return s.pod_observation(entry.pod, entry.service, public_host=self.public_host)
+        return s.pod_observation(
+            entry.pod, entry.service, public_host=self.public_host, gateway=self.gateway
+        )
 
     def _events(self, pod: dict[str, Any]) -> list[dict[str, Any]]:
         """The Events about the pod (one call); [] if they cannot be read (they only add to

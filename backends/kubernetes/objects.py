@@ -64,6 +64,9 @@ CONTAINER = "kit"
 SIGNALING = "signaling"
 MEDIA = "media"
 DEFAULT_SERVICE_TYPE = "LoadBalancer"
+# With the signaling gateway on, only media is exposed, by default on node ports: the
+# gateway replaces the load balancer per session (see the README).
+GATEWAY_SERVICE_TYPE = "NodePort"
 FLUX_API_VERSION = "helm.toolkit.fluxcd.io/v2"
 DEFAULT_HELM_REPOSITORY = "omniverse"
 
@@ -271,6 +274,7 @@ def build_service(
     owner: dict[str, Any] | None = None,
     *,
     hostname: str | None = None,
+    signaling: bool = True,
 ) -> dict[str, Any]:
     """The Service exposing the session's signaling (TCP) and media (UDP) ports, owned by
     `owner` (the session's pod as read back) so the cluster removes it with the pod.
@@ -278,10 +282,13 @@ def build_service(
     For NodePort and LoadBalancer services the cluster picks the node ports, so sessions
     never collide on them; `signalingPort` / `mediaPort` are the service's own ports.
     `hostname`: the session's own DNS name, annotated for external-dns (`EXTERNAL_DNS`) to
-    publish it with the Service's address.
+    publish it with the Service's address. Without `signaling` (the signaling gateway is
+    on, and reaches the pod itself), only media is exposed, on node ports unless the
+    profile's `service.type` asks for another type (a LoadBalancer).
     """
     settings = service_settings(request.values)
-    kind = str(settings.get("type") or DEFAULT_SERVICE_TYPE)
+    default = DEFAULT_SERVICE_TYPE if signaling else GATEWAY_SERVICE_TYPE
+    kind = str(settings.get("type") or default)
     kit = request.kit
     metadata: dict[str, Any] = {
         "name": object_name(request.id),
@@ -294,6 +301,20 @@ def build_service(
         metadata["annotations"][EXTERNAL_DNS] = hostname
     if owner is not None:
         metadata["ownerReferences"] = [owner_reference(owner)]
+    ports = [
+        {
+            "name": SIGNALING,
+            "protocol": "TCP",
+            "port": int(settings.get("signalingPort") or kit.signaling_port),
+            "targetPort": kit.signaling_port,
+        },
+        {
+            "name": MEDIA,
+            "protocol": "UDP",
+            "port": int(settings.get("mediaPort") or kit.media_port),
+            "targetPort": kit.media_port,
+        },
+    ]
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -301,20 +322,7 @@ def build_service(
         "spec": {
             "type": kind,
             "selector": {SESSION: request.id},
-            "ports": [
-                {
-                    "name": SIGNALING,
-                    "protocol": "TCP",
-                    "port": int(settings.get("signalingPort") or kit.signaling_port),
-                    "targetPort": kit.signaling_port,
-                },
-                {
-                    "name": MEDIA,
-                    "protocol": "UDP",
-                    "port": int(settings.get("mediaPort") or kit.media_port),
-                    "targetPort": kit.media_port,
-                },
-            ],
+            "ports": ports if signaling else ports[1:],
         },
     }
 

@@ -358,10 +358,14 @@ def pod_observation(
     *,
     public_host: str | None = None,
     events: list[dict[str, Any]] | None = None,
+    gateway: bool = False,
 ) -> Observation:
     """What the session's pod (and its Service, for the address) shows now. `events`: the
     cluster's Events about the pod, where they were read (they tell a pull that cannot pass
-    from one being retried, an autoscaler's answer, and the progress of a start)."""
+    from one being retried, an autoscaler's answer, and the progress of a start).
+    `gateway`: the signaling gateway is on, so the Service exposes media only
+    (`routes_of`). Either way the gateway reaches the signaling socket at the pod's IP and
+    container port (`signaling_of`)."""
     events = events_of(pod, events or [])
     status = pod.get("status") or {}
     taken = _taken_away(pod)
@@ -405,7 +409,7 @@ def pod_observation(
         and (scheduled.get("reason") == "Unschedulable")
     ):
         return _unschedulable(scheduled.get("message") or "", events)
-    found = routes_of(service, pod, public_host) if service is not None else None
+    found = routes_of(service, pod, public_host, gateway) if service is not None else None
     host, routes = found if found is not None else (None, ())
     if not (pod.get("spec") or {}).get("nodeName") and not status.get("hostIP"):
         return _progress("Waiting for a node to run the session", events, SCHEDULING)
@@ -422,7 +426,22 @@ def pod_observation(
         probe_ok=ready and found is not None,
         host=host,
         routes=routes,
+        signaling=signaling_of(pod, routes),
     )
+
+
+def signaling_of(pod: dict[str, Any], routes: tuple[Route, ...]) -> tuple[str, int] | None:
+    """Where the signaling gateway, running in the cluster, reaches the session's signaling
+    socket: the pod's IP and the Kit container's signaling port. Not a Service's name: the
+    pod's address needs no DNS lookup nor a Service of its own (one more API call per
+    start), is reachable across the cluster's pod network as a ClusterIP is, and since the
+    gateway asks at each connection, a chart's replaced pod is found at its new address.
+    None until the pod has an IP and the port is known."""
+    ip = (pod.get("status") or {}).get("podIP")
+    port = _container_port(pod, o.SIGNALING)
+    if port is None:
+        port = next((r.destination_port for r in routes if r.description == o.SIGNALING), None)
+    return (str(ip), int(port)) if ip and port else None
 
 
 def _port_role(port: dict[str, Any]) -> str:
@@ -445,12 +464,17 @@ def _container_port(pod: dict[str, Any] | None, target: Any) -> int | None:
 
 
 def routes_of(
-    service: dict[str, Any], pod: dict[str, Any] | None, public_host: str | None
+    service: dict[str, Any],
+    pod: dict[str, Any] | None,
+    public_host: str | None,
+    gateway: bool = False,
 ) -> tuple[str, tuple[Route, ...]] | None:
     """The address clients reach and the routes to the Kit ports; None while unknown.
 
     LoadBalancer: its ingress IP or hostname, the service ports. NodePort: `public_host`, or
-    the pod's node, with the node ports. ClusterIP: the cluster IP (reachable in-cluster)."""
+    the pod's node, with the node ports. ClusterIP: the cluster IP (reachable in-cluster).
+    With the `gateway` on, a Service without a signaling port (media only) gets the
+    signaling route of the pod's own port, which the core routes through the gateway."""
     spec = service.get("spec") or {}
     kind = spec.get("type", "ClusterIP")
     if kind == "LoadBalancer":
@@ -473,6 +497,10 @@ def routes_of(
             return None
         role = _port_role(port)
         found[role] = Route(role, port.get("protocol", "TCP"), int(source), int(destination))
+    if o.SIGNALING not in found and gateway:
+        port = _container_port(pod, o.SIGNALING)
+        if port is not None:
+            found[o.SIGNALING] = Route(o.SIGNALING, "TCP", int(port), int(port))
     if o.SIGNALING not in found:
         return None
     return host, tuple(found[r] for r in (o.SIGNALING, o.MEDIA) if r in found)

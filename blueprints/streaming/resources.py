@@ -6,6 +6,7 @@ from flask import Response
 
 from blueprints.common import Blueprint, Resource, error_responses, sessions
 from blueprints.security import audited, current_identity, rate_limited
+from blueprints.streaming.cookies import expire_cookie, set_cookie
 from blueprints.streaming.schemas import (
     StreamIdSchema,
     StreamListQuerySchema,
@@ -29,15 +30,19 @@ blp = Blueprint(
 _STATUS = {SessionState.READY: 200, SessionState.FAILED: 410, SessionState.ENDED: 410}
 
 
-def _answer(session: Session) -> tuple[Session, int]:
-    return session, _STATUS.get(session.state, 202)
+def _answer(session: Session, status: int) -> tuple[Session, int, dict[str, str]]:
+    """The session, with its stream token's cookie for its owner's browser
+    (`blueprints.streaming.cookies`)."""
+    service = sessions()
+    cookie = set_cookie(session, current_identity().username, service.gateway.domain, service.now())
+    return session, status, cookie
 
 
 def _stop(session_id: str) -> Response:
     with audited("session.stop", session=session_id):
         sessions().stop(session_id, current_identity())
     # The web viewer shows any body of a DELETE as an error: answer with none.
-    return Response(status=204)
+    return Response(status=204, headers=expire_cookie(session_id, sessions().gateway.domain))
 
 
 @blp.route("")
@@ -69,11 +74,12 @@ class Streams(Resource):
                 body["profile"],
                 body.get("version"),
                 username=current_identity().username,
+                caller=current_identity(),
                 usd_stage_uri=(body["arguments"] or {}).get("usd_stage_uri"),
             )
             record["session"] = session.id
             record["version"] = session.version  # what it resolved to, when omitted
-        return session, 200 if session.ready else 202
+        return _answer(session, 200 if session.ready else 202)
 
     @blp.arguments(StreamIdSchema())
     @blp.response(204)
@@ -97,7 +103,8 @@ class StreamById(Resource):
     @error_responses(blp, 404, 503)
     def get(self, session_id):
         """Get a session: 200 only when ready, 202 while starting, 410 when failed or ended"""
-        return _answer(sessions().get(session_id, current_identity()))
+        session = sessions().get(session_id, current_identity())
+        return _answer(session, _STATUS.get(session.state, 202))
 
     @blp.response(204)
     @error_responses(blp, 404, 503)

@@ -48,7 +48,11 @@ class StreamResponseSchema(Schema):
         keys=fields.String(),
         values=Prepared(RouteSetSchema),
         required=True,
-        metadata={"description": "One key, the address a client reaches; empty until ready"},
+        metadata={
+            "description": "One key, the address a client reaches; empty until ready. With "
+            "the signaling gateway on, `<session id>.<OVAS_GATEWAY_DOMAIN>`, and the "
+            "signaling route's `source_port` is the gateway's"
+        },
     )
     status = Prepared(StreamStatusSchema, required=True)
     app_id = fields.String()
@@ -76,6 +80,17 @@ class StreamResponseSchema(Schema):
         allow_none=True, metadata={"description": "When the max lifetime ends the session"}
     )
     ended_time = fields.DateTime(allow_none=True)
+    stream_token = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "ovas: what opens the session's signaling socket through the "
+            "signaling gateway, sent as the WebSocket subprotocol `Authorization-Bearer."
+            "<token>`, an `access_token` query parameter or an `Authorization: Bearer` "
+            "header; valid while the session lives. Given to the session's owner and to "
+            "admins when the gateway checks tokens (`OVAS_GATEWAY_AUTH=token`); null "
+            "otherwise"
+        },
+    )
 
     @pre_dump
     def _shape(self, session: Session, **kwargs) -> dict:
@@ -115,6 +130,7 @@ def session_fields(session: Session) -> dict:
         "last_connected_time": session.last_connected_time,
         "expires_time": session.expires_time,
         "ended_time": session.ended_time,
+        "stream_token": session.stream_token,
     }
 
 

@@ -1,6 +1,9 @@
 """Renders the kustomize base config/deploy from the Helm chart config/helm/ovas, so the two
-install the same objects: the chart's defaults, as release `ovas` in `omni-streaming`, less
-Helm's own bookkeeping (the `helm.sh/*` labels and annotations, `managed-by: Helm`).
+install the same objects: the chart's defaults with the signaling gateway on (`GATEWAY`: the
+placeholder domain, which an operator replaces, and no gateway Secret: ovas keeps the stream
+tokens' key in its ledger until one is given), as release `ovas` in `omni-streaming`, less
+Helm's own bookkeeping (the `helm.sh/*` labels and annotations, `managed-by: Helm`, the pods'
+`checksum/*`).
 namespace.yaml, catalog.yaml and kustomization.yaml are written by hand.
 
     python config/tools/render_deploy.py          # rewrite config/deploy/<template>.yaml
@@ -24,7 +27,14 @@ CHART = ROOT / "config" / "helm" / "ovas"
 BASE = ROOT / "config" / "deploy"
 RELEASE, NAMESPACE = "ovas", "omni-streaming"
 # Base files, each the objects of the chart template of the same name, in this order.
-FILES = ("crds.yaml", "rbac.yaml", "deployment.yaml", "pdb.yaml", "service.yaml")
+FILES = ("crds.yaml", "rbac.yaml", "deployment.yaml", "pdb.yaml", "service.yaml", "gateway.yaml")
+# The values the base is rendered with, over the chart's defaults (`--set`). A Secret made by
+# the chart would hold a key generated anew at each rendering.
+GATEWAY = (
+    "gateway.enabled=true",
+    "gateway.domain=streams.example.com",
+    "gateway.secret.create=false",
+)
 
 
 def helm() -> str:
@@ -37,12 +47,14 @@ def helm() -> str:
 
 
 def _plain(meta: dict[str, Any]) -> None:
-    """Drop what only Helm reads or writes from an object's (or pod template's) metadata."""
+    """Drop what only Helm reads or writes from an object's (or pod template's) metadata:
+    its labels, and the checksums that make `helm upgrade` restart pods (kubectl does not
+    write them anew)."""
     for field in ("labels", "annotations"):
         kept = {
             k: v
             for k, v in (meta.get(field) or {}).items()
-            if not k.startswith("helm.sh/") and k != "app.kubernetes.io/managed-by"
+            if not k.startswith(("helm.sh/", "checksum/")) and k != "app.kubernetes.io/managed-by"
         }
         if kept:
             meta[field] = kept
@@ -53,7 +65,16 @@ def _plain(meta: dict[str, Any]) -> None:
 def rendered() -> dict[str, str]:
     """The base files' text, by name."""
     out = subprocess.run(
-        [helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE],
+        [
+            helm(),
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--set",
+            ",".join(GATEWAY),
+        ],
         check=True,
         capture_output=True,
         text=True,

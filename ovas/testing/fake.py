@@ -206,7 +206,10 @@ class FakeBackend(Backend):
     - `never_ready`: sessions never become ready (and fail at their deadline);
     - `fault`: sessions fail at once with this reason (and `fault_detail`);
     - `unavailable`: every call raises `BackendUnavailable`, as if the engine were down;
-    - `counts_clients`: False makes `connections` None, as for an engine that cannot tell.
+    - `counts_clients`: False makes `connections` None, as for an engine that cannot tell;
+    - `signaling`: (host, TCP port) where the gateway reaches every ready session's
+      signaling socket, e.g. a test's WebSocket echo server (default None: `host` and the
+      session's signaling route port, where nothing listens).
 
     `connect(id)` and `disconnect(id)` play a client on a session's signaling port. The
     `STANDIN_*` variables of a request's environment act per session (see `ovas.testing`).
@@ -237,6 +240,7 @@ class FakeBackend(Backend):
         self.fault_detail = fault_detail
         self.unavailable = unavailable
         self.counts_clients = counts_clients
+        self.signaling: tuple[str, int] | None = None
         self.now = now
         self._lock = threading.Lock()
         self._sessions: dict[str, _Entry] = {}
@@ -417,6 +421,7 @@ class FakeBackend(Backend):
             probe_ok=True,
             host=self.host,
             routes=entry.routes,
+            signaling=self.signaling or (self.host, entry.port),
             connections=entry.clients if self.counts_clients else None,
         )
 

@@ -23,7 +23,6 @@ from ovas.testing import FakeClock, service_for, wait_for
 from ovas.testing.requests import (
     STANDIN_EXIT_CODE,
     STANDIN_NEVER_READY,
-    STANDIN_QUIT_ON_LEAVE,
     STANDIN_READY_DELAY,
 )
 
@@ -149,23 +148,6 @@ def test_a_failure_keeps_its_last_log_lines_for_its_retention(backend, standin_r
     assert "exiting with code 3 as asked" in failed.message
     logs = backend.logs(failed.id)
     assert any("exiting with code 3 as asked" in line for line in logs)
-
-
-def test_an_app_that_quits_when_its_client_leaves_has_ended(backend, standin_request):
-    """What a Kit app built for OVAS does: exit 0 when its client leaves. That is no fault."""
-    sessions = service_for(backend)
-    session = backend.start(standin_request(env={STANDIN_QUIT_ON_LEAVE: "1"}))
-    ready = wait_for(sessions, session.record.id, SessionState.READY)
-    signaling = next(r for r in ready.routes if r.description == "signaling")
-    with socket.create_connection((ready.host, signaling.source_port), timeout=5):
-        deadline = time.monotonic() + 10
-        while not sessions.get(ready.id).connected and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert sessions.get(ready.id).connected is True
-    ended = wait_for(sessions, ready.id, {SessionState.ENDED, SessionState.FAILED}, timeout=15)
-    assert (ended.state, ended.reason) == (SessionState.ENDED, Reason.APP_EXITED), ended.message
-    assert ended.last_connected_time is not None
-    assert any("my client left" in line for line in backend.logs(ready.id))
 
 
 def test_the_idle_clock_runs_on_through_a_restart_of_ovas(new_backend, standin_request, ours):

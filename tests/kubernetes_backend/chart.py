@@ -16,7 +16,14 @@ def one(docs: list[dict], kind: str) -> dict:
 
 
 def container(docs: list[dict]) -> dict:
-    (ovas,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    """The API's container (the gateway's Deployment, when enabled, is another)."""
+    (api,) = [
+        d
+        for d in docs
+        if d["kind"] == "Deployment"
+        and d["metadata"]["labels"]["app.kubernetes.io/component"] == "api"
+    ]
+    (ovas,) = api["spec"]["template"]["spec"]["containers"]
     return ovas
 
 

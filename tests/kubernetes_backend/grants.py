@@ -1,18 +1,26 @@
-"""RBAC least privilege, checked by use: what a Role grants, what the backend asked the API
-server for, and a run of the backend that makes every kind of call it can make. The kustomize
-base's Role (test_deploy.py) and the chart's (test_helm.py) are held to it."""
+"""RBAC least privilege, checked by use: what a Role grants, what the backend and the
+signaling gateway (which runs under the same ServiceAccount) asked the API server for, and a
+run of both that makes every kind of call they can make. The kustomize base's Role
+(test_deploy.py) and the chart's (test_helm_install.py) are held to it."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from support.kube_requests import wait_for
 
 from kubernetes_backend.steps import request_for
 from kubernetes_backend.steps import start as begin
+from ovas import create_app
+from ovas.auth import STREAMER, Identity
+from ovas.gateway import presence
+from ovas.gateway.server import Gateway
 from ovas.models import Application, SessionQuery, SessionState, Version
 from ovas.services import CatalogService
 from ovas.testing import service_for
+from tests.support.gateway import DOMAIN, Echo
+from tests.support.gateway_process import LoopThread, by_host, sign_in
 
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
 
@@ -81,11 +89,47 @@ def exercise(make_backend, mode: str) -> None:
     backend.catalog.profile("standin")
 
 
+def exercise_gateway(make_backend, cluster) -> None:
+    """What the gateway does: find a session, read the stream tokens' secret (the one kept
+    in the ledger, made on first use), relay a client to the pod, record it arriving and
+    leaving. Every pod is put at 127.0.0.1 for it, where an echo listens."""
+    cluster.cluster.pod_ip = "127.0.0.1"
+    core = create_app(
+        {"TESTING": True, "REAP_INTERVAL": 0, "GATEWAY_DOMAIN": DOMAIN},
+        backend=make_backend(gateway=True),
+    )
+    sessions = core.extensions["ovas"].sessions
+    with LoopThread() as loop:
+        echo = loop.run(Echo().start())
+        gateway = Gateway(core)
+        port = loop.run(gateway.start("127.0.0.1", 0))
+        try:
+            request = request_for(sessions.backend, {"ports": {"signaling": echo.port}})
+            session = begin(sessions, request)
+            wait_for(sessions, session.id, {SessionState.READY})
+            owner = Identity(session.username, frozenset({STREAMER}))
+            token = sessions.get(session.id, owner).stream_token  # the API's side of it
+
+            async def visit() -> None:
+                http, ws = await sign_in(by_host(session.id, DOMAIN, port), session.id, token)
+                await ws.send_str("hello")
+                assert (await ws.receive(timeout=5)).data == "hello"
+                await ws.close()
+                await http.close()
+
+            asyncio.run(visit())
+        finally:
+            loop.run(gateway.stop())
+            loop.run(echo.stop())
+    assert sessions.backend.ledger.list(presence.PREFIX) == []
+
+
 def assert_least_privilege(role: dict[str, Any], make_backend, cluster) -> None:
-    """Runs the backend in both session modes; every call it made is granted by `role`, and
-    every grant of `role` was used."""
+    """Runs the backend in both session modes, and the gateway; every call they made is
+    granted by `role`, and every grant of `role` was used."""
     for mode in ("pod", "helmrelease"):
         exercise(make_backend, mode)
+    exercise_gateway(make_backend, cluster)
     calls = used(cluster.emulator.calls())
     assert calls - granted(role) == set(), "calls the Role does not allow"
     assert granted(role) - calls == set(), "grants nothing uses"

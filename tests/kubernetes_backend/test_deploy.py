@@ -1,7 +1,8 @@
 """The deployable base (config/deploy, mostly rendered from the Helm chart: test_helm.py keeps
 it so): it renders with `kubectl kustomize`, every object is valid against the Kubernetes
-schemas (kubernetes-validate, offline), every catalog object against our CRDs' schemas, and
-the Role grants exactly the calls the backend makes."""
+schemas (kubernetes-validate, offline), every catalog object against our CRDs' schemas, the
+signaling gateway runs beside the API with the settings both read, and the Role grants
+exactly the calls the backend and the gateway make."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import yaml
 from support.kube_server import catalog_documents
 
 from kubernetes_backend.grants import assert_least_privilege
+from ovas import create_app
+from ovas.testing import FakeBackend
 
 pytestmark = pytest.mark.kubernetes
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +67,9 @@ def test_every_builtin_object_is_valid(rendered):
         checked += 1
         if doc["kind"] not in ("Namespace", "CustomResourceDefinition"):
             assert doc["metadata"]["namespace"] == "omni-streaming", doc["metadata"]["name"]
-    assert checked == 11  # 4 CRDs, namespace, account, role, binding, deployment, PDB, service
+    # 4 CRDs, namespace, service account, role, binding, PDB; the API's deployment and
+    # service; the gateway's settings, deployment and service.
+    assert checked == 14
 
 
 def _closed(schema: dict) -> dict:
@@ -122,8 +127,12 @@ def test_the_sample_catalog_is_the_one_of_config_catalog(rendered):
     assert sorted(deployed, key=key) == sorted(catalog_documents(), key=key)
 
 
+def named(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in by_kind(docs, kind)}
+
+
 def test_the_deployment_is_replicated_probed_and_locked_down(rendered):
-    (deployment,) = by_kind(rendered, "Deployment")
+    deployment = named(rendered, "Deployment")["ovas"]
     spec = deployment["spec"]
     assert spec["replicas"] == 2
     pod = spec["template"]["spec"]
@@ -136,8 +145,58 @@ def test_the_deployment_is_replicated_probed_and_locked_down(rendered):
     env = {e["name"]: e for e in container["env"]}
     assert env["OVAS_BACKEND"]["value"] == "kubernetes"
     assert env["OVAS_BIND"]["value"].endswith(":8080")
+    # One image for the API and the gateway (aiohttp is the `gateway` extra).
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "config/gunicorn.conf.py" in dockerfile and ".[kubernetes,serve]" in dockerfile
+    assert "config/gunicorn.conf.py" in dockerfile
+    assert ".[kubernetes,serve,gateway]" in dockerfile
+
+
+def test_the_gateway_runs_locked_down_on_one_node_port_with_the_apis_settings(rendered):
+    deployments = named(rendered, "Deployment")
+    assert set(deployments) == {"ovas", "ovas-gateway"}
+    gateway = deployments["ovas-gateway"]
+    pod = gateway["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["command"]
+    assert command[:2] == ["ovas", "gateway"]  # setup.cfg's console script
+    assert "ovas = ovas.cli:main" in (ROOT / "setup.cfg").read_text()
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    (port,) = container["ports"]
+    assert command[command.index("--port") + 1] == str(port["containerPort"])
+    assert pod["serviceAccountName"] == "ovas"  # the API's Role: sessions and ConfigMaps
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert container["resources"]["limits"]["memory"]
+    # The API and the gateway read one set of gateway settings, which ovas accepts, and
+    # the same backend settings.
+    settings = named(rendered, "ConfigMap")["ovas-gateway"]["data"]
+    for deployment in deployments.values():
+        (app,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert app["envFrom"] == [{"configMapRef": {"name": "ovas-gateway"}}]
+    (api,) = deployments["ovas"]["spec"]["template"]["spec"]["containers"]
+    assert [e for e in api["env"] if e["name"] != "OVAS_BIND"] == container["env"]
+    config = {k.removeprefix("OVAS_"): v for k, v in settings.items()}
+    assert config["GATEWAY_DOMAIN"] == "streams.example.com"  # the placeholder to replace
+    app = create_app({"TESTING": True, **config}, backend=FakeBackend())
+    assert app.extensions["ovas"].sessions.gateway.on
+    # One Service, on a node port of every node (where the sessions' media ports are too),
+    # which is the port clients are given.
+    services = named(rendered, "Service")
+    assert set(services) == {"ovas", "ovas-gateway"}
+    spec = services["ovas-gateway"]["spec"]
+    assert spec["type"] == "NodePort"
+    assert spec["selector"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        not spec["selector"].items()
+        <= deployments["ovas"]["spec"]["template"]["metadata"]["labels"].items()
+    )
+    (exposed,) = spec["ports"]
+    assert exposed["targetPort"] == port["name"]
+    assert exposed["nodePort"] == int(settings["OVAS_GATEWAY_PUBLIC_PORT"])
 
 
 def test_the_role_grants_exactly_what_the_backend_uses(rendered, make_backend, cluster):

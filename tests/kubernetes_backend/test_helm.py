@@ -34,6 +34,17 @@ RENDERINGS = {
         "apiKeys": {"entries": [{"sha256": "ab" * 32, "user": "ci", "roles": ["streamer"]}]},
         "settings": {"AUTH": "apikey"},
     },
+    "gateway": {
+        "gateway": {
+            "enabled": True,
+            "domain": "streams.example.com",
+            "tls": {"secretName": "streams-wildcard"},
+            "secret": {"value": "s3cret"},
+            "service": {"type": "LoadBalancer"},
+        },
+        "apiKeys": {"existingSecret": "keys"},
+        "settings": {"AUTH": "apikey"},
+    },
 }
 
 
@@ -94,6 +105,11 @@ def test_the_deployment_is_probed_and_locked_down(render):
         ("secretSettings.values.NOT_A_SETTING=x", "NOT_A_SETTING"),
         ("image.tagg=1.0", "tagg"),
         ("service.type=Ingress", "service.type"),
+        ("gateway.auth=open", "gateway.auth"),
+        ("gateway.maxClients=0", "gateway.maxClients"),
+        ("gateway.domain=Streams_Example", "gateway.domain"),
+        ("gateway.service.nodePort=8443", "gateway.service.nodePort"),
+        ("gateway.replicas=2", "replicas"),
     ],
 )
 def test_the_schema_refuses_a_typo_naming_it(render, flag, named):
@@ -188,6 +204,119 @@ def test_secret_settings_and_api_keys_come_from_secrets(render):
     ],
 )
 def test_a_setting_given_twice_is_refused(render, values, said):
+    refused = render(values, check=False)
+    assert refused.returncode != 0 and said in refused.stderr
+
+
+def deployments(docs: list[dict]) -> dict[str, dict]:
+    """Each Deployment's one container, by the Deployment's name."""
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+
+
+def test_the_gateway_runs_beside_the_api_with_the_settings_and_secret_they_share(render):
+    docs = render(RENDERINGS["gateway"])
+    containers = deployments(docs)
+    assert set(containers) == {"ovas", "ovas-gateway"}
+    gateway = containers["ovas-gateway"]
+    assert gateway["command"] == ["ovas", "gateway", "--host", "0.0.0.0", "--port", "8443"]
+    (settings,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert settings["data"] == {
+        "OVAS_GATEWAY_DOMAIN": "streams.example.com",
+        "OVAS_GATEWAY_PUBLIC_PORT": "443",  # the load balancer's port
+        "OVAS_GATEWAY_AUTH": "token",
+        "OVAS_GATEWAY_MAX_CLIENTS": "4",
+    }
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    assert secret["stringData"] == {"secret": "s3cret"}
+    for one_container in containers.values():
+        assert one_container["envFrom"] == [
+            {"configMapRef": {"name": settings["metadata"]["name"]}}
+        ]
+        variables = {e["name"]: e for e in one_container["env"]}
+        assert variables["OVAS_GATEWAY_SECRET"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret["metadata"]["name"],
+            "key": "secret",
+        }
+        # The API's keys open a session's socket through the gateway too.
+        assert variables["OVAS_APIKEYS_FILE"]["value"] == "/etc/ovas/apikeys/apikeys.yaml"
+    variables = {e["name"]: e.get("value") for e in gateway["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in gateway["volumeMounts"]}
+    assert variables["OVAS_GATEWAY_TLS_CERT"] == f"{mounts['tls']}/tls.crt"
+    assert variables["OVAS_GATEWAY_TLS_KEY"] == f"{mounts['tls']}/tls.key"
+    assert gateway["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    pods = {d["metadata"]["name"]: d["spec"]["template"] for d in docs if d["kind"] == "Deployment"}
+    (tls,) = [v for v in pods["ovas-gateway"]["spec"]["volumes"] if v["name"] == "tls"]
+    assert tls["secret"]["secretName"] == "streams-wildcard"
+    # Both restart when a shared setting or the secret changes.
+    sums = {name: pod["metadata"]["annotations"]["checksum/gateway"] for name, pod in pods.items()}
+    assert len(set(sums.values())) == 1
+    changed = {**RENDERINGS["gateway"]["gateway"], "secret": {"value": "other"}}
+    again = render({**RENDERINGS["gateway"], "gateway": changed})
+    resummed = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"]["checksum/gateway"]
+        for d in again
+        if d["kind"] == "Deployment"
+    }
+    assert set(resummed.values()).isdisjoint(sums.values())
+    (service,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] != "ovas"]
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "gateway"
+
+
+def test_the_gateways_secret_is_made_named_or_left_to_the_ledger(render):
+    on = {"enabled": True, "domain": "streams.example.com"}
+
+    def secret_of(docs):
+        """OVAS_GATEWAY_SECRET's entry, the same in the API and the gateway."""
+        api, gateway = (
+            {e["name"]: e for e in c["env"]}.get("OVAS_GATEWAY_SECRET")
+            for c in deployments(docs).values()
+        )
+        assert api == gateway
+        return api
+
+    made = render({"gateway": on})
+    (secret,) = [d for d in made if d["kind"] == "Secret"]
+    assert len(secret["stringData"]["secret"]) == 48
+    assert secret_of(made)["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    named = render({"gateway": {**on, "secret": {"existingSecret": "mine"}}})
+    assert not [d for d in named if d["kind"] == "Secret"]
+    assert secret_of(named)["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "secret"}
+    ledger = render({"gateway": {**on, "secret": {"create": False}}})
+    assert not [d for d in ledger if d["kind"] == "Secret"] and secret_of(ledger) is None
+    node_port = render({"gateway": {**on, "service": {"nodePort": 31443}}})
+    (settings,) = [d for d in node_port if d["kind"] == "ConfigMap"]
+    assert settings["data"]["OVAS_GATEWAY_PUBLIC_PORT"] == "31443"
+
+
+@pytest.mark.parametrize(
+    "values, said",
+    [
+        ({"gateway": {"enabled": True}}, "gateway.domain is required"),
+        (
+            {
+                "gateway": {"enabled": True, "domain": "streams.example.com"},
+                "settings": {"GATEWAY_AUTH": "none"},
+            },
+            "settings.GATEWAY_AUTH is set by gateway",
+        ),
+        (
+            {
+                "gateway": {
+                    "enabled": True,
+                    "domain": "streams.example.com",
+                    "secret": {"value": "a", "existingSecret": "b"},
+                }
+            },
+            "give value or existingSecret",
+        ),
+    ],
+)
+def test_a_gateway_given_half_or_twice_is_refused(render, values, said):
     refused = render(values, check=False)
     assert refused.returncode != 0 and said in refused.stderr
 

@@ -52,6 +52,9 @@ class FakeCluster:
     autoscaler: Autoscaler = field(default_factory=Autoscaler)
     missing_charts: tuple[str, ...] = ("*missing*",)
     running: bool = True  # False pauses the cluster (objects stay as they are)
+    # Every pod's IP, when set: "127.0.0.1" puts a test's own server (a WebSocket echo on
+    # the Kit container's signaling port) where the signaling gateway reaches the pod.
+    pod_ip: str | None = None
     _seen: dict[tuple, float] = field(default_factory=dict)
     _attempts: dict[tuple, int] = field(default_factory=dict)  # failed pulls by pod
     _lb: int = 0
@@ -110,7 +113,9 @@ class FakeCluster:
                 self.autoscaler.consider(self.emulator, pod, _gpus(pod), now)
                 return None
             spec["nodeName"] = node.name
-            status.update(hostIP=node.address, podIP=f"10.244.0.{len(self._seen) % 250 + 1}")
+            status.update(
+                hostIP=node.address, podIP=self.pod_ip or f"10.244.0.{len(self._seen) % 250 + 1}"
+            )
             status["conditions"] = [_cond("PodScheduled", "True")]
             status["containerStatuses"] = [_waiting(container, "ContainerCreating")]
             status["startTime"] = now_text()

@@ -110,4 +110,107 @@ float64 (printed 3.1536e+07 otherwise); the schema has made sure they are whole.
 {{- if and .Values.apiKeys.entries .Values.apiKeys.existingSecret }}
 {{- fail "apiKeys: give entries or existingSecret, not both" }}
 {{- end }}
+{{- if .Values.gateway.enabled }}
+{{- if not .Values.gateway.domain }}
+{{- fail "gateway.domain is required with gateway.enabled: the gateway routes <session-id>.<domain>" }}
+{{- end }}
+{{- range $name := list "GATEWAY_DOMAIN" "GATEWAY_PUBLIC_PORT" "GATEWAY_AUTH" "GATEWAY_MAX_CLIENTS" "GATEWAY_SECRET" "GATEWAY_TLS_CERT" "GATEWAY_TLS_KEY" }}
+{{- if or (hasKey $.Values.settings $name) (hasKey $.Values.secretSettings.values $name) (hasKey $.Values.secretSettings.fromSecrets $name) }}
+{{- fail (printf "settings.%s is set by gateway: give one or the other" $name) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.gateway.secret.value .Values.gateway.secret.existingSecret }}
+{{- fail "gateway.secret: give value or existingSecret, not both" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The port clients reach the gateway on (OVAS_GATEWAY_PUBLIC_PORT): gateway.publicPort, else
+the gateway Service's node port (NodePort), else its port.
+*/}}
+{{- define "ovas.gatewayPublicPort" -}}
+{{- $service := .Values.gateway.service }}
+{{- if .Values.gateway.publicPort }}{{ .Values.gateway.publicPort }}
+{{- else if and (eq $service.type "NodePort") $service.nodePort }}{{ $service.nodePort }}
+{{- else }}{{ $service.port }}{{ end }}
+{{- end }}
+
+{{/*
+The Secret holding the gateway secret (OVAS_GATEWAY_SECRET, key `secret`): the chart's
+<fullname>-gateway, or gateway.secret.existingSecret; empty when neither (ovas then makes
+one and keeps it in its ledger).
+*/}}
+{{- define "ovas.gatewaySecretName" -}}
+{{- if .Values.gateway.secret.existingSecret }}{{ .Values.gateway.secret.existingSecret }}
+{{- else if .Values.gateway.secret.create }}{{ include "ovas.componentName" (dict "context" . "component" "gateway") }}
+{{- end }}
+{{- end }}
+
+{{/*
+The environment of a component's ovas container (the API's, the gateway's): every setting,
+and with the gateway on, its settings, which both must read alike. Takes
+(dict "context" $ "component" "<name>"); the API alone gets OVAS_BIND.
+*/}}
+{{- define "ovas.environment" -}}
+{{- $ := .context }}
+{{- if not $.Values.settings.KUBERNETES_NAMESPACE }}
+- name: OVAS_KUBERNETES_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end }}
+{{- if and (eq .component "api") (not (hasKey $.Values.settings "BIND")) }}
+- name: OVAS_BIND
+  value: "0.0.0.0:{{ $.Values.containerPort }}"
+{{- end }}
+{{- range $name, $value := $.Values.settings }}
+- name: {{ include "ovas.variable" $name }}
+  value: {{ include "ovas.text" $value | quote }}
+{{- end }}
+{{- range $name, $_ := $.Values.secretSettings.values }}
+- name: {{ include "ovas.variable" $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ovas.settingsSecretName" $ }}
+      key: {{ $name }}
+{{- end }}
+{{- range $name, $ref := $.Values.secretSettings.fromSecrets }}
+- name: {{ include "ovas.variable" $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.name }}
+      key: {{ $ref.key }}
+{{- end }}
+{{- if include "ovas.apiKeysEnabled" $ }}
+- name: OVAS_APIKEYS_FILE
+  value: /etc/ovas/apikeys/apikeys.yaml
+{{- end }}
+{{- with include "ovas.gatewaySecretName" $ }}
+{{- if $.Values.gateway.enabled }}
+- name: OVAS_GATEWAY_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: secret
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The pod annotations that restart a component's pods when what they read once changes. */}}
+{{- define "ovas.checksums" -}}
+{{- with .Values.secretSettings.values }}
+checksum/settings: {{ toJson . | sha256sum }}
+{{- end }}
+{{- if .Values.gateway.enabled }}
+checksum/gateway: {{ printf "%s\n%s" (include "ovas.gatewaySettings" .) .Values.gateway.secret.value | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/* The gateway's settings the API and the gateway share (the ConfigMap <fullname>-gateway). */}}
+{{- define "ovas.gatewaySettings" -}}
+OVAS_GATEWAY_DOMAIN: {{ .Values.gateway.domain | quote }}
+OVAS_GATEWAY_PUBLIC_PORT: {{ include "ovas.gatewayPublicPort" . | quote }}
+OVAS_GATEWAY_AUTH: {{ .Values.gateway.auth | quote }}
+OVAS_GATEWAY_MAX_CLIENTS: {{ include "ovas.text" .Values.gateway.maxClients | quote }}
 {{- end }}

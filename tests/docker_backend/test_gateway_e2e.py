@@ -1,0 +1,247 @@
+"""Through the real gateway on the real Docker daemon: ovas (the API, on the test's clock)
+and `ovas gateway` (a process of its own) on one engine, whose ledger they share; the
+stand-in's signaling WebSocket behind it; a client that signs in as NVIDIA's web viewer's
+library does, by the session's name and by path. What the user sees: the echo, `connected`
+while the client holds, the idle clock after it leaves, every refusal, and a gateway that
+dies while a client is connected leaving no session connected."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+
+import aiohttp
+import pytest
+import yaml
+
+from ovas import create_app
+from ovas.auth import STREAMER, hash_key
+from ovas.gateway import presence
+from ovas.models import Reason, SessionState
+from ovas.testing import FakeClock
+from ovas.testing.requests import STANDIN_NEVER_READY
+from tests.support.gateway import DOMAIN
+from tests.support.gateway_process import GatewayProcess, by_host, by_path, refused, sign_in
+
+pytestmark = pytest.mark.docker
+SECRET = "a-secret-the-api-and-the-gateway-share"
+START = {"id": "kit-standin", "profile": "standin", "version": "1.0.0"}
+IDLE = 300
+
+
+def as_user(user: str) -> dict:
+    return {"headers": {"Authorization": f"Bearer key-{user}"}}
+
+
+def until(check, timeout: float = 10.0):
+    """Poll `check` (a real wait: the gateway writes its counts as clients come and go)."""
+    deadline = time.monotonic() + timeout
+    while not (seen := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return seen
+
+
+@pytest.fixture
+def keys(tmp_path):
+    path = tmp_path / "keys.yaml"
+    entries = [
+        {"sha256": hash_key(f"key-{user}"), "user": user, "roles": [STREAMER]}
+        for user in ("alice", "bob")
+    ]
+    path.write_text(yaml.safe_dump(entries))
+    return str(path)
+
+
+@pytest.fixture
+def stack(new_backend, docker_daemon, catalog_dir, keys, tmp_path):
+    """(API test client, the test's clock, a gateway process not yet started): the API on
+    the test's clock, the gateway built from the environment as `ovas gateway` is, both
+    with the same settings on the same engine."""
+    clock = FakeClock()
+    gateway = GatewayProcess(
+        {
+            "OVAS_BACKEND": "docker",
+            "DOCKER_HOST": docker_daemon.url,
+            "OVAS_CATALOG_PATH": str(catalog_dir),
+            "OVAS_DOCKER_GPUS": "none",
+            "OVAS_AUTH": "apikey",
+            "OVAS_APIKEYS_FILE": keys,
+            "OVAS_GATEWAY_DOMAIN": DOMAIN,
+            "OVAS_GATEWAY_SECRET": SECRET,
+        },
+        tmp_path / "gateway.log",
+    )
+    settings = {
+        "TESTING": True,
+        "REAP_INTERVAL": 0,
+        "AUTH": "apikey",
+        "APIKEYS_FILE": keys,
+        "GATEWAY_DOMAIN": DOMAIN,
+        "GATEWAY_SECRET": SECRET,
+        "GATEWAY_PUBLIC_PORT": gateway.port,
+        "SESSION_IDLE_TIMEOUT": IDLE,
+    }
+    app = create_app(settings, backend=new_backend(gateway=True, now=clock))
+    yield app.test_client(), clock, gateway
+    gateway.close()
+
+
+def started(api) -> dict:
+    """A ready session of alice's, as GET /stream/{id} answers it to her."""
+    answer = api.post("/stream", json=START, **as_user("alice"))
+    assert answer.status_code in (200, 202), answer.text
+    sid = answer.get_json()["id"]
+    deadline = time.monotonic() + 30
+    while (answer := api.get(f"/stream/{sid}", **as_user("alice"))).status_code == 202:
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.1)
+    body = answer.get_json()
+    assert body["status"]["condition"] == "ready", body
+    return body
+
+
+def connected(api, sid: str) -> bool | None:
+    return api.get(f"/stream/{sid}", **as_user("alice")).get_json()["connected"]
+
+
+async def echoed(ws, text: str) -> str:
+    await ws.send_str(text)
+    message = await ws.receive(timeout=5)
+    assert message.type is aiohttp.WSMsgType.TEXT, message
+    return message.data
+
+
+def test_a_viewer_signs_in_through_the_gateway_and_the_idle_clock_follows_it(stack):
+    api, clock, gateway = stack
+    gateway.start()
+    body = started(api)
+    sid, token = body["id"], body["stream_token"]
+    # The answer names the gateway: the client builds its URL from it, unchanged.
+    ((key, route),) = body["routes"].items()
+    signaling = next(r for r in route["routes"] if r["description"] == "signaling")
+    assert (key, signaling["source_port"]) == (f"{sid}.{DOMAIN}", gateway.port)
+    assert connected(api, sid) is False
+
+    async def visit(url: str, text: str) -> str:
+        http, ws = await sign_in(url, sid, token)
+        try:
+            assert ws.protocol is None  # the stand-in chooses none; never the token
+            heard = await echoed(ws, text)
+            held = await asyncio.to_thread(until, lambda: connected(api, sid))
+            assert held is True
+            return heard
+        finally:
+            await ws.close()
+            await http.close()
+
+    host = by_host(sid, DOMAIN, gateway.port)
+    assert asyncio.run(visit(host, '{"peer_msg": {"id": 1}}')) == '{"peer_msg": {"id": 1}}'
+    assert until(lambda: connected(api, sid) is False)
+    assert asyncio.run(visit(by_path(sid, gateway.port), "by path")) == "by path"
+    assert until(lambda: connected(api, sid) is False)
+    left = api.get(f"/stream/{sid}", **as_user("alice")).get_json()["last_connected_time"]
+    assert left is not None
+    # The idle clock runs from the client's departure: moved, not waited for.
+    clock.advance(IDLE - 10)
+    api.application.extensions["ovas"].sessions.reap_pass(tend_pools=False)
+    assert api.get(f"/stream/{sid}", **as_user("alice")).get_json()["status"]["condition"] == (
+        "ready"
+    )
+    clock.advance(20)
+    api.application.extensions["ovas"].sessions.reap_pass(tend_pools=False)
+    sessions = api.application.extensions["ovas"].sessions
+    ended = sessions.get(sid)
+    assert (ended.state, ended.reason) == (SessionState.ENDED, Reason.IDLE_TIMEOUT)
+    # An ended session is answered 410 before any upgrade.
+    assert asyncio.run(refused(host, sid, token)) == 410
+
+
+def test_every_refusal_is_answered_before_the_upgrade(stack, standin_request):
+    api, _, gateway = stack
+    gateway.start()
+    body = started(api)
+    sid, token = body["id"], body["stream_token"]
+    other = api.post("/stream", json=START, **as_user("bob")).get_json()["id"]
+    bobs = api.get(f"/stream/{other}", **as_user("bob")).get_json()["stream_token"]
+    sessions = api.application.extensions["ovas"].sessions
+    waiting = sessions.backend.start(
+        standin_request(username="alice", env={STANDIN_NEVER_READY: "1"})
+    ).record.id
+    host = by_host(sid, DOMAIN, gateway.port)
+    unknown = "0c5e7a9e-0a55-4a70-9c39-8a1d5d3b7f10"
+
+    async def answers() -> dict[str, int]:
+        return {
+            "no credential": await refused(host, sid, None),
+            "another session's token": await refused(host, sid, bobs),
+            "another user's key": await refused(
+                host, sid, None, headers={"Authorization": "Bearer key-bob"}
+            ),
+            "the owner's key": await refused(
+                host, sid, None, headers={"Authorization": "Bearer key-alice"}
+            ),
+            "unknown": await refused(by_host(unknown, DOMAIN, gateway.port), unknown, token),
+            "starting": await refused(
+                by_path(waiting, gateway.port),
+                waiting,
+                None,
+                headers={"Authorization": "Bearer key-alice"},
+            ),
+        }
+
+    assert asyncio.run(answers()) == {
+        "no credential": 401,
+        "another session's token": 403,
+        "another user's key": 403,
+        "the owner's key": 0,  # the API's own credentials open it too
+        "unknown": 404,
+        "starting": 503,
+    }
+    assert until(lambda: connected(api, sid) is False)  # the owner's visit has ended
+
+
+def test_a_gateway_that_dies_under_a_client_leaves_no_session_connected(stack):
+    api, clock, gateway = stack
+    gateway.start()
+    body = started(api)
+    sid, token = body["id"], body["stream_token"]
+    url = by_host(sid, DOMAIN, gateway.port)
+
+    ledger = api.application.extensions["ovas"].sessions.backend.ledger
+
+    def records() -> list:
+        """The session's client count records, one per gateway process that holds some."""
+        return ledger.list(f"{presence.PREFIX}{sid}.")
+
+    async def scene() -> None:
+        http, ws = await sign_in(url, sid, token)
+        assert await echoed(ws, "before") == "before"
+        assert await asyncio.to_thread(until, lambda: len(records()) == 1)
+        await asyncio.to_thread(gateway.kill)  # no time to delete its count
+        message = await ws.receive(timeout=5)
+        assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), message
+        await http.close()
+        # The library reconnects, to the gateway started again in its place.
+        await asyncio.to_thread(gateway.start)
+        http, ws = await sign_in(url, sid, token)
+        try:
+            assert await echoed(ws, "after") == "after"
+            # Counted by the new process too: the dead one's count and its own.
+            assert await asyncio.to_thread(until, lambda: len(records()) == 2)
+        finally:
+            await ws.close()
+            await http.close()
+
+    asyncio.run(scene())
+    # The new gateway deletes its count as the client leaves; the dead one's stays until it
+    # expires: the clock is moved past that, not waited for.
+    assert until(lambda: len(records()) == 1)
+    (stale,) = records()
+    assert connected(api, sid) is True
+    expires = datetime.fromisoformat(presence.PRESENCE.decode(stale)["expires"])
+    clock.advance((expires - clock()).total_seconds() + 1)
+    assert connected(api, sid) is False
+    removed = api.application.extensions["ovas"].sessions.reap_pass(tend_pools=False)
+    assert removed[stale.name] == "its gateway replica stopped renewing it"
+    assert records() == []

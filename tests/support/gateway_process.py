@@ -1,0 +1,142 @@
+"""`ovas gateway` as an operator runs it: a process of its own, built from the environment
+(`OVAS_*` settings), for tests that go through the real gateway on real sockets, and a
+client that talks through it as NVIDIA's streaming library does."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+
+from tests.support.gateway import PEER_PATH, client_session, viewer_protocols
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class GatewayProcess:
+    """`ovas gateway --host 127.0.0.1 --port <port>` with `settings` (variable: value) over
+    a plain environment; its log goes to `log`. `start()` waits (up to 30 s) until its
+    /healthz answers; `stop()` is SIGTERM, as Kubernetes stops a pod; `kill()` is a crash."""
+
+    def __init__(self, settings: dict[str, str], log: Path, port: int | None = None):
+        self.settings = settings
+        self.log = log
+        self.port = port or free_port()
+        self.tls = bool(settings.get("OVAS_GATEWAY_TLS_CERT"))
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> GatewayProcess:
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "PYTHONPATH": str(ROOT),
+            **self.settings,
+        }
+        command = [sys.executable, "-c", "from ovas.cli import main; main()", "gateway"]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [*command, "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=out,
+            )
+        scheme = "https" if self.tls else "http"
+        unverified = ssl._create_unverified_context() if self.tls else None
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                url = f"{scheme}://127.0.0.1:{self.port}/healthz"
+                with urllib.request.urlopen(url, timeout=5, context=unverified) as answer:
+                    if answer.status == 200:
+                        return self
+            except (OSError, urllib.error.URLError):
+                pass
+            assert self.process.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
+
+async def sign_in(url: str, session_id: str, token: str | None, **kw):
+    """A WebSocket to `url` (`.../sign_in?peer_id=...`) offering the session id and
+    `Authorization-Bearer.<token>` as subprotocols, as the web viewer's library does;
+    returns (client session, socket) for the caller to close. Raises
+    `aiohttp.WSServerHandshakeError` (its `status`) when refused."""
+    http = client_session()
+    try:
+        ws = await http.ws_connect(url, protocols=viewer_protocols(session_id, token), **kw)
+    except BaseException:
+        await http.close()
+        raise
+    return http, ws
+
+
+async def refused(url: str, session_id: str, token: str | None, **kw) -> int:
+    """The status a refused sign-in got (0 when it was not refused)."""
+    try:
+        http, ws = await sign_in(url, session_id, token, **kw)
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status
+    await ws.close()
+    await http.close()
+    return 0
+
+
+def by_host(session_id: str, domain: str, port: int, scheme: str = "ws") -> str:
+    return f"{scheme}://{session_id}.{domain}:{port}{PEER_PATH}"
+
+
+def by_path(session_id: str, port: int) -> str:
+    return f"ws://127.0.0.1:{port}/sessions/{session_id}{PEER_PATH}"
+
+
+class LoopThread:
+    """An event loop in a thread of its own, for servers a synchronous test talks to (an
+    echo standing in for a Kit app's signaling socket, an in-process gateway) while its
+    own client runs in another loop. `run(coroutine)` runs it there and returns its
+    result."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> LoopThread:
+        self.thread.start()
+        return self
+
+    def run(self, coroutine, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()

@@ -300,11 +300,11 @@ def test_serve_prints_its_settings(tmp_path):
     assert " INFO " in said[-1] and "backend=fake" in said[-1], said
 
 
-def test_the_flask_commands_stay_and_serve_is_the_consoles_own():
+def test_the_flask_commands_stay_and_the_servers_are_the_consoles_own():
     from ovas.cli import main
 
     assert set(ovas_cli.commands) == {"backends", "catalog", "sessions", "apikey"}
-    assert set(main.commands) == {*ovas_cli.commands, "serve"}
+    assert set(main.commands) == {*ovas_cli.commands, "serve", "gateway"}
 
 
 def test_ready_states_the_settings_that_matter_and_where_only_to_an_admin(gateway, fake):

@@ -4,7 +4,8 @@
 Both are synchronous, return `ovas.models` and `ovas.lifecycle` objects and raise
 `ovas.errors` only: an SDK's exceptions never leave a backend. Rules that hold for every
 backend ("latest", profile matching, sorting, paging, the session lifecycle and its clocks)
-live in `ovas.services` and `ovas.lifecycle`, not here.
+live in `ovas.services` (and `ovas.catalogs`, `ovas.pool_tending`) and `ovas.lifecycle`, not
+here.
 """
 
 from __future__ import annotations

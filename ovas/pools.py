@@ -4,7 +4,7 @@ A `WarmPool` of the catalog asks for `size` sessions of one application version 
 Its sessions are ordinary sessions of the backend, started by ovas for nobody (`pool` set,
 `username` empty) and handed whole to a start that matches (`Backend.claim`, atomic across
 processes). What to do with a pool is decided here from what the reaper's pass saw, purely,
-so every process decides alike; `ovas.services.SessionService` does it.
+so every process decides alike; `ovas.pool_tending` (part of `SessionService`) does it.
 
 The rules, for each pool and its target version (the pool's, or the newest for "latest"):
 

@@ -136,6 +136,7 @@ class KubernetesBackend(Backend):
         )
         self.admission = Admission(self.kube)
         self.ledger = KubernetesLedger(kube=self.kube)  # the core's records, as ConfigMaps
+        self._foreign_told: set[str] = set()  # objects of a newer format, named once
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
@@ -164,13 +165,27 @@ class KubernetesBackend(Backend):
         return HELM_RELEASE if self.helm else POD
 
     def _list(self, kind: Kind, selector: str, **kw: Any) -> list[dict[str, Any]]:
+        """The objects of `kind` that `selector` selects and this release can read: those a
+        newer release wrote (another `ovas/format`) are left alone, named once in the log."""
         try:
-            return self.kube.list(kind, selector, **kw)
+            found = self.kube.list(kind, selector, **kw)
         except Missing:
             raise BackendUnavailable(
                 f"The cluster does not serve {kind.plural}.{kind.group or 'core'}"
                 + (" (is Flux installed?)" if kind is HELM_RELEASE else "")
             ) from None
+        mine = [obj for obj in found if not s.foreign(obj)]
+        if len(mine) < len(found):
+            for obj in found:
+                name = f"{kind.kind}/{obj['metadata']['name']}"
+                if s.foreign(obj) and name not in self._foreign_told:
+                    self._foreign_told.add(name)
+                    log.warning(
+                        "leaving %s alone: its ovas/format %r is a newer release's",
+                        name,
+                        s.labels(obj).get(o.FORMAT),
+                    )
+        return mine
 
     def check(self) -> None:
         # A selector that matches nothing: cheap, and it proves the namespace's RBAC too.

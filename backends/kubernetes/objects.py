@@ -58,7 +58,12 @@ LOG_LINE_LIMIT = 2000  # characters kept of one log line
 LOGS_LIMIT = 256 * 1024  # characters kept of all (a ConfigMap holds at most 1 MiB)
 MANAGED_BY = "app.kubernetes.io/managed-by"
 EXTERNAL_DNS = "external-dns.alpha.kubernetes.io/hostname"  # the DNS name external-dns sets
-OURS = {MANAGED_BY: "ovas"}
+# The format of what ovas writes on each object (labels and annotations). An object of ovas's
+# without it was made before formats were written (read as format 1, which it is); one of
+# another format is a newer release's, left alone (`status.foreign`).
+FORMAT = "ovas/format"
+CURRENT_FORMAT = "1"
+OURS = {MANAGED_BY: "ovas", FORMAT: CURRENT_FORMAT}
 
 CONTAINER = "kit"
 SIGNALING = "signaling"
@@ -100,6 +105,7 @@ def object_name(session_id: str) -> str:
 
 def session_labels(request: SessionRequest) -> dict[str, str]:
     return {
+        FORMAT: CURRENT_FORMAT,
         SESSION: request.id,
         APP: label_value(request.app.id),
         VERSION: label_value(request.version.version),

@@ -109,8 +109,15 @@ def labels(obj: dict[str, Any] | None) -> dict[str, str]:
     return _meta(obj).get("labels") or {}
 
 
+def foreign(obj: dict[str, Any]) -> bool:
+    """True for an object a newer release of ovas wrote (another `ovas/format`): this one
+    neither reads nor removes it."""
+    return labels(obj).get(o.FORMAT, o.CURRENT_FORMAT) != o.CURRENT_FORMAT
+
+
 def session_id_of(obj: dict[str, Any]) -> str | None:
-    return labels(obj).get(o.SESSION)
+    """The session an object of ovas's belongs to; None for one of a newer format."""
+    return None if foreign(obj) else labels(obj).get(o.SESSION)
 
 
 def is_outcome(obj: dict[str, Any]) -> bool:
@@ -135,7 +142,7 @@ def listed_of(obj: dict[str, Any]) -> Listed | None:
     """The session an object's labels and annotations name; None if they are not ours or
     not complete (such objects are orphans for `collect`). Reads the metadata alone."""
     notes = annotations(obj)
-    session_id = labels(obj).get(o.SESSION)
+    session_id = session_id_of(obj)
     if not session_id or not is_session_id(session_id) or not notes.get(o.APP):
         return None
     created = o.parse_time(notes.get(o.CREATED))

@@ -47,7 +47,11 @@ def test_a_record_is_a_labelled_configmap_named_after_it(cluster):
     (config_map,) = cluster.objects(CONFIG_MAPS, NAMESPACE)
     meta = config_map["metadata"]
     assert meta["name"] == "ovas-ledger-slot.global-0"
-    assert meta["labels"] == {o.MANAGED_BY: "ovas", "ovas/ledger": "record"}
+    assert meta["labels"] == {
+        o.MANAGED_BY: "ovas",
+        o.FORMAT: o.CURRENT_FORMAT,
+        "ovas/ledger": "record",
+    }
     assert config_map["data"] == {"session": "s1"}
     assert made.version == meta["resourceVersion"]
     assert made.created == o.parse_time(meta["creationTimestamp"])

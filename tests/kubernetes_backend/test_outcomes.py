@@ -5,6 +5,7 @@ stays for the retention; an interrupted end is completed by the next reader or `
 from __future__ import annotations
 
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -285,3 +286,27 @@ def test_a_session_whose_outcome_cannot_be_recorded_still_frees_its_workload(
         sessions.get(session.id)
     said = [r.getMessage() for r in caplog.records if "cannot be recorded" in r.getMessage()]
     assert said and "exceeded quota: cm" in said[0], said
+
+
+def test_objects_of_a_newer_format_are_left_alone(make_backend, cluster, clock, caplog):
+    backend = make_backend("pod")
+    session = begin(service_for(backend), request_for(backend))
+    (pod,) = of_session(cluster, PODS, session.id)
+    assert pod["metadata"]["labels"][o.FORMAT] == o.CURRENT_FORMAT
+    # What a newer release made: a pod of another format, whose annotations this one lacks.
+    newer = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "ovas-from-a-newer-release",
+            "labels": {o.MANAGED_BY: "ovas", o.FORMAT: "2", o.SESSION: str(uuid.uuid4())},
+        },
+        "spec": {"containers": [{"name": "kit", "image": "example/kit:2"}]},
+    }
+    cluster.seed("omni-streaming", [newer])
+    clock.advance(120)  # past the grace given objects of no session
+    service_for(backend).reap()
+    names = [p["metadata"]["name"] for p in cluster.objects(PODS)]
+    assert "ovas-from-a-newer-release" in names, "it was removed"
+    assert session.id in {o.record.id for o in backend.observe_all()}
+    assert "Pod/ovas-from-a-newer-release alone" in caplog.text

@@ -182,7 +182,9 @@ async def test_the_cookie_and_the_api_credentials_open_it_and_stay_with_the_gate
 ):
     sid = start(core)
     cookie = f"theme=dark; {tokens.cookie_name(sid)}={token(sid)}; lang=fr"
-    async with http.ws_connect(served.by_host(sid), headers={"Cookie": cookie}) as ws:
+    async with http.ws_connect(
+        served.by_host(sid), headers={"Cookie": cookie}, origin=f"https://{DOMAIN}"
+    ) as ws:
         await ws.send_str("cookie")
         assert await ws.receive_str() == "cookie"
     assert echo.seen[-1].headers["Cookie"] == "theme=dark; lang=fr"
@@ -304,7 +306,9 @@ async def test_big_credential_cookies_fit_and_headers_past_the_bound_are_refused
     jwt_sized = "j" * 12000  # past aiohttp's default 8 KiB, as big JWT cookies are
     cookie = f"id_token={jwt_sized}; {tokens.cookie_name(sid)}={token(sid)}"
     headers = {"Cookie": cookie, "X-Forwarded-For": "203.0.113.9"}
-    async with http.ws_connect(served.by_host(sid), headers=headers) as ws:
+    async with http.ws_connect(
+        served.by_host(sid), headers=headers, origin=f"https://viewer.{DOMAIN}"
+    ) as ws:
         await ws.send_str("big cookie")
         assert await ws.receive_str() == "big cookie"
     assert echo.seen[-1].headers["Cookie"] == f"id_token={jwt_sized}"

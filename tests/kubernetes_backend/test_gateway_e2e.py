@@ -1,6 +1,7 @@
 """Through the real gateway process on the emulated cluster: ovas (the API, on the test's
-clock) and `ovas gateway` built from the environment as the chart runs it, both against the
-emulator; the session's pod at 127.0.0.1, its Kit container's signaling port a real
+clock) and `ovas gateway`, a process of its own built from an environment written here (the
+Kubernetes backend, API keys, the gateway's domain and secret; not the chart's), both
+against the emulator; the session's pod at 127.0.0.1, its Kit container's signaling port a real
 WebSocket echo. The order of events of the Docker test (tests/docker_backend/
 test_gateway_e2e.py): a viewer signs in by name and by path, `connected` follows it (which
 the cluster alone cannot tell), the idle clock ends the session after it left, every

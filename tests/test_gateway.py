@@ -5,6 +5,7 @@ library does."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import pytest
 import pytest_asyncio
@@ -144,6 +145,18 @@ async def counted(ledger, clock, expected: dict[str, int], within: float = 5.0) 
     except TimeoutError:
         held = [(e.name, dict(e.data)) for e in ledger.list(presence.PREFIX)]
         raise AssertionError(f"at {clock()}, not {expected}: {held}") from None
+
+
+async def renewed(ledger, clock, within: float = 5.0) -> None:
+    """Wait until every client count record was written since the clock last moved (its
+    `expires` is a whole TTL from now), without sleeping a guessed time."""
+    due = clock() + presence.TTL
+    async with asyncio.timeout(within):
+        while any(
+            datetime.fromisoformat(presence.PRESENCE.decode(e)["expires"]) < due
+            for e in ledger.list(presence.PREFIX)
+        ):
+            await asyncio.sleep(0.02)
 
 
 @pytest.mark.asyncio
@@ -351,7 +364,7 @@ async def test_client_counts_are_recorded_renewed_and_deleted(
     # Renewed while clients stay: still counted after several TTLs have passed.
     for _ in range(3):
         clock.advance(presence.TTL.total_seconds() - 5)
-        await asyncio.sleep(0.3)
+        await renewed(ledger, clock)
         assert presence.read(ledger, clock()) == {sid: 2, other: 1}
     await first.close()
     await counted(ledger, clock, {sid: 1, other: 1})

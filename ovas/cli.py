@@ -261,14 +261,15 @@ def gateway(host: str, port: int) -> None:
     plain WebSocket without. Runs until SIGTERM or SIGINT."""
     import asyncio
 
-    app = _create_app()
-    if not app.config.get("GATEWAY_DOMAIN"):
+    try:
+        from ovas.gateway.server import serve as serve_gateway
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in ("aiohttp", "multidict", "yarl"):
+            raise
         raise click.ClickException(
-            "OVAS_GATEWAY_DOMAIN is not set: the gateway serves `<session-id>.<domain>`, so "
-            "set it (e.g. streams.example.com) as for the API"
-        )
-    from ovas.gateway.server import serve as serve_gateway
-
+            f"the gateway needs {exc.name}, which is not installed: pip install 'ovas[gateway]'"
+        ) from None
+    app = _create_app()
     try:
         asyncio.run(serve_gateway(app, host, port))
     except OvasError as exc:

@@ -5,6 +5,7 @@ library does."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import pytest
 import pytest_asyncio
@@ -146,6 +147,18 @@ async def counted(ledger, clock, expected: dict[str, int], within: float = 5.0) 
         raise AssertionError(f"at {clock()}, not {expected}: {held}") from None
 
 
+async def renewed(ledger, clock, within: float = 5.0) -> None:
+    """Wait until every client count record was written since the clock last moved (its
+    `expires` is a whole TTL from now), without sleeping a guessed time."""
+    due = clock() + presence.TTL
+    async with asyncio.timeout(within):
+        while any(
+            datetime.fromisoformat(presence.PRESENCE.decode(e)["expires"]) < due
+            for e in ledger.list(presence.PREFIX)
+        ):
+            await asyncio.sleep(0.02)
+
+
 @pytest.mark.asyncio
 async def test_by_host_frames_pass_unchanged_and_the_sessions_subprotocol_is_returned(
     core, served, echo, http
@@ -182,7 +195,9 @@ async def test_the_cookie_and_the_api_credentials_open_it_and_stay_with_the_gate
 ):
     sid = start(core)
     cookie = f"theme=dark; {tokens.cookie_name(sid)}={token(sid)}; lang=fr"
-    async with http.ws_connect(served.by_host(sid), headers={"Cookie": cookie}) as ws:
+    async with http.ws_connect(
+        served.by_host(sid), headers={"Cookie": cookie}, origin=f"https://{DOMAIN}"
+    ) as ws:
         await ws.send_str("cookie")
         assert await ws.receive_str() == "cookie"
     assert echo.seen[-1].headers["Cookie"] == "theme=dark; lang=fr"
@@ -304,7 +319,9 @@ async def test_big_credential_cookies_fit_and_headers_past_the_bound_are_refused
     jwt_sized = "j" * 12000  # past aiohttp's default 8 KiB, as big JWT cookies are
     cookie = f"id_token={jwt_sized}; {tokens.cookie_name(sid)}={token(sid)}"
     headers = {"Cookie": cookie, "X-Forwarded-For": "203.0.113.9"}
-    async with http.ws_connect(served.by_host(sid), headers=headers) as ws:
+    async with http.ws_connect(
+        served.by_host(sid), headers=headers, origin=f"https://viewer.{DOMAIN}"
+    ) as ws:
         await ws.send_str("big cookie")
         assert await ws.receive_str() == "big cookie"
     assert echo.seen[-1].headers["Cookie"] == f"id_token={jwt_sized}"
@@ -347,7 +364,7 @@ async def test_client_counts_are_recorded_renewed_and_deleted(
     # Renewed while clients stay: still counted after several TTLs have passed.
     for _ in range(3):
         clock.advance(presence.TTL.total_seconds() - 5)
-        await asyncio.sleep(0.3)
+        await renewed(ledger, clock)
         assert presence.read(ledger, clock()) == {sid: 2, other: 1}
     await first.close()
     await counted(ledger, clock, {sid: 1, other: 1})

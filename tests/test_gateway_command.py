@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,11 @@ import urllib.error
 import urllib.request
 
 import pytest
+from click.testing import CliRunner
 
+from ovas.cli import main
 from tests.support.gateway import DOMAIN
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.support.gateway_process import free_port
 
 
 def test_the_command_needs_a_domain_serves_and_stops_on_sigterm(tmp_path):
@@ -34,7 +30,7 @@ def test_the_command_needs_a_domain_serves_and_stops_on_sigterm(tmp_path):
     assert refused.returncode == 1
     assert "OVAS_GATEWAY_DOMAIN is not set" in refused.stderr
 
-    port = _free_port()
+    port = free_port()
     env["OVAS_GATEWAY_DOMAIN"] = DOMAIN
     process = subprocess.Popen([*command, "--port", str(port)], env=env, stderr=subprocess.PIPE)
     try:
@@ -58,3 +54,15 @@ def test_the_command_needs_a_domain_serves_and_stops_on_sigterm(tmp_path):
             process.kill()
         logged = process.stderr.read().decode()
     assert f"ovas gateway on 127.0.0.1:{port}" in logged and "stopping" in logged
+
+
+def test_without_the_gateway_extra_the_command_says_what_to_install(monkeypatch):
+    """aiohttp comes with `ovas[gateway]` alone: a plain install says so, no traceback."""
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # what an absent module imports as
+    monkeypatch.delitem(sys.modules, "ovas.gateway.server", raising=False)
+    monkeypatch.setenv("OVAS_BACKEND", "ovas.testing:FakeBackend")
+    monkeypatch.setenv("OVAS_GATEWAY_DOMAIN", DOMAIN)
+    result = CliRunner().invoke(main, ["gateway", "--port", "1"])
+    assert result.exit_code == 1, result.output
+    assert "pip install 'ovas[gateway]'" in result.output
+    assert "Traceback" not in result.output

@@ -117,10 +117,11 @@ def test_credentials_are_taken_out_of_what_goes_upstream():
         }
     )
     offer = take_credentials(headers, "/sign_in?peer_id=p&access_token=tok2&v=2", SID)
-    assert offer.credentials == ["tok1", "tok2", "tok3", "tok4"]
+    assert offer.credentials == ["tok1", "tok2", "tok3"]
+    assert offer.cookie == "tok4"  # counted only from an allowed origin
     assert offer.protocols == [SID]
     assert offer.path == "/sign_in?peer_id=p&v=2"
     assert offer.headers == {"Cookie": "a=1; b=2", "Origin": "https://viewer.example.com"}
     basic = take_credentials(CIMultiDict({"Authorization": "Basic eDp5"}), "/?access_token=", SID)
     assert (basic.credentials, basic.path) == ([], "/")
-    assert basic.headers == {"Authorization": "Basic eDp5"}
+    assert basic.headers == {}  # no Authorization of any scheme goes upstream

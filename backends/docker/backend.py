@@ -8,6 +8,7 @@ containers (see `admission`), so none over-admits, with no lock and no state fol
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +27,7 @@ from backends.docker.ledger import DockerLedger
 from backends.docker.ports import as_text, ephemeral_overlap, parse_port_range
 from backends.docker.pulls import Jobs
 from ovas.backend import Backend, Catalog, utcnow
-from ovas.errors import SessionNotFound
+from ovas.errors import ConfigurationError, SessionNotFound
 from ovas.kitspec import KitSpec, cpu_to_nano
 from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage
 from ovas.models import Reason, SessionRequest
@@ -87,6 +88,16 @@ class DockerBackend(Backend):
         # container's bridge address (which a remote engine or a VM would not route).
         wildcard = bind_address in ("0.0.0.0", "::", "")
         self.probe_host = probe_host or ("127.0.0.1" if wildcard else bind_address)
+        # With the gateway on, clients must go through it: the signaling port is published
+        # only where ovas (and the gateway beside it) reach the published ports, never on
+        # the bind address, which clients reach. Media cannot go through the gateway.
+        self.signaling_address = self.probe_host if gateway else None
+        if gateway and not _is_ip(self.probe_host):
+            raise ConfigurationError(
+                f"OVAS_DOCKER_PROBE_HOST {self.probe_host!r} is not an IP address: with the "
+                "signaling gateway on (OVAS_GATEWAY_DOMAIN), the signaling port is published "
+                "on it alone, and Docker publishes on addresses only"
+            )
         self.ports = parse_port_range(port_range)
         self.stop_grace = stop_grace
         self._gpu_setting = gpus
@@ -110,7 +121,8 @@ class DockerBackend(Backend):
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
         """Build from `CATALOG_PATH`, the `DOCKER_*` settings (PUBLIC_HOST, BIND_ADDRESS,
         PROBE_HOST, PORT_RANGE, GPUS) and GATEWAY_DOMAIN. Contacts no engine; raises
-        `ConfigurationError` for a bad port range."""
+        `ConfigurationError` for a bad port range, and for a probe host that is no IP
+        address with the gateway on."""
         from ovas.catalog_files import FileCatalog
 
         return cls(
@@ -144,6 +156,7 @@ class DockerBackend(Backend):
                 request,
                 list(claims.gpu_ids),
                 bind_address=self.bind_address,
+                signaling_address=self.signaling_address,
                 host_ports=as_text(self.ports),
                 cpu_limit=cpus,
                 note=note,
@@ -561,3 +574,11 @@ def _docker_time(text: str) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.year > 1 else None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

@@ -274,6 +274,7 @@ def container_spec(
     gpu_ids: list[str],
     *,
     bind_address: str = "127.0.0.1",
+    signaling_address: str | None = None,
     host_ports: str = "31000-31999",
     cpu_limit: str | None = None,
     note: str = "",
@@ -282,11 +283,19 @@ def container_spec(
 
     Image, environment (with USD_PATH), cpu (`cpu_limit`, else the profile's) and memory
     limits, each port published on `bind_address` at a host port Docker picks from
-    `host_ports` ("first-last"), GPUs by device id (index, UUID or CDI name). No command:
-    the image's entrypoint runs.
+    `host_ports` ("first-last"), but the signaling port on `signaling_address` when given
+    (an IP address: with the signaling gateway on, where only ovas and the gateway reach
+    it), GPUs by device id (index, UUID or CDI name). No command: the image's entrypoint
+    runs.
     """
     kit: KitSpec = request.kit
     cpus = cpu_limit or kit.cpu_limit
+
+    def address(port: PortSpec) -> str:
+        if port.name == "signaling" and signaling_address is not None:
+            return signaling_address
+        return bind_address
+
     return {
         "image": kit.image,
         "name": container_name(request.id),
@@ -297,7 +306,7 @@ def container_spec(
         },
         "environment": dict(kit.env),
         "ports": [
-            [p.container_port, p.protocol, bind_address, host_ports] for p in wanted_ports(kit)
+            [p.container_port, p.protocol, address(p), host_ports] for p in wanted_ports(kit)
         ],
         "nano_cpus": cpu_to_nano(cpus) if cpus else None,
         "mem_limit": memory_to_bytes(kit.memory_limit) if kit.memory_limit else None,

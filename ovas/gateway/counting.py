@@ -48,10 +48,14 @@ class Presence:
         return self.counts.get(session_id, 0)
 
     def arrive(self, session_id: str) -> None:
+        """One more client of `session_id` through this process; its record is written
+        soon after, in the background (call it on the event loop)."""
         self.counts[session_id] = self.count(session_id) + 1
         self._kick(session_id)
 
     def leave(self, session_id: str) -> None:
+        """One client of `session_id` fewer; the record is rewritten in the background, and
+        deleted once no client is left."""
         left = self.count(session_id) - 1
         if left > 0:
             self.counts[session_id] = left

@@ -32,6 +32,8 @@ def replica_id() -> str:
 
 
 def record_name(session_id: str, replica: str) -> str:
+    """The ledger record name of `replica`'s client count of `session_id`:
+    `clients.<session id>.<replica>`."""
     return f"{PREFIX}{session_id}.{replica}"
 
 

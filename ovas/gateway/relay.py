@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiohttp import WSMsgType, web
-from aiohttp.client_ws import ClientWebSocketResponse
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 log = logging.getLogger(__name__)

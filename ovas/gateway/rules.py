@@ -58,6 +58,7 @@ class GatewayRules:
 
     @property
     def on(self) -> bool:
+        """Whether the gateway is on: `OVAS_GATEWAY_DOMAIN` is set."""
         return bool(self.domain)
 
     @property

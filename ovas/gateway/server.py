@@ -9,8 +9,10 @@ the backend's ledger (`ovas.gateway.counting`). Everything refused is refused be
 upgrade, as JSON `{"detail": ...}`:
 
 - 404: no such session; 410: it ended, failed or is being stopped; 503 (with Retry-After):
-  it is starting, or the backend cannot be reached;
-- 401: no credential; 403: a wrong one, or another user's;
+  it is starting, the backend cannot be reached, or its ledger holds a record this
+  release cannot read (the stream token secret's, say; logged);
+- 401: no credential; 403: a wrong one, another user's, or the session's cookie sent from
+  a page of another site (`routing.origin_allowed`);
 - 429: `OVAS_GATEWAY_MAX_CLIENTS` clients of the session already, through this process (each
   replica counts its own);
 - 502: the session's socket cannot be reached or refused the upgrade.
@@ -33,11 +35,12 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
-from ovas.auth import NoAuth
+from ovas.auth import HeaderAuth, NoAuth
 from ovas.errors import ConfigurationError, OvasError, SessionNotFound
 from ovas.gateway import routing, tokens
 from ovas.gateway.counting import Presence
 from ovas.gateway.relay import Metrics, relay
+from ovas.ledger import LedgerError, UnknownFormat
 from ovas.models import Session, SessionState
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ RETRY_AFTER = 5  # seconds, while a session starts or the backend cannot be reac
 # Big JWT cookies and bearer headers must fit (OVAS's portal raised these limits for them).
 MAX_LINE, MAX_FIELD, MAX_HEADERS = 16384, 16384, 256
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes of one relayed message
+UNREADABLE = "The gateway cannot read its records in the backend's ledger now"
 
 
 class Refused(Exception):
@@ -58,17 +62,27 @@ class Refused(Exception):
 
 
 def answer(status: int, detail: str, retry_after: int | None = None) -> web.Response:
+    """The JSON answer `{"detail": detail}` with HTTP `status`, and `Retry-After` (seconds)
+    when `retry_after` is given."""
     headers = {"Retry-After": str(retry_after)} if retry_after else None
     return web.json_response({"detail": detail}, status=status, headers=headers)
 
 
 class Gateway:
     """The gateway in front of the sessions of one ovas core: `core` is the Flask app that
-    `ovas.create_app` built (its `ovas` and `ovas_authenticator` extensions and `GATEWAY_*`
-    settings are used; its reaper is not started). `renew`: seconds between renewals of the
-    client count records (default `presence.RENEW`). `max_message`: bytes of the largest
+    `ovas.create_app` built (its `ovas` and `ovas_authenticator` extensions and `GATEWAY_*`,
+    `AUTH_*` and `CORS_ORIGINS` settings are used; its reaper is not started). `renew`:
+    seconds between renewals of the client count records (default `presence.RENEW`).
+    `replica`: the name this process's client count records carry (default: a random one,
+    see `counting.Presence`). The attribute `max_message` is the bytes of the largest
     message relayed (`MAX_MESSAGE`); a bigger one ends the relay (1009 to its sender, 1011
-    to the other side). Raises `ConfigurationError` when `OVAS_GATEWAY_DOMAIN` is unset."""
+    to the other side). Raises `ConfigurationError` when `OVAS_GATEWAY_DOMAIN` is unset.
+
+    Besides stream tokens, the API's own credentials of the session's owner or an admin
+    open a session with `OVAS_AUTH=jwt` or `apikey`, as a bearer credential. Not with
+    `OVAS_AUTH=header`: there the API believes identity headers from its proxy's address,
+    and a client's own headers would reach the gateway through the same proxy (or a TLS
+    terminator beside it) unchecked; stream tokens alone open sessions then."""
 
     def __init__(self, core, *, renew: float | None = None, replica: str | None = None):
         config = core.config
@@ -83,6 +97,15 @@ class Gateway:
         self.sessions = state.sessions
         self.backend = state.backend
         self.authenticator = core.extensions["ovas_authenticator"]
+        # The API's credentials count only where each is checked on its own (see above).
+        self.api_credentials = not isinstance(self.authenticator, NoAuth | HeaderAuth)
+        # The configured names of the API's credential headers, never sent upstream.
+        self.private_headers = tuple(
+            str(config.get(key) or "")
+            for key in ("AUTH_USER_HEADER", "AUTH_ROLES_HEADER", "AUTH_PROXY_SECRET_HEADER")
+            if config.get(key)
+        )
+        self.origins = tuple(config.get("CORS_ORIGINS") or ())
         self.auth = config.get("GATEWAY_AUTH", "token")
         self.max_clients = int(config.get("GATEWAY_MAX_CLIENTS") or 4)
         self.metrics = Metrics()
@@ -109,6 +132,8 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0),  # one upstream socket per client: no cap
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=HANDSHAKE_TIMEOUT),
             auto_decompress=False,
+            # One client's session must never send cookies another's upstream set.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._runner = web.AppRunner(
             self.application(),
@@ -148,7 +173,7 @@ class Gateway:
         if route is None:
             return self._own(request)
         session_id, path = route
-        offer = routing.take_credentials(request.headers, path, session_id)
+        offer = routing.take_credentials(request.headers, path, session_id, self.private_headers)
         upgrade = request.headers.get("Upgrade", "").strip().lower() == "websocket"
         try:
             address = await self._admit(request, session_id, offer)
@@ -185,6 +210,9 @@ class Gateway:
             raise Refused(404, f"Session '{session_id}' not found") from None
         except OvasError as exc:  # BackendUnavailable, mostly
             raise Refused(503, exc.message, RETRY_AFTER) from None
+        except (LedgerError, UnknownFormat) as exc:
+            log.error("session %s cannot be admitted: the ledger: %s", session_id, exc)
+            raise Refused(503, UNREADABLE, RETRY_AFTER) from None
         if self.auth == "token":
             await self._check_access(request, session, offer)
         if session.state.final or session.state is SessionState.TERMINATING:
@@ -206,8 +234,21 @@ class Gateway:
         self, request: web.Request, session: Session, offer: routing.Offer
     ) -> None:
         """Pass when one of the request's credentials is a stream token of this session, or
-        the API's credentials of its owner or an admin. Raises `Refused` (401, 403)."""
-        if not offer.credentials:
+        the API's credentials of its owner or an admin (see the class). The session's
+        cookie counts only from a page of an allowed origin. Raises `Refused` (401, 403,
+        503 when the secret's record cannot be read)."""
+        credentials = list(offer.credentials)
+        if offer.cookie is not None:
+            origin = request.headers.get("Origin")
+            if routing.origin_allowed(origin, self.domain, self.origins):
+                credentials.append(offer.cookie)
+            elif not credentials:
+                raise Refused(
+                    403,
+                    f"The session's cookie is taken only from pages of {self.domain} (or of "
+                    f"OVAS_CORS_ORIGINS), not from {(origin or 'no origin')[:100]!r}",
+                )
+        if not credentials:
             raise Refused(
                 401,
                 "A stream token is required: as the subprotocol Authorization-Bearer.<token>, "
@@ -215,19 +256,19 @@ class Gateway:
                 "session's cookie",
             )
         secret = await self._stream_secret()
-        for credential in offer.credentials:
+        for credential in credentials:
             named = tokens.read(secret, credential) if secret else None
             if named is not None and named[0] == session.id:
                 return
-        if not isinstance(self.authenticator, NoAuth):
-            for credential in offer.credentials:
+        if self.api_credentials:
+            for credential in credentials:
                 if await asyncio.to_thread(self._owner_or_admin, request, session, credential):
                     return
         raise Refused(403, f"The credential does not open session '{session.id}'")
 
     def _owner_or_admin(self, request: web.Request, session: Session, credential: str) -> bool:
-        headers = CIMultiDict(request.headers)
-        headers["Authorization"] = f"Bearer {credential}"
+        # The credential alone: none of the client's other headers is the API's business.
+        headers = CIMultiDict(Authorization=f"Bearer {credential}")
         try:
             identity = self.authenticator.identify(headers, request.remote)
         except OvasError:
@@ -235,7 +276,8 @@ class Gateway:
         return identity.is_admin or identity.username == session.username
 
     async def _stream_secret(self) -> str | None:
-        """The stream token secret, read once; None while the backend cannot be reached."""
+        """The stream token secret, read once; None while the backend cannot be reached.
+        Raises `Refused` (503) when its record cannot be read (logged)."""
         if self._secret is None:
             try:
                 self._secret = await asyncio.to_thread(
@@ -243,6 +285,9 @@ class Gateway:
                 )
             except OvasError as exc:
                 log.warning("the stream token secret cannot be read now: %s", exc.message)
+            except (LedgerError, UnknownFormat) as exc:
+                log.error("the stream token secret cannot be read: %s", exc)
+                raise Refused(503, UNREADABLE, RETRY_AFTER) from None
         return self._secret
 
     async def _relay(

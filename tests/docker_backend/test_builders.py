@@ -65,6 +65,41 @@ def test_container_spec_carries_image_env_limits_and_ports_docker_picks(request_
     assert "command" not in create  # the image's own entrypoint runs
 
 
+def test_with_the_gateway_on_signaling_is_published_only_where_ovas_reaches_it(request_):
+    """Clients reach media on the bind address, and signaling only through the gateway."""
+    spec = c.container_spec(
+        request_, [], bind_address="0.0.0.0", signaling_address="127.0.0.1", host_ports="31000"
+    )
+    assert c.create_arguments(spec)[1]["port_bindings"] == {
+        "49100/tcp": ("127.0.0.1", "31000"),
+        "47998/udp": ("0.0.0.0", "31000"),
+        "8011/tcp": ("0.0.0.0", "31000"),
+    }
+
+
+def test_the_backend_publishes_signaling_on_its_probe_host_once_the_gateway_is_on(
+    standin_catalog,
+):
+    from backends.docker.backend import DockerBackend
+
+    settings = {"DOCKER_BIND_ADDRESS": "0.0.0.0", "CATALOG_PATH": str(standin_catalog.root)}
+    off = DockerBackend.from_settings(settings)
+    on = DockerBackend.from_settings({**settings, "GATEWAY_DOMAIN": "streams.example.com"})
+    probed = DockerBackend.from_settings(
+        {**settings, "GATEWAY_DOMAIN": "streams.example.com", "DOCKER_PROBE_HOST": "10.1.2.3"}
+    )
+    try:
+        assert (off.signaling_address, on.signaling_address) == (None, "127.0.0.1")
+        assert probed.signaling_address == "10.1.2.3"
+        with pytest.raises(ConfigurationError, match="OVAS_DOCKER_PROBE_HOST"):
+            DockerBackend.from_settings(
+                {**settings, "GATEWAY_DOMAIN": "s.example.com", "DOCKER_PROBE_HOST": "docker"}
+            )
+    finally:
+        for backend in (off, on, probed):
+            backend.close()
+
+
 def test_a_capped_cpu_limit_replaces_the_profiles(request_):
     spec = c.container_spec(request_, [], cpu_limit="2", note="capped")
     assert c.create_arguments(spec)[1]["nano_cpus"] == 2 * 10**9

@@ -13,44 +13,35 @@ from datetime import datetime
 
 import aiohttp
 import pytest
-import yaml
 
 from ovas import create_app
-from ovas.auth import STREAMER, hash_key
 from ovas.gateway import presence
 from ovas.models import Reason, SessionState
 from ovas.testing import FakeClock
 from ovas.testing.requests import STANDIN_NEVER_READY
 from tests.support.gateway import DOMAIN
-from tests.support.gateway_process import GatewayProcess, by_host, by_path, refused, sign_in
+from tests.support.gateway_process import (
+    SECRET,
+    GatewayProcess,
+    as_user,
+    by_host,
+    by_path,
+    connected,
+    echoed,
+    refused,
+    sign_in,
+    until,
+    write_keys,
+)
 
 pytestmark = pytest.mark.docker
-SECRET = "a-secret-the-api-and-the-gateway-share"
 START = {"id": "kit-standin", "profile": "standin", "version": "1.0.0"}
 IDLE = 300
 
 
-def as_user(user: str) -> dict:
-    return {"headers": {"Authorization": f"Bearer key-{user}"}}
-
-
-def until(check, timeout: float = 10.0):
-    """Poll `check` (a real wait: the gateway writes its counts as clients come and go)."""
-    deadline = time.monotonic() + timeout
-    while not (seen := check()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return seen
-
-
 @pytest.fixture
 def keys(tmp_path):
-    path = tmp_path / "keys.yaml"
-    entries = [
-        {"sha256": hash_key(f"key-{user}"), "user": user, "roles": [STREAMER]}
-        for user in ("alice", "bob")
-    ]
-    path.write_text(yaml.safe_dump(entries))
-    return str(path)
+    return write_keys(tmp_path / "keys.yaml")
 
 
 @pytest.fixture
@@ -99,17 +90,6 @@ def started(api) -> dict:
     body = answer.get_json()
     assert body["status"]["condition"] == "ready", body
     return body
-
-
-def connected(api, sid: str) -> bool | None:
-    return api.get(f"/stream/{sid}", **as_user("alice")).get_json()["connected"]
-
-
-async def echoed(ws, text: str) -> str:
-    await ws.send_str(text)
-    message = await ws.receive(timeout=5)
-    assert message.type is aiohttp.WSMsgType.TEXT, message
-    return message.data
 
 
 def test_a_viewer_signs_in_through_the_gateway_and_the_idle_clock_follows_it(stack):

@@ -92,7 +92,8 @@ def test_with_the_gateway_on_its_counts_decide_and_the_port_is_not_read(
     ready = wait_for(sessions, backend.start(standin_request()).record.id, SessionState.READY)
     host, port = sessions.signaling(ready.id)[1]
     with socket.create_connection((host, port), timeout=5):  # around the gateway
-        time.sleep(1)
+        # Held in the container's own table, as a client's would be, and yet not counted.
+        assert until(lambda: backend.clients.count(f"ovas-{ready.id}", 49100) == 1)
         assert sessions.get(ready.id).connected is False
     name = presence.record_name(ready.id, "aaaaaaaaaaaa")
     backend.ledger.create(name, presence.data(1, backend.now()))
@@ -101,3 +102,17 @@ def test_with_the_gateway_on_its_counts_decide_and_the_port_is_not_read(
     finally:
         backend.ledger.delete(name)
     assert sessions.get(ready.id).connected is False
+
+
+@pytest.mark.parametrize("gateway", [True, False])
+def test_signaling_is_published_on_the_probe_host_alone_with_the_gateway_on(
+    new_backend, standin_request, engine, gateway
+):
+    """With the gateway on, a client that can reach the bind address still cannot open the
+    signaling socket around the gateway; media stays on the bind address."""
+    backend = new_backend(bind_address="127.0.0.2", probe_host="127.0.0.1", gateway=gateway)
+    session = backend.start(standin_request()).record.id
+    bindings = engine.inspect_container(f"ovas-{session}")["HostConfig"]["PortBindings"]
+    signaling = {b["HostIp"] for b in bindings["49100/tcp"]}
+    assert signaling == ({"127.0.0.1"} if gateway else {"127.0.0.2"})
+    assert {b["HostIp"] for b in bindings["47998/udp"]} == {"127.0.0.2"}

@@ -1,6 +1,7 @@
 """Through the real gateway process on the emulated cluster: ovas (the API, on the test's
-clock) and `ovas gateway` built from the environment as the chart runs it, both against the
-emulator; the session's pod at 127.0.0.1, its Kit container's signaling port a real
+clock) and `ovas gateway`, a process of its own built from an environment written here (the
+Kubernetes backend, API keys, the gateway's domain and secret; not the chart's), both
+against the emulator; the session's pod at 127.0.0.1, its Kit container's signaling port a real
 WebSocket echo. The order of events of the Docker test (tests/docker_backend/
 test_gateway_e2e.py): a viewer signs in by name and by path, `connected` follows it (which
 the cluster alone cannot tell), the idle clock ends the session after it left, every
@@ -9,66 +10,51 @@ refusal, and a gateway killed under a client leaves no session connected."""
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime
 
 import aiohttp
 import pytest
-import yaml
 from support.kube_requests import wait_for
 
 from kubernetes_backend.steps import request_for
 from kubernetes_backend.steps import start as begin
 from ovas import create_app
-from ovas.auth import STREAMER, hash_key
 from ovas.gateway import presence
 from ovas.models import Reason, SessionState
 from tests.support.gateway import DOMAIN, Echo
 from tests.support.gateway_process import (
+    SECRET,
     GatewayProcess,
     LoopThread,
+    as_user,
     by_host,
     by_path,
+    connected,
+    echoed,
     refused,
     sign_in,
+    until,
+    write_keys,
 )
 
 pytestmark = pytest.mark.kubernetes
 NAMESPACE = "omni-streaming"
-SECRET = "a-secret-the-api-and-the-gateway-share"
 IDLE = 300
 READY = {SessionState.READY}
-
-
-def as_user(user: str) -> dict:
-    return {"headers": {"Authorization": f"Bearer key-{user}"}}
-
-
-def until(check, timeout: float = 10.0):
-    """Poll `check` (a real wait: the gateway writes its counts as clients come and go)."""
-    deadline = time.monotonic() + timeout
-    while not (seen := check()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return seen
 
 
 @pytest.fixture
 def stack(make_backend, cluster, tmp_path):
     """(API test client, echo, gateway process not yet started), every pod at 127.0.0.1."""
     cluster.cluster.pod_ip = "127.0.0.1"
-    keys = tmp_path / "keys.yaml"
-    entries = [
-        {"sha256": hash_key(f"key-{user}"), "user": user, "roles": [STREAMER]}
-        for user in ("alice", "bob")
-    ]
-    keys.write_text(yaml.safe_dump(entries))
+    keys = write_keys(tmp_path / "keys.yaml")
     gateway = GatewayProcess(
         {
             "OVAS_BACKEND": "kubernetes",
             "KUBECONFIG": cluster.kubeconfig,
             "OVAS_KUBERNETES_NAMESPACE": NAMESPACE,
             "OVAS_AUTH": "apikey",
-            "OVAS_APIKEYS_FILE": str(keys),
+            "OVAS_APIKEYS_FILE": keys,
             "OVAS_GATEWAY_DOMAIN": DOMAIN,
             "OVAS_GATEWAY_SECRET": SECRET,
         },
@@ -78,7 +64,7 @@ def stack(make_backend, cluster, tmp_path):
         "TESTING": True,
         "REAP_INTERVAL": 0,
         "AUTH": "apikey",
-        "APIKEYS_FILE": str(keys),
+        "APIKEYS_FILE": keys,
         "GATEWAY_DOMAIN": DOMAIN,
         "GATEWAY_SECRET": SECRET,
         "GATEWAY_PUBLIC_PORT": gateway.port,
@@ -102,17 +88,6 @@ def started(api, echo, user: str = "alice") -> dict:
     sid = begin(sessions, request).id
     wait_for(sessions, sid, READY)
     return api.get(f"/stream/{sid}", **as_user(user)).get_json()
-
-
-def connected(api, sid: str) -> bool | None:
-    return api.get(f"/stream/{sid}", **as_user("alice")).get_json()["connected"]
-
-
-async def echoed(ws, text: str) -> str:
-    await ws.send_str(text)
-    message = await ws.receive(timeout=5)
-    assert message.type is aiohttp.WSMsgType.TEXT, message
-    return message.data
 
 
 def test_a_viewer_signs_in_through_the_gateway_and_the_idle_clock_follows_it(stack, clock):

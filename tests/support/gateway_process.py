@@ -18,10 +18,51 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+import yaml
 
+from ovas.auth import STREAMER, hash_key
 from tests.support.gateway import PEER_PATH, client_session, viewer_protocols
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+SECRET = "a-secret-the-api-and-the-gateway-share"  # the API's and the gateway's
+
+
+def as_user(user: str) -> dict:
+    """The test client's keyword arguments that call the API as `user` (see `write_keys`)."""
+    return {"headers": {"Authorization": f"Bearer key-{user}"}}
+
+
+def write_keys(path: Path) -> str:
+    """An API keys file at `path` for streamers alice and bob (`key-<user>`); its path."""
+    entries = [
+        {"sha256": hash_key(f"key-{user}"), "user": user, "roles": [STREAMER]}
+        for user in ("alice", "bob")
+    ]
+    path.write_text(yaml.safe_dump(entries))
+    return str(path)
+
+
+def until(check, timeout: float = 10.0):
+    """Poll `check` (a real wait: the gateway writes its counts as clients come and go)."""
+    deadline = time.monotonic() + timeout
+    while not (seen := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return seen
+
+
+def connected(api, session_id: str) -> bool | None:
+    """`connected` of alice's session, as the API answers her."""
+    return api.get(f"/stream/{session_id}", **as_user("alice")).get_json()["connected"]
+
+
+async def echoed(ws, text: str) -> str:
+    """What an echoing session's socket sends back for `text`."""
+    await ws.send_str(text)
+    message = await ws.receive(timeout=5)
+    assert message.type is aiohttp.WSMsgType.TEXT, message
+    return message.data
 
 
 def free_port() -> int:

@@ -246,12 +246,21 @@ class SessionService(WarmPoolTending):
     def signaling(self, session_id: str) -> tuple[Session, tuple[str, int] | None]:
         """For the signaling gateway: the session as decided now (its state and owner),
         and where its signaling socket is reached, (host, TCP port), once it is ready (None
-        before, or when the backend cannot say). Raises `SessionNotFound`."""
+        before, or when the backend cannot say): `Observation.signaling`, else the address
+        clients would reach without the gateway (the route key and the signaling route's
+        port), so a backend that fills only `host` and `routes` works too. Raises
+        `SessionNotFound`."""
         if not is_session_id(session_id):
             raise SessionNotFound(session_id[:64])
         observed = self.backend.observe(session_id)
         session = self._settle(observed)
-        return session, observed.seen.signaling if session.ready else None
+        if not session.ready:
+            return session, None
+        seen = observed.seen
+        if seen.signaling is not None:
+            return session, seen.signaling
+        route = next((r for r in seen.routes if r.description == "signaling"), None)
+        return session, (seen.host, route.source_port) if seen.host and route else None
 
     def list(
         self,

@@ -219,6 +219,21 @@ class BackendContract:
         assert {ids[0], ids[2]} <= set(mine)
         assert ids[1] not in mine
 
+    def test_the_gateway_finds_a_ready_sessions_signaling_socket(
+        self, backend, sessions, start, ready_timeout
+    ):
+        """`SessionService.signaling`, which the signaling gateway asks at each connection:
+        nothing while the session starts; a (host, TCP port) once it is ready, from
+        `Observation.signaling` or else the session's own signaling route."""
+        starting = start(env=SLOW)
+        session, where = sessions.signaling(starting.id)
+        assert not session.ready and where is None
+        ready = self.ready(sessions, start().id, ready_timeout)
+        session, where = sessions.signaling(ready.id)
+        assert session.ready and where is not None
+        host, port = where
+        assert isinstance(host, str) and host and isinstance(port, int) and 0 < port < 65536
+
     # Stopping
 
     def test_stop_removes_the_session(self, backend, sessions, start, ready_timeout):

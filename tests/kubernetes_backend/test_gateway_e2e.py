@@ -10,22 +10,20 @@ refusal, and a gateway killed under a client leaves no session connected."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 
-import aiohttp
 import pytest
 from support.kube_requests import wait_for
 
 from kubernetes_backend.steps import request_for
 from kubernetes_backend.steps import start as begin
 from ovas import create_app
-from ovas.gateway import presence
 from ovas.models import Reason, SessionState
 from tests.support.gateway import DOMAIN, Echo
 from tests.support.gateway_process import (
     SECRET,
     GatewayProcess,
     LoopThread,
+    a_gateway_dies_under_a_client,
     as_user,
     by_host,
     by_path,
@@ -171,43 +169,4 @@ def test_a_gateway_that_dies_under_a_client_leaves_no_session_connected(stack, c
     api, echo, gateway = stack
     gateway.start()
     body = started(api, echo)
-    sid, token = body["id"], body["stream_token"]
-    url = by_host(sid, DOMAIN, gateway.port)
-
-    ledger = api.application.extensions["ovas"].sessions.backend.ledger
-
-    def records() -> list:
-        """The session's client count records, one per gateway process that holds some."""
-        return ledger.list(f"{presence.PREFIX}{sid}.")
-
-    async def scene() -> None:
-        http, ws = await sign_in(url, sid, token)
-        assert await echoed(ws, "before") == "before"
-        assert await asyncio.to_thread(until, lambda: len(records()) == 1)
-        await asyncio.to_thread(gateway.kill)  # no time to delete its count
-        message = await ws.receive(timeout=5)
-        assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), message
-        await http.close()
-        # The library reconnects, to the gateway started again in its place.
-        await asyncio.to_thread(gateway.start)
-        http, ws = await sign_in(url, sid, token)
-        try:
-            assert await echoed(ws, "after") == "after"
-            # Counted by the new process too: the dead one's count and its own.
-            assert await asyncio.to_thread(until, lambda: len(records()) == 2)
-        finally:
-            await ws.close()
-            await http.close()
-
-    asyncio.run(scene())
-    # The new gateway deletes its count as the client leaves; the dead one's stays until it
-    # expires: the clock is moved past that, not waited for.
-    assert until(lambda: len(records()) == 1)
-    (stale,) = records()
-    assert connected(api, sid) is True
-    expires = datetime.fromisoformat(presence.PRESENCE.decode(stale)["expires"])
-    clock.advance((expires - clock()).total_seconds() + 1)
-    assert connected(api, sid) is False
-    removed = api.application.extensions["ovas"].sessions.reap_pass(tend_pools=False)
-    assert removed[stale.name] == "its gateway replica stopped renewing it"
-    assert records() == []
+    a_gateway_dies_under_a_client(api, gateway, clock, body["id"], body["stream_token"])

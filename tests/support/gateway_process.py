@@ -15,13 +15,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
 import yaml
 
 from ovas.auth import STREAMER, hash_key
-from tests.support.gateway import PEER_PATH, client_session, viewer_protocols
+from ovas.gateway import presence
+from tests.support.gateway import DOMAIN, PEER_PATH, client_session, viewer_protocols
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,3 +183,49 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
+
+
+def a_gateway_dies_under_a_client(api, gateway, clock, sid: str, token: str) -> None:
+    """The restart scenario every backend's end-to-end test runs: a gateway process killed
+    under a client of session `sid` (its count left behind, as a crash leaves it); the
+    client reconnects to the one started in its place; the dead count stops counting once
+    `clock` is moved past its expiry, and the reaper deletes it."""
+    url = by_host(sid, DOMAIN, gateway.port)
+
+    ledger = api.application.extensions["ovas"].sessions.backend.ledger
+
+    def records() -> list:
+        """The session's client count records, one per gateway process that holds some."""
+        return ledger.list(f"{presence.PREFIX}{sid}.")
+
+    async def scene() -> None:
+        http, ws = await sign_in(url, sid, token)
+        assert await echoed(ws, "before") == "before"
+        assert await asyncio.to_thread(until, lambda: len(records()) == 1)
+        await asyncio.to_thread(gateway.kill)  # no time to delete its count
+        message = await ws.receive(timeout=5)
+        assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), message
+        await http.close()
+        # The library reconnects, to the gateway started again in its place.
+        await asyncio.to_thread(gateway.start)
+        http, ws = await sign_in(url, sid, token)
+        try:
+            assert await echoed(ws, "after") == "after"
+            # Counted by the new process too: the dead one's count and its own.
+            assert await asyncio.to_thread(until, lambda: len(records()) == 2)
+        finally:
+            await ws.close()
+            await http.close()
+
+    asyncio.run(scene())
+    # The new gateway deletes its count as the client leaves; the dead one's stays until it
+    # expires: the clock is moved past that, not waited for.
+    assert until(lambda: len(records()) == 1)
+    (stale,) = records()
+    assert connected(api, sid) is True
+    expires = datetime.fromisoformat(presence.PRESENCE.decode(stale)["expires"])
+    clock.advance((expires - clock()).total_seconds() + 1)
+    assert connected(api, sid) is False
+    removed = api.application.extensions["ovas"].sessions.reap_pass(tend_pools=False)
+    assert removed[stale.name] == "its gateway replica stopped renewing it"
+    assert records() == []

@@ -6,13 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from support.fake_pools import POOL, catalog_with_pool, fill, pooled
 
 from ovas import create_app
 from ovas.models import Reason, Session, SessionState, Version, WarmPool
 from ovas.pools import plan
-from ovas.testing import FakeBackend, FakeClock, sample_catalog, service_for
+from ovas.testing import FakeBackend, FakeClock, service_for
 
-POOL = WarmPool("viewers", "usd-viewer", "latest", "default", 2)
 START = {"id": "usd-viewer", "profile": "default"}
 
 
@@ -23,9 +23,7 @@ def clock():
 
 @pytest.fixture
 def catalog():
-    found = sample_catalog()
-    found.pools[POOL.name] = POOL
-    return found
+    return catalog_with_pool()
 
 
 @pytest.fixture
@@ -41,17 +39,6 @@ def sessions(backend):
 @pytest.fixture
 def app(backend):
     return create_app({"TESTING": True, "REAP_INTERVAL": 0, "POOL_MAX_AGE": 3600}, backend=backend)
-
-
-def pooled(backend, pool=POOL.name):
-    return [r for r in backend.records() if r.pooled and r.pool == pool and r.outcome is None]
-
-
-def fill(sessions):
-    """Two passes: the first starts the pool's sessions, the second sees them ready."""
-    sessions.reap()
-    sessions.now.advance(6)
-    sessions.reap()
 
 
 # The plan, alone

@@ -9,6 +9,7 @@ import copy
 from dataclasses import replace
 
 import pytest
+from support.fake_pools import POOL, catalog_with_pool, fill, pooled
 
 from ovas import create_app
 from ovas.cli import ovas_cli
@@ -16,7 +17,6 @@ from ovas.models import SessionState, Version, WarmPool
 from ovas.pools import plan
 from ovas.testing import FakeBackend, FakeClock, make_request, sample_catalog, service_for
 
-POOL = WarmPool("viewers", "usd-viewer", "latest", "default", 2)
 STAGE02 = "/app/samples/stage02.usd"
 
 
@@ -27,9 +27,7 @@ def clock():
 
 @pytest.fixture
 def catalog():
-    found = sample_catalog()
-    found.pools[POOL.name] = POOL
-    return found
+    return catalog_with_pool()
 
 
 @pytest.fixture
@@ -40,17 +38,6 @@ def backend(catalog, clock):
 @pytest.fixture
 def sessions(backend):
     return service_for(backend, pool_max_age=3600, stage_roots=("/app/samples",))
-
-
-def pooled(backend, pool=POOL.name):
-    return [r for r in backend.records() if r.pooled and r.pool == pool and r.outcome is None]
-
-
-def fill(sessions):
-    """Two passes: the first starts the pool's sessions, the second sees them ready."""
-    sessions.reap()
-    sessions.now.advance(6)
-    sessions.reap()
 
 
 def stage_of(backend, session_id):

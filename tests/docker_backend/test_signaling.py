@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import aiohttp
 import pytest
@@ -16,16 +15,10 @@ from ovas.gateway.rules import GatewayRules
 from ovas.models import Reason, SessionState
 from ovas.testing import service_for, wait_for
 from ovas.testing.requests import STANDIN_QUIT_ON_LEAVE
+from tests.support.gateway_process import until
 
 pytestmark = pytest.mark.docker
 SIGN_IN = "/sign_in?peer_id=peer-0123456789&version=2"  # as NVIDIA's streaming library asks
-
-
-def until(check, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return check()
 
 
 def test_the_gateway_reaches_the_signaling_websocket_where_the_backend_says(

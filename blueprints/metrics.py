@@ -77,6 +77,7 @@ ERROR_KEY = "ovas_error"  # where blueprints.errors leaves the OvasError a reque
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # A Kit app takes from seconds (warm image) to many minutes (cold pull of a large image).
 _READY_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1800, 3600)
+_QUEUE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
 blp = Blueprint("metrics", __name__)
 
 
@@ -106,7 +107,7 @@ class SessionCollector:
 
     def describe(self):
         # Lets a registry check names without listing sessions at registration.
-        return [*self._families("")[:3], *self._pool_families()]
+        return [*self._families("")[:4], *self._pool_families()]
 
     def _families(self, backend: str):
         return (
@@ -116,6 +117,7 @@ class SessionCollector:
             GaugeMetricFamily(
                 "ovas_backend_up", "1 if the backend listed its sessions", labels=["backend"]
             ),
+            GaugeMetricFamily("ovas_queue_length", "Starts waiting in line for capacity now"),
             GaugeMetricFamily(
                 "ovas_backend_scrape_duration_seconds",
                 "Time the backend took to list its sessions",
@@ -146,13 +148,20 @@ class SessionCollector:
         backend = state.backend
         name = type(backend).name or type(backend).__name__
         sessions, up, duration, error = self._list(state.sessions)
-        by_state, backend_up, took, failed = self._families(name)
+        by_state, backend_up, queue_length, took, failed = self._families(name)
         tally = Tally((s.state.value, s.app_id, s.profile) for s in sessions)
         for labels, count in sorted(tally.items()):
             by_state.add_metric(list(labels), count)
         backend_up.add_metric([name], up)
+        queue_length.add_metric([], sum(1 for s in sessions if s.state is SessionState.QUEUED))
         took.add_metric([name], duration)
-        families = [by_state, backend_up, took, *self._pools(state.sessions, sessions)]
+        families = [
+            by_state,
+            backend_up,
+            queue_length,
+            took,
+            *self._pools(state.sessions, sessions),
+        ]
         if error:
             failed.add_metric([name, error], 1)
             families.append(failed)
@@ -257,6 +266,19 @@ class Metrics:
             ["pool", "reason"],
             registry=r,
         )
+        self.queue_wait = Histogram(
+            "ovas_queue_wait_seconds",
+            "Time queued starts waited in line before they started",
+            buckets=_QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.queue_drops = Counter(
+            "ovas_queue_drops",
+            "Queued starts that left the line without starting, by reason (stopped, "
+            "abandoned, create_failed)",
+            ["reason"],
+            registry=r,
+        )
         self.backend_errors = Counter(
             "ovas_backend_errors",
             "Answers made because the session backend could not be reached",
@@ -318,6 +340,11 @@ class Metrics:
             self.pool_claims.labels(event.pool).inc()
         elif isinstance(event, events.PoolMissed):
             self.pool_misses.labels(event.pool, event.reason).inc()
+        elif isinstance(event, events.QueueLeft):
+            if event.how == "started" and event.wait is not None:
+                self.queue_wait.observe(event.wait)
+            elif event.how != "started":
+                self.queue_drops.labels(event.how).inc()
         elif isinstance(event, events.SessionStopped):
             self.stops.labels("ok").inc()
         elif isinstance(event, events.StopRefused):

@@ -198,6 +198,9 @@ def create_app(
         ),
         retention=app.config["SESSION_RETENTION"],
         pool_max_age=app.config["POOL_MAX_AGE"],
+        queue_size=app.config["QUEUE_SIZE"],
+        abandon_timeout=app.config["QUEUE_ABANDON_TIMEOUT"],
+        idempotency_ttl=app.config["IDEMPOTENCY_TTL"],
         gateway=GatewayRules.from_settings(app.config),
         # One clock for the backend and the rules: a test injects it into the backend.
         now=backend.now,

@@ -202,7 +202,7 @@ def _row(session: Session, now: datetime) -> tuple[str, ...]:
     routes = ",".join(f"{r.source_port}/{r.protocol}" for r in session.routes)
     return (
         session.id,
-        session.state.value,
+        f"queued #{session.queue_position}" if session.queue_position else session.state.value,
         session.reason.value if session.reason else "-",
         session.app_id,
         session.version,

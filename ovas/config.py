@@ -147,6 +147,27 @@ SETTINGS: tuple[Setting, ...] = (
         bounds=SECONDS,
     ),
     Setting(
+        "OVAS_QUEUE_SIZE",
+        "most starts waiting in line when the capacity or the GPUs are taken (0 = no line: "
+        "503 when full); 503 beyond",
+        100,
+        bounds=SESSIONS,
+    ),
+    Setting(
+        "OVAS_QUEUE_ABANDON_TIMEOUT",
+        "seconds a queued start may go without anyone asking for its status before it is "
+        "dropped (`abandoned`)",
+        180,
+        bounds=DEADLINE,
+    ),
+    Setting(
+        "OVAS_IDEMPOTENCY_TTL",
+        "seconds a start's `Idempotency-Key` is remembered: the same user and key answer "
+        "the same session",
+        86400,
+        bounds=DEADLINE,
+    ),
+    Setting(
         "OVAS_POOL_MAX_AGE",
         "seconds after which an unclaimed warm pool session is renewed (0 = never)",
         3600,

@@ -98,14 +98,20 @@ class SessionFailed(OvasError):
 
 
 class CapacityExceeded(OvasError):
-    """No room for another session; the client may retry after `retry_after` seconds."""
+    """No room for another session; the client may retry after `retry_after` seconds.
+    `resource` names what is short: "slot" (the shared capacity, host ports, a quota) or
+    "gpu" (the GPUs): a queued start waiting for GPUs does not hold up one that needs none
+    (`ovas.queueing`)."""
 
     http_status = 503
     default_message = "No capacity for another session; try again later"
 
-    def __init__(self, message: str | None = None, *, retry_after: int = 30, **kw):
+    def __init__(
+        self, message: str | None = None, *, retry_after: int = 30, resource: str = "slot", **kw
+    ):
         super().__init__(message, **kw)
         self.retry_after = retry_after
+        self.resource = resource
 
     @property
     def headers(self) -> dict[str, str]:

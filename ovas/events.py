@@ -87,6 +87,25 @@ class PoolMissed:
     reason: str
 
 
+@dataclass(frozen=True)
+class QueueJoined:
+    """A start the capacity or the GPUs could not admit waits in line (`ovas.queueing`)."""
+
+    session_id: str
+    profile: str
+
+
+@dataclass(frozen=True)
+class QueueLeft:
+    """A queued start left the line: `how` is "started", "stopped" (DELETE) or the reason
+    it was dropped ("abandoned", "create_failed"); `wait` the seconds it waited (None when
+    not known)."""
+
+    session_id: str
+    how: str
+    wait: float | None
+
+
 Event = (
     SessionStarted
     | StartRefused
@@ -97,6 +116,8 @@ Event = (
     | SessionRemoved
     | PoolClaimed
     | PoolMissed
+    | QueueJoined
+    | QueueLeft
 )
 Listener = Callable[[Event], None]
 

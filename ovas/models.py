@@ -16,6 +16,7 @@ S = TypeVar("S")  # a Session, or a stand-in with its id, username and created_t
 class SessionState(enum.StrEnum):
     """The `condition` of a stream, as OVAS clients read it."""
 
+    QUEUED = "queued"  # waiting in line for capacity (`ovas.queueing`); holds nothing
     CREATING = "creating"
     READY = "ready"
     FAILED = "failed"  # a fault ended it: `reason` says which
@@ -31,7 +32,8 @@ class SessionState(enum.StrEnum):
 class Reason(enum.StrEnum):
     """Why a session ended or failed, as `reason` in a StreamResponse and in metrics.
 
-    The first four end a session without a fault (`ENDED`); the rest are faults (`FAILED`).
+    The first four and `ABANDONED` end a session without a fault (`ENDED`); the rest are
+    faults (`FAILED`).
     """
 
     APP_EXITED = "app_exited"  # the Kit app quit by itself (exit code 0) after it was ready
@@ -51,6 +53,7 @@ class Reason(enum.StrEnum):
     LOST = "lost"  # the session's container or pod was removed outside ovas
     PREEMPTED = "preempted"  # the scheduler removed the session for a pod of higher priority
     NODE_LOST = "node_lost"  # the session's node stopped answering, shut down or was deleted
+    ABANDONED = "abandoned"  # queued, and nobody asked for its status for the abandon timeout
 
     @property
     def fault(self) -> bool:
@@ -59,7 +62,13 @@ class Reason(enum.StrEnum):
 
 
 _NOT_FAULTS = frozenset(
-    {Reason.APP_EXITED, Reason.CONNECT_TIMEOUT, Reason.IDLE_TIMEOUT, Reason.MAX_LIFETIME}
+    {
+        Reason.APP_EXITED,
+        Reason.CONNECT_TIMEOUT,
+        Reason.IDLE_TIMEOUT,
+        Reason.MAX_LIFETIME,
+        Reason.ABANDONED,
+    }
 )
 
 
@@ -194,6 +203,8 @@ class Session:
     # What opens its signaling socket through the gateway (`ovas.gateway.tokens`), set for
     # its owner and admins only (`SessionService.stream_tokens`); None for anyone else.
     stream_token: str | None = None
+    # While QUEUED: its place in line, 1 = next (`ovas.queueing`); None otherwise.
+    queue_position: int | None = None
 
     @classmethod
     def of(cls, request: SessionRequest, **fields) -> Session:

@@ -156,13 +156,19 @@ class WarmPoolTending:
         return True
 
     def tend_pools(
-        self, sessions: list[Session], now: datetime, renderings: Mapping[str, str]
+        self,
+        sessions: list[Session],
+        now: datetime,
+        renderings: Mapping[str, str],
+        *,
+        start: bool = True,
     ) -> dict[str, str]:
         """One pass over the warm pools (`ovas.pools.plan`), from `sessions` as decided
         now and the rendering each was started from (`renderings`, by id; "" or none:
-        unknown, so stale): remove what the plan says, start what it asks. A start that
-        finds no room (capacity, ports, GPUs) or fails ends a pool's starts for this pass.
-        Returns the ids removed, with why."""
+        unknown, so stale): remove what the plan says, start what it asks (not without
+        `start`: while users wait in line, a pool takes no room they could have). A start
+        that finds no room (capacity, ports, GPUs) or fails ends a pool's starts for this
+        pass. Returns the ids removed, with why."""
         catalog_pools = self.warm_pools()
         if catalog_pools and not type(self.backend).keeps_warm_pools:
             if NO_POOLS not in self._pool_warned:
@@ -201,7 +207,7 @@ class WarmPoolTending:
             for session_id in step.stops:
                 self._remove_pooled_quietly(session_id, step.why[session_id], removed)
             waiting = backoffs.waiting(pool.name, held, now)
-            for _ in range(step.starts if not waiting and target else 0):
+            for _ in range(step.starts if start and not waiting and target else 0):
                 if not self._start_pooled(pool, target, step.pool_size, now):
                     break
         return removed

@@ -6,8 +6,9 @@ these call the `Backend`. The catalog's rules are `ovas.catalogs`', the stage pa
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from ovas import pools
@@ -25,6 +26,7 @@ from ovas.errors import (
 )
 from ovas.events import (
     Events,
+    QueueLeft,
     SessionEnded,
     SessionReady,
     SessionRemoved,
@@ -34,12 +36,14 @@ from ovas.events import (
     StopRefused,
 )
 from ovas.gateway.rules import GatewayRules
+from ovas.idempotency import EXPIRE_EVERY, IdempotencyKeys
 from ovas.kitspec import parse_kit, render_values
-from ovas.ledger import RecordCodec
+from ovas.ledger import LedgerError, RecordCodec
 from ovas.lifecycle import Decision, Mark, Observed, clocks_for, decide
 from ovas.models import Clocks, Session, SessionQuery, SessionRequest, SessionState, WarmPool
 from ovas.names import is_session_id, new_session_id
 from ovas.pool_tending import WarmPoolTending
+from ovas.queueing import QueueTending
 from ovas.stages import check_stage_uri
 
 # The Application & Profile service's rules are `ovas.catalogs`'; views reach both services
@@ -54,6 +58,8 @@ REMOVAL = RecordCodec("removal", current=1, readers={1: dict})
 REMOVAL_GRACE = timedelta(seconds=120)
 FREE_EVERY = timedelta(seconds=5)  # a refused start frees what ended sessions hold, this often
 MAX_LOG_TAIL = 10000
+# A start replaying another's Idempotency-Key waits this long for that start to finish.
+REPLAY_TRIES, REPLAY_WAIT = 20, 0.25
 _READ = object()  # `_settle` reads the clients connected through the gateway itself
 
 
@@ -68,14 +74,16 @@ class Page:
         return len(self.items)
 
 
-class SessionService(WarmPoolTending):
+class SessionService(WarmPoolTending, QueueTending):
     """The Streaming Session service's rules, over one backend: requests are checked against
     the catalog before the backend is asked; what the backend observes is decided by
     `ovas.lifecycle`, and what that decides is written back through the backend (marks,
     outcomes) and told to `events` (metrics, audit, logs listen there).
 
     `now` is the clock (an aware UTC datetime); tests inject one and move it. `gateway`
-    says how the signaling gateway changes what is answered (`ovas.gateway.rules`)."""
+    says how the signaling gateway changes what is answered (`ovas.gateway.rules`).
+    `queue_size`: most starts waiting in line for capacity (`ovas.queueing`; 0: a start
+    capacity refuses is refused); `abandon_timeout`: seconds a queued start may go unpolled."""
 
     def __init__(
         self,
@@ -92,7 +100,14 @@ class SessionService(WarmPoolTending):
         now: Callable[[], datetime] = utcnow,
         events: Events | None = None,
         gateway: GatewayRules | None = None,
+        queue_size: int = 0,
+        abandon_timeout: float = 180,
+        idempotency_ttl: float = 86400,
     ):
+        self.idempotency_ttl = timedelta(seconds=idempotency_ttl)
+        self._keys_expired_at: datetime | None = None
+        self.queue_size = queue_size
+        self.abandon_timeout = timedelta(seconds=abandon_timeout)
         self.gateway = gateway or GatewayRules()
         self.stage_roots = tuple(stage_roots)
         self.backend = backend
@@ -119,10 +134,12 @@ class SessionService(WarmPoolTending):
         usd_stage_uri: str | None = None,
         now: datetime | None = None,
         pool: WarmPool | None = None,
+        session_id: str | None = None,
     ) -> SessionRequest:
         """Check the request against the catalog (404 for anything unknown or unsupported)
         and render what the backend needs. Asks no backend. With `pool`, the start of one
-        of that warm pool's sessions, for nobody."""
+        of that warm pool's sessions, for nobody. `session_id`: the id it has already (a
+        queued start's), else a new one."""
         if usd_stage_uri:
             check_stage_uri(usd_stage_uri, self.stage_roots)
         app = self.catalogs.get_application(app_id)
@@ -133,7 +150,7 @@ class SessionService(WarmPoolTending):
                 profile_id,
                 f"Profile '{profile_id}' does not support {app.id} {resolved.version}",
             )
-        session_id = new_session_id()
+        session_id = session_id or new_session_id()
         values = render_values(profile, app, resolved, session_id, usd_stage_uri)
         try:
             kit = parse_kit(values)
@@ -171,23 +188,83 @@ class SessionService(WarmPoolTending):
         version: str | None = None,
         *,
         caller: Identity | None = None,
+        idempotency_key: str | None = None,
+        request_digest: str = "",
         **kw,
     ) -> Session:
         """Start a session; returns it as first decided: READY when a warm pool's session
-        was taken (`ovas.pools`), else normally CREATING, with its stream token when
-        `caller` may have it (`stream_tokens`). When capacity is short, a pool's unclaimed
-        session makes room for it. Raises what `build_request` and `Backend.start` raise;
-        every start, admitted or refused, is told to `events`."""
+        was taken (`ovas.pools`), else normally CREATING, or QUEUED when the capacity or
+        the GPUs cannot admit it now and the line has room (`ovas.queueing`); with its
+        stream token when `caller` may have it (`stream_tokens`). When capacity is short,
+        a pool's unclaimed session makes room for it. Raises what `build_request` and
+        `Backend.start` raise; every start, admitted, queued or refused, is told to
+        `events`.
+
+        With `idempotency_key` (`ovas.idempotency`), the same user and key, while the key
+        is remembered, answer the session the first such start made, as it is now, and
+        start nothing; `request_digest` tells that start's request from another (422)."""
+        username = kw.get("username", "")
         try:
+            if idempotency_key:
+                known = self.idempotency.find(username, idempotency_key, request_digest)
+                if known is not None:
+                    return self._replay(known, caller)
             request = self.build_request(app_id, profile_id, version, **kw)
-            session = self._from_pool(request)
-            if session is None:
-                session = self._settle(self._start_on_demand(request))
+            if idempotency_key:
+                known = self.idempotency.remember(
+                    username, idempotency_key, request_digest, request.id
+                )
+                if known is not None:
+                    return self._replay(known, caller)
+            try:
+                session = self._from_pool(request)
+                if session is None:
+                    session = self._start_or_join(request)
+                else:
+                    self.events.emit(SessionStarted(session))
+            except BaseException:
+                if idempotency_key:
+                    self.idempotency.forget(username, idempotency_key, request.id)
+                raise
         except OvasError as exc:
             self.events.emit(StartRefused(exc))
             raise
-        self.events.emit(SessionStarted(session))
         self.stream_tokens([session], caller)
+        return session
+
+    @property
+    def idempotency(self) -> IdempotencyKeys:
+        """The `Idempotency-Key`s of starts, in the backend's ledger."""
+        return IdempotencyKeys(self.backend.ledger, self.idempotency_ttl, self.now)
+
+    def _replay(self, session_id: str, caller: Identity | None) -> Session:
+        """The session an earlier start with the same key made, as it is now; while that
+        start is still being made in another process, waits for it (a few seconds at
+        most). Raises `SessionNotFound` when it is gone (stopped, or removed)."""
+        for attempt in range(REPLAY_TRIES):
+            try:
+                return self.get(session_id, caller)
+            except SessionNotFound:
+                if attempt == REPLAY_TRIES - 1:
+                    raise
+                time.sleep(REPLAY_WAIT)
+        raise SessionNotFound(session_id)
+
+    def _start_or_join(self, request: SessionRequest) -> Session:
+        """Start `request` on demand, or put it in line: behind those waiting already, or
+        when the capacity or the GPUs refuse it (not the user's cap, which stays 429)."""
+        line = self._line() if self.queueing else None
+        if line is not None and line.queued:
+            return self._join(request, line, None)
+        try:
+            session = self._settle(self._start_on_demand(request))
+        except UserCapacityExceeded:
+            raise
+        except CapacityExceeded as exc:
+            if line is None:
+                raise
+            return self._join(request, self._line(), exc)
+        self.events.emit(SessionStarted(session))
         return session
 
     def _start_on_demand(self, request: SessionRequest) -> Observed:
@@ -228,7 +305,7 @@ class SessionService(WarmPoolTending):
         for observed in observations:
             if observed.record.outcome is not None:
                 continue
-            if self._settle(observed, now=now, clients=clients).state.final:
+            if self._settle(observed, now=now, clients=clients, drain=False).state.final:
                 ended = True
         return ended
 
@@ -237,9 +314,15 @@ class SessionService(WarmPoolTending):
         user's session when `caller` is not an admin (indistinguishable from a missing one)."""
         if not is_session_id(session_id):
             raise SessionNotFound(session_id[:64])
-        observed = self.backend.observe(session_id)
-        _check_owner(observed.record.username, caller, session_id)
-        session = self._settle(observed)
+        try:
+            observed = self.backend.observe(session_id)
+        except SessionNotFound:
+            session = self.queued_session(
+                session_id, lambda owner: _check_owner(owner, caller, session_id)
+            )
+        else:
+            _check_owner(observed.record.username, caller, session_id)
+            session = self._settle(observed)
         self.stream_tokens([session], caller)
         return session
 
@@ -300,15 +383,29 @@ class SessionService(WarmPoolTending):
             found = self.find(state=state, username=username, app_id=app_id, profile=profile)
             items = query.select(found)
         else:
-            now = self.now()
-            items = [d.session for d in self._decide_all(self.backend.observe_page(query), now)]
+            items = self._page(query)
         self.stream_tokens(items, caller)
         return Page(offset=offset, limit=limit, items=items)
 
-    def all(self) -> list[Session]:
-        """Every session, as decided now (for metrics and the command line); writes nothing."""
+    def _page(self, query: SessionQuery) -> list[Session]:
+        """One page, the queued starts among the backend's sessions: with none in line, the
+        backend's page alone; else the backend's sessions up to the page's end, merged."""
         now = self.now()
-        return [d.session for d in self._decide_all(self.backend.observe_all(), now)]
+        queued = [] if query.pooled else self.queued_sessions()
+        if query.username is not None:
+            queued = [s for s in queued if s.username == query.username]
+        if not queued:
+            return [d.session for d in self._decide_all(self.backend.observe_page(query), now)]
+        wide = replace(query, offset=0, limit=query.offset + query.limit)
+        found = [d.session for d in self._decide_all(self.backend.observe_page(wide), now)]
+        return query.select(found + queued)
+
+    def all(self) -> list[Session]:
+        """Every session, as decided now, with the starts waiting in line or dropped from it
+        (for metrics and the command line); writes nothing."""
+        now = self.now()
+        found = [d.session for d in self._decide_all(self.backend.observe_all(), now)]
+        return found + self.queued_sessions()
 
     def _decide_all(self, observations: list[Observed], now: datetime) -> list[Decision]:
         clients = self._clients(observations, now)
@@ -363,11 +460,26 @@ class SessionService(WarmPoolTending):
                 raise SessionNotFound(session_id[:64])
             if caller is not None and not caller.is_admin:
                 self.get(session_id, caller)
-            self.backend.stop(session_id)
+            left = self._stop_or_leave(session_id)
         except OvasError as exc:
             self.events.emit(StopRefused(exc))
             raise
+        if left:
+            self.events.emit(QueueLeft(session_id, "stopped", None))
         self.events.emit(SessionStopped(session_id))
+        self.drain()
+
+    def _stop_or_leave(self, session_id: str) -> bool:
+        """Remove the session's workload, or its place in line: True for the latter."""
+        try:
+            self.backend.stop(session_id)
+            return False
+        except SessionNotFound:
+            if self.leave_line(session_id):
+                return True
+            # It may have just left the line and started: stop that.
+            self.backend.stop(session_id)
+            return False
 
     def reap(self) -> list[str]:
         """One pass of the reaper (`reap_pass`), tending the warm pools too: the ids and
@@ -392,7 +504,7 @@ class SessionService(WarmPoolTending):
         for observed in observations:
             session_id = observed.record.id
             try:
-                session = self._settle(observed, now=now, clients=clients)
+                session = self._settle(observed, now=now, clients=clients, drain=False)
                 sessions.append(session)
                 renderings[session_id] = observed.record.rendering
                 if session.pooled:
@@ -409,11 +521,24 @@ class SessionService(WarmPoolTending):
                     self.events.emit(SessionRemoved(session_id))
             except OvasError as exc:
                 log.warning("reaping session %s: %s", session_id, exc.message)
+        # Whoever waits in line has the room that sessions ending freed before any pool.
+        _, waiting = self._drain()
+        self._expire_keys(now)
         if tend_pools:
-            removed.update(self.tend_pools(sessions, now, renderings))
+            removed.update(self.tend_pools(sessions, now, renderings, start=not waiting))
         for name in self.backend.collect(now):
             removed[name] = "it belongs to no session, or to one that has ended"
         return removed
+
+    def _expire_keys(self, now: datetime) -> None:
+        """Delete expired idempotency keys, at most every `EXPIRE_EVERY` in this process."""
+        if self._keys_expired_at is not None and now - self._keys_expired_at < EXPIRE_EVERY:
+            return
+        self._keys_expired_at = now
+        try:
+            self.idempotency.expire()
+        except (OvasError, LedgerError) as exc:
+            log.warning("expired idempotency keys cannot be deleted now: %s", exc)
 
     def _remove_once(self, session_id: str, now: datetime) -> bool:
         """Remove a session whose retention has passed, in one process only: of passes in
@@ -440,12 +565,18 @@ class SessionService(WarmPoolTending):
             ledger.delete(entry)
 
     def _settle(
-        self, observed: Observed, *, now: datetime | None = None, clients: object = _READ
+        self,
+        observed: Observed,
+        *,
+        now: datetime | None = None,
+        clients: object = _READ,
+        drain: bool = True,
     ) -> Session:
         """Decide the session, and write through the backend what the decision asks: marks,
         and the outcome of a session that has just ended. A write that fails is logged and
         left to the next reader (the decision holds meanwhile: it is made again the same).
-        `clients`: as `GatewayRules.clients` gives them, read here unless given."""
+        `clients`: as `GatewayRules.clients` gives them, read here unless given. With
+        `drain`, a session that has just ended lets the first in line start (`drain`)."""
         now = now or self.now()
         if clients is _READ:
             clients = self._clients([observed], now)
@@ -459,6 +590,8 @@ class SessionService(WarmPoolTending):
                     self.events.emit(SessionReady(decision.session, at))
             if decision.outcome is not None and self.backend.finish(session_id, decision.outcome):
                 self.events.emit(SessionEnded(decision.session))
+                if drain:
+                    self.drain()
         except OvasError as exc:
             log.warning("session %s: %s", session_id, exc.message)
         return decision.session

@@ -99,8 +99,8 @@ def test_unknown_paths_and_methods(client):
     assert "POST" in answer.headers["Allow"]
 
 
-def test_capacity_exhausted_is_503_with_retry_after(backend):
-    app = create_app({"TESTING": True, "SESSION_CAPACITY": 1}, backend=backend)
+def test_capacity_exhausted_without_a_line_is_503_with_retry_after(backend):
+    app = create_app({"TESTING": True, "SESSION_CAPACITY": 1, "QUEUE_SIZE": 0}, backend=backend)
     client = app.test_client()
     assert client.post("/streaming/stream", json=START).status_code in (200, 202)
     refused = client.post("/streaming/stream", json=START)

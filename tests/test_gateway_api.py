@@ -298,18 +298,25 @@ def test_one_ledger_list_per_request_and_none_while_a_session_starts(backend, cl
     sid = sessions.start("usd-viewer", "default", username="alice").id
     calls = backend.ledger.calls
     sessions.get(sid)
-    sessions.list()
     assert backend.ledger.calls == calls  # nothing counts clients of a starting session
+    sessions.list()
+    assert backend.ledger.calls == calls + 1  # the line of queued starts, read once
+    calls = backend.ledger.calls
     clock.advance(11)
     sessions.get(sid)
     assert backend.ledger.calls == calls + 1
     sessions.start("usd-viewer", "default", username="alice")
     clock.advance(11)
     sessions.list()
-    assert backend.ledger.calls == calls + 2
-    # Without the gateway, nothing is read.
+    assert backend.ledger.calls == calls + 3  # the clients, and the line
+    # Without the gateway, no client is counted: a get reads nothing, a list and a pass
+    # read the line alone (and a process's first pass the idempotency keys).
     plain = service_for(backend)
     plain.get(sid)
+    assert backend.ledger.calls == calls + 3
     plain.list()
+    assert backend.ledger.calls == calls + 4
     plain.reap_pass(tend_pools=False)
-    assert backend.ledger.calls == calls + 2
+    assert backend.ledger.calls == calls + 6
+    plain.reap_pass(tend_pools=False)
+    assert backend.ledger.calls == calls + 7

@@ -128,7 +128,8 @@ def test_failed_starts_and_stops_are_named_by_their_error(client, backend):
 
 def test_capacity_is_an_outcome_of_its_own():
     app = create_app(
-        {"TESTING": True, "REAP_INTERVAL": 0, "SESSION_CAPACITY": 1}, backend=FakeBackend()
+        {"TESTING": True, "REAP_INTERVAL": 0, "SESSION_CAPACITY": 1, "QUEUE_SIZE": 0},
+        backend=FakeBackend(),
     )
     metrics.init_app(app)
     client = app.test_client()

@@ -273,4 +273,4 @@ class GpuLedger:
             f"{asked}; {len(free)} of the {len(self.gpus)} GPUs ovas may use "
             f"{'is' if len(free) == 1 else 'are'} free: {listed}"
         )
-        return CapacityExceeded(message, retry_after=60)
+        return CapacityExceeded(message, retry_after=60, resource="gpu")

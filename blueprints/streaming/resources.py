@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response
+from flask import Response, request
 
 from blueprints.common import Blueprint, Resource, error_responses, sessions
 from blueprints.security import audited, current_identity, rate_limited
@@ -16,6 +16,7 @@ from blueprints.streaming.schemas import (
     StreamRequestSchema,
     StreamResponseSchema,
 )
+from ovas.idempotency import HEADER, parse_key, request_digest
 from ovas.models import Session, SessionState
 
 blp = Blueprint(
@@ -28,6 +29,16 @@ blp = Blueprint(
 # Clients poll until exactly 200; a failed or ended session answers 410 with the reason in
 # the body.
 _STATUS = {SessionState.READY: 200, SessionState.FAILED: 410, SessionState.ENDED: 410}
+_IDEMPOTENCY = {
+    HEADER: {
+        "description": "ovas: makes the start retry-safe (IETF httpapi draft "
+        "`Idempotency-Key`): the same user and key within `OVAS_IDEMPOTENCY_TTL` seconds "
+        "answer the session the first start made, as it is now, and start nothing; the "
+        "same key with another body is a 422",
+        "schema": {"type": "string", "maxLength": 257},
+        "required": False,
+    }
+}
 
 
 def _answer(session: Session, status: int) -> tuple[Session, int, dict[str, str]]:
@@ -56,26 +67,39 @@ class Streams(Resource):
         return sessions().list(**query, caller=current_identity())
 
     @blp.arguments(StreamRequestSchema())
-    @blp.response(202, StreamResponseSchema, description="The session is starting")
+    @blp.response(
+        202,
+        StreamResponseSchema,
+        description="The session is starting, or waits in line for capacity (condition "
+        "`queued`, with its `queue_position`)",
+    )
     @blp.alt_response(
         200,
         schema=StreamResponseSchema,
         description="The session is ready: a warm pool's, taken at once",
         success=True,
     )
-    @error_responses(blp, 404, 429, 503)
+    @blp.doc(parameters=[{"in": "header", "name": k, **v} for k, v in _IDEMPOTENCY.items()])
+    @error_responses(blp, 404, 422, 429, 503)
     def post(self, body):
-        """Start a session of an application version with a profile; poll it until 200"""
+        """Start a session of an application version with a profile; poll it until 200
+
+        When the capacity or the GPUs are taken, the session waits in line (202, condition
+        `queued`) and starts as soon as room frees; 503 only when the line is full or off."""
         target = {"app": body["id"], "version": body.get("version"), "profile": body["profile"]}
         with audited("session.start", **target) as record:
             rate_limited()
+            header = request.headers.get(HEADER)
+            stage = (body["arguments"] or {}).get("usd_stage_uri")
             session = sessions().start(
                 body["id"],
                 body["profile"],
                 body.get("version"),
                 username=current_identity().username,
                 caller=current_identity(),
-                usd_stage_uri=(body["arguments"] or {}).get("usd_stage_uri"),
+                usd_stage_uri=stage,
+                idempotency_key=parse_key(header) if header is not None else None,
+                request_digest=request_digest({**target, "usd_stage_uri": stage or ""}),
             )
             record["session"] = session.id
             record["version"] = session.version  # what it resolved to, when omitted

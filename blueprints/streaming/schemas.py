@@ -92,6 +92,14 @@ class StreamResponseSchema(Schema):
         },
     )
 
+    queue_position = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "ovas: while the session waits in line for capacity (condition "
+            "`queued`), its place: 1 = next; null otherwise"
+        },
+    )
+
     @pre_dump
     def _shape(self, session: Session, **kwargs) -> dict:
         return session_fields(session)
@@ -131,6 +139,7 @@ def session_fields(session: Session) -> dict:
         "expires_time": session.expires_time,
         "ended_time": session.ended_time,
         "stream_token": session.stream_token,
+        "queue_position": session.queue_position,
     }
 
 

@@ -181,6 +181,7 @@ class _Entry:
     clients: int = 0  # connected now (see `connect`)
     exited: tuple[int, datetime] | None = None  # (code, when) once the app quit
     ended: bool = False  # its workload was ended by `finish`
+    gpus: int = 0  # the GPUs its profile asks for, held while it lives
 
     def knob(self, name: str) -> str | None:
         return self.env.get(name)
@@ -207,6 +208,8 @@ class FakeBackend(Backend):
     - `fault`: sessions fail at once with this reason (and `fault_detail`);
     - `unavailable`: every call raises `BackendUnavailable`, as if the engine were down;
     - `counts_clients`: False makes `connections` None, as for an engine that cannot tell;
+    - `gpus`: the GPUs this host has (None: GPUs are not counted): a start whose profile
+      asks for more than are free is refused (`CapacityExceeded`, resource "gpu");
     - `signaling`: (host, TCP port) where the gateway reaches every ready session's
       signaling socket, e.g. a test's WebSocket echo server (default None: `host` and the
       session's signaling route port, where nothing listens).
@@ -231,6 +234,7 @@ class FakeBackend(Backend):
         fault_detail: str = "",
         unavailable: bool = False,
         counts_clients: bool = True,
+        gpus: int | None = None,
         now: Callable[[], datetime] = utcnow,
     ):
         self.catalog = catalog if catalog is not None else sample_catalog()
@@ -240,6 +244,7 @@ class FakeBackend(Backend):
         self.fault_detail = fault_detail
         self.unavailable = unavailable
         self.counts_clients = counts_clients
+        self.gpus = gpus
         self.signaling: tuple[str, int] | None = None
         self.now = now
         self._lock = threading.Lock()
@@ -295,6 +300,7 @@ class FakeBackend(Backend):
                     )
             else:
                 self._admit_user(live, request.username, request.user_capacity)
+            self._admit_gpus(live, request.kit.gpus)
             entry = _Entry(
                 Record.of(request),
                 self.now(),
@@ -302,6 +308,7 @@ class FakeBackend(Backend):
                 (request.kit.signaling_port, request.kit.media_port),
                 request.kit.image,
                 request.kit.env_dict,
+                gpus=request.kit.gpus,
             )
             self._next_port += 2
             self._sessions[request.id] = entry
@@ -330,6 +337,18 @@ class FakeBackend(Backend):
                 return False
             entry.record = changed
             return True
+
+    def _admit_gpus(self, live: list[_Entry], asked: int) -> None:
+        if self.gpus is None or not asked:
+            return
+        held = sum(e.gpus for e in live)
+        if held + asked > self.gpus:
+            free = self.gpus - held
+            raise CapacityExceeded(
+                f"The profile asks for {asked} GPU(s); {free} of {self.gpus} are free",
+                retry_after=60,
+                resource="gpu",
+            )
 
     @staticmethod
     def _admit_user(live: list[_Entry], username: str, capacity: int) -> None:
@@ -381,6 +400,10 @@ class FakeBackend(Backend):
     def connect(self, session_id: str) -> None:
         """A client connects to the session's signaling port."""
         self._entry(session_id).clients += 1
+
+    def quit(self, session_id: str, code: int = 0) -> None:
+        """The session's app exits with `code` now, as if by itself."""
+        self._entry(session_id).exited = (code, self.now())
 
     def disconnect(self, session_id: str) -> None:
         """A client leaves; with `STANDIN_QUIT_ON_LEAVE=1` the app then quits (code 0), as a

@@ -1,0 +1,557 @@
+"""Queued starts: a start that the shared capacity or the GPUs cannot admit now waits in line
+instead of being refused, and starts as soon as what it needs frees.
+
+The line is records in the backend's ledger (`ovas.ledger`), so every worker and replica
+reads one order and none starts a queued session twice:
+
+- `queue.<session id>`: one per queued start: what was asked (app, resolved version,
+  profile, user, stage), when it joined the line (`queued`, the order: first in, first
+  started, ties by id) and when its status was last asked for (`polled`). A start that
+  leaves the line by starting has its record deleted; one dropped (abandoned, or refused
+  by the catalog or the engine once its turn came) keeps it as its outcome for the
+  retention, like any ended session.
+- `queue-line`: who is starting queued sessions now (one process at a time, `HOLD` at most
+  before another takes over), and when the last `HISTORY` starts left the line, which gives
+  the wait a place in line is told to expect.
+
+A drain walks the line in order. A start the GPUs refuse holds up only the starts of the same
+profile and GPU need behind it; one the shared capacity refuses ends the drain. Sessions leave
+the line at once when a session ends or is stopped, and on every reaper pass. A queued session
+holds no GPU, port or slot; the start timeout counts from the moment it leaves the line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from ovas.errors import (
+    BackendUnavailable,
+    CapacityExceeded,
+    OvasError,
+    SessionNotFound,
+    UserCapacityExceeded,
+)
+from ovas.events import QueueJoined, QueueLeft, SessionStarted
+from ovas.ledger import Entry, Ledger, LedgerError, RecordCodec, UnknownFormat
+from ovas.models import Reason, Session, SessionRequest, SessionState
+
+log = logging.getLogger("ovas.queue")
+
+PREFIX = "queue."  # one record per queued start: `queue.<session id>`
+LINE = "queue-line"  # the drain's hold and the history of starts from the line
+LISTED = "queue"  # the prefix listing both at once
+START = RecordCodec("queued-start", current=1, readers={1: dict})
+LINE_RECORD = RecordCodec("queue-line", current=1, readers={1: dict})
+HOLD = timedelta(seconds=60)  # a drain's hold on the line, taken over once this old
+HISTORY = 20  # starts from the line remembered for the wait's estimate
+POLL_WRITE_EVERY = timedelta(seconds=30)  # at most, between two writes of `polled`
+TICK = timedelta(microseconds=1)
+QUEUED = "queued"
+DROPPED = "dropped"
+WAITS_FOR = {"gpu": "a free GPU", "slot": "a free session slot"}
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One queued start, as its ledger record holds it."""
+
+    id: str
+    app_id: str
+    version: str
+    profile: str
+    username: str
+    usd_stage_uri: str
+    queued: datetime  # when it joined the line: its place
+    polled: datetime  # when its status was last asked for
+    gpus: int  # the GPUs its profile asks for
+    waits: str  # what it waits for: "gpu" or "slot"
+    state: str = QUEUED  # or DROPPED: it left the line without starting
+    reason: Reason | None = None  # DROPPED: why
+    message: str = ""
+    ended: datetime | None = None
+    entry: Entry | None = None
+
+    @property
+    def line(self) -> tuple[str, int]:
+        """What it is ordered with: starts of one profile and GPU need start in order."""
+        return self.profile, self.gpus
+
+    def fields(self) -> dict[str, str]:
+        data = {
+            "id": self.id,
+            "app": self.app_id,
+            "version": self.version,
+            "profile": self.profile,
+            "username": self.username,
+            "stage": self.usd_stage_uri,
+            "queued": self.queued.isoformat(),
+            "polled": self.polled.isoformat(),
+            "gpus": str(self.gpus),
+            "waits": self.waits,
+            "state": self.state,
+        }
+        if self.state == DROPPED:
+            data.update(
+                reason=self.reason.value if self.reason else "",
+                message=self.message[:3000],
+                ended=self.ended.isoformat() if self.ended else "",
+            )
+        return data
+
+    @classmethod
+    def read(cls, entry: Entry) -> Waiting:
+        """Raises `UnknownFormat`, KeyError or ValueError for a record it cannot read."""
+        data = START.decode(entry)
+        dropped = data["state"] == DROPPED
+        return cls(
+            id=data["id"],
+            app_id=data["app"],
+            version=data["version"],
+            profile=data["profile"],
+            username=data["username"],
+            usd_stage_uri=data.get("stage", ""),
+            queued=datetime.fromisoformat(data["queued"]),
+            polled=datetime.fromisoformat(data["polled"]),
+            gpus=int(data.get("gpus", "0")),
+            waits=data.get("waits", "slot"),
+            state=data["state"],
+            reason=Reason(data["reason"]) if dropped else None,
+            message=data.get("message", ""),
+            ended=datetime.fromisoformat(data["ended"]) if dropped else None,
+            entry=entry,
+        )
+
+    def session(self, position: int | None, estimate: str = "") -> Session:
+        """As clients see it: QUEUED at `position` (1 = next), or ended as dropped."""
+        common = {
+            "id": self.id,
+            "app_id": self.app_id,
+            "version": self.version,
+            "profile": self.profile,
+            "username": self.username,
+            "created_time": self.queued,
+        }
+        if self.state == DROPPED:
+            state = SessionState.FAILED if self.reason and self.reason.fault else SessionState.ENDED
+            return Session(
+                **common,
+                state=state,
+                message=self.message,
+                reason=self.reason,
+                connected=False,
+                ended_time=self.ended,
+            )
+        text = f"Waiting for {WAITS_FOR.get(self.waits, WAITS_FOR['slot'])}: "
+        text += f"{ordinal(position or 1)} in line"
+        if estimate:
+            text += f" ({estimate})"
+        return Session(**common, state=SessionState.QUEUED, message=text, queue_position=position)
+
+
+def ordinal(n: int) -> str:
+    """1 -> "1st", 2 -> "2nd", 11 -> "11th", 23 -> "23rd"."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def estimate(position: int, starts: list[datetime]) -> str:
+    """About how long the `position`-th in line waits, from when the last starts left the
+    line (`starts`, oldest first): "" with fewer than two to go on."""
+    if len(starts) < 2 or starts[-1] <= starts[0]:
+        return ""
+    every = (starts[-1] - starts[0]).total_seconds() / (len(starts) - 1)
+    seconds = position * every
+    if seconds < 90:
+        return "about a minute"
+    minutes = round(seconds / 60)
+    if minutes < 120:
+        return f"about {minutes} minutes"
+    return f"about {round(minutes / 60)} hours"
+
+
+@dataclass
+class Line:
+    """The line as one ledger listing read it: the starts (queued and dropped), and the
+    `queue-line` record (None when there is none yet)."""
+
+    starts: list[Waiting]
+    hold: Entry | None
+
+    @property
+    def queued(self) -> list[Waiting]:
+        """The starts waiting, first in line first."""
+        waiting = [w for w in self.starts if w.state == QUEUED]
+        return sorted(waiting, key=lambda w: (w.queued, w.id))
+
+    def position(self, session_id: str) -> int | None:
+        """1 for the next in line; None when `session_id` is not waiting."""
+        for place, waiting in enumerate(self.queued, 1):
+            if waiting.id == session_id:
+                return place
+        return None
+
+    def history(self) -> list[datetime]:
+        """When the last starts left the line, oldest first."""
+        if self.hold is None:
+            return []
+        try:
+            text = LINE_RECORD.decode(self.hold).get("starts", "")
+            return [datetime.fromisoformat(t) for t in text.split(",") if t]
+        except (UnknownFormat, ValueError):
+            return []
+
+    def session(self, waiting: Waiting) -> Session:
+        position = self.position(waiting.id)
+        return waiting.session(position, estimate(position or 1, self.history()))
+
+
+def read_line(ledger: Ledger) -> Line:
+    """The line, from one ledger listing. Records of a format this release cannot read are
+    left alone (and logged)."""
+    starts, hold = [], None
+    for entry in ledger.list(LISTED):
+        if entry.name == LINE:
+            hold = entry
+        elif entry.name.startswith(PREFIX):
+            try:
+                starts.append(Waiting.read(entry))
+            except (UnknownFormat, KeyError, ValueError) as exc:
+                log.warning("leaving the queued start %s alone: %s", entry.name, exc)
+    return Line(starts, hold)
+
+
+class QueueTending:
+    """Queued starts, for `SessionService`: uses its `backend`, `events`, `now`,
+    `queue_size`, `abandon_timeout`, `retention`, `user_capacity`, `build_request`,
+    `_start_on_demand`, `_from_pool` and `_settle`."""
+
+    queue_size: int
+    abandon_timeout: timedelta
+
+    @property
+    def queueing(self) -> bool:
+        """True when starts wait in line (`OVAS_QUEUE_SIZE` > 0)."""
+        return self.queue_size > 0
+
+    def _line(self) -> Line:
+        return read_line(self.backend.ledger)
+
+    def _join(self, request: SessionRequest, line: Line, refused: CapacityExceeded | None):
+        """Put `request` in line (after those waiting already), then start what can start
+        (`drain`). Returns the session as it is then: QUEUED, or started. Raises `refused`
+        (or a `CapacityExceeded` of its own) when the line is full, `UserCapacityExceeded`
+        when the user's live and queued sessions reach `user_capacity`."""
+        queued = line.queued
+        if len(queued) >= self.queue_size:
+            raise refused or CapacityExceeded(
+                f"All {self.queue_size} places in line for a session are taken; try again later"
+            )
+        self._admit_user(request, queued)
+        # After everyone in line, even on a clock that has not moved since they joined.
+        now = max([self.now(), *(w.queued + TICK for w in line.starts)])
+        waiting = Waiting(
+            id=request.id,
+            app_id=request.app.id,
+            version=request.version.version,
+            profile=request.profile.id,
+            username=request.username,
+            usd_stage_uri=request.usd_stage_uri or "",
+            queued=now,
+            polled=now,
+            gpus=request.kit.gpus,
+            waits=refused.resource if refused is not None else self._waits_for(request, line),
+        )
+        try:
+            self.backend.ledger.create(f"{PREFIX}{request.id}", START.encode(waiting.fields()))
+        except LedgerError as exc:  # a stage URI too long for a record
+            raise CapacityExceeded(
+                f"{refused.message if refused else 'No capacity'}; and this start cannot wait "
+                f"in line: {exc}"
+            ) from None
+        log.info(
+            "session %s of %s waits in line for %s", request.id, request.username, waiting.waits
+        )
+        self.events.emit(QueueJoined(request.id, request.profile.id))
+        self.drain()
+        return self._queued_or_started(request.id)
+
+    def _waits_for(self, request: SessionRequest, line: Line) -> str:
+        same = [w for w in line.queued if w.line == (request.profile.id, request.kit.gpus)]
+        return same[-1].waits if same else "slot"
+
+    def _admit_user(self, request: SessionRequest, queued: list[Waiting]) -> None:
+        """The per-user cap counts a user's queued starts with their live sessions."""
+        if not self.user_capacity or not request.username:
+            return
+        waiting = sum(1 for w in queued if w.username == request.username)
+        live = sum(
+            1
+            for r in self.backend.records()
+            if r.username == request.username and r.outcome is None and not r.pooled
+        )
+        if live + waiting >= self.user_capacity:
+            raise UserCapacityExceeded(
+                f"User '{request.username}' already has {live} sessions and {waiting} "
+                "waiting in line, the most allowed; stop one and try again"
+            )
+
+    def _queued_or_started(self, session_id: str) -> Session:
+        try:
+            return self._settle(self.backend.observe(session_id))
+        except SessionNotFound:
+            pass
+        line = self._line()
+        found = next((w for w in line.starts if w.id == session_id), None)
+        if found is None:
+            raise SessionNotFound(session_id)
+        return line.session(found)
+
+    def queued_session(self, session_id: str, owner_check) -> Session:
+        """A session that is not (or not yet) in the backend: waiting in line, or dropped
+        from it, as its record says; asking counts as polling it (it is not abandoned).
+        `owner_check(username)` raises for a caller who may not see it. Raises
+        `SessionNotFound`."""
+        line = self._line()
+        found = next((w for w in line.starts if w.id == session_id), None)
+        if found is None:
+            # It may have left the line for the backend since the backend was asked.
+            observed = self.backend.observe(session_id)
+            owner_check(observed.record.username)
+            return self._settle(observed)
+        owner_check(found.username)
+        if found.state == QUEUED:
+            self._polled(found)
+        return line.session(found)
+
+    def queued_sessions(self) -> list[Session]:
+        """Every start waiting in line or dropped from it, as clients see them (one ledger
+        call); none when the ledger cannot be read."""
+        try:
+            line = self._line()
+        except (OvasError, LedgerError) as exc:
+            log.warning("the queued starts cannot be read: %s", exc)
+            return []
+        return [line.session(w) for w in line.starts]
+
+    def _polled(self, waiting: Waiting) -> None:
+        """Remember that someone asked for `waiting`'s status, at most every
+        `POLL_WRITE_EVERY` (a fraction of the abandon timeout): a lost race is no matter,
+        the other writer wrote the same."""
+        now = self.now()
+        every = min(POLL_WRITE_EVERY, self.abandon_timeout / 6)
+        if waiting.entry is None or now - waiting.polled < every:
+            return
+        fresh = replace(waiting, polled=now, entry=None)
+        try:
+            self.backend.ledger.replace(waiting.entry, START.encode(fresh.fields()))
+        except (OvasError, LedgerError) as exc:
+            log.warning("session %s: its poll cannot be recorded: %s", waiting.id, exc)
+
+    def leave_line(self, session_id: str) -> bool:
+        """Take `session_id` out of the line (DELETE), whatever its state. True if it was
+        there."""
+        return self.backend.ledger.delete(f"{PREFIX}{session_id}")
+
+    # Draining
+
+    def drain(self) -> list[str]:
+        """Start what can start now, first in line first, in one process at a time (others
+        ask the holder to go round again); drop starts nobody has polled for the abandon
+        timeout, and remove dropped ones past their retention. Returns the ids started.
+        Never raises: what it cannot do now, a later drain does. One ledger call when
+        nobody waits."""
+        return self._drain()[0]
+
+    def _drain(self) -> tuple[list[str], bool]:
+        """`drain`, and whether starts still wait in line after it (as far as it saw)."""
+        started: list[str] = []
+        waiting = False
+        token = uuid.uuid4().hex
+        try:
+            line = self._line()
+            if not line.starts:
+                return started, False
+            waiting = bool(line.queued)
+            hold = self._hold(line.hold, token)
+            while hold is not None:
+                times, waiting = self._drain_once(started)
+                hold = self._release(hold, token, times)
+        except (OvasError, LedgerError) as exc:
+            log.warning("the line of queued starts cannot be drained now: %s", exc)
+        return started, waiting
+
+    def _hold(self, entry: Entry | None, token: str) -> Entry | None:
+        """Take the line for this drain: its entry, or None when another process holds it
+        (which this asks to go round again) or the ledger kept changing."""
+        ledger = self.backend.ledger
+        for _ in range(8):
+            now = self.now()
+            if entry is None:
+                made = ledger.create(LINE, LINE_RECORD.encode(_line_fields(token, now, "0", "")))
+                if made is not None:
+                    return made
+                entry = ledger.get(LINE)
+                continue
+            try:
+                data = LINE_RECORD.decode(entry)
+            except UnknownFormat as exc:
+                # A newer release's line: left alone, and this one does not drain meanwhile.
+                log.warning("leaving the line to a newer release: %s", exc)
+                return None
+            held = data.get("holder") and data["holder"] != token
+            if held and now < _until(data):
+                again = str(int(data.get("again", "0") or 0) + 1)
+                fields = {**data, "again": again}
+                if ledger.replace(entry, LINE_RECORD.encode(fields)) is not None:
+                    return None
+            else:
+                fields = _line_fields(token, now, data.get("again", "0"), data.get("starts", ""))
+                taken = ledger.replace(entry, LINE_RECORD.encode(fields))
+                if taken is not None:
+                    return taken
+            entry = ledger.get(LINE)
+        return None
+
+    def _release(self, hold: Entry, token: str, times: list[datetime]) -> Entry | None:
+        """Give the line back, adding `times` to its history: None when given back (or
+        taken over meanwhile); the entry, still held, when another process asked for a
+        drain meanwhile, so the caller goes round again."""
+        ledger = self.backend.ledger
+        entry: Entry | None = hold
+        while entry is not None:
+            try:
+                data = LINE_RECORD.decode(entry)
+            except UnknownFormat:
+                return None  # a newer release took the line over
+            if data.get("holder") != token:
+                return None  # taken over: the new holder drains
+            starts = [t for t in data.get("starts", "").split(",") if t]
+            starts = [*starts, *(t.isoformat() for t in times)][-HISTORY:]
+            if entry.version == hold.version:
+                fields = {**data, "holder": "", "until": "", "starts": ",".join(starts)}
+                if ledger.replace(entry, LINE_RECORD.encode(fields)) is not None:
+                    return None
+            else:
+                fields = _line_fields(token, self.now(), data.get("again", "0"), ",".join(starts))
+                again = ledger.replace(entry, LINE_RECORD.encode(fields))
+                if again is not None:
+                    return again
+            times = []
+            entry = ledger.get(LINE)
+        return None
+
+    def _drain_once(self, started: list[str]) -> tuple[list[datetime], bool]:
+        """One walk of the line: the times starts left it, and whether any still waits."""
+        line = self._line()
+        if not line.starts:
+            return [], False
+        now = self.now()
+        existing = {r.id for r in self.backend.records()}
+        times: list[datetime] = []
+        blocked: set[tuple[str, int]] = set()
+        full = left = False
+        for waiting in line.starts:
+            if waiting.state != QUEUED:
+                self._forget_dropped(waiting, now)
+        for waiting in line.queued:
+            if waiting.id in existing:
+                # It started, and the process that started it stopped before it left the line.
+                self.backend.ledger.delete(waiting.entry)
+                continue
+            if now - waiting.polled >= self.abandon_timeout:
+                seconds = self.abandon_timeout.total_seconds()
+                self._drop(
+                    waiting,
+                    Reason.ABANDONED,
+                    f"Ended: nobody asked for the session's status for {seconds:.0f} seconds "
+                    "while it waited in line",
+                    now,
+                )
+                continue
+            if full or waiting.line in blocked:
+                left = True
+                continue
+            outcome = self._start_waiting(waiting, now)
+            if outcome == "started":
+                started.append(waiting.id)
+                times.append(now)
+            elif outcome != "dropped":
+                left = True
+                full = full or outcome == "full"
+                if outcome == "gpu":
+                    blocked.add(waiting.line)
+        return times, left
+
+    def _start_waiting(self, waiting: Waiting, now: datetime) -> str:
+        """Start one queued session: "started", "gpu" or "full" (it waits on), "user" (its
+        user is at their cap: it waits on, holding up nobody), or "dropped"."""
+        try:
+            request = self.build_request(
+                waiting.app_id,
+                waiting.profile,
+                waiting.version,
+                username=waiting.username,
+                usd_stage_uri=waiting.usd_stage_uri or None,
+                now=now,
+                session_id=waiting.id,
+            )
+        except OvasError as exc:
+            self._drop(waiting, Reason.CREATE_FAILED, _refused(exc), now)
+            return "dropped"
+        try:
+            observed = self._start_on_demand(request)
+        except UserCapacityExceeded:
+            return "user"
+        except CapacityExceeded as exc:
+            return "gpu" if exc.resource == "gpu" else "full"
+        except BackendUnavailable:
+            raise
+        except OvasError as exc:
+            self._drop(waiting, Reason.CREATE_FAILED, _refused(exc), now)
+            return "dropped"
+        if not self.backend.ledger.delete(waiting.entry) and not self.leave_line(waiting.id):
+            # Stopped (DELETE) while it was being started: it must not run.
+            log.info("session %s was stopped as it left the line; removing it", waiting.id)
+            with contextlib.suppress(SessionNotFound):
+                self.backend.stop(waiting.id)
+            return "dropped"
+        session = self._settle(observed, now=now, drain=False)
+        wait = max(0.0, (now - waiting.queued).total_seconds())
+        log.info("session %s left the line after %.1f s and starts", waiting.id, wait)
+        self.events.emit(QueueLeft(waiting.id, "started", wait))
+        self.events.emit(SessionStarted(session))
+        return "started"
+
+    def _drop(self, waiting: Waiting, reason: Reason, message: str, now: datetime) -> None:
+        dropped = replace(
+            waiting, state=DROPPED, reason=reason, message=message, ended=now, entry=None
+        )
+        if self.backend.ledger.replace(waiting.entry, START.encode(dropped.fields())) is None:
+            return  # polled or stopped meanwhile: the next drain decides again
+        log.info("session %s left the line: %s", waiting.id, message)
+        wait = max(0.0, (now - waiting.queued).total_seconds())
+        self.events.emit(QueueLeft(waiting.id, reason.value, wait))
+
+    def _forget_dropped(self, waiting: Waiting, now: datetime) -> None:
+        expired = waiting.ended is not None and now >= waiting.ended + self.retention
+        if expired and self.backend.ledger.delete(waiting.entry):
+            log.info("removed session %s, dropped from the line", waiting.id)
+
+
+def _refused(exc: OvasError) -> str:
+    return f"The session could not start when its turn in line came: {exc.message}"
+
+
+def _line_fields(token: str, now: datetime, again: str, starts: str) -> dict[str, str]:
+    return {"holder": token, "until": (now + HOLD).isoformat(), "again": again, "starts": starts}
+
+
+def _until(data: dict[str, str]) -> datetime:
+    try:
+        return datetime.fromisoformat(data.get("until", ""))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)

@@ -66,17 +66,17 @@ class WarmPoolTending:
         except OvasError:
             return None
 
-    def _from_pool(self, request: SessionRequest) -> Session | None:
+    def _from_pool(self, request: SessionRequest, *, quiet: bool = False) -> Session | None:
         """A ready session of a warm pool `request` matches, started from the catalog's
         rendering now, claimed for its user at once; None (a miss, told to `events` for
-        each pool matched) when there is none to take."""
+        each pool matched unless `quiet`) when there is none to take."""
         if not type(self.backend).keeps_warm_pools:
             return None  # and the catalog's pools are not even read
         matched, digest = self._matching_pools(request)
         if not matched:
             return None
         if request.usd_stage_uri and request.usd_stage_uri != self._pool_stage(request):
-            self._missed(matched, pools.MISS_STAGE)
+            self._missed(matched, pools.MISS_STAGE, quiet)
             return None
         names = {pool.name for pool in matched}
         candidates = [
@@ -90,7 +90,7 @@ class WarmPoolTending:
             and Mark.READY in r.marks
         ]
         if not candidates:
-            self._missed(matched, pools.MISS_NONE_READY)
+            self._missed(matched, pools.MISS_NONE_READY, quiet)
             return None
         now = self.now()
         # In a random order, so that starts at once in several processes rarely collide.
@@ -117,10 +117,12 @@ class WarmPoolTending:
                 if session.ready:
                     self.events.emit(SessionReady(session, now))
                 return session
-        self._missed(matched, pools.MISS_TAKEN)
+        self._missed(matched, pools.MISS_TAKEN, quiet)
         return None
 
-    def _missed(self, matched: list[WarmPool], reason: str) -> None:
+    def _missed(self, matched: list[WarmPool], reason: str, quiet: bool = False) -> None:
+        if quiet:
+            return
         for pool in matched:
             self.events.emit(PoolMissed(pool.name, reason))
 

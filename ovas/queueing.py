@@ -52,6 +52,7 @@ POLL_WRITE_EVERY = timedelta(seconds=30)  # at most, between two writes of `poll
 TICK = timedelta(microseconds=1)
 QUEUED = "queued"
 DROPPED = "dropped"
+SERVED = "served"
 WAITS_FOR = {"gpu": "a free GPU", "slot": "a free session slot"}
 
 
@@ -69,8 +70,11 @@ class Waiting:
     polled: datetime  # when its status was last asked for
     gpus: int  # the GPUs its profile asks for
     waits: str  # what it waits for: "gpu" or "slot"
-    state: str = QUEUED  # or DROPPED: it left the line without starting
+    # Or DROPPED: it left the line without starting; or SERVED: a warm pool's session
+    # (`served`) was handed to it, which its id now stands for.
+    state: str = QUEUED
     reason: Reason | None = None  # DROPPED: why
+    served: str = ""  # SERVED: the id of the pool's session it was given
     message: str = ""
     ended: datetime | None = None
     entry: Entry | None = None
@@ -94,6 +98,8 @@ class Waiting:
             "waits": self.waits,
             "state": self.state,
         }
+        if self.state == SERVED:
+            data["served"] = self.served
         if self.state == DROPPED:
             data.update(
                 reason=self.reason.value if self.reason else "",
@@ -119,6 +125,7 @@ class Waiting:
             gpus=int(data.get("gpus", "0")),
             waits=data.get("waits", "slot"),
             state=data["state"],
+            served=data.get("served", ""),
             reason=Reason(data["reason"]) if dropped else None,
             message=data.get("message", ""),
             ended=datetime.fromisoformat(data["ended"]) if dropped else None,
@@ -323,6 +330,8 @@ class QueueTending:
             owner_check(observed.record.username)
             return self._settle(observed)
         owner_check(found.username)
+        if found.state == SERVED:
+            return self._settle(self.backend.observe(found.served))
         if found.state == QUEUED:
             self._polled(found)
         return line.session(found)
@@ -335,7 +344,7 @@ class QueueTending:
         except (OvasError, LedgerError) as exc:
             log.warning("the queued starts cannot be read: %s", exc)
             return []
-        return [line.session(w) for w in line.starts]
+        return [line.session(w) for w in line.starts if w.state != SERVED]
 
     def _polled(self, waiting: Waiting) -> None:
         """Remember that someone asked for `waiting`'s status, at most every
@@ -352,9 +361,17 @@ class QueueTending:
             log.warning("session %s: its poll cannot be recorded: %s", waiting.id, exc)
 
     def leave_line(self, session_id: str) -> bool:
-        """Take `session_id` out of the line (DELETE), whatever its state. True if it was
-        there."""
-        return self.backend.ledger.delete(f"{PREFIX}{session_id}")
+        """Take `session_id` out of the line (DELETE), whatever its state; a warm pool's
+        session it was given is stopped too. True if it was there."""
+        ledger = self.backend.ledger
+        entry = ledger.get(f"{PREFIX}{session_id}")
+        if entry is None or not ledger.delete(entry.name):
+            return False
+        with contextlib.suppress(UnknownFormat, KeyError, ValueError, SessionNotFound):
+            served = Waiting.read(entry).served
+            if served:
+                self.backend.stop(served)
+        return True
 
     # Draining
 
@@ -455,8 +472,10 @@ class QueueTending:
         blocked: set[tuple[str, int]] = set()
         full = left = False
         for waiting in line.starts:
-            if waiting.state != QUEUED:
+            if waiting.state == DROPPED:
                 self._forget_dropped(waiting, now)
+            elif waiting.state == SERVED and waiting.served not in existing:
+                self.backend.ledger.delete(waiting.entry)  # what it stood for is gone
         for waiting in line.queued:
             if waiting.id in existing:
                 # It started, and the process that started it stopped before it left the line.
@@ -502,6 +521,8 @@ class QueueTending:
         except OvasError as exc:
             self._drop(waiting, Reason.CREATE_FAILED, _refused(exc), now)
             return "dropped"
+        if self._serve_from_pool(waiting, request, now):
+            return "started"
         try:
             observed = self._start_on_demand(request)
         except UserCapacityExceeded:
@@ -525,6 +546,39 @@ class QueueTending:
         self.events.emit(QueueLeft(waiting.id, "started", wait))
         self.events.emit(SessionStarted(session))
         return "started"
+
+    def _serve_from_pool(self, waiting: Waiting, request: SessionRequest, now: datetime) -> bool:
+        """Hand `waiting` a ready session of a warm pool it matches, if there is one: its
+        record then stands for that session (GET and DELETE of its id reach it)."""
+        session = self._from_pool(request, quiet=True)
+        if session is None:
+            return False
+        served = replace(waiting, state=SERVED, served=session.id, entry=None)
+        if self.backend.ledger.replace(waiting.entry, START.encode(served.fields())) is None:
+            # Polled meanwhile (still here: record it), or stopped (then it must not run).
+            held = self.backend.ledger.get(f"{PREFIX}{waiting.id}")
+            fresh = Waiting.read(held) if held is not None else None
+            if (
+                fresh is None
+                or fresh.state != QUEUED
+                or self.backend.ledger.replace(
+                    held, START.encode(replace(fresh, state=SERVED, served=session.id).fields())
+                )
+                is None
+            ):
+                with contextlib.suppress(SessionNotFound):
+                    self.backend.stop(session.id)
+                return False
+        wait = max(0.0, (now - waiting.queued).total_seconds())
+        log.info(
+            "session %s left the line after %.1f s for warm pool session %s",
+            waiting.id,
+            wait,
+            session.id,
+        )
+        self.events.emit(QueueLeft(waiting.id, "started", wait))
+        self.events.emit(SessionStarted(session))
+        return True
 
     def _drop(self, waiting: Waiting, reason: Reason, message: str, now: datetime) -> None:
         dropped = replace(

@@ -353,3 +353,28 @@ def test_queued_sessions_are_listed_by_state(clock):
     listed = client.get(f"{URL}?state=queued").json["items"]
     assert [s["status"]["condition"] for s in listed] == ["queued"]
     assert SessionState.QUEUED.value == "queued"
+
+
+def test_a_queued_start_a_warm_pool_can_serve_is_served_from_it(clock):
+    from dataclasses import replace as replaced
+
+    from support.fake_pools import POOL, catalog_with_pool
+
+    backend = FakeBackend(catalog_with_pool(), now=clock)
+    app = create_app({"TESTING": True, "REAP_INTERVAL": 0, "SESSION_CAPACITY": 1}, backend=backend)
+    client = app.test_client()
+    service = app.extensions["ovas"].sessions
+    post(client)
+    queued = post(client).json
+    assert queued["status"]["condition"] == "queued"
+    # A pooled session gets ready while the start waits (started past the capacity here).
+    request = service.build_request("usd-viewer", "default", "latest", pool=POOL)
+    pooled = backend.start(replaced(request, capacity=0)).record.id
+    service.reap_pass(tend_pools=False)  # sees it ready, then walks the line
+    served = client.get(f"{URL}/{queued['id']}")
+    assert served.status_code == 200, served.json
+    assert served.json["id"] == pooled and served.json["username"] == queued["username"]
+    assert not backend.observe(pooled).record.pooled
+    assert client.delete(f"{URL}/{queued['id']}").status_code == 204
+    assert client.get(f"{URL}/{pooled}").status_code == 404
+    assert not backend.ledger.list(PREFIX)

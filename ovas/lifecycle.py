@@ -165,7 +165,7 @@ class Observation:
     exit_code: int | None = None  # EXITED
     oom: bool = False  # EXITED: killed for want of memory
     fault: Reason | None = None  # FAULT
-    finished_time: datetime | None = None  # EXITED: when the process ended
+    finished_time: datetime | None = None  # EXITED, FAULT: when the process ended, if known
     host: str | None = None  # where clients connect, once known
     routes: tuple[Route, ...] = ()
     connections: int | None = None  # clients on the signaling port; None: cannot tell
@@ -267,7 +267,8 @@ def _ending(
     failed, ended = SessionState.FAILED, SessionState.ENDED
     if seen.stage is Stage.FAULT:
         reason = seen.fault or Reason.CREATE_FAILED
-        return Outcome(failed, reason, message(reason, detail=seen.detail), now)
+        when = seen.finished_time or now
+        return Outcome(failed, reason, message(reason, detail=seen.detail), when)
     if seen.stage is Stage.EXITED:
         when = seen.finished_time or now
         if seen.exit_code == 0 and ready_at is not None and not seen.oom:

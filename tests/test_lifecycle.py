@@ -103,6 +103,20 @@ def test_a_fault_the_engine_reports_fails_at_once_in_its_own_words():
     decision = decide(Observed(record(), seen), at(1))
     assert decision.session.reason is Reason.IMAGE_PULL
     assert decision.session.message == "The Kit image could not be pulled: manifest unknown"
+    assert decision.outcome.ended_time == at(1)
+
+
+def test_a_fault_that_says_when_the_app_stopped_ends_then():
+    seen = Observation(
+        Stage.FAULT, fault=Reason.NODE_LOST, detail="the engine restarted", finished_time=at(70)
+    )
+    decision = decide(Observed(record(ready=40), seen), at(80))
+    assert (decision.session.state, decision.session.reason) == (
+        SessionState.FAILED,
+        Reason.NODE_LOST,
+    )
+    assert decision.session.message == "The session's node was lost: the engine restarted"
+    assert decision.outcome.ended_time == at(70)
 
 
 def test_nobody_connecting_ends_it_at_the_connect_timeout_after_readiness():

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Self
 
@@ -322,9 +323,11 @@ class DockerBackend(Backend):
                     counts[sid] = self._pool.submit(self._count, entry, settled)
             elif entry.container is not None and entry.container.ended:
                 exits[sid] = self._pool.submit(self._exit, entry.container.container_id)
-        pending = [*probes_.values(), *counts.values(), *exits.values()]
+        started = self._pool.submit(self._engine_started) if exits else None
+        pending = [*probes_.values(), *counts.values(), *exits.values(), *filter(None, [started])]
         if pending:
             wait_futures(pending, timeout=PROBE_BUDGET)
+        engine_started = _result(started, None)
         found = []
         for entry in entries:
             sid = entry.session_id
@@ -338,7 +341,7 @@ class DockerBackend(Backend):
                 probe_ok=_result(probes_.get(sid), False),
                 connections=_result(counts.get(sid), None),
                 progress=progress,
-                exit_info=_result(exits.get(sid), None),
+                exit_info=_exit_info(_result(exits.get(sid), None), engine_started),
             )
             found.append(Observed(seen.record_of(entry), observation))
         return found
@@ -377,6 +380,9 @@ class DockerBackend(Backend):
             finished=_docker_time(state.get("FinishedAt", "")),
             logs=tuple(self.engine.logs(container_id, tail=5)),
         )
+
+    def _engine_started(self) -> datetime | None:
+        return _docker_time(self.engine.started())
 
     # What the lifecycle asks to keep
 
@@ -564,6 +570,11 @@ def _result(future: Future | None, default):
     if future is None or not future.done() or future.exception() is not None:
         return default
     return future.result()
+
+
+def _exit_info(info: seen.Exit | None, engine_started: datetime | None) -> seen.Exit | None:
+    """`info` with when the engine last started, read once per observation."""
+    return replace(info, engine_started=engine_started) if info is not None else None
 
 
 def _docker_time(text: str) -> datetime | None:

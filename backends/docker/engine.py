@@ -318,6 +318,18 @@ class Engine:
             except docker.errors.NotFound:
                 return {}
 
+    def started(self) -> str:
+        """When the engine last started, as its own clock says (RFC 3339), or "" where it
+        cannot tell. It is the creation of its default `bridge` network, which dockerd
+        deletes and makes again at every start, except when it restores running containers
+        (live-restore, which stops none); a daemon run with `--bridge=none` has none."""
+        api = self.api()
+        with self.translated():
+            try:
+                return str(api.inspect_network("bridge").get("Created") or "")
+            except docker.errors.NotFound:
+                return ""
+
     def logs(self, container_id: str, tail: int) -> list[str]:
         """A container's last `tail` log lines, stdout and stderr, as `output_lines` cuts
         them; [] if it is gone."""

@@ -220,6 +220,15 @@ class Exit:
     error: str = ""  # the engine's own error, if any
     finished: datetime | None = None
     logs: tuple[str, ...] = ()
+    engine_started: datetime | None = None  # when the engine last started, if it can tell
+
+    @property
+    def stopped_by_engine(self) -> bool:
+        """True when the container ended before the engine's last start: a daemon stopping
+        without live-restore stops every container it runs, and the container keeps no
+        other trace of that (its app may even exit 0 on the engine's SIGTERM)."""
+        started, finished = self.engine_started, self.finished
+        return started is not None and finished is not None and finished < started
 
 
 def observation(
@@ -253,6 +262,15 @@ def observation(
         return Observation(Stage.WAITING, detail=detail, note=note)
     if container.ended:
         info = exit_info or Exit()
+        if info.stopped_by_engine and not info.oom:
+            return Observation(
+                Stage.FAULT,
+                fault=Reason.NODE_LOST,
+                detail=engine_restarted(info, container.exit_code),
+                finished_time=info.finished,
+                logs=info.logs,
+                note=note,
+            )
         return Observation(
             Stage.EXITED,
             exit_code=container.exit_code,
@@ -276,6 +294,14 @@ def observation(
         signaling=(probe_host, signaling) if probe_host and signaling else None,
         note=note,
     )
+
+
+def engine_restarted(info: Exit, exit_code: int | None) -> str:
+    """The detail of a session whose container the engine's restart stopped."""
+    assert info.engine_started is not None
+    at = info.engine_started.strftime("%Y-%m-%d %H:%M:%S UTC")
+    code = "" if exit_code is None else f" (exit code {exit_code})"
+    return f"the Docker engine restarted at {at}, stopping the Kit container{code}"
 
 
 def routes(labels: c.SessionLabels, host_ports: Mapping[str, int]) -> tuple[Route, ...]:

@@ -57,6 +57,28 @@ def docker_daemon() -> Iterator[dockerd.Daemon]:
     daemon.close()
 
 
+@pytest.fixture
+def second_daemon() -> Iterator[Callable[..., dockerd.Daemon]]:
+    """`second_daemon(*options)`: a private dockerd of the test's own (`options` are dockerd's,
+    such as `--live-restore`), holding the stand-in image, for a test that stops and starts
+    it; the session's daemon is left alone. Removed at the end. The test is skipped when no
+    private daemon can be started here."""
+    made: list[dockerd.Daemon] = []
+
+    def start(*options: str) -> dockerd.Daemon:
+        try:
+            daemon = dockerd.start_private("ovasout", options=list(options))
+            made.append(daemon)
+            dockerd.build_standin(daemon)
+        except dockerd.NoDaemon as exc:
+            pytest.skip(f"a second, private Docker daemon is needed: {exc}")
+        return daemon
+
+    yield start
+    for daemon in made:
+        daemon.close()
+
+
 @pytest.fixture(scope="session")
 def engine(docker_daemon) -> Iterator[docker.APIClient]:
     """A plain SDK client on the test daemon, for looking behind the backend's back."""

@@ -19,14 +19,8 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
-def disposable_daemon():
-    try:
-        daemon = dockerd.start_private("ovasout", options=["--live-restore"])
-        dockerd.build_standin(daemon)
-    except dockerd.NoDaemon as exc:
-        pytest.skip(f"a second, private Docker daemon is needed: {exc}")
-    yield daemon
-    daemon.close()
+def disposable_daemon(second_daemon):
+    return second_daemon("--live-restore")
 
 
 def test_the_daemon_going_away_answers_503_and_ovas_recovers(disposable_daemon, catalog, serve):

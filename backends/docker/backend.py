@@ -478,11 +478,13 @@ class DockerBackend(Backend):
         for objects in sessions.values():
             if not objects.exists:
                 # Claims and marks of no session: a start that died before recording its
-                # session, or a session removed meanwhile. Young ones may be a start now.
+                # session, or a session removed meanwhile. Young ones may be a start now,
+                # unless a mark shows the session was started and seen (its Kit container
+                # was removed by hand): what it held is free at once.
+                seen_before = bool(objects.marks)
                 for found in objects.every:
-                    if now - found.created >= ORPHAN_GRACE and self.engine.remove(
-                        found.container_id
-                    ):
+                    old = seen_before or now - found.created >= ORPHAN_GRACE
+                    if old and self.engine.remove(found.container_id):
                         removed.append(found.name)
             elif objects.outcome is not None and (
                 _running(objects) or objects.claims or objects.pending or objects.fault

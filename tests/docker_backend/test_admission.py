@@ -19,7 +19,7 @@ from backends.docker import containers as c
 from backends.docker.backend import ORPHAN_GRACE
 from backends.docker.gpus import Gpu, Inventory
 from backends.docker.ports import as_text, parse_port_range
-from ovas.errors import CapacityExceeded
+from ovas.errors import CapacityExceeded, SessionNotFound
 from ovas.models import Reason, SessionState
 from ovas.testing import FakeClock, service_for, wait_for
 from ovas.testing.requests import STANDIN_EXIT_CODE, STANDIN_READY_DELAY
@@ -247,6 +247,22 @@ def test_a_slot_of_a_container_removed_by_hand_is_free_once_the_grace_passes(new
         sessions.start("kit-standin", "standin")
     clock.advance(ORPHAN_GRACE.total_seconds() + 1)
     assert sessions.start("kit-standin", "standin").id != first
+
+
+def test_a_slot_of_a_ready_session_removed_by_hand_is_free_at_once(new_backend, engine):
+    sessions = service_for(new_backend(now=FakeClock(ticking=True)), capacity=1)
+    first = sessions.start("kit-standin", "standin").id
+    assert wait_for(sessions, first, {SessionState.READY}, 60).state is SessionState.READY
+    engine.remove_container(c.container_name(first), force=True)
+    # Its ready mark shows it was started: the refused start frees its slot and goes ahead.
+    second = sessions.start("kit-standin", "standin").id
+    assert second != first
+    with pytest.raises(SessionNotFound):
+        sessions.get(first)
+    assert wait_for(sessions, second, {SessionState.READY}, 60).state is SessionState.READY
+    engine.remove_container(c.container_name(second), force=True)
+    removed = sessions.reap_pass(tend_pools=False)  # one pass frees what it held
+    assert c.slot_name(0) in removed, removed
 
 
 # The labels the release before port claims gave a session's Kit container.

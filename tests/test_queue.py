@@ -378,3 +378,16 @@ def test_a_queued_start_a_warm_pool_can_serve_is_served_from_it(clock):
     assert client.delete(f"{URL}/{queued['id']}").status_code == 204
     assert client.get(f"{URL}/{pooled}").status_code == 404
     assert not backend.ledger.list(PREFIX)
+
+
+def test_the_command_line_lists_queued_sessions_with_their_places(clock):
+    from ovas.cli import ovas_cli
+
+    app, client, _ = make(clock)
+    first = post(client).json["id"]
+    queued = [post(client).json["id"] for _ in range(2)]
+    table = app.test_cli_runner().invoke(ovas_cli, ["sessions", "list"])
+    assert table.exit_code == 0, table.output
+    rows = {line.split()[0]: line.split() for line in table.output.splitlines()[1:]}
+    assert rows[first][1] == "ready"
+    assert [rows[q][1:3] for q in queued] == [["queued", "#1"], ["queued", "#2"]]

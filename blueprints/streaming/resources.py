@@ -103,6 +103,8 @@ class Streams(Resource):
             )
             record["session"] = session.id
             record["version"] = session.version  # what it resolved to, when omitted
+            if session.queue_position is not None:
+                record["queue_position"] = session.queue_position
         return _answer(session, 200 if session.ready else 202)
 
     @blp.arguments(StreamIdSchema())

@@ -22,6 +22,7 @@ def server(request, serve, cluster, monkeypatch):
         "BACKEND": "kubernetes",
         "KUBERNETES_SESSION_MODE": request.param,
         "SESSION_CAPACITY": 2,
+        "QUEUE_SIZE": 1,
         "EDITING_ENABLED": True,
     }
     app = create_app(settings)
@@ -80,7 +81,7 @@ def test_web_viewer_sequence(server):
     assert http.get(f"{server.url}/streaming/stream").json()["items"] == []
 
 
-def test_capacity_is_a_503_with_retry_after(server):
+def test_capacity_queues_then_a_full_line_is_a_503_with_retry_after(server):
     http = requests.Session()
     body = {
         "id": "kit-standin",
@@ -90,12 +91,20 @@ def test_capacity_is_a_503_with_retry_after(server):
     first = http.post(f"{server.url}/stream", json=body)
     second = http.post(f"{server.url}/stream", json=body)
     assert (first.status_code, second.status_code) == (202, 202)
+    queued = http.post(f"{server.url}/stream", json=body)
+    assert queued.status_code == 202
+    assert (queued.json()["status"]["condition"], queued.json()["queue_position"]) == (
+        "queued",
+        1,
+    )
     full = http.post(f"{server.url}/stream", json=body)
     assert full.status_code == 503
-    assert "slots are in use" in full.json()["detail"]
+    assert "places in line" in full.json()["detail"]
     assert full.headers["Retry-After"]
     assert http.delete(f"{server.url}/stream/{first.json()['id']}").status_code == 204
-    assert http.post(f"{server.url}/stream", json=body).status_code == 202
+    started = http.get(f"{server.url}/stream/{queued.json()['id']}")
+    assert started.json()["status"]["condition"] in ("creating", "ready"), started.text
+    assert http.post(f"{server.url}/stream", json=body).json()["queue_position"] == 1
 
 
 def test_a_failed_session_is_a_410_saying_why(server, cluster):

@@ -29,7 +29,8 @@ QUOTA = {
 @pytest.fixture
 def server(serve, cluster, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig)
-    settings = {"TESTING": True, "REAP_INTERVAL": 0, "BACKEND": "kubernetes"}
+    # Refusals as they are answered with no line to wait in (`OVAS_QUEUE_SIZE=0`).
+    settings = {"TESTING": True, "REAP_INTERVAL": 0, "BACKEND": "kubernetes", "QUEUE_SIZE": 0}
     settings["SESSION_CAPACITY"] = 5
     app = create_app(settings)
     yield serve(app)

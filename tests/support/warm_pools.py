@@ -83,7 +83,8 @@ class PoolScenarios:
         assert second.status_code == 202, second.get_json()
         assert pooled(app, ready=False) == []
         third = client.post("/streaming/stream", json=OTHER_STAGE)
-        assert third.status_code == 503  # full, and no pool left to shrink
+        # Full, and no pool left to shrink: it waits in line.
+        assert third.get_json()["status"]["condition"] == "queued", third.get_json()
         app.extensions["ovas"].sessions.reap()
         assert pooled(app, ready=False) == []  # no room: the pool does not take it back
 

@@ -32,6 +32,7 @@ from backends.kubernetes.client import (
     CONFIG_MAP,
     EVENT,
     HELM_RELEASE,
+    NODE,
     POD,
     SERVICE,
     Kind,
@@ -50,7 +51,7 @@ from ovas.errors import (
     SessionNotFound,
 )
 from ovas.lifecycle import LOG_LINES, Mark, Observation, Observed, Outcome, Record, Stage
-from ovas.models import SessionQuery, SessionRequest
+from ovas.models import Reason, SessionQuery, SessionRequest
 from ovas.names import is_session_id
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ class Objects:
     """The live objects of one session, as read from the cluster."""
 
     session_id: str
-    owner: dict[str, Any] | None = None  # its Pod (mode pod) or HelmRelease
+    # Its Pod (mode pod) or HelmRelease; in mode pod, its Service once the pod vanished.
+    owner: dict[str, Any] | None = None
     pod: dict[str, Any] | None = None
     service: dict[str, Any] | None = None
     outcome: dict[str, Any] | None = None  # its whole outcome ConfigMap, once it ended
@@ -137,6 +139,7 @@ class KubernetesBackend(Backend):
         self.admission = Admission(self.kube)
         self.ledger = KubernetesLedger(kube=self.kube)  # the core's records, as ConfigMaps
         self._foreign_told: set[str] = set()  # objects of a newer format, named once
+        self._nodes_told = False  # Nodes cannot be read (RBAC): said once
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
@@ -247,8 +250,9 @@ class KubernetesBackend(Backend):
         own_name = self.base_domain and not self.gateway
         name = profiles.hostname(request.id, self.base_domain) if own_name else None
         try:
+            # Owned by nothing: it keeps the session's record should the pod vanish.
             service = o.build_service(
-                request, self.namespace, owner=pod, hostname=name, signaling=not self.gateway
+                request, self.namespace, hostname=name, signaling=not self.gateway
             )
             self._create(SERVICE, service)
         except BaseException:
@@ -270,6 +274,11 @@ class KubernetesBackend(Backend):
             return found
         name = o.object_name(session_id)
         owner = self.kube.get(self.owner_kind, name)
+        if not self.helm and not s.is_live(owner):
+            service = self.kube.get(SERVICE, name)
+            if s.is_live(service) and s.record_of(service) is not None:
+                found.owner = service  # the pod vanished; the Service keeps the record
+            return found
         if not s.is_live(owner) or s.record_of(owner) is None:
             return found
         found.owner = owner
@@ -391,6 +400,8 @@ class KubernetesBackend(Backend):
             found = entry(service)
             if found is not None and found.service is None:
                 found.service = service
+                if not self.helm and found.owner is None and s.record_of(service) is not None:
+                    found.owner = service  # the pod vanished; the Service keeps the record
         return groups
 
     def _sessions(self, pods, services, outcomes, releases) -> list[Objects]:
@@ -429,9 +440,40 @@ class KubernetesBackend(Backend):
             return Observation(Stage.GONE)
         if entry.pod is None:
             assert entry.owner is not None
-            return s.release_observation(entry.owner, dict(record.marks))
+            lost = self._lost_node(entry.owner)
+            if lost is not None:
+                return lost
+            if self.helm:
+                return s.release_observation(entry.owner, dict(record.marks))
+            return Observation(Stage.GONE)
         return s.pod_observation(
             entry.pod, entry.service, public_host=self.public_host, gateway=self.gateway
+        )
+
+    def _lost_node(self, holder: dict[str, Any]) -> Observation | None:
+        """For a session whose pod vanished: a `node_lost` fault when the node the pod ran
+        on (`ovas/node` on the Service or HelmRelease holding its record) no longer exists,
+        as when the pod garbage collector removed its pods with no grace; else None (the pod
+        was removed another way, or the node cannot be read: said once in the log). One
+        call, only for a session whose record names its node."""
+        node = s.annotations(holder).get(o.NODE)
+        if not node:
+            return None
+        try:
+            found = self.kube.get(NODE, node)
+        except OvasError as exc:
+            if not self._nodes_told:
+                self._nodes_told = True
+                log.warning(
+                    "cannot tell a deleted node from a pod removed by hand (%s); grant ovas "
+                    "get on nodes (a ClusterRole) for sessions to fail with node_lost",
+                    exc.detail or exc.message,
+                )
+            return None
+        if found is not None:
+            return None
+        return Observation(
+            Stage.FAULT, fault=Reason.NODE_LOST, detail=f"its node {node} no longer exists"
         )
 
     def _events(self, pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -461,11 +503,19 @@ class KubernetesBackend(Backend):
     def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
         """Set (or clear) the mark's annotation on the session's Pod or HelmRelease, with the
         resourceVersion read as a precondition: of processes marking at once, one is told
-        True; the others, refused with 409, read the object again and find it set."""
+        True; the others, refused with 409, read the object again and find it set. The
+        ready mark also records the pod's node (`ovas/node`) where the record outlives the
+        pod: on the HelmRelease (its chart's pod listed first: one more call), and with the
+        mark on the Service of mode pod (one more patch), by the process told True."""
         if not is_session_id(session_id):
             return False
         kind, name = self.owner_kind, o.object_name(session_id)
         annotation = o.MARKS[mark]
+        stamp = at.isoformat() if at is not None else None
+        node = None
+        if self.helm and mark is Mark.READY and at is not None:
+            pod = _session_pod(self._list(POD, f"{o.SESSION}={session_id}"))
+            node = ((pod or {}).get("spec") or {}).get("nodeName")
         for _ in range(MARK_ATTEMPTS):
             owner = self.kube.get(kind, name)
             if not s.is_live(owner):
@@ -473,17 +523,34 @@ class KubernetesBackend(Backend):
             if (at is not None) == (annotation in s.annotations(owner)):
                 return False
             version = owner["metadata"].get("resourceVersion")
-            patch = {
-                "metadata": {
-                    "resourceVersion": version,
-                    "annotations": {annotation: at.isoformat() if at is not None else None},
-                }
-            }
+            notes: dict[str, str | None] = {annotation: stamp}
+            if node:
+                notes[o.NODE] = node
+            patch = {"metadata": {"resourceVersion": version, "annotations": notes}}
             try:
-                return self.kube.patch(kind, name, patch) is not None
+                marked = self.kube.patch(kind, name, patch) is not None
             except Taken:
                 continue
+            if marked and not self.helm and mark is Mark.READY and at is not None:
+                self._keep_on_service(
+                    name, {annotation: stamp, o.NODE: (owner.get("spec") or {}).get("nodeName")}
+                )
+            return marked
         return False
+
+    def _keep_on_service(
+        self, name: str, annotations: dict[str, str | None], labels: dict[str, str] | None = None
+    ) -> None:
+        """Copy what changed of a pod-mode session's record to its Service, which keeps the
+        record once the pod vanished (one patch). On a Service an older release made, which
+        holds no record, the annotations stay unread; a Service that is gone is not made."""
+        meta: dict[str, Any] = {"annotations": {k: v for k, v in annotations.items() if v}}
+        if labels:
+            meta["labels"] = labels
+        try:
+            self.kube.patch(SERVICE, name, {"metadata": meta})
+        except OvasError as exc:
+            log.warning("the record on Service %s: %s", name, exc.message)
 
     def claim(
         self, session_id: str, username: str, at: datetime, *, user_capacity: int = 0
@@ -506,10 +573,11 @@ class KubernetesBackend(Backend):
                     return False
                 if user_capacity and not taken:
                     taken.append(self.admission.take_user(session_id, username, at, user_capacity))
+                user_label = {o.USER: o.label_value(username)}
                 patch = {
                     "metadata": {
                         "resourceVersion": owner["metadata"].get("resourceVersion"),
-                        "labels": {o.USER: o.label_value(username)},
+                        "labels": user_label,
                         "annotations": {o.USERNAME: username, o.CLAIMED_AT: at.isoformat()},
                     }
                 }
@@ -519,6 +587,8 @@ class KubernetesBackend(Backend):
                     continue
                 if claimed is None:
                     return False
+                if not self.helm:
+                    self._keep_on_service(name, patch["metadata"]["annotations"], user_label)
                 self.admission.bind(taken, claimed)
                 taken = []
                 self.admission.release(session_id, "pool")
@@ -576,8 +646,10 @@ class KubernetesBackend(Backend):
             self.kube.delete_all(POD, selector)
             self.kube.delete_all(SERVICE, selector)
         else:
-            self.kube.delete(POD, name, now=taken)
+            # The Service first: it holds the record too, which must not outlive the pod
+            # here, lest a finish racing a stop take the session for one whose pod vanished.
             self.kube.delete(SERVICE, name)
+            self.kube.delete(POD, name, now=taken)
         self.admission.release(session_id)
 
     # Removing
@@ -588,11 +660,18 @@ class KubernetesBackend(Backend):
         selector = f"{o.SESSION}={session_id},{o.OUTCOME}"
         ended = [c for c in self._list(CONFIG_MAP, selector, metadata_only=True) if s.is_live(c)]
         owner = self.kube.get(self.owner_kind, o.object_name(session_id))
-        if not ended and not s.is_live(owner):
+        if not ended and not s.is_live(owner) and not self._vanished(session_id):
             raise SessionNotFound(session_id)
         # The workload goes first: a finish racing this stop then finds no session to end.
         self._end(session_id, None if self.helm else owner)
         self.kube.delete(CONFIG_MAP, o.outcome_name(session_id))
+
+    def _vanished(self, session_id: str) -> bool:
+        """A pod-mode session whose pod vanished, its record kept by its Service (one call)."""
+        if self.helm:
+            return False
+        service = self.kube.get(SERVICE, o.object_name(session_id))
+        return s.is_live(service) and s.record_of(service) is not None
 
     def collect(self, now: datetime) -> list[str]:
         """Complete the finishes an interrupted process left (an outcome recorded, its
@@ -674,6 +753,8 @@ class KubernetesBackend(Backend):
                 return s.logs_of(config_map)[-tail:] if tail > 0 else []
         owner = self.kube.get(self.owner_kind, o.object_name(session_id))
         if not s.is_live(owner) or s.record_of(owner) is None:
+            if not s.is_live(owner) and self._vanished(session_id):
+                return []  # its pod vanished with its log
             raise SessionNotFound(session_id)
         pod = _first_live(self._list(POD, selector)) if self.helm else owner
         if pod is None:

@@ -32,19 +32,22 @@ from ovas.logs import output_lines
 
 @dataclass(frozen=True)
 class Kind:
-    """A namespaced resource; `core` is its name in `CoreV1Api` method names."""
+    """A resource; `core` is its name in `CoreV1Api` method names. Namespaced unless
+    `cluster` (a Node): of those, ovas only reads one by name (`Kube.get`)."""
 
     kind: str
     plural: str
     group: str = ""
     version: str = "v1"
     core: str | None = None
+    cluster: bool = False
 
 
 POD = Kind("Pod", "pods", core="pod")
 SERVICE = Kind("Service", "services", core="service")
 CONFIG_MAP = Kind("ConfigMap", "configmaps", core="config_map")
 EVENT = Kind("Event", "events", core="event")
+NODE = Kind("Node", "nodes", core="node", cluster=True)
 HELM_RELEASE = Kind("HelmRelease", "helmreleases", "helm.toolkit.fluxcd.io", "v2")
 # As client-go asks for it: metadata alone, or else the whole objects.
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
@@ -104,7 +107,8 @@ def _refused(status: int, what: str, message: str) -> OvasError:
 
 
 class Kube:
-    """Namespaced API calls for one namespace. Safe to share between threads."""
+    """Namespaced API calls for one namespace, and the read of a Node. Safe to share
+    between threads."""
 
     def __init__(
         self,
@@ -226,6 +230,9 @@ class Kube:
         """The object, or None if it does not exist."""
         what = f"{kind.kind} {name}"
         try:
+            if kind.cluster:
+                read = getattr(k8s.CoreV1Api(self.api_client()), f"read_{kind.core}")
+                return self._call(what, read, name)
             if kind.core:
                 return self._call(what, self._core("read", kind), name, self.namespace)
             return self._call(what, self._custom("get"), *self._args(kind), name)

@@ -6,9 +6,12 @@ Every object of a session carries the label `ovas/session=<id>`. The session's r
 in annotations of the object that owns the session (its Pod, or its HelmRelease), because
 label values cannot hold everything a username or a semver build may contain: what was asked
 (app, version, profile, username, created time, start deadline), its clocks and the marks
-the lifecycle asked to keep. An ended session's record moves to its outcome ConfigMap
-`ovas-<id>` (see `build_outcome`), which outlives the workload. Label values are made safe
-with `label_value`.
+the lifecycle asked to keep. In mode pod the session's Service holds the record as it was
+asked too, owned by nothing, so the record outlives a pod the cluster removes at once (the
+pod garbage collector's, on a deleted node); with the ready mark it is told the pod's node
+(`NODE`). An ended session's record moves to its outcome ConfigMap `ovas-<id>` (see
+`build_outcome`), which outlives the workload. Label values are made safe with
+`label_value`.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ MARKS = {
 }
 POOL = PREFIX + "pool"  # annotation: the warm pool a session was started for
 RENDERING = PREFIX + "rendering"  # annotation: with POOL, the digest of what it runs
+# Annotation on the Service (mode pod) or HelmRelease, written with the ready mark: the node
+# the session's pod runs on, read when the pod vanished to tell a deleted node (`node_lost`)
+# from a pod removed by hand (`lost`).
+NODE = PREFIX + "node"
 STATE = PREFIX + "state"  # the outcome, on outcome ConfigMaps: "ended" or "failed"
 REASON = PREFIX + "reason"
 MESSAGE = PREFIX + "message"
@@ -282,8 +289,10 @@ def build_service(
     hostname: str | None = None,
     signaling: bool = True,
 ) -> dict[str, Any]:
-    """The Service exposing the session's signaling (TCP) and media (UDP) ports, owned by
-    `owner` (the session's pod as read back) so the cluster removes it with the pod.
+    """The Service exposing the session's signaling (TCP) and media (UDP) ports. It holds
+    the session's record as asked (`session_annotations`) and is owned by nothing, so the
+    record outlives a pod that vanishes; `owner`, where given (an object read back), owns it
+    instead, so the cluster removes it with that object.
 
     For NodePort and LoadBalancer services the cluster picks the node ports, so sessions
     never collide on them; `signalingPort` / `mediaPort` are the service's own ports.
@@ -300,8 +309,10 @@ def build_service(
         "name": object_name(request.id),
         "namespace": namespace,
         "labels": {**OURS, **session_labels(request)},
-        # The pod holds the session's annotations; the service only the profile's.
-        "annotations": {str(k): str(v) for k, v in (settings.get("annotations") or {}).items()},
+        "annotations": {
+            **{str(k): str(v) for k, v in (settings.get("annotations") or {}).items()},
+            **session_annotations(request),
+        },
     }
     if hostname:
         metadata["annotations"][EXTERNAL_DNS] = hostname

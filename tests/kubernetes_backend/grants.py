@@ -16,7 +16,7 @@ from ovas import create_app
 from ovas.auth import STREAMER, Identity
 from ovas.gateway import presence
 from ovas.gateway.server import Gateway
-from ovas.models import Application, SessionQuery, SessionState, Version
+from ovas.models import Application, Reason, SessionQuery, SessionState, Version
 from ovas.services import CatalogService
 from ovas.testing import service_for
 from tests.support.gateway import DOMAIN, Echo
@@ -124,12 +124,27 @@ def exercise_gateway(make_backend, cluster) -> None:
     assert sessions.backend.ledger.list(presence.PREFIX) == []
 
 
-def assert_least_privilege(role: dict[str, Any], make_backend, cluster) -> None:
+def exercise_lost_node(make_backend, cluster) -> None:
+    """A session whose node is deleted: its pod vanishes, and reading it reads the Node."""
+    sessions = service_for(make_backend())
+    session = begin(sessions, request_for(sessions.backend))
+    wait_for(sessions, session.id, {SessionState.READY})
+    pod = next(p for p in cluster.objects("v1/pods") if p["metadata"]["name"].endswith(session.id))
+    cluster.locked(lambda: cluster.cluster.delete_node(pod["spec"]["nodeName"]))
+    assert sessions.get(session.id).reason is Reason.NODE_LOST
+
+
+def assert_least_privilege(
+    role: dict[str, Any], make_backend, cluster, cluster_role: dict[str, Any]
+) -> None:
     """Runs the backend in both session modes, and the gateway; every call they made is
-    granted by `role`, and every grant of `role` was used."""
+    granted by `role` (in the namespace) or `cluster_role` (Nodes), and every grant of
+    either was used."""
     for mode in ("pod", "helmrelease"):
         exercise(make_backend, mode)
     exercise_gateway(make_backend, cluster)
+    exercise_lost_node(make_backend, cluster)
     calls = used(cluster.emulator.calls())
-    assert calls - granted(role) == set(), "calls the Role does not allow"
-    assert granted(role) - calls == set(), "grants nothing uses"
+    grants = granted(role) | granted(cluster_role)
+    assert calls - grants == set(), "calls the Roles do not allow"
+    assert grants - calls == set(), "grants nothing uses"

@@ -15,6 +15,7 @@ from backends.kubernetes import objects as o
 from kubernetes_backend.steps import request_for
 from kubernetes_backend.steps import start as begin
 from ovas.errors import CapacityExceeded, UserCapacityExceeded
+from ovas.lifecycle import Stage
 from ovas.models import SessionState
 from ovas.testing import service_for
 
@@ -83,7 +84,9 @@ def test_slots_are_owned_by_the_pod_and_collected_with_it(make_backend, cluster)
     while cluster.objects("v1/configmaps") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cluster.objects("v1/configmaps") == []
-    assert session.id not in {seen.record.id for seen in backend.observe_all()}
+    # The session's Service keeps its record, which holds no slot: it is seen gone.
+    seen = {x.record.id: x.seen.stage for x in backend.observe_all()}
+    assert seen == {session.id: Stage.GONE}
     backend.start(request_for(backend, capacity=1))
 
 

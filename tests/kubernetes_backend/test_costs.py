@@ -124,7 +124,8 @@ def test_reading_one_session_costs_at_most_three_calls(make_backend, cluster, mo
         with pytest.raises(SessionNotFound):
             backend.observe(str(uuid.uuid4()))
 
-    assert len(calls(cluster, unknown)) <= 2
+    # Mode pod reads the Service of a session with no pod: it may keep a vanished pod's record.
+    assert len(calls(cluster, unknown)) <= {"pod": 3, "helmrelease": 2}[mode]
 
 
 def test_a_session_ends_once_and_then_costs_one_call(make_backend, cluster):
@@ -137,14 +138,17 @@ def test_a_session_ends_once_and_then_costs_one_call(make_backend, cluster):
     assert len(calls(cluster, sessions.all)) == LIST_CALLS["pod"] + 1
 
 
-def test_marking_a_session_ready_is_one_read_and_one_patch(make_backend, cluster):
+def test_marking_a_session_ready_is_one_read_and_two_patches(make_backend, cluster):
+    """The pod's mark, and its node with the mark on the Service, which keeps the record
+    should the pod vanish."""
     sessions = service_for(make_backend())
     session = begin(sessions, request_for(sessions.backend))
     # Listing decides and writes nothing: the session is ready, not yet marked.
     assert wait_until(lambda: [s.ready for s in sessions.all()] == [True])
     made = requests(cluster, lambda: sessions.get(session.id))
-    assert [(r.method.value, r.resource.plural) for r in made[-2:]] == [
+    assert [(r.method.value, r.resource.plural) for r in made[-3:]] == [
         ("GET", "pods"),
         ("PATCH", "pods"),
+        ("PATCH", "services"),
     ]
     assert len(calls(cluster, lambda: sessions.get(session.id))) == 3

@@ -53,6 +53,9 @@ def rendered() -> list[dict]:
     return docs
 
 
+CLUSTER_WIDE = ("ClusterRole", "ClusterRoleBinding")  # reading Nodes by name
+
+
 def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [d for d in docs if d["kind"] == kind]
 
@@ -65,11 +68,12 @@ def test_every_builtin_object_is_valid(rendered):
             continue
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         checked += 1
-        if doc["kind"] not in ("Namespace", "CustomResourceDefinition"):
+        if doc["kind"] not in ("Namespace", "CustomResourceDefinition", *CLUSTER_WIDE):
             assert doc["metadata"]["namespace"] == "omni-streaming", doc["metadata"]["name"]
-    # 4 CRDs, namespace, service account, role, binding, PDB; the API's deployment and
-    # service; the gateway's settings, deployment and service.
-    assert checked == 14
+    # 4 CRDs, namespace, service account, role, binding, the Nodes' cluster role and
+    # binding, PDB; the API's deployment and service; the gateway's settings, deployment
+    # and service.
+    assert checked == 16
 
 
 def _closed(schema: dict) -> dict:
@@ -201,7 +205,11 @@ def test_the_gateway_runs_locked_down_on_one_node_port_with_the_apis_settings(re
 
 def test_the_role_grants_exactly_what_the_backend_uses(rendered, make_backend, cluster):
     (role,) = by_kind(rendered, "Role")
-    assert_least_privilege(role, make_backend, cluster)
+    (nodes,) = by_kind(rendered, "ClusterRole")
+    assert_least_privilege(role, make_backend, cluster, nodes)
     (binding,) = by_kind(rendered, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"][0]["name"] == "ovas"
+    (cluster_binding,) = by_kind(rendered, "ClusterRoleBinding")
+    assert cluster_binding["roleRef"]["name"] == nodes["metadata"]["name"]
+    assert cluster_binding["subjects"] == binding["subjects"]

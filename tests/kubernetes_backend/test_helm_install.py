@@ -26,7 +26,11 @@ pytestmark = pytest.mark.kubernetes
 def test_the_role_is_the_least_the_backend_needs(render, make_backend, cluster):
     docs = render()
     role = one(docs, "Role")
-    assert_least_privilege(role, make_backend, cluster)
+    nodes = one(docs, "ClusterRole")
+    assert nodes["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
+    assert_least_privilege(role, make_backend, cluster, nodes)
+    cluster_binding = one(docs, "ClusterRoleBinding")
+    assert cluster_binding["roleRef"]["name"] == nodes["metadata"]["name"]
     binding = one(docs, "RoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",

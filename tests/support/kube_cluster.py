@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from support.kube_emulator import ClusterEmulator, now_text
-from support.kube_events import Autoscaler, record_event
+from support.kube_events import Autoscaler, disrupted, record_event
 
 GPU = "nvidia.com/gpu"
 FLUX_FINALIZER = "finalizers.fluxcd.io"
@@ -74,12 +74,49 @@ class FakeCluster:
             n = sum(1 for node in self.nodes if node.name.startswith(f"{group.name}-"))
             address = f"10.0.1.{len(self.nodes) + 10}"
             self.nodes.append(Node(f"{group.name}-{n}", address, group.gpus, dict(group.labels)))
+        self._register_nodes()
         for key, release in list(em.items("helm.toolkit.fluxcd.io/v2/helmreleases")):
             self._flux(key, release)
         for key, service in list(em.items("v1/services")):
             self._load_balancer(key, service)
         for key, pod in list(em.items("v1/pods")):
             self._kubelet(key, pod, now)
+
+    # Nodes
+
+    def _register_nodes(self) -> None:
+        """Each node's Node object, as its kubelet registers it."""
+        for node in self.nodes:
+            key = self.emulator.key("v1/nodes", None, node.name)
+            if self.emulator.live(key) is None:
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": node.name, "labels": dict(node.labels)},
+                    "status": {"addresses": [{"type": "InternalIP", "address": node.address}]},
+                }
+                self.emulator.create("v1/nodes", None, body)
+
+    def delete_node(self, name: str) -> list[tuple]:
+        """The Node object is deleted (a cloud's node controller does so once its machine is
+        gone, or `kubectl delete node`), and the pod garbage collector then removes the pods
+        bound to it as Kubernetes 1.26+ does: marked Failed with the `DisruptionTarget`
+        condition `DeletionByPodGC`, then deleted with no grace period (no kubelet is left to
+        confirm a graceful one), so they vanish at once. Returns the keys of those pods.
+        Call it holding the emulator's lock."""
+        self.nodes = [node for node in self.nodes if node.name != name]
+        node_key = self.emulator.key("v1/nodes", None, name)
+        if self.emulator.live(node_key) is not None:
+            self.emulator.remove(node_key)
+        keys = [k for k, p in self.emulator.items("v1/pods") if p["spec"].get("nodeName") == name]
+        for key in keys:
+            pod = self.emulator.live(key)
+            assert pod is not None
+            marked = disrupted(pod, "DeletionByPodGC", "PodGC: node no longer exists")
+            marked["status"]["phase"] = "Failed"
+            self.emulator.update(key, marked)
+            self.emulator.delete(key, grace=0)
+        return keys
 
     # Stages
 

@@ -144,7 +144,9 @@ class Autoscaler:
 # conditions"): the DisruptionTarget condition, and the status a kubelet leaves.
 
 
-def _disrupted(pod: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+def disrupted(pod: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+    """A copy of the pod as the cluster marks one it takes away: not Ready, and its
+    `DisruptionTarget` condition naming `reason`."""
     new = copy.deepcopy(pod)
     status = new.setdefault("status", {})
     conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Ready"]
@@ -182,7 +184,7 @@ def evict(emulator: ClusterEmulator, key: tuple, message: str) -> None:
     """The kubelet evicts the pod for node pressure: phase Failed, reason Evicted."""
     pod = emulator.live(key)
     assert pod is not None
-    new = _disrupted(pod, "TerminationByKubelet", message)
+    new = disrupted(pod, "TerminationByKubelet", message)
     new["status"].update(phase="Failed", reason="Evicted", message=message)
     _unknown_exit(new)
     emulator.update(key, new)
@@ -194,7 +196,7 @@ def preempt(emulator: ClusterEmulator, key: tuple) -> None:
     pod = emulator.live(key)
     assert pod is not None
     said = "default-scheduler: preempting to accommodate a higher priority pod"
-    emulator.update(key, _disrupted(pod, "PreemptionByScheduler", said))
+    emulator.update(key, disrupted(pod, "PreemptionByScheduler", said))
     record_event(emulator, pod, "Preempted", "Preempted by a pod on node", component="scheduler")
     emulator.delete(key)
 
@@ -207,7 +209,7 @@ def lose_node(emulator: ClusterEmulator, node: str) -> list[tuple]:
     for key in keys:
         pod = emulator.live(key)
         assert pod is not None
-        emulator.update(key, _disrupted(pod, "DeletionByTaintManager", said))
+        emulator.update(key, disrupted(pod, "DeletionByTaintManager", said))
         record_event(emulator, pod, "TaintManagerEviction", f"Marking for deletion Pod {key[2]}")
         emulator.delete(key)
     return keys

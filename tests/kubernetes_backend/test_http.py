@@ -22,6 +22,7 @@ def server(request, serve, cluster, monkeypatch):
         "BACKEND": "kubernetes",
         "KUBERNETES_SESSION_MODE": request.param,
         "SESSION_CAPACITY": 2,
+        "QUEUE_SIZE": 0,  # a full host refuses: its line is test_queue.py's
         "EDITING_ENABLED": True,
     }
     app = create_app(settings)

@@ -31,6 +31,7 @@ def server(serve, cluster, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig)
     settings = {"TESTING": True, "REAP_INTERVAL": 0, "BACKEND": "kubernetes"}
     settings["SESSION_CAPACITY"] = 5
+    settings["QUEUE_SIZE"] = 0  # refusals as such: a full quota queues in test_queue.py
     app = create_app(settings)
     yield serve(app)
     app.extensions["ovas"].backend.close()

@@ -82,10 +82,13 @@ class PoolScenarios:
         second = client.post("/streaming/stream", json=OTHER_STAGE)
         assert second.status_code == 202, second.get_json()
         assert pooled(app, ready=False) == []
+        # Full, and no pool left to shrink: it waits in line.
         third = client.post("/streaming/stream", json=OTHER_STAGE)
-        assert third.status_code == 503  # full, and no pool left to shrink
+        assert (third.status_code, third.get_json()["queue_position"]) == (202, 1)
         app.extensions["ovas"].sessions.reap()
         assert pooled(app, ready=False) == []  # no room: the pool does not take it back
+        waiting = client.get(f"/streaming/stream/{third.get_json()['id']}")
+        assert waiting.get_json()["queue_position"] == 1
 
     def test_a_restart_of_ovas_keeps_the_pool(self, make_app):
         first = make_app()

@@ -448,9 +448,15 @@ class DockerBackend(Backend):
         if container is not None and container.state in ("running", "restarting", "paused"):
             self.engine.stop(container.container_id, self.stop_grace)
         # Only once the Kit app is gone may another session have its GPU.
-        for found in (objects.pending, objects.fault, *objects.claims):
-            if found is not None:
-                self.engine.remove(found.container_id)
+        if objects.pending is not None:
+            self.engine.remove(objects.pending.container_id)
+        self._remove_all([f for f in (objects.fault, *objects.claims) if f is not None])
+
+    def _remove_all(self, found: list[seen.Found]) -> None:
+        """Remove these containers (records and claims), at once; raises what a removal
+        raised, once all are done."""
+        for future in [self._pool.submit(self.engine.remove, f.container_id) for f in found]:
+            future.result()
 
     # Removing
 
@@ -461,10 +467,12 @@ class DockerBackend(Backend):
         objects = sessions.get(session_id)
         if objects is None or not objects.exists:
             raise SessionNotFound(session_id)
-        # The Kit container goes first, then what it held. A pull finishing meanwhile
-        # finds its pending record gone and removes what it made.
-        for found in objects.every:
+        # The Kit container goes first, then its pending record (a pull finishing meanwhile
+        # finds it gone and removes what it made), then what it held, all at once.
+        first = [f for f in (objects.container, objects.pending) if f is not None]
+        for found in first:
             self.engine.remove(found.container_id)
+        self._remove_all(objects.every[len(first) :])
         if objects.container is not None:
             self.clients.drop(objects.container.container_id)
 

@@ -26,7 +26,9 @@ from support import dockerd
 from backends.docker import DockerBackend
 from backends.docker import containers as c
 from ovas.catalog_files import FileCatalog
+from ovas.idempotency import PREFIX as KEYS
 from ovas.models import SessionRequest
+from ovas.queueing import LISTED as LINE_RECORDS
 from ovas.testing import make_request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,6 +123,12 @@ def new_backend(docker_daemon, catalog, engine) -> Iterator[Callable[..., Docker
     yield build
     for backend in made:
         backend.close()  # its background starts end first, so none recreates a record
+    if made:
+        # The line of queued starts and the idempotency keys are shared by every process on
+        # the daemon: a test's would put the next test's starts behind them.
+        ledger = made[0].ledger
+        for entry in [*ledger.list(LINE_RECORDS), *ledger.list(KEYS)]:
+            ledger.delete(entry.name)
     for summary in engine.containers(all=True, filters={"label": c.SESSION}):
         if summary["Id"] not in before:
             with contextlib.suppress(docker.errors.NotFound):

@@ -137,9 +137,9 @@ def test_a_pool_holding_every_port_gives_one_up_to_an_on_demand_start(
     sessions.reap()
     places = [s for s in ours(taken.get_json()["id"]) if "ovas-port-" in s["Names"][0]]
     assert len(places) == 3 and pooled(app, ready=False) == []
-    # Full, with no pool left to give way: 503, as for a full capacity.
+    # Full, with no pool left to give way: it waits in line, as for a full capacity.
     full = client.post("/streaming/stream", json=OTHER_STAGE)
-    assert full.status_code == 503 and "OVAS_DOCKER_PORT_RANGE" in full.get_json()["detail"]
+    assert full.status_code == 202 and full.get_json()["status"]["condition"] == "queued"
 
 
 def test_a_pools_pass_starts_no_more_sessions_than_there_are_ports(

@@ -3,7 +3,7 @@ starts queued behind two sessions, each session is deleted in turn (HTTP, throug
 and the time until the next queued session's Kit container is created is measured, against
 the time of a plain start (POST until its container is created) in the same run.
 
-    .venv/bin/python bench/queue.py [--queued 20] [--plain 20] [--workers 4]
+    .venv/bin/python bench/queued_starts.py [--queued 20] [--plain 20] [--workers 4]
 
 Container creation is read from the daemon's own `create` events (their `timeNano`), against
 this process's clock, which is the daemon's (one machine). Each measurement begins with the
@@ -21,9 +21,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder comes first on the path, and this file would stand
-# for the standard library's `queue` (which threads, requests and the Docker SDK import).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 

@@ -394,9 +394,11 @@ class QueueTending:
                 return started, False
             waiting = bool(line.queued)
             hold = self._hold(line.hold, token)
+            seen: Line | None = line  # read just before the hold: good for the first walk
             while hold is not None:
-                times, waiting = self._drain_once(started)
+                times, waiting = self._drain_once(started, seen)
                 hold = self._release(hold, token, times)
+                seen = None
         except (OvasError, LedgerError) as exc:
             log.warning("the line of queued starts cannot be drained now: %s", exc)
         return started, waiting
@@ -461,9 +463,12 @@ class QueueTending:
             entry = ledger.get(LINE)
         return None
 
-    def _drain_once(self, started: list[str]) -> tuple[list[datetime], bool]:
-        """One walk of the line: the times starts left it, and whether any still waits."""
-        line = self._line()
+    def _drain_once(self, started: list[str], line: Line | None) -> tuple[list[datetime], bool]:
+        """One walk of `line` (read now when None): the times starts left it, and whether
+        any still waits. A line read before the hold was taken is good enough: a start that
+        left it meanwhile is in the backend (skipped below), and an entry that changed
+        meanwhile is written only if unchanged."""
+        line = line or self._line()
         if not line.starts:
             return [], False
         now = self.now()

@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
-import shutil
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from support import dockerd  # noqa: E402
+from support import dockerd, ovas_process  # noqa: E402
 
 IMAGE = "ovas/kit-standin:1.0.0"
 POLL = 0.05
@@ -186,42 +182,25 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    daemon = dockerd.find_or_start("ovasburst")
-    work = Path(tempfile.mkdtemp(prefix="ovas-burst-"))
-    master = None
+    held = contextlib.ExitStack()  # what the run holds, ended in `finally`, the last first
     try:
-        dockerd.build_standin(daemon)
+        daemon, work = ovas_process.standin_daemon("ovasburst", held)
         assert daemon.url.startswith("unix://"), "the counting proxy needs a unix socket"
         proxy = CountingProxy(daemon.url.removeprefix("unix://"))
-        (work / "catalog").mkdir()
-        shutil.copy(REPO / "config/catalog/standin.yaml", work / "catalog")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = ovas_process.free_port()
         ovas_ports = dockerd.free_ports(3 * max(sizes) + 20)
-        env = {
-            **os.environ,
-            "OVAS_BIND": f"127.0.0.1:{port}",
-            "OVAS_WORKERS": str(args.workers),
-            "OVAS_BACKEND": "docker",
-            "OVAS_CATALOG_PATH": str(work / "catalog"),
-            "DOCKER_HOST": daemon.url,
-            "OVAS_DOCKER_PORT_RANGE": ovas_ports,
-            "OVAS_DOCKER_GPUS": "none",
-            "OVAS_REAP_INTERVAL": "0",
-            "OVAS_START_RATE_LIMIT": "",
-        }
-        access_log = work / "gunicorn.log"
-        log = access_log.open("wb")
-        master = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        env = ovas_process.docker_env(
+            daemon.url,
+            ovas_process.standin_catalog(work / "catalog"),
+            ovas_ports,
+            OVAS_REAP_INTERVAL="0",
+            OVAS_START_RATE_LIMIT="",
         )
+        access_log = work / "gunicorn.log"
+        command = ovas_process.gunicorn(port, args.workers)
+        master = held.enter_context(ovas_process.serving(command, env, access_log))
         base = f"http://127.0.0.1:{port}"
-        ready_within(f"{base}/ready")
+        ovas_process.wait_answering(f"{base}/ready", master, access_log)
         first = int(ovas_ports.split("-")[1]) + 1
         floor_ports = range(first, first + 3 * max(sizes) + 3)
         sdk = docker.DockerClient(base_url=daemon.url, version="auto", max_pool_size=64)
@@ -302,11 +281,7 @@ def main() -> int:
             f"start follows in the background), {per_get:.1f} per GET of a ready session"
         )
     finally:
-        if master is not None:
-            master.terminate()
-            master.wait(timeout=60)
-        daemon.close()
-        shutil.rmtree(work, ignore_errors=True)
+        held.close()
     return 0
 
 

@@ -25,19 +25,15 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 import argparse  # noqa: E402
-import os  # noqa: E402
+import contextlib  # noqa: E402
 import queue  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
 import docker  # noqa: E402
 import requests  # noqa: E402
-from support import dockerd  # noqa: E402
+from support import dockerd, ovas_process  # noqa: E402
 
 from backends.docker.containers import CONTAINER, RECORD, SESSION  # noqa: E402
 
@@ -182,55 +178,30 @@ def main() -> int:
     parser.add_argument("--plain", type=int, default=20)
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
-    daemon = dockerd.find_or_start("ovasqueue")
-    work = Path(tempfile.mkdtemp(prefix="ovas-queue-"))
-    master = creations = None
+    held = contextlib.ExitStack()  # what the run holds, ended in `finally`, the last first
     try:
-        dockerd.build_standin(daemon)
-        (work / "catalog").mkdir()
-        shutil.copy(REPO / "config/catalog/standin.yaml", work / "catalog")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        env = {
-            **os.environ,
-            "OVAS_BIND": f"127.0.0.1:{port}",
-            "OVAS_WORKERS": str(args.workers),
-            "OVAS_BACKEND": "docker",
-            "OVAS_CATALOG_PATH": str(work / "catalog"),
-            "DOCKER_HOST": daemon.url,
-            "OVAS_DOCKER_PORT_RANGE": dockerd.free_ports(30),
-            "OVAS_DOCKER_GPUS": "none",
-            "OVAS_SESSION_CAPACITY": "2",
-            "OVAS_QUEUE_SIZE": str(max(100, args.queued)),
+        daemon, work = ovas_process.standin_daemon("ovasqueue", held)
+        port = ovas_process.free_port()
+        env = ovas_process.docker_env(
+            daemon.url,
+            ovas_process.standin_catalog(work / "catalog"),
+            dockerd.free_ports(30),
+            OVAS_SESSION_CAPACITY="2",
+            OVAS_QUEUE_SIZE=str(max(100, args.queued)),
             # Nobody polls the waiting sessions here: they must not be dropped meanwhile.
-            "OVAS_QUEUE_ABANDON_TIMEOUT": "3600",
-            "OVAS_REAP_INTERVAL": "30",
-            "OVAS_START_RATE_LIMIT": "",
-        }
-        log = (work / "gunicorn.log").open("wb")
-        master = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            OVAS_QUEUE_ABANDON_TIMEOUT="3600",
+            OVAS_REAP_INTERVAL="30",
+            OVAS_START_RATE_LIMIT="",
+        )
+        log = work / "gunicorn.log"
+        master = held.enter_context(
+            ovas_process.serving(ovas_process.gunicorn(port, args.workers), env, log)
         )
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    "ovas did not become ready: " + (work / "gunicorn.log").read_text()
-                )
-            time.sleep(POLL)
+        ovas_process.wait_answering(f"{base}/ready", master, log)
         sdk = docker.DockerClient(base_url=daemon.url, version="auto")
         creations = Creations(sdk)
+        held.callback(creations.close)
         http = requests.Session()
         plain_starts(http, base, sdk, creations, 1)  # warm the path once
         half = args.plain // 2
@@ -249,13 +220,7 @@ def main() -> int:
         )
         print(f"queued sessions started in their order: {'yes' if in_order else 'MISSED'}")
     finally:
-        if creations is not None:
-            creations.close()
-        if master is not None:
-            master.terminate()
-            master.wait(timeout=60)
-        daemon.close()
-        shutil.rmtree(work, ignore_errors=True)
+        held.close()
     return 0
 
 

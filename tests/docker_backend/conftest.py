@@ -105,7 +105,7 @@ def catalog(catalog_dir) -> FileCatalog:
 def new_backend(docker_daemon, catalog, engine) -> Iterator[Callable[..., DockerBackend]]:
     """`new_backend(**options)`: a DockerBackend on the test daemon, as a freshly started ovas
     process would build it. At the end, every session made during the test is removed."""
-    before = {s["Id"] for s in engine.containers(all=True, filters={"label": c.SESSION})}
+    before = _session_containers(engine)
     made: list[DockerBackend] = []
 
     def build(**options) -> DockerBackend:
@@ -129,10 +129,28 @@ def new_backend(docker_daemon, catalog, engine) -> Iterator[Callable[..., Docker
         ledger = made[0].ledger
         for entry in [*ledger.list(LINE_RECORDS), *ledger.list(KEYS)]:
             ledger.delete(entry.name)
-    for summary in engine.containers(all=True, filters={"label": c.SESSION}):
-        if summary["Id"] not in before:
-            with contextlib.suppress(docker.errors.NotFound):
-                engine.remove_container(summary["Id"], force=True)
+    _remove_session_containers(engine, but=before)
+
+
+@pytest.fixture
+def leftovers(engine) -> Iterator[None]:
+    """Removes every session container made during the test (by a server process of its own,
+    say, which no `new_backend` cleans up after)."""
+    before = _session_containers(engine)
+    yield
+    _remove_session_containers(engine, but=before)
+
+
+def _session_containers(engine) -> set[str]:
+    """The IDs of the containers on the daemon carrying ovas's session label."""
+    return {s["Id"] for s in engine.containers(all=True, filters={"label": c.SESSION})}
+
+
+def _remove_session_containers(engine, but: set[str]) -> None:
+    """Removes (forced) the containers carrying ovas's session label whose IDs are not in `but`."""
+    for container_id in _session_containers(engine) - but:
+        with contextlib.suppress(docker.errors.NotFound):
+            engine.remove_container(container_id, force=True)
 
 
 @pytest.fixture

@@ -8,21 +8,14 @@ flows on FakeBackend are tests/test_queue.py."""
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import docker
 import pytest
 import requests
+from support import ovas_process
 from support.warm_pools import START
 
 from backends.docker import containers as c
@@ -34,8 +27,6 @@ from ovas.testing import FakeClock
 
 pytestmark = pytest.mark.docker
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 URL = "/streaming/stream"
 
 
@@ -223,75 +214,29 @@ def test_the_same_idempotency_key_twice_makes_one_container(make_app, serve, eng
 # Under gunicorn with four workers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def gunicorn(env: dict[str, str], port: int, log: Path) -> Iterator[subprocess.Popen]:
-    """ovas under gunicorn with four workers, as in production; ended (with its workers)
-    when the block ends. Its output goes to `log` (a pipe nobody reads would fill and stall
-    the workers)."""
-    command = [str(BIN / "gunicorn"), "-c", str(REPO / "config/gunicorn.conf.py")]
-    command += ["-w", "4", "-b", f"127.0.0.1:{port}"]
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True
-        )
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 @pytest.fixture
 def gunicorn_env(docker_daemon, tmp_path, line_records) -> dict[str, str]:
-    catalog = tmp_path / "catalog"
-    catalog.mkdir()
-    shutil.copy(REPO / "config/catalog/standin.yaml", catalog)
+    catalog = ovas_process.standin_catalog(tmp_path / "catalog")
     from docker_backend.conftest import TEST_PORTS
 
-    return {
-        "PATH": f"{BIN}:/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-        "DOCKER_HOST": docker_daemon.url,
-        "OVAS_BACKEND": "docker",
-        "OVAS_CATALOG_PATH": str(catalog),
-        "OVAS_DOCKER_PORT_RANGE": TEST_PORTS,
-        "OVAS_DOCKER_GPUS": "none",
-        "OVAS_SESSION_CAPACITY": "2",
-        "OVAS_REAP_INTERVAL": "30",
-    }
-
-
-@pytest.fixture
-def leftovers(engine):
-    """Removes every session container made during the test."""
-    before = {s["Id"] for s in engine.containers(all=True, filters={"label": c.SESSION})}
-    yield
-    for summary in engine.containers(all=True, filters={"label": c.SESSION}):
-        if summary["Id"] not in before:
-            with contextlib.suppress(docker.errors.NotFound):
-                engine.remove_container(summary["Id"], force=True)
+    return ovas_process.docker_env(
+        docker_daemon.url,
+        catalog,
+        TEST_PORTS,
+        home=tmp_path,
+        OVAS_SESSION_CAPACITY="2",
+        OVAS_REAP_INTERVAL="30",
+    )
 
 
 def test_ten_starts_at_capacity_two_under_four_workers_start_in_their_places_order(
     gunicorn_env, engine, leftovers, tmp_path
 ):
     assert kit_containers(engine) == {}, "the daemon should hold no session before this test"
-    port = _free_port()
+    port = ovas_process.free_port()
     base = f"http://127.0.0.1:{port}{URL}"
     log = tmp_path / "gunicorn.log"
-    with gunicorn(gunicorn_env, port, log) as process:
+    with ovas_process.serving(ovas_process.gunicorn(port, workers=4), gunicorn_env, log) as process:
         try:
             _ten_starts(base, engine, process)
         except BaseException:

@@ -16,6 +16,7 @@ import pytest
 
 from ovas import create_app
 from ovas.testing import FakeBackend
+from tests.support.chromium import headless
 
 pytestmark = pytest.mark.browser
 
@@ -45,18 +46,7 @@ def load_page(chromium: str, url: str, workdir: Path, *, hostile: str = "") -> t
     mapped = f"MAP {hostile} {LOOPBACK}, " if hostile else ""
     net_log = workdir / "net-log.json"
     command = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--disable-default-apps",
-        f"--user-data-dir={workdir / 'profile'}",
+        *headless(chromium, workdir / "profile"),
         # Every name but the loopback address fails to resolve, and anything that still
         # reaches for a proxy finds a dead one: nothing can leave the machine.
         f"--host-resolver-rules={mapped}MAP * ~NOTFOUND, EXCLUDE {LOOPBACK}, EXCLUDE localhost",

@@ -31,6 +31,7 @@ from flask import Flask
 from ovas import create_app
 from ovas.gateway.server import Gateway
 from ovas.testing import FakeBackend, FakeClock
+from tests.support.chromium import headless
 from tests.support.gateway import DOMAIN, PEER_PATH, Echo
 from tests.support.gateway_process import LoopThread, free_port
 from tests.test_docs_browser import find_chromium
@@ -265,18 +266,7 @@ class Site:
 
 def chromium_command(chromium: str, url: str, profile) -> list[str]:
     return [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--disable-default-apps",
-        f"--user-data-dir={profile}",
+        *headless(chromium, profile),
         "--no-proxy-server",
         # The gateway's domain and its wildcard resolve to the loopback address, as DNS
         # records would; no other name resolves.

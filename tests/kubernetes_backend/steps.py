@@ -19,6 +19,15 @@ SERVICES = "v1/services"
 CONFIG_MAPS = "v1/configmaps"
 RELEASES = "helm.toolkit.fluxcd.io/v2/helmreleases"
 KINDS = (PODS, SERVICES, CONFIG_MAPS, RELEASES)
+# `POST /streaming/stream`'s body for a stand-in session.
+START_BODY = {"id": "kit-standin", "profile": "standin", "version": "1.0.0"}
+# A namespace ResourceQuota with room for one Pod: the cluster refuses a second Pod.
+ONE_POD_QUOTA = {
+    "apiVersion": "v1",
+    "kind": "ResourceQuota",
+    "metadata": {"name": "gpu-quota"},
+    "spec": {"hard": {"pods": "1"}},
+}
 
 
 def request_for(backend, kit: dict | None = None, **kw) -> SessionRequest:

@@ -13,19 +13,20 @@ import pytest
 
 from backends.kubernetes.ledger import object_name
 from kubernetes_backend.conftest import NAMESPACE
-from kubernetes_backend.steps import CONFIG_MAPS, PODS, leftovers, of_session, wait_until
+from kubernetes_backend.steps import (
+    CONFIG_MAPS,
+    ONE_POD_QUOTA,
+    PODS,
+    START_BODY,
+    leftovers,
+    of_session,
+    wait_until,
+)
 from ovas import create_app
 from ovas.queueing import PREFIX
 
 pytestmark = pytest.mark.kubernetes
 URL = "/streaming/stream"
-BODY = {"id": "kit-standin", "profile": "standin", "version": "1.0.0"}
-QUOTA = {
-    "apiVersion": "v1",
-    "kind": "ResourceQuota",
-    "metadata": {"name": "gpu-quota"},
-    "spec": {"hard": {"pods": "1"}},
-}
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def replicas(make_backend):
 
 
 def post(client, **headers) -> dict:
-    answer = client.post(URL, json=BODY, headers=headers)
+    answer = client.post(URL, json=START_BODY, headers=headers)
     assert answer.status_code == 202, answer.get_data(as_text=True)
     return answer.json
 
@@ -192,7 +193,7 @@ def test_one_idempotency_key_through_both_replicas_makes_one_pod(replicas, clust
 
 
 def test_a_full_resource_quota_queues_the_start(replicas, cluster):
-    cluster.seed(NAMESPACE, [QUOTA])
+    cluster.seed(NAMESPACE, [ONE_POD_QUOTA])
     (app,) = replicas(1, SESSION_CAPACITY=5)
     client = app.test_client()
     first = post(client)

@@ -12,18 +12,11 @@ import pytest
 import requests
 
 from backends.kubernetes.client import _refused
-from kubernetes_backend.steps import KINDS
+from kubernetes_backend.steps import KINDS, ONE_POD_QUOTA, START_BODY
 from ovas import create_app
 from ovas.errors import BackendUnavailable
 
 pytestmark = pytest.mark.kubernetes
-BODY = {"id": "kit-standin", "profile": "standin", "version": "1.0.0"}
-QUOTA = {
-    "apiVersion": "v1",
-    "kind": "ResourceQuota",
-    "metadata": {"name": "gpu-quota"},
-    "spec": {"hard": {"pods": "1"}},
-}
 
 
 @pytest.fixture
@@ -58,11 +51,11 @@ def warnings(caplog) -> list[str]:
 
 
 def test_a_full_resource_quota_is_a_capacity_answer_naming_the_quota(server, cluster, caplog):
-    cluster.seed("omni-streaming", [QUOTA])
-    first = requests.post(f"{server.url}/streaming/stream", json=BODY)
+    cluster.seed("omni-streaming", [ONE_POD_QUOTA])
+    first = requests.post(f"{server.url}/streaming/stream", json=START_BODY)
     assert first.status_code == 202, first.text
     held = sessions_objects(cluster)
-    answer = requests.post(f"{server.url}/streaming/stream", json=BODY)
+    answer = requests.post(f"{server.url}/streaming/stream", json=START_BODY)
     assert answer.status_code == 503
     assert answer.headers["Retry-After"] == "30"
     assert answer.json()["detail"] == (
@@ -89,7 +82,7 @@ def test_a_webhooks_denial_is_a_client_error_with_its_words(server, cluster):
         return "GPU sessions are paused for maintenance" if plural == "pods" else None
 
     cluster.emulator.webhooks["policy.example.com"] = paused
-    answer = requests.post(f"{server.url}/streaming/stream", json=BODY)
+    answer = requests.post(f"{server.url}/streaming/stream", json=START_BODY)
     assert answer.status_code == 422
     (problem,) = answer.json()["detail"]
     assert problem["loc"] == ["body", "profile"]
@@ -104,7 +97,7 @@ def test_a_webhooks_denial_is_a_client_error_with_its_words(server, cluster):
 
 def test_only_rbac_refusing_ovas_account_speaks_of_rbac(server, cluster, caplog):
     cluster.emulator.forbidden.add(("create", "pods"))
-    answer = requests.post(f"{server.url}/streaming/stream", json=BODY)
+    answer = requests.post(f"{server.url}/streaming/stream", json=START_BODY)
     assert answer.status_code == 503
     assert answer.json()["detail"] == (
         "The Kubernetes API server refused ovas (403) on Pod: pods is forbidden: User "

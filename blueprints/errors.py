@@ -62,7 +62,10 @@ def register(app: Flask) -> None:
         if exc.http_status >= 500 and (exc.detail or exc.where):
             log.warning("%s: %s", exc.message_for(True), exc.detail or "")
         if isinstance(exc, InvalidInput):
-            loc = ["body", *exc.field.split(".")] if exc.field else ["body"]
+            where = exc.location
+            loc = [where, *exc.field.split(".")] if exc.field and where == "body" else [where]
+            if exc.field and where != "body":
+                loc.append(exc.field)
             return _json(422, [{"loc": loc, "msg": exc.message, "type": "value_error"}])
         return _json(exc.http_status, exc.message_for(is_insider()), exc.headers)
 

@@ -268,7 +268,8 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             "ovas_queue_wait_seconds",
-            "Time queued starts waited in line before they started",
+            "Time queued starts waited in line before they started, by profile",
+            ["profile"],
             buckets=_QUEUE_BUCKETS,
             registry=r,
         )
@@ -342,7 +343,7 @@ class Metrics:
             self.pool_misses.labels(event.pool, event.reason).inc()
         elif isinstance(event, events.QueueLeft):
             if event.how == "started" and event.wait is not None:
-                self.queue_wait.observe(event.wait)
+                self.queue_wait.labels(event.profile).observe(event.wait)
             elif event.how != "started":
                 self.queue_drops.labels(event.how).inc()
         elif isinstance(event, events.SessionStopped):

@@ -61,15 +61,37 @@ class Conflict(OvasError):
     default_message = "Already exists"
 
 
+class IdempotencyConflict(Conflict):
+    """An `Idempotency-Key` whose start cannot be answered now: still being made (retry
+    after `retry_after` seconds), or its session gone."""
+
+    def __init__(self, message: str, *, retry_after: int | None = None, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+
+
 class InvalidInput(OvasError):
-    """Input the schemas accepted but the rules reject (answered as a 422 on `field`)."""
+    """Input the schemas accepted but the rules reject (answered as a 422 on `field`, of
+    the request's `location`: "body", "query" or "header")."""
 
     http_status = 422
     default_message = "Invalid input"
 
-    def __init__(self, message: str | None = None, *, field: str | None = None, **kw):
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        field: str | None = None,
+        location: str = "body",
+        **kw,
+    ):
         super().__init__(message, **kw)
         self.field = field
+        self.location = location
 
 
 class Unsatisfiable(InvalidInput):

@@ -104,6 +104,7 @@ class QueueLeft:
     session_id: str
     how: str
     wait: float | None
+    profile: str = ""
 
 
 Event = (

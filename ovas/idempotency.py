@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ovas.errors import InvalidInput
+from ovas.errors import Conflict, InvalidInput
 from ovas.ledger import Entry, Ledger, RecordCodec, UnknownFormat
 
 log = logging.getLogger("ovas.idempotency")
@@ -53,10 +53,12 @@ def request_digest(request: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Known:
-    """A key already used: the session it started, and the digest of its request."""
+    """A key already used: the session it started, the digest of its request, when it was
+    first used and when it expires."""
 
     session_id: str
     digest: str
+    made: datetime
     expires: datetime
     entry: Entry
 
@@ -74,21 +76,24 @@ class IdempotencyKeys:
         digest = hashlib.sha256(f"{username}\n{key}".encode()).hexdigest()[:48]
         return f"{PREFIX}{digest}"
 
-    def find(self, username: str, key: str, digest: str) -> str | None:
-        """The session `username`'s `key` started, while remembered; None when the key is
-        new (or expired). Raises `InvalidInput` (422) when it came with another request."""
+    def find(self, username: str, key: str, digest: str) -> Known | None:
+        """What `username`'s `key` started, while remembered; None when the key is new
+        (or expired). Raises `InvalidInput` (422) when it came with another request."""
         known = self._read(self.ledger.get(self.record_name(username, key)))
         return self._checked(known, key, digest)
 
-    def remember(self, username: str, key: str, digest: str, session_id: str) -> str | None:
-        """Record that `key` starts `session_id`: None when this call did; else the session
-        an earlier request with that key started (someone was quicker). Raises
-        `InvalidInput` as `find`."""
+    def remember(self, username: str, key: str, digest: str, session_id: str) -> Known | None:
+        """Record that `key` starts `session_id`: None when this call did; else what an
+        earlier request with that key started (someone was quicker). Raises
+        `InvalidInput` as `find`, and `Conflict` (409) when the key's record kept changing
+        under it."""
         name = self.record_name(username, key)
+        now = self.now()
         fields = {
             "session": session_id,
             "digest": digest,
-            "expires": (self.now() + self.ttl).isoformat(),
+            "made": now.isoformat(),
+            "expires": (now + self.ttl).isoformat(),
         }
         for _ in range(3):
             if self.ledger.create(name, KEY_RECORD.encode(fields)) is not None:
@@ -96,10 +101,11 @@ class IdempotencyKeys:
             held = self.ledger.get(name)
             known = self._read(held)
             if known is not None:
-                return self._checked(known, key, digest)
+                self._checked(known, key, digest)
+                return known
             if held is not None:
                 self.ledger.delete(held)  # expired: a new use of the key
-        return None
+        raise Conflict(f"{HEADER} {key!r} is being used by other requests now; try again")
 
     def forget(self, username: str, key: str, session_id: str) -> None:
         """Forget `key` if it still names `session_id`: its start was refused, so a retry
@@ -124,32 +130,35 @@ class IdempotencyKeys:
             return None
         try:
             data = KEY_RECORD.decode(entry)
-            known = Known(
-                data["session"], data["digest"], datetime.fromisoformat(data["expires"]), entry
-            )
+            expires = datetime.fromisoformat(data["expires"])
+            made = datetime.fromisoformat(data["made"]) if "made" in data else expires - self.ttl
+            known = Known(data["session"], data["digest"], made, expires, entry)
         except UnknownFormat as exc:
             log.warning("leaving the idempotency key %s alone: %s", entry.name, exc)
-            return Known("", "", datetime.max.replace(tzinfo=self.now().tzinfo), entry)
+            never = datetime.max.replace(tzinfo=self.now().tzinfo)
+            return Known("", "", never, never, entry)
         except (KeyError, ValueError):
             return None
         return known if (now or self.now()) < known.expires else None
 
     @staticmethod
-    def _checked(known: Known | None, key: str, digest: str) -> str | None:
+    def _checked(known: Known | None, key: str, digest: str) -> Known | None:
         if known is None:
             return None
         if not known.session_id:
             raise InvalidInput(
                 f"{HEADER} {key!r} is held by a record this release cannot read; use a new key",
                 field=HEADER,
+                location="header",
             )
         if known.digest != digest:
             raise InvalidInput(
                 f"{HEADER} {key!r} was used for another request (another app, version, "
                 "profile or stage); use a new key for a new request",
                 field=HEADER,
+                location="header",
             )
-        return known.session_id
+        return known
 
 
 def _ours(entry: Entry) -> bool:

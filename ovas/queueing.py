@@ -23,8 +23,10 @@ holds no GPU, port or slot; the start timeout counts from the moment it leaves t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -35,7 +37,7 @@ from ovas.errors import (
     SessionNotFound,
     UserCapacityExceeded,
 )
-from ovas.events import QueueJoined, QueueLeft, SessionStarted
+from ovas.events import QueueJoined, QueueLeft, SessionRemoved, SessionStarted
 from ovas.ledger import Entry, Ledger, LedgerError, RecordCodec, UnknownFormat
 from ovas.models import Reason, Session, SessionRequest, SessionState
 
@@ -165,13 +167,20 @@ def ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def estimate(position: int, starts: list[datetime]) -> str:
-    """About how long the `position`-th in line waits, from when the last starts left the
-    line (`starts`, oldest first): "" with fewer than two to go on."""
-    if len(starts) < 2 or starts[-1] <= starts[0]:
+def estimate(position: int, starts: list[tuple[datetime, datetime]]) -> str:
+    """About how long the `position`-th in line waits, from the last starts that left the
+    line (`starts`: (when it left, when it had joined), oldest first): the mean time each
+    took to leave once it could be next (from the later of its joining and the start
+    before it: time when nobody waited does not count), times `position`; "" with fewer
+    than two starts to go on."""
+    gaps = [
+        (left - max(before, joined)).total_seconds()
+        for (before, _), (left, joined) in itertools.pairwise(starts)
+        if left > max(before, joined)
+    ]
+    if not gaps:
         return ""
-    every = (starts[-1] - starts[0]).total_seconds() / (len(starts) - 1)
-    seconds = position * every
+    seconds = position * sum(gaps) / len(gaps)
     if seconds < 90:
         return "about a minute"
     minutes = round(seconds / 60)
@@ -201,19 +210,32 @@ class Line:
                 return place
         return None
 
-    def history(self) -> list[datetime]:
-        """When the last starts left the line, oldest first."""
+    def history(self) -> list[tuple[datetime, datetime]]:
+        """The last starts that left the line, oldest first: (when it left, when it had
+        joined)."""
         if self.hold is None:
             return []
         try:
-            text = LINE_RECORD.decode(self.hold).get("starts", "")
-            return [datetime.fromisoformat(t) for t in text.split(",") if t]
+            return parse_history(LINE_RECORD.decode(self.hold).get("starts", ""))
         except (UnknownFormat, ValueError):
             return []
 
     def session(self, waiting: Waiting) -> Session:
         position = self.position(waiting.id)
         return waiting.session(position, estimate(position or 1, self.history()))
+
+
+def parse_history(text: str) -> list[tuple[datetime, datetime]]:
+    """`left/joined,left/joined...` (ISO 8601 times) as pairs. Raises ValueError."""
+    pairs = []
+    for part in filter(None, text.split(",")):
+        left, _, joined = part.partition("/")
+        pairs.append((datetime.fromisoformat(left), datetime.fromisoformat(joined or left)))
+    return pairs
+
+
+def format_history(pairs: list[tuple[datetime, datetime]]) -> str:
+    return ",".join(f"{left.isoformat()}/{joined.isoformat()}" for left, joined in pairs)
 
 
 def read_line(ledger: Ledger) -> Line:
@@ -229,6 +251,18 @@ def read_line(ledger: Ledger) -> Line:
             except (UnknownFormat, KeyError, ValueError) as exc:
                 log.warning("leaving the queued start %s alone: %s", entry.name, exc)
     return Line(starts, hold)
+
+
+@dataclass
+class Hold:
+    """A drain's hold on the line: its `token` in the line record's `holder`, the entry
+    as last written, when it was taken or renewed, and the record's `again` count then (a
+    process that found the line held raises it, asking the holder to walk once more)."""
+
+    token: str
+    entry: Entry
+    taken: datetime
+    again: str
 
 
 class QueueTending:
@@ -254,8 +288,13 @@ class QueueTending:
         when the user's live and queued sessions reach `user_capacity`."""
         queued = line.queued
         if len(queued) >= self.queue_size:
-            raise refused or CapacityExceeded(
-                f"All {self.queue_size} places in line for a session are taken; try again later"
+            full = f"All {self.queue_size} places in line for a session are taken"
+            if refused is None:
+                raise CapacityExceeded(f"{full}; try again later")
+            raise CapacityExceeded(
+                f"{full} ({refused.message})",
+                retry_after=refused.retry_after,
+                resource=refused.resource,
             )
         self._admit_user(request, queued)
         # After everyone in line, even on a clock that has not moved since they joined.
@@ -310,18 +349,13 @@ class QueueTending:
         try:
             return self._settle(self.backend.observe(session_id))
         except SessionNotFound:
-            pass
-        line = self._line()
-        found = next((w for w in line.starts if w.id == session_id), None)
-        if found is None:
-            raise SessionNotFound(session_id)
-        return line.session(found)
+            return self.queued_session(session_id, lambda owner: None)
 
-    def queued_session(self, session_id: str, owner_check) -> Session:
-        """A session that is not (or not yet) in the backend: waiting in line, or dropped
-        from it, as its record says; asking counts as polling it (it is not abandoned).
-        `owner_check(username)` raises for a caller who may not see it. Raises
-        `SessionNotFound`."""
+    def queued_session(self, session_id: str, owner_check: Callable[[str], None]) -> Session:
+        """A session that is not (or not yet) in the backend: waiting in line, dropped
+        from it, or given a warm pool's session (which is answered), as its record says;
+        asking counts as polling it (it is not abandoned). `owner_check(username)` raises
+        for a caller who may not see it. Raises `SessionNotFound`."""
         line = self._line()
         found = next((w for w in line.starts if w.id == session_id), None)
         if found is None:
@@ -360,59 +394,74 @@ class QueueTending:
         except (OvasError, LedgerError) as exc:
             log.warning("session %s: its poll cannot be recorded: %s", waiting.id, exc)
 
-    def leave_line(self, session_id: str) -> bool:
-        """Take `session_id` out of the line (DELETE), whatever its state; a warm pool's
-        session it was given is stopped too. True if it was there."""
+    def leave_line(self, session_id: str) -> Waiting | None:
+        """Take `session_id` out of the line (DELETE), whatever its state, and stop the
+        warm pool's session it was given, if any: the record as it was when deleted (by
+        compare-and-swap, so a drain changing it meanwhile is seen), or None when there is
+        none (or one of a format this release cannot read, left alone)."""
         ledger = self.backend.ledger
-        entry = ledger.get(f"{PREFIX}{session_id}")
-        if entry is None or not ledger.delete(entry.name):
-            return False
-        with contextlib.suppress(UnknownFormat, KeyError, ValueError, SessionNotFound):
-            served = Waiting.read(entry).served
-            if served:
-                self.backend.stop(served)
-        return True
+        name = f"{PREFIX}{session_id}"
+        while (entry := ledger.get(name)) is not None:
+            try:
+                left = Waiting.read(entry)
+            except (UnknownFormat, KeyError, ValueError) as exc:
+                log.warning("leaving the queued start %s alone: %s", name, exc)
+                return None
+            if not ledger.delete(entry):
+                continue  # it changed (a poll, a drain): read it again
+            if left.served:
+                with contextlib.suppress(SessionNotFound):
+                    self.backend.stop(left.served)
+            return left
+        return None
 
     # Draining
 
     def drain(self) -> list[str]:
         """Start what can start now, first in line first, in one process at a time (others
-        ask the holder to go round again); drop starts nobody has polled for the abandon
-        timeout, and remove dropped ones past their retention. Returns the ids started.
-        Never raises: what it cannot do now, a later drain does. One ledger call when
-        nobody waits."""
+        ask the holder to walk the line once more); drop starts nobody has polled for the
+        abandon timeout, and remove dropped ones past their retention. Returns the ids
+        started. Never raises: what it cannot do now, a later drain does (an error gives
+        the line back at once). One ledger call when the line holds no record."""
         return self._drain()[0]
 
     def _drain(self) -> tuple[list[str], bool]:
-        """`drain`, and whether starts still wait in line after it (as far as it saw)."""
+        """`drain`, and whether starts still wait for room (a slot or GPUs) after it, as
+        far as it saw: a start waiting only for its user's cap does not count."""
         started: list[str] = []
         waiting = False
-        token = uuid.uuid4().hex
         try:
             line = self._line()
             if not line.starts:
                 return started, False
             waiting = bool(line.queued)
-            hold = self._hold(line.hold, token)
+            hold = self._hold(line.hold, uuid.uuid4().hex)
             seen: Line | None = line  # read just before the hold: good for the first walk
             while hold is not None:
-                times, waiting = self._drain_once(started, seen)
-                hold = self._release(hold, token, times)
+                try:
+                    times, waiting = self._walk(started, seen or self._line(), hold)
+                except BaseException:
+                    self._release(hold, [], final=True)
+                    raise
                 seen = None
+                hold = self._release(hold, times)
         except (OvasError, LedgerError) as exc:
-            log.warning("the line of queued starts cannot be drained now: %s", exc)
+            log.warning("the line of queued starts cannot be walked now: %s", exc)
+        except Exception:
+            log.exception("the line of queued starts cannot be walked now")
         return started, waiting
 
-    def _hold(self, entry: Entry | None, token: str) -> Entry | None:
-        """Take the line for this drain: its entry, or None when another process holds it
-        (which this asks to go round again) or the ledger kept changing."""
+    def _hold(self, entry: Entry | None, token: str) -> Hold | None:
+        """Take the line for this drain, or None when another process holds it (which
+        this asks to walk it once more) or the ledger kept changing."""
         ledger = self.backend.ledger
         for _ in range(8):
             now = self.now()
             if entry is None:
-                made = ledger.create(LINE, LINE_RECORD.encode(_line_fields(token, now, "0", "")))
+                fields = _line_fields(token, now, "0", "")
+                made = ledger.create(LINE, LINE_RECORD.encode(fields))
                 if made is not None:
-                    return made
+                    return Hold(token, made, now, "0")
                 entry = ledger.get(LINE)
                 continue
             try:
@@ -421,59 +470,82 @@ class QueueTending:
                 # A newer release's line: left alone, and this one does not drain meanwhile.
                 log.warning("leaving the line to a newer release: %s", exc)
                 return None
-            held = data.get("holder") and data["holder"] != token
-            if held and now < _until(data):
-                again = str(int(data.get("again", "0") or 0) + 1)
-                fields = {**data, "again": again}
+            again = data.get("again", "0")
+            if data.get("holder") and now < _until(data):
+                fields = {**data, "again": str(int(again or 0) + 1)}
                 if ledger.replace(entry, LINE_RECORD.encode(fields)) is not None:
                     return None
             else:
-                fields = _line_fields(token, now, data.get("again", "0"), data.get("starts", ""))
+                fields = _line_fields(token, now, again, data.get("starts", ""))
                 taken = ledger.replace(entry, LINE_RECORD.encode(fields))
                 if taken is not None:
-                    return taken
+                    return Hold(token, taken, now, again)
             entry = ledger.get(LINE)
         return None
 
-    def _release(self, hold: Entry, token: str, times: list[datetime]) -> Entry | None:
-        """Give the line back, adding `times` to its history: None when given back (or
-        taken over meanwhile); the entry, still held, when another process asked for a
-        drain meanwhile, so the caller goes round again."""
+    def _keep(self, hold: Hold) -> bool:
+        """Renew the hold when a third of `HOLD` has passed since it was taken or renewed,
+        so a long walk is not taken over. False when it was taken over: stop walking."""
+        now = self.now()
+        if now - hold.taken < HOLD / 3:
+            return True
         ledger = self.backend.ledger
-        entry: Entry | None = hold
+        entry: Entry | None = hold.entry
+        while entry is not None:
+            data = LINE_RECORD.decode(entry)
+            if data.get("holder") != hold.token:
+                return False
+            fields = {**data, "until": (now + HOLD).isoformat()}
+            renewed = ledger.replace(entry, LINE_RECORD.encode(fields))
+            if renewed is not None:
+                hold.entry, hold.taken = renewed, now
+                return True
+            entry = ledger.get(LINE)
+        return False
+
+    def _release(self, hold: Hold, times: list[tuple[datetime, datetime]], *, final=False):
+        """Give the line back, adding `times` ((left, joined) of each start) to its
+        history: None when given back (or taken over meanwhile); the hold, renewed, when
+        another process asked for a walk meanwhile (unless `final`), to walk once more."""
+        ledger = self.backend.ledger
+        entry: Entry | None = hold.entry
         while entry is not None:
             try:
                 data = LINE_RECORD.decode(entry)
+                history = parse_history(data.get("starts", ""))
             except UnknownFormat:
                 return None  # a newer release took the line over
-            if data.get("holder") != token:
-                return None  # taken over: the new holder drains
-            starts = [t for t in data.get("starts", "").split(",") if t]
-            starts = [*starts, *(t.isoformat() for t in times)][-HISTORY:]
-            if entry.version == hold.version:
-                fields = {**data, "holder": "", "until": "", "starts": ",".join(starts)}
+            except ValueError:
+                history = []
+            if data.get("holder") != hold.token:
+                return None  # taken over: the new holder walks it
+            text = format_history([*history, *times][-HISTORY:])
+            again = data.get("again", "0")
+            if again == hold.again or final:
+                fields = {**data, "holder": "", "until": "", "starts": text}
                 if ledger.replace(entry, LINE_RECORD.encode(fields)) is not None:
                     return None
             else:
-                fields = _line_fields(token, self.now(), data.get("again", "0"), ",".join(starts))
-                again = ledger.replace(entry, LINE_RECORD.encode(fields))
-                if again is not None:
-                    return again
-            times = []
+                now = self.now()
+                fields = _line_fields(hold.token, now, again, text)
+                renewed = ledger.replace(entry, LINE_RECORD.encode(fields))
+                if renewed is not None:
+                    return Hold(hold.token, renewed, now, again)
             entry = ledger.get(LINE)
         return None
 
-    def _drain_once(self, started: list[str], line: Line | None) -> tuple[list[datetime], bool]:
-        """One walk of `line` (read now when None): the times starts left it, and whether
-        any still waits. A line read before the hold was taken is good enough: a start that
-        left it meanwhile is in the backend (skipped below), and an entry that changed
+    def _walk(
+        self, started: list[str], line: Line, hold: Hold
+    ) -> tuple[list[tuple[datetime, datetime]], bool]:
+        """One walk of `line`: (left, joined) of each start that left it, and whether any
+        still waits for room. A line read before the hold was taken is good enough: a start
+        that left it meanwhile is in the backend (skipped below), and a record that changed
         meanwhile is written only if unchanged."""
-        line = line or self._line()
         if not line.starts:
             return [], False
         now = self.now()
         existing = {r.id for r in self.backend.records()}
-        times: list[datetime] = []
+        times: list[tuple[datetime, datetime]] = []
         blocked: set[tuple[str, int]] = set()
         full = left = False
         for waiting in line.starts:
@@ -499,11 +571,20 @@ class QueueTending:
             if full or waiting.line in blocked:
                 left = True
                 continue
-            outcome = self._start_waiting(waiting, now)
+            if not self._keep(hold):
+                return times, True  # taken over: the new holder walks on
+            try:
+                outcome = self._start_waiting(waiting, now)
+            except BackendUnavailable:
+                raise
+            except (OvasError, LedgerError, UnknownFormat, KeyError, ValueError) as exc:
+                log.warning("the queued start %s cannot start now: %s", waiting.id, exc)
+                left = True
+                continue
             if outcome == "started":
                 started.append(waiting.id)
-                times.append(now)
-            elif outcome != "dropped":
+                times.append((now, waiting.queued))
+            elif outcome in ("gpu", "full"):
                 left = True
                 full = full or outcome == "full"
                 if outcome == "gpu":
@@ -511,8 +592,8 @@ class QueueTending:
         return times, left
 
     def _start_waiting(self, waiting: Waiting, now: datetime) -> str:
-        """Start one queued session: "started", "gpu" or "full" (it waits on), "user" (its
-        user is at their cap: it waits on, holding up nobody), or "dropped"."""
+        """Start one queued session: "started"; "gpu" or "full" (it waits on); "user" (its
+        user is at their cap: it waits on, holding up nobody); or "dropped"."""
         try:
             request = self.build_request(
                 waiting.app_id,
@@ -539,41 +620,53 @@ class QueueTending:
         except OvasError as exc:
             self._drop(waiting, Reason.CREATE_FAILED, _refused(exc), now)
             return "dropped"
-        if not self.backend.ledger.delete(waiting.entry) and not self.leave_line(waiting.id):
-            # Stopped (DELETE) while it was being started: it must not run.
-            log.info("session %s was stopped as it left the line; removing it", waiting.id)
+        if not self._mark_left(waiting, {}):
+            # Stopped (DELETE), or dropped, while it was being started: it must not run.
+            log.info("session %s left the line as it started; removing it", waiting.id)
             with contextlib.suppress(SessionNotFound):
                 self.backend.stop(waiting.id)
             return "dropped"
         session = self._settle(observed, now=now, drain=False)
         wait = max(0.0, (now - waiting.queued).total_seconds())
         log.info("session %s left the line after %.1f s and starts", waiting.id, wait)
-        self.events.emit(QueueLeft(waiting.id, "started", wait))
+        self.events.emit(QueueLeft(waiting.id, "started", wait, waiting.profile))
         self.events.emit(SessionStarted(session))
         return "started"
+
+    def _mark_left(self, waiting: Waiting, change: dict) -> bool:
+        """Record that `waiting` left the line: with `change` (fields of `Waiting`) the
+        record is replaced by that, else deleted; by compare-and-swap, reading it again
+        when a poll changed it meanwhile. False when it is no longer QUEUED (stopped,
+        dropped or served by another process): what was started for it must not run."""
+        ledger = self.backend.ledger
+        entry: Entry | None = waiting.entry
+        while entry is not None:
+            current = Waiting.read(entry)
+            if current.state != QUEUED:
+                return False
+            if change:
+                updated = replace(current, entry=None, **change)
+                if ledger.replace(entry, START.encode(updated.fields())) is not None:
+                    return True
+            elif ledger.delete(entry):
+                return True
+            entry = ledger.get(entry.name)
+        return False
 
     def _serve_from_pool(self, waiting: Waiting, request: SessionRequest, now: datetime) -> bool:
         """Hand `waiting` a ready session of a warm pool it matches, if there is one: its
         record then stands for that session (GET and DELETE of its id reach it)."""
-        session = self._from_pool(request, quiet=True)
+        try:
+            session = self._from_pool(request, quiet=True)
+        except UserCapacityExceeded:
+            return False  # its on-demand start says "user" too
         if session is None:
             return False
-        served = replace(waiting, state=SERVED, served=session.id, entry=None)
-        if self.backend.ledger.replace(waiting.entry, START.encode(served.fields())) is None:
-            # Polled meanwhile (still here: record it), or stopped (then it must not run).
-            held = self.backend.ledger.get(f"{PREFIX}{waiting.id}")
-            fresh = Waiting.read(held) if held is not None else None
-            if (
-                fresh is None
-                or fresh.state != QUEUED
-                or self.backend.ledger.replace(
-                    held, START.encode(replace(fresh, state=SERVED, served=session.id).fields())
-                )
-                is None
-            ):
-                with contextlib.suppress(SessionNotFound):
-                    self.backend.stop(session.id)
-                return False
+        if not self._mark_left(waiting, {"state": SERVED, "served": session.id}):
+            log.info("session %s left the line as a pool's session was claimed for it", waiting.id)
+            with contextlib.suppress(SessionNotFound):
+                self.backend.stop(session.id)
+            return False
         wait = max(0.0, (now - waiting.queued).total_seconds())
         log.info(
             "session %s left the line after %.1f s for warm pool session %s",
@@ -581,7 +674,7 @@ class QueueTending:
             wait,
             session.id,
         )
-        self.events.emit(QueueLeft(waiting.id, "started", wait))
+        self.events.emit(QueueLeft(waiting.id, "started", wait, waiting.profile))
         self.events.emit(SessionStarted(session))
         return True
 
@@ -590,15 +683,16 @@ class QueueTending:
             waiting, state=DROPPED, reason=reason, message=message, ended=now, entry=None
         )
         if self.backend.ledger.replace(waiting.entry, START.encode(dropped.fields())) is None:
-            return  # polled or stopped meanwhile: the next drain decides again
+            return  # polled or stopped meanwhile: the next walk decides again
         log.info("session %s left the line: %s", waiting.id, message)
         wait = max(0.0, (now - waiting.queued).total_seconds())
-        self.events.emit(QueueLeft(waiting.id, reason.value, wait))
+        self.events.emit(QueueLeft(waiting.id, reason.value, wait, waiting.profile))
 
     def _forget_dropped(self, waiting: Waiting, now: datetime) -> None:
         expired = waiting.ended is not None and now >= waiting.ended + self.retention
         if expired and self.backend.ledger.delete(waiting.entry):
             log.info("removed session %s, dropped from the line", waiting.id)
+            self.events.emit(SessionRemoved(waiting.id))
 
 
 def _refused(exc: OvasError) -> str:

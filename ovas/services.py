@@ -17,8 +17,11 @@ from ovas.backend import Backend, utcnow
 from ovas.catalogs import LATEST, CatalogService, profile_supports
 from ovas.errors import (
     CapacityExceeded,
+    Conflict,
     Forbidden,
+    IdempotencyConflict,
     InvalidInput,
+    NotFound,
     OvasError,
     ProfileNotFound,
     SessionNotFound,
@@ -36,14 +39,14 @@ from ovas.events import (
     StopRefused,
 )
 from ovas.gateway.rules import GatewayRules
-from ovas.idempotency import EXPIRE_EVERY, IdempotencyKeys
+from ovas.idempotency import EXPIRE_EVERY, IdempotencyKeys, Known, request_digest
 from ovas.kitspec import parse_kit, render_values
 from ovas.ledger import LedgerError, RecordCodec
 from ovas.lifecycle import Decision, Mark, Observed, clocks_for, decide
 from ovas.models import Clocks, Session, SessionQuery, SessionRequest, SessionState, WarmPool
 from ovas.names import is_session_id, new_session_id
 from ovas.pool_tending import WarmPoolTending
-from ovas.queueing import QueueTending
+from ovas.queueing import QUEUED, QueueTending
 from ovas.stages import check_stage_uri
 
 # The Application & Profile service's rules are `ovas.catalogs`'; views reach both services
@@ -58,8 +61,11 @@ REMOVAL = RecordCodec("removal", current=1, readers={1: dict})
 REMOVAL_GRACE = timedelta(seconds=120)
 FREE_EVERY = timedelta(seconds=5)  # a refused start frees what ended sessions hold, this often
 MAX_LOG_TAIL = 10000
-# A start replaying another's Idempotency-Key waits this long for that start to finish.
-REPLAY_TRIES, REPLAY_WAIT = 20, 0.25
+# A start's key names a session not made yet for this long before it counts as gone.
+REPLAY_GRACE = timedelta(seconds=30)
+REPLAY_POLL = 0.1  # seconds between two looks for a session a concurrent start is making
+# Errors a start is refused with before anything of it is made: nothing to undo.
+REFUSALS = (CapacityExceeded, InvalidInput, NotFound, Forbidden, Conflict)
 _READ = object()  # `_settle` reads the clients connected through the gateway itself
 
 
@@ -84,6 +90,9 @@ class SessionService(WarmPoolTending, QueueTending):
     says how the signaling gateway changes what is answered (`ovas.gateway.rules`).
     `queue_size`: most starts waiting in line for capacity (`ovas.queueing`; 0: a start
     capacity refuses is refused); `abandon_timeout`: seconds a queued start may go unpolled."""
+
+    # Seconds a start replaying an Idempotency-Key waits for a concurrent start's session.
+    replay_wait: float = 3.0
 
     def __init__(
         self,
@@ -189,7 +198,6 @@ class SessionService(WarmPoolTending, QueueTending):
         *,
         caller: Identity | None = None,
         idempotency_key: str | None = None,
-        request_digest: str = "",
         **kw,
     ) -> Session:
         """Start a session; returns it as first decided: READY when a warm pool's session
@@ -202,29 +210,37 @@ class SessionService(WarmPoolTending, QueueTending):
 
         With `idempotency_key` (`ovas.idempotency`), the same user and key, while the key
         is remembered, answer the session the first such start made, as it is now, and
-        start nothing; `request_digest` tells that start's request from another (422)."""
+        start nothing; the same key for another request (app, resolved version, profile,
+        stage) is an `InvalidInput` (422); a key whose start is still being made elsewhere
+        is an `IdempotencyConflict` (409, retry after a second), as is one whose session is
+        gone (stopped, or removed after its retention).
+
+        A start that fails other than by a refusal (the engine unreachable halfway) is
+        undone: whatever it made is removed, and its key forgotten."""
         username = kw.get("username", "")
+        keys = self.idempotency if idempotency_key else None
         try:
-            if idempotency_key:
-                known = self.idempotency.find(username, idempotency_key, request_digest)
-                if known is not None:
-                    return self._replay(known, caller)
             request = self.build_request(app_id, profile_id, version, **kw)
-            if idempotency_key:
-                known = self.idempotency.remember(
-                    username, idempotency_key, request_digest, request.id
+            if keys is not None:
+                digest = request_digest(
+                    {
+                        "app": request.app.id,
+                        "version": request.version.version,
+                        "profile": request.profile.id,
+                        "usd_stage_uri": request.usd_stage_uri or "",
+                    }
                 )
+                known = keys.find(username, idempotency_key, digest)
+                known = known or keys.remember(username, idempotency_key, digest, request.id)
                 if known is not None:
                     return self._replay(known, caller)
             try:
-                session = self._from_pool(request)
-                if session is None:
-                    session = self._start_or_join(request)
-                else:
-                    self.events.emit(SessionStarted(session))
-            except BaseException:
-                if idempotency_key:
-                    self.idempotency.forget(username, idempotency_key, request.id)
+                session = self._admit(request)
+            except BaseException as exc:
+                if not isinstance(exc, REFUSALS):
+                    self._undo(request.id)
+                if keys is not None:
+                    keys.forget(username, idempotency_key, request.id)
                 raise
         except OvasError as exc:
             self.events.emit(StartRefused(exc))
@@ -237,25 +253,51 @@ class SessionService(WarmPoolTending, QueueTending):
         """The `Idempotency-Key`s of starts, in the backend's ledger."""
         return IdempotencyKeys(self.backend.ledger, self.idempotency_ttl, self.now)
 
-    def _replay(self, session_id: str, caller: Identity | None) -> Session:
+    def _replay(self, known: Known, caller: Identity | None) -> Session:
         """The session an earlier start with the same key made, as it is now; while that
-        start is still being made in another process, waits for it (a few seconds at
-        most). Raises `SessionNotFound` when it is gone (stopped, or removed)."""
-        for attempt in range(REPLAY_TRIES):
+        start is still being made (a double click), waits for it up to `replay_wait`
+        seconds. Raises `IdempotencyConflict` when it is still being made then (for up to
+        `REPLAY_GRACE` after the key was taken), or when its session is gone."""
+        waited_until = time.monotonic() + self.replay_wait
+        while True:
             try:
-                return self.get(session_id, caller)
+                return self.get(known.session_id, caller)
             except SessionNotFound:
-                if attempt == REPLAY_TRIES - 1:
-                    raise
-                time.sleep(REPLAY_WAIT)
-        raise SessionNotFound(session_id)
+                if self.now() - known.made >= REPLAY_GRACE:
+                    break
+                if time.monotonic() >= waited_until:
+                    raise IdempotencyConflict(
+                        "A start with this Idempotency-Key is still being made; try again "
+                        "in a second",
+                        retry_after=1,
+                    ) from None
+                time.sleep(REPLAY_POLL)
+        raise IdempotencyConflict(
+            f"The session this Idempotency-Key started ({known.session_id}) is gone: "
+            "stopped, or removed after its retention; use a new key to start another"
+        )
 
-    def _start_or_join(self, request: SessionRequest) -> Session:
-        """Start `request` on demand, or put it in line: behind those waiting already, or
-        when the capacity or the GPUs refuse it (not the user's cap, which stays 429)."""
+    def _undo(self, session_id: str) -> None:
+        """Remove what a start that failed halfway made, as far as the engine lets us now
+        (what it cannot remove, the clocks and the clean-up end later)."""
+        try:
+            self._stop_or_leave(session_id)
+        except SessionNotFound:
+            pass
+        except (OvasError, LedgerError) as exc:
+            log.warning("session %s: a failed start's leftovers stay for now: %s", session_id, exc)
+
+    def _admit(self, request: SessionRequest) -> Session:
+        """Start `request`: from a warm pool, on demand, or in line. While others wait in
+        line (and it has room), it joins them: first in, first started, pools included.
+        When the line is full, a start that fits now still starts."""
         line = self._line() if self.queueing else None
-        if line is not None and line.queued:
+        if line is not None and line.queued and len(line.queued) < self.queue_size:
             return self._join(request, line, None)
+        session = self._from_pool(request)
+        if session is not None:
+            self.events.emit(SessionStarted(session))
+            return session
         try:
             session = self._settle(self._start_on_demand(request))
         except UserCapacityExceeded:
@@ -470,13 +512,15 @@ class SessionService(WarmPoolTending, QueueTending):
         self.drain()
 
     def _stop_or_leave(self, session_id: str) -> bool:
-        """Remove the session's workload, or its place in line: True for the latter."""
+        """Remove the session's workload, or its record in line (and a warm pool's session
+        it was given): True when it was waiting in line. Raises `SessionNotFound`."""
         try:
             self.backend.stop(session_id)
             return False
         except SessionNotFound:
-            if self.leave_line(session_id):
-                return True
+            left = self.leave_line(session_id)
+            if left is not None:
+                return left.state == QUEUED
             # It may have just left the line and started: stop that.
             self.backend.stop(session_id)
             return False

@@ -288,7 +288,7 @@ def test_metrics_count_the_line(clock):
     reap(app)
     text = client.get("/metrics").get_data(as_text=True)
     assert "ovas_queue_length 0.0" in text
-    assert "ovas_queue_wait_seconds_count 1.0" in text
+    assert 'ovas_queue_wait_seconds_count{profile="default"} 1.0' in text
     assert 'ovas_queue_drops_total{reason="abandoned"} 1.0' in text
     assert 'ovas_sessions{app="usd-viewer",profile="default",state="ended"} 1.0' in text
 
@@ -391,3 +391,77 @@ def test_the_command_line_lists_queued_sessions_with_their_places(clock):
     rows = {line.split()[0]: line.split() for line in table.output.splitlines()[1:]}
     assert rows[first][1] == "ready"
     assert [rows[q][1:3] for q in queued] == [["queued", "#1"], ["queued", "#2"]]
+
+
+def test_a_walk_that_fails_gives_the_line_back_at_once(clock):
+    from ovas.errors import BackendUnavailable
+
+    app, client, backend = make(clock)
+    first = post(client).json["id"]
+    queued = post(client).json["id"]
+    real_start = backend.start
+
+    def down(request):
+        raise BackendUnavailable("the engine does not answer")
+
+    backend.start = down
+    assert client.delete(f"{URL}/{first}").status_code == 204  # its walk fails
+    backend.start = real_start
+    reap(app)  # at once: no hold is left for a minute
+    assert condition(client.get(f"{URL}/{queued}")) in ("creating", "ready")
+
+
+def test_a_wait_estimate_leaves_out_time_nobody_waited():
+    from datetime import UTC, datetime
+
+    from ovas.queueing import estimate
+
+    t = [datetime(2026, 1, 1, 8, m, tzinfo=UTC) for m in range(60)]
+    assert estimate(1, [(t[0], t[0])]) == ""  # nothing to go on
+    # 3 minutes from joining to leaving, then, after 45 minutes with nobody in line, one
+    # that waited 5 minutes: about 4 minutes a place; the idle time does not count.
+    assert estimate(2, [(t[0], t[0]), (t[4], t[1]), (t[54], t[49])]) == "about 8 minutes"
+
+
+def test_an_idempotency_key_ignores_how_the_version_was_named_and_422s_name_the_header(clock):
+    _app, client, backend = make(clock, SESSION_CAPACITY=0)
+    key = {"Idempotency-Key": "v"}
+    latest = post(client, {"id": "usd-viewer", "profile": "default"}, **key)
+    named = post(client, START_BODY, **key)  # the version "latest" resolved to
+    assert named.json["id"] == latest.json["id"] and len(backend.observe_all()) == 1
+    other = client.post(URL, json={**START_BODY, "version": "106.5.0"}, headers=key)
+    assert other.status_code == 422
+    assert other.json["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+
+
+def test_a_key_whose_start_is_being_made_is_a_409_and_one_whose_session_is_gone_too(clock):
+    app, client, backend = make(clock, SESSION_CAPACITY=0)
+    service = app.extensions["ovas"].sessions
+    request = service.build_request("usd-viewer", "default", "107.3.2", username="anonymous")
+    from ovas.idempotency import request_digest
+
+    digest = request_digest(
+        {"app": "usd-viewer", "version": "107.3.2", "profile": "default", "usd_stage_uri": ""}
+    )
+    # Another process has taken the key and not made its session yet.
+    assert service.idempotency.remember("anonymous", "k", digest, request.id) is None
+    service.replay_wait = 0.2  # a double click's wait for it, before the 409
+    busy = client.post(URL, json=START_BODY, headers={"Idempotency-Key": "k"})
+    assert busy.status_code == 409 and busy.headers["Retry-After"] == "1"
+    assert "still being made" in busy.json["detail"]
+    clock.advance(31)
+    gone = client.post(URL, json=START_BODY, headers={"Idempotency-Key": "k"})
+    assert gone.status_code == 409 and "gone" in gone.json["detail"]
+    assert not backend.observe_all()
+
+
+def test_deleting_a_dropped_place_is_not_counted_as_leaving_the_line(clock):
+    app, client, _backend = make(clock, QUEUE_ABANDON_TIMEOUT=60)
+    post(client)
+    dropped = post(client).json["id"]
+    clock.advance(61)
+    reap(app)
+    assert client.delete(f"{URL}/{dropped}").status_code == 204
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'ovas_queue_drops_total{reason="abandoned"} 1.0' in text
+    assert 'reason="stopped"' not in text

@@ -89,11 +89,15 @@ def _refused(status: int, what: str, message: str) -> OvasError:
     quota = _QUOTA.search(message)
     if status == 403 and quota:
         usage = f" ({quota['rest']})" if quota["rest"] else ""
+        # What the quota was exceeded on: GPUs (`requests.nvidia.com/gpu`...) hold up only
+        # starts that need GPUs (`ovas.queueing`).
+        exceeded = (quota["rest"] or "").partition("used:")[0]
         return CapacityExceeded(
             f"The namespace's ResourceQuota {quota['quota']} has no room for the session"
             f"{usage}; try again later",
             retry_after=QUOTA_RETRY_AFTER,
             detail=detail,
+            resource="gpu" if "gpu" in exceeded else "slot",
         )
     rbac = None if "admission webhook" in message else _RBAC.search(message)
     if status == 401 or rbac:

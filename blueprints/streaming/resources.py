@@ -16,7 +16,7 @@ from blueprints.streaming.schemas import (
     StreamRequestSchema,
     StreamResponseSchema,
 )
-from ovas.idempotency import HEADER, parse_key, request_digest
+from ovas.idempotency import HEADER, parse_key
 from ovas.models import Session, SessionState
 
 blp = Blueprint(
@@ -80,7 +80,7 @@ class Streams(Resource):
         success=True,
     )
     @blp.doc(parameters=[{"in": "header", "name": k, **v} for k, v in _IDEMPOTENCY.items()])
-    @error_responses(blp, 404, 422, 429, 503)
+    @error_responses(blp, 404, 409, 422, 429, 503)
     def post(self, body):
         """Start a session of an application version with a profile; poll it until 200
 
@@ -99,7 +99,6 @@ class Streams(Resource):
                 caller=current_identity(),
                 usd_stage_uri=stage,
                 idempotency_key=parse_key(header) if header is not None else None,
-                request_digest=request_digest({**target, "usd_stage_uri": stage or ""}),
             )
             record["session"] = session.id
             record["version"] = session.version  # what it resolved to, when omitted

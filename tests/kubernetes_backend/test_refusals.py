@@ -117,3 +117,21 @@ def test_credentials_the_api_server_rejects_are_not_an_rbac_matter():
         "The Kubernetes API server refused ovas (401) on pods list: Unauthorized; check ovas's "
         "credentials"
     )
+
+
+def test_a_quota_exceeded_on_gpus_holds_up_only_starts_that_need_gpus():
+    from backends.kubernetes.client import _refused
+
+    on_gpus = _refused(
+        403,
+        "Pod",
+        'pods "ovas-x" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, '
+        "used: requests.nvidia.com/gpu=2, limited: requests.nvidia.com/gpu=2",
+    )
+    on_pods = _refused(
+        403,
+        "Pod",
+        'pods "ovas-x" is forbidden: exceeded quota: q, requested: pods=1, used: pods=1, '
+        "limited: pods=1",
+    )
+    assert (on_gpus.resource, on_pods.resource) == ("gpu", "slot")

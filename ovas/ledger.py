@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 # A name fits a Docker container name and a Kubernetes object name once prefixed: a DNS
 # subdomain (RFC 1123, as Kubernetes checks object names), dot-separated parts each starting
@@ -38,6 +39,7 @@ NAME_PATTERN = re.compile(
 KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 MAX_VALUE = 4000  # characters of one value: what a Docker label holds comfortably
 FORMAT_KEY = "format"  # every record's format version, written by `RecordCodec`
+T = TypeVar("T")
 
 
 class LedgerError(ValueError):
@@ -171,39 +173,43 @@ class UnknownFormat(Exception):
 
 
 @dataclass(frozen=True)
-class RecordCodec:
+class RecordCodec(Generic[T]):
     """Writes records of one kind in the current format and reads every format it knows.
 
     `current` is the format written (an int, kept as its decimal str under `FORMAT_KEY`);
-    `readers` maps each readable format to a function turning its data into the current
-    shape (the current format's reader included, usually the identity). A record with no
-    `FORMAT_KEY` is read as format `legacy` when given (records written before formats
-    existed), else it is unknown."""
+    `readers` maps each readable format to a function turning its fields into what the
+    current format reads as: a dict of the current shape (often the identity, `dict`), or a
+    value parsed from its named fields. A record with no `FORMAT_KEY` is read as format
+    `legacy` when given (records written before formats existed), else it is unknown.
+    `kind_key` is the key the kind is kept under (`kind`; Docker's labels keep it under
+    `record`)."""
 
     kind: str
     current: int
-    readers: Mapping[int, Callable[[Mapping[str, str]], dict[str, str]]]
+    readers: Mapping[int, Callable[[Mapping[str, str]], T]]
     legacy: int | None = None
+    kind_key: str = "kind"
 
     def encode(self, fields: Mapping[str, str]) -> dict[str, str]:
-        """`fields` with the current format and the kind added. Raises `LedgerError` if a
-        field uses a reserved key."""
-        if FORMAT_KEY in fields or "kind" in fields:
-            raise LedgerError(f"{FORMAT_KEY!r} and 'kind' are kept by the codec")
-        return {**fields, "kind": self.kind, FORMAT_KEY: str(self.current)}
+        """`fields` with the kind and the current format added, after them. Raises
+        `LedgerError` if a field uses a reserved key."""
+        if FORMAT_KEY in fields or self.kind_key in fields:
+            raise LedgerError(f"{FORMAT_KEY!r} and {self.kind_key!r} are kept by the codec")
+        return {**fields, self.kind_key: self.kind, FORMAT_KEY: str(self.current)}
 
-    def decode(self, entry: Entry) -> dict[str, str]:
-        """The entry's fields in the current shape (without `FORMAT_KEY` and `kind`).
-        Raises `UnknownFormat` for a format this release has no reader for, or for a
-        record of another kind."""
+    def decode(self, entry: Entry) -> T:
+        """The entry's fields (without `FORMAT_KEY` and the kind) as its format's reader
+        reads them. Raises `UnknownFormat` for a format this release has no reader for, or
+        for a record of another kind; whatever the reader raises (KeyError, ValueError) for
+        fields it cannot parse."""
         raw = entry.data.get(FORMAT_KEY)
         if raw is None:
             number = self.legacy
         else:
             number = int(raw) if raw.isdecimal() and len(raw) < 6 else None
-        kind = entry.data.get("kind", self.kind if raw is None else None)
+        kind = entry.data.get(self.kind_key, self.kind if raw is None else None)
         reader = self.readers.get(number) if number is not None else None
         if reader is None or kind != self.kind:
             raise UnknownFormat(entry.name, raw if raw is not None else "none")
-        fields = {k: v for k, v in entry.data.items() if k not in (FORMAT_KEY, "kind")}
+        fields = {k: v for k, v in entry.data.items() if k not in (FORMAT_KEY, self.kind_key)}
         return reader(fields)

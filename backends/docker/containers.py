@@ -16,28 +16,34 @@ unique (Docker refuses a second one, 409). All carry `ovas.session=<id>` and `ov
 - `gpu`: `ovas-gpu-<device id>`: the one session holding that GPU (see `gpu_name`).
 
 Records other than the Kit container are never started, made from a tiny empty image.
+Every record's labels are written and read through the core's record codec
+(`ovas.ledger.RecordCodec`, by `LabelCodec`, one per kind in `RECORDS`): each carries its
+format, the current format's reader is the one place that parses them, and a record of a
+format this release cannot read raises `UnknownFormat` and is left alone.
 Nothing here talks to Docker; nothing from a request reaches a command or shell: the
 request's data goes into labels and environment only.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from backends.docker.gpus import is_cdi_name
 from ovas.kitspec import KitSpec, Probe, cpu_to_nano, memory_to_bytes
+from ovas.ledger import FORMAT_KEY, Entry, LedgerError, RecordCodec
 from ovas.lifecycle import Mark, Outcome
 from ovas.models import Clocks, Reason, SessionRequest, SessionState
 
 PREFIX = "ovas."
 SESSION = "ovas.session"  # every object of ovas carries it; its value is the session id
-RECORD = "ovas.record"
+RECORD = "ovas.record"  # the record's kind (`RecordCodec.kind`, kept under `record`)
 APP = "ovas.app"
 VERSION = "ovas.version"
 PROFILE = "ovas.profile"
@@ -62,10 +68,10 @@ LOGS = "ovas.logs"  # outcome: the last log lines, one per line
 MARK = "ovas.mark"  # mark
 AT = "ovas.at"  # mark
 CLAIM = "ovas.claim"  # slot, gpu: present on claims alone, so one list finds them all
-# The format of every record's labels, written on each. A container of ovas's without it was
-# made before formats were written (read as format 1, which it is); one of another format is
-# a newer release's, left alone (see `observe.read_summary`).
-FORMAT = "ovas.format"
+# The format of every record's labels, written on each by its `LabelCodec`. A container of
+# ovas's without it was made before formats were written (read as format 1, which it is); one
+# of another format is a newer release's, left alone (see `observe.read_summary`).
+FORMAT = PREFIX + FORMAT_KEY
 CURRENT_FORMAT = "1"
 
 CONTAINER, PENDING, FAULT, OUTCOME, MARK_RECORD, SLOT, GPU = (
@@ -84,6 +90,7 @@ RECORD_IMAGE = "ovas/record:1"
 MAX_LABEL = 4000  # characters of a message or logs kept in a label
 _PORT = re.compile(r"^(\w+):(\d+)/(tcp|udp)$")
 _PORT_SLOT = re.compile(r"^ovas-port-(tcp|udp)-(\d+)$")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -299,11 +306,7 @@ def container_spec(
     return {
         "image": kit.image,
         "name": container_name(request.id),
-        "labels": {
-            **session_labels(request, gpu_ids, note),
-            RECORD: CONTAINER,
-            FORMAT: CURRENT_FORMAT,
-        },
+        "labels": RECORDS[CONTAINER].encode(session_labels(request, gpu_ids, note)),
         "environment": dict(kit.env),
         "ports": [
             [p.container_port, p.protocol, address(p), host_ports] for p in wanted_ports(kit)
@@ -349,60 +352,128 @@ def create_arguments(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 
 def record_spec(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    """A record: a never-started container named `name` carrying `labels`, in the current
-    format."""
-    labels = {**labels, FORMAT: CURRENT_FORMAT}
-    return {"image": RECORD_IMAGE, "name": name, "labels": labels, "command": ["ovas-record"]}
+    """A record: a never-started container named `name` carrying `labels` (a `LabelCodec`'s
+    encoding, which says its kind and format)."""
+    return {"image": RECORD_IMAGE, "name": name, "labels": dict(labels), "command": ["ovas-record"]}
 
 
 def describing(labels: Mapping[str, str]) -> dict[str, str]:
-    """A session record's labels that describe the session (not what is particular to it)."""
-    own = (RECORD, SPEC)
+    """A session record's labels that describe the session (not what is particular to it,
+    nor its kind and format, which its own codec writes)."""
+    own = (RECORD, SPEC, FORMAT)
     return {k: v for k, v in labels.items() if k.startswith(PREFIX) and k not in own}
 
 
 def pending_labels(spec: Mapping[str, Any]) -> dict[str, str]:
-    return {
-        **describing(spec["labels"]),
-        RECORD: PENDING,
-        SPEC: json.dumps(spec, separators=(",", ":")),
-    }
+    return RECORDS[PENDING].encode(
+        {**describing(spec["labels"]), SPEC: json.dumps(spec, separators=(",", ":"))}
+    )
 
 
 def fault_labels(session_id: str, reason: Reason, detail: str) -> dict[str, str]:
-    return {SESSION: session_id, RECORD: FAULT, REASON: reason.value, DETAIL: detail[:MAX_LABEL]}
+    fields = {SESSION: session_id, REASON: reason.value, DETAIL: detail[:MAX_LABEL]}
+    return RECORDS[FAULT].encode(fields)
 
 
 def outcome_labels(
     describing_labels: Mapping[str, str], outcome: Outcome, logs: list[str]
 ) -> dict[str, str]:
-    return {
-        **describing(describing_labels),
-        RECORD: OUTCOME,
-        STATE: outcome.state.value,
-        REASON: outcome.reason.value,
-        MESSAGE: outcome.message[:MAX_LABEL],
-        ENDED: outcome.ended_time.isoformat(),
-        LOGS: "\n".join(logs)[-MAX_LABEL:],
-    }
+    return RECORDS[OUTCOME].encode(
+        {
+            **describing(describing_labels),
+            STATE: outcome.state.value,
+            REASON: outcome.reason.value,
+            MESSAGE: outcome.message[:MAX_LABEL],
+            ENDED: outcome.ended_time.isoformat(),
+            LOGS: "\n".join(logs)[-MAX_LABEL:],
+        }
+    )
 
 
 def mark_labels(
     session_id: str, mark: Mark, at: datetime, username: str | None = None
 ) -> dict[str, str]:
     """A mark's labels; a claim's (`Mark.CLAIMED`) name its user too."""
-    labels = {SESSION: session_id, RECORD: MARK_RECORD, MARK: mark.value, AT: at.isoformat()}
+    fields = {SESSION: session_id, MARK: mark.value, AT: at.isoformat()}
     if username is not None:
-        labels[USER] = username
-    return labels
+        fields[USER] = username
+    return RECORDS[MARK_RECORD].encode(fields)
 
 
 def claim_labels(session_id: str, kind: str, username: str = "") -> dict[str, str]:
-    return {SESSION: session_id, RECORD: kind, CLAIM: kind, USER: username}
+    """A claim's labels: `kind` is `SLOT` or `GPU`."""
+    return RECORDS[kind].encode({SESSION: session_id, CLAIM: kind, USER: username})
 
 
-def parse_labels(labels: Mapping[str, str]) -> SessionLabels:
-    """Read a session record's labels. Raises ValueError when they are not well formed."""
+class LabelCodec(Generic[T]):
+    """A `RecordCodec` over a Docker container's labels, for records of one kind.
+
+    Label `ovas.<key>` is the record's field `<key>`: `ovas.record` holds its kind and
+    `ovas.format` its format, both written by `encode`; labels outside `ovas.` (an image's
+    own) are no part of it. `readers` maps each readable format to a function reading the
+    record's labels (`ovas.` names, without `ovas.record` and `ovas.format`) into `T`.
+    Labels without `ovas.format` (containers of the releases before formats were written)
+    are read as format 1."""
+
+    def __init__(self, kind: str, readers: Mapping[int, Callable[[Mapping[str, str]], T]]):
+        def labelled(read: Callable[[Mapping[str, str]], T]) -> Callable[[Mapping[str, str]], T]:
+            return lambda fields: read({PREFIX + k: v for k, v in fields.items()})
+
+        self.kind = kind
+        self.codec: RecordCodec[T] = RecordCodec(
+            kind,
+            current=int(CURRENT_FORMAT),
+            readers={number: labelled(read) for number, read in readers.items()},
+            legacy=1,
+            kind_key=RECORD.removeprefix(PREFIX),
+        )
+
+    def encode(self, labels: Mapping[str, str]) -> dict[str, str]:
+        """`labels` (each named `ovas.<key>`) followed by `ovas.record` and `ovas.format`.
+        Raises `LedgerError` for a label outside `ovas.` or one the codec writes."""
+        fields = {}
+        for name, value in labels.items():
+            if not name.startswith(PREFIX):
+                raise LedgerError(f"label {name!r} of a {self.kind} record is not under {PREFIX}")
+            fields[name.removeprefix(PREFIX)] = value
+        return {PREFIX + key: value for key, value in self.codec.encode(fields).items()}
+
+    def decode(self, name: str, labels: Mapping[str, str]) -> T:
+        """The record `name`'s labels as its format's reader reads them. Raises
+        `UnknownFormat` for a format this release has no reader for or a record of another
+        kind, and ValueError for labels its reader finds not well formed."""
+        fields = {k.removeprefix(PREFIX): v for k, v in labels.items() if k.startswith(PREFIX)}
+        return self.codec.decode(Entry(name, fields, ""))
+
+
+def parse_labels(labels: Mapping[str, str], name: str = "") -> SessionLabels:
+    """Read a session record's labels (Kit container, pending, outcome), of any format this
+    release reads. Raises ValueError when they are no well-formed session record, and
+    `UnknownFormat` when their format is not one this release reads."""
+    kind = labels.get(RECORD, "")
+    if kind not in SESSION_RECORDS:
+        raise ValueError(f"malformed ovas labels: {kind!r} is no session record")
+    return RECORDS[kind].decode(name or labels.get(SESSION, ""), labels)
+
+
+def read_record(name: str, labels: Mapping[str, str]) -> Any:
+    """Read the record `name` of any kind through its codec: a session record as
+    `SessionLabels`, any other as its labels. Raises `UnknownFormat` for a format this
+    release cannot read, whatever the kind (a newer release's record, even of a kind this
+    release does not know, is left alone), and ValueError for a record not well formed or of
+    an unknown kind."""
+    kind = labels.get(RECORD, "")
+    codec = RECORDS.get(kind)
+    if codec is None:
+        LabelCodec(kind, {1: dict}).decode(name, labels)  # UnknownFormat unless format 1
+        raise ValueError(f"{name}: unknown record kind {kind!r}")
+    return codec.decode(name, labels)
+
+
+def _read_session_v1(record: str, labels: Mapping[str, str]) -> SessionLabels:
+    """Format 1 of a session record, `record` (container, pending, outcome): named labels,
+    the clocks as `format_clocks` writes them, the ports as `format_ports`, the probe as
+    `format_probe`. Raises ValueError when they are not well formed."""
     try:
         created = datetime.fromisoformat(labels[CREATED])
         deadline = datetime.fromisoformat(labels[DEADLINE])
@@ -410,7 +481,7 @@ def parse_labels(labels: Mapping[str, str]) -> SessionLabels:
             raise ValueError("times without a time zone")
         return SessionLabels(
             session_id=labels[SESSION],
-            record=labels.get(RECORD, ""),
+            record=record,
             app_id=labels[APP],
             version=labels[VERSION],
             profile=labels[PROFILE],
@@ -428,6 +499,18 @@ def parse_labels(labels: Mapping[str, str]) -> SessionLabels:
         )
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed ovas labels: {exc!r}") from None
+
+
+# Every kind of record and how each format of it reads: the session records into
+# `SessionLabels`, the rest as their labels (format 1 is their current shape).
+RECORDS: dict[str, LabelCodec[Any]] = {
+    **{
+        kind: LabelCodec(kind, {1: functools.partial(_read_session_v1, kind)})
+        for kind in SESSION_RECORDS
+    },
+    **{kind: LabelCodec(kind, {1: dict}) for kind in (FAULT, MARK_RECORD, *CLAIMS)},
+}
+assert set(RECORDS) == set(RECORD_KINDS)
 
 
 def parse_outcome(labels: Mapping[str, str]) -> tuple[Outcome, list[str]]:

@@ -229,6 +229,7 @@ class DockerLedger(Ledger):
 
     def _make(self, container_name: str, labels: Mapping[str, str]) -> str:
         self._count()
+        labels = {**labels, c.FORMAT: c.CURRENT_FORMAT}
         return self.engine.make_record(c.record_spec(container_name, labels))
 
     def create(self, name: str, data: Mapping[str, str]) -> Entry | None:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backends.docker import containers as c
+from ovas.ledger import UnknownFormat
 from ovas.lifecycle import Mark, Observation, Record, Stage
 from ovas.models import Reason, Route
 from ovas.names import is_session_id
@@ -78,30 +79,21 @@ class SessionObjects:
         return [f for f in found if f is not None] + self.claims
 
 
-class UnknownFormat(Exception):
-    """A record of a format this release cannot read (a newer release's): left alone."""
-
-
 def read_summary(summary: Mapping[str, Any]) -> Found:
-    """A `containers.list` summary as Found. Raises ValueError for a container that
-    carries ovas's label but is no well-formed record of ovas (the reaper removes those),
-    and `UnknownFormat` for one of a format this release does not know (never removed)."""
+    """A `containers.list` summary as Found, its labels read through their record's codec
+    (`containers.read_record`). Raises ValueError for a container that carries ovas's label
+    but is no well-formed record of ovas (the reaper removes those), and `UnknownFormat` for
+    one of a format this release does not know (never removed)."""
     names = summary.get("Names") or [""]
     name = names[0].lstrip("/")
     labels = dict(summary.get("Labels") or {})
-    written = labels.get(c.FORMAT, c.CURRENT_FORMAT)
-    if written != c.CURRENT_FORMAT:
-        raise UnknownFormat(f"{name} has record format {written!r}")
+    c.read_record(name, labels)
     session_id = labels.get(c.SESSION, "")
-    record = labels.get(c.RECORD, "")
+    kind = labels.get(c.RECORD, "")
     if not is_session_id(session_id):
         raise ValueError(f"{name}: {session_id!r} is not a session id")
-    if record not in c.RECORD_KINDS:
-        raise ValueError(f"{name}: unknown record kind {record!r}")
-    if record in c.SESSION_RECORDS:
-        if name != c.container_name(session_id, record):
-            raise ValueError(f"{name}: the name does not match its labels")
-        c.parse_labels(labels)
+    if kind in c.SESSION_RECORDS and name != c.container_name(session_id, kind):
+        raise ValueError(f"{name}: the name does not match its labels")
     ports = {
         f"{p.get('PrivatePort')}/{p.get('Type')}": int(p["PublicPort"])
         for p in summary.get("Ports") or []
@@ -127,7 +119,7 @@ def group(summaries: Iterable[Mapping[str, Any]]) -> tuple[dict[str, SessionObje
         try:
             found = read_summary(summary)
         except UnknownFormat as exc:
-            _left_alone(str(exc))
+            _left_alone(f"{exc.name} has record format {exc.format!r}")
             continue
         except ValueError:
             malformed.append(summary)

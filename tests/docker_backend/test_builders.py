@@ -19,6 +19,7 @@ from backends.docker.ports import ephemeral_overlap, parse_port_range
 from backends.docker.pulls import PullProgress
 from ovas.catalog_files import FileCatalog
 from ovas.errors import CapacityExceeded, ConfigurationError, Unsatisfiable
+from ovas.ledger import LedgerError, UnknownFormat
 from ovas.lifecycle import Mark, Outcome, Stage
 from ovas.models import Reason, SessionState
 from ovas.testing import make_request
@@ -163,6 +164,46 @@ def test_labels_read_back_the_session(request_):
     ]
     assert labels.gpus == ("0",)
     assert labels.probe.kind == "http" and labels.probe.port == 8011
+
+
+def test_labels_without_a_format_are_read_as_format_1(request_):
+    # As the releases before record formats wrote them: the same labels, no ovas.format.
+    written = c.container_spec(request_, ["0"])["labels"]
+    assert written[c.FORMAT] == c.CURRENT_FORMAT == "1"
+    earlier = {k: v for k, v in written.items() if k != c.FORMAT}
+    assert c.RECORDS[c.CONTAINER].decode("ovas-x", earlier) == c.parse_labels(written)
+    mark = dict(c.mark_labels(request_.id, Mark.READY, request_.created_time))
+    del mark[c.FORMAT]
+    assert c.read_record("ovas-x.ready", mark)[c.AT] == request_.created_time.isoformat()
+
+
+@pytest.mark.parametrize("record", [c.CONTAINER, c.MARK_RECORD, "a-kind-of-a-newer-release"])
+def test_labels_of_a_newer_format_are_refused_by_the_codec_and_left_alone(request_, record):
+    labels = {
+        **c.container_spec(request_, [])["labels"],
+        c.RECORD: record,
+        c.FORMAT: "2",
+        "ovas.spec-of-a-newer-release": "{}",
+    }
+    with pytest.raises(UnknownFormat) as refused:
+        c.read_record("ovas-x", labels)
+    assert (refused.value.name, refused.value.format) == ("ovas-x", "2")
+    if record == c.CONTAINER:
+        with pytest.raises(UnknownFormat):
+            c.parse_labels(labels)
+    name = c.container_name(request_.id)
+    summary = {"Names": [f"/{name}"], "Id": "abc", "State": "created", "Labels": labels}
+    sessions, malformed = observe.group([summary])
+    assert (sessions, malformed) == ({}, [])  # neither read nor collected as malformed
+
+
+def test_the_codec_writes_the_kind_and_format_and_keeps_them(request_):
+    labels = c.fault_labels(request_.id, Reason.IMAGE_PULL, "manifest unknown")
+    assert (labels[c.RECORD], labels[c.FORMAT]) == (c.FAULT, c.CURRENT_FORMAT)
+    with pytest.raises(LedgerError):
+        c.RECORDS[c.FAULT].encode({**labels})
+    with pytest.raises(LedgerError):
+        c.RECORDS[c.FAULT].encode({"com.example.label": "x"})
 
 
 def test_records_keep_the_spec_the_fault_and_the_outcome(request_):

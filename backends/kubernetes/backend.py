@@ -177,17 +177,20 @@ class KubernetesBackend(Backend):
                 f"The cluster does not serve {kind.plural}.{kind.group or 'core'}"
                 + (" (is Flux installed?)" if kind is HELM_RELEASE else "")
             ) from None
-        mine = [obj for obj in found if not s.foreign(obj)]
-        if len(mine) < len(found):
-            for obj in found:
-                name = f"{kind.kind}/{obj['metadata']['name']}"
-                if s.foreign(obj) and name not in self._foreign_told:
-                    self._foreign_told.add(name)
-                    log.warning(
-                        "leaving %s alone: its ovas/format %r is a newer release's",
-                        name,
-                        s.labels(obj).get(o.FORMAT),
-                    )
+        mine = []
+        for obj in found:
+            refused = s.refusal(obj)
+            if refused is None:
+                mine.append(obj)
+                continue
+            name = f"{kind.kind}/{obj['metadata']['name']}"
+            if name not in self._foreign_told:
+                self._foreign_told.add(name)
+                log.warning(
+                    "leaving %s alone: its ovas/format %r is a newer release's",
+                    name,
+                    refused.format,
+                )
         return mine
 
     def check(self) -> None:
@@ -456,7 +459,7 @@ class KubernetesBackend(Backend):
         as when the pod garbage collector removed its pods with no grace; else None (the pod
         was removed another way, or the node cannot be read: said once in the log). One
         call, only for a session whose record names its node."""
-        node = s.annotations(holder).get(o.NODE)
+        node = s.node_of(holder)
         if not node:
             return None
         try:
@@ -726,12 +729,14 @@ class KubernetesBackend(Backend):
             if session_id not in alive or not s.is_live(slot):
                 continue
             record = groups[session_id].record
-            scope = s.labels(slot).get(o.SLOT)
-            if scope == "pool":
+            read = s.slot_of(slot)
+            if read is None:
+                continue
+            if read.scope == "pool":
                 stale = not record.pooled
             else:
-                owner = s.annotations(slot).get(o.USERNAME, "")
-                stale = scope == "user" and owner != record.username and self._old(slot, now)
+                owner = read.username
+                stale = read.scope == "user" and owner != record.username and self._old(slot, now)
             name = slot["metadata"]["name"]
             if stale and self.kube.delete(CONFIG_MAP, name):
                 removed.append(f"configmap/{name}")
@@ -778,4 +783,5 @@ def _may_be_ready(pod: dict[str, Any], owner: dict[str, Any]) -> bool:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in (pod.get("status") or {}).get("conditions") or []
     )
-    return ready or o.READY_AT in s.annotations(owner)
+    record = s.record_of(owner)
+    return ready or (record is not None and Mark.READY in record.marks)

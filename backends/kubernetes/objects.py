@@ -12,6 +12,13 @@ pod garbage collector's, on a deleted node); with the ready mark it is told the 
 (`NODE`). An ended session's record moves to its outcome ConfigMap `ovas-<id>` (see
 `build_outcome`), which outlives the workload. Label values are made safe with
 `label_value`.
+
+Every record's labels and annotations under `ovas/` are written and read through the core's
+record codec (`ovas.ledger.RecordCodec`), by a `MetadataCodec` per kind of record
+(`SESSION_RECORD`, `OUTCOME_RECORD`, `SLOT_RECORD`): each carries its format (label
+`ovas/format`), the current format's reader is the one place that parses them, an object
+without `ovas/format` (made before formats were written) reads as format 1, and one of a
+format this release cannot read raises `UnknownFormat` and is left alone.
 """
 
 from __future__ import annotations
@@ -19,12 +26,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from ovas.kitspec import GPU_RESOURCE
+from ovas.ledger import FORMAT_KEY, Entry, LedgerError, RecordCodec
 from ovas.lifecycle import CLOCK_ANNOTATIONS, Mark, Outcome, Record
-from ovas.models import Clocks, SessionRequest
+from ovas.models import Clocks, Reason, SessionRequest, SessionState
+from ovas.names import is_session_id
 
 PREFIX = "ovas/"
 SESSION = PREFIX + "session"
@@ -65,12 +76,14 @@ LOG_LINE_LIMIT = 2000  # characters kept of one log line
 LOGS_LIMIT = 256 * 1024  # characters kept of all (a ConfigMap holds at most 1 MiB)
 MANAGED_BY = "app.kubernetes.io/managed-by"
 EXTERNAL_DNS = "external-dns.alpha.kubernetes.io/hostname"  # the DNS name external-dns sets
-# The format of what ovas writes on each object (labels and annotations). An object of ovas's
-# without it was made before formats were written (read as format 1, which it is); one of
-# another format is a newer release's, left alone (`status.foreign`).
-FORMAT = "ovas/format"
+# The format of what ovas writes on each object (labels and annotations), written by its
+# `MetadataCodec`. An object of ovas's without it was made before formats were written (read
+# as format 1, which it is); one of another format is a newer release's, left alone
+# (`status.foreign`).
+FORMAT = PREFIX + FORMAT_KEY
 CURRENT_FORMAT = "1"
-OURS = {MANAGED_BY: "ovas", FORMAT: CURRENT_FORMAT}
+MANAGED = {MANAGED_BY: "ovas"}
+OURS = {**MANAGED, FORMAT: CURRENT_FORMAT}  # the labels of the core's ledger ConfigMaps
 
 CONTAINER = "kit"
 SIGNALING = "signaling"
@@ -82,6 +95,8 @@ GATEWAY_SERVICE_TYPE = "NodePort"
 FLUX_API_VERSION = "helm.toolkit.fluxcd.io/v2"
 DEFAULT_HELM_REPOSITORY = "omniverse"
 
+T = TypeVar("T")
+_LABELS, _ANNOTATIONS = "labels/", "annotations/"  # a `MetadataCodec`'s fields' prefixes
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
 _PROBE_KEYS = (
     "httpGet",
@@ -110,20 +125,18 @@ def object_name(session_id: str) -> str:
     return f"ovas-{session_id}"
 
 
-def session_labels(request: SessionRequest) -> dict[str, str]:
-    return {
-        FORMAT: CURRENT_FORMAT,
+def session_metadata(request: SessionRequest) -> tuple[dict[str, str], dict[str, str]]:
+    """The labels and annotations of a new session's objects (`SESSION_RECORD`'s encoding):
+    labels `ovas/format` first, then the session and what was asked, made safe; annotations
+    the session's record (`record_annotations`)."""
+    labels = {
         SESSION: request.id,
         APP: label_value(request.app.id),
         VERSION: label_value(request.version.version),
         PROFILE: label_value(request.profile.id),
         USER: label_value(request.username),
     }
-
-
-def session_annotations(request: SessionRequest) -> dict[str, str]:
-    """The record of a new session, as annotations of the object that owns it."""
-    return record_annotations(Record.of(request))
+    return SESSION_RECORD.encode(labels, record_annotations(Record.of(request)))
 
 
 def record_annotations(record: Record) -> dict[str, str]:
@@ -262,14 +275,15 @@ def build_pod(request: SessionRequest, namespace: str) -> dict[str, Any]:
     secrets = image_pull_secrets(request.values)
     if secrets:
         spec["imagePullSecrets"] = secrets
+    labels, annotations = session_metadata(request)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": object_name(request.id),
             "namespace": namespace,
-            "labels": {**OURS, **session_labels(request)},
-            "annotations": session_annotations(request),
+            "labels": {**MANAGED, **labels},
+            "annotations": annotations,
         },
         "spec": spec,
     }
@@ -290,7 +304,7 @@ def build_service(
     signaling: bool = True,
 ) -> dict[str, Any]:
     """The Service exposing the session's signaling (TCP) and media (UDP) ports. It holds
-    the session's record as asked (`session_annotations`) and is owned by nothing, so the
+    the session's record as asked (`session_metadata`) and is owned by nothing, so the
     record outlives a pod that vanishes; `owner`, where given (an object read back), owns it
     instead, so the cluster removes it with that object.
 
@@ -305,13 +319,14 @@ def build_service(
     default = DEFAULT_SERVICE_TYPE if signaling else GATEWAY_SERVICE_TYPE
     kind = str(settings.get("type") or default)
     kit = request.kit
+    labels, annotations = session_metadata(request)
     metadata: dict[str, Any] = {
         "name": object_name(request.id),
         "namespace": namespace,
-        "labels": {**OURS, **session_labels(request)},
+        "labels": {**MANAGED, **labels},
         "annotations": {
             **{str(k): str(v) for k, v in (settings.get("annotations") or {}).items()},
-            **session_annotations(request),
+            **annotations,
         },
     }
     if hostname:
@@ -357,8 +372,9 @@ def release_values(request: SessionRequest) -> dict[str, Any]:
     kit = values.setdefault("streamingKit", {})
     kit.setdefault("name", request.id)
     kit["sessionId"] = request.id
-    kit["labels"] = {**kit.get("labels", {}), **session_labels(request)}
-    kit["annotations"] = {**kit.get("annotations", {}), **session_annotations(request)}
+    labels, annotations = session_metadata(request)
+    kit["labels"] = {**kit.get("labels", {}), **labels}
+    kit["annotations"] = {**kit.get("annotations", {}), **annotations}
     return values
 
 
@@ -372,14 +388,15 @@ def build_helmrelease(
     not retried: a session whose chart cannot be installed has failed."""
     repository, chart = chart_reference(request.version.helm_chart, default_repository)
     name = object_name(request.id)
+    labels, annotations = session_metadata(request)
     return {
         "apiVersion": FLUX_API_VERSION,
         "kind": "HelmRelease",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {**OURS, **session_labels(request)},
-            "annotations": session_annotations(request),
+            "labels": {**MANAGED, **labels},
+            "annotations": annotations,
         },
         "spec": {
             "interval": "10m",
@@ -421,21 +438,22 @@ def build_outcome(
     kept = [line[:LOG_LINE_LIMIT] for line in logs]
     while kept and sum(len(line) + 1 for line in kept) > LOGS_LIMIT:
         kept.pop(0)
+    labels = {
+        SESSION: record.id,
+        OUTCOME: outcome.state.value,
+        APP: label_value(record.app_id),
+        VERSION: label_value(record.version),
+        PROFILE: label_value(record.profile),
+        USER: label_value(record.username),
+    }
+    labels, notes = OUTCOME_RECORD.encode(labels, notes)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
             "name": outcome_name(record.id),
             "namespace": namespace,
-            "labels": {
-                **OURS,
-                SESSION: record.id,
-                OUTCOME: outcome.state.value,
-                APP: label_value(record.app_id),
-                VERSION: label_value(record.version),
-                PROFILE: label_value(record.profile),
-                USER: label_value(record.username),
-            },
+            "labels": {**MANAGED, **labels},
             "annotations": notes,
         },
         "data": {LOGS: "\n".join(kept)},
@@ -471,21 +489,19 @@ def build_slot(
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A ConfigMap whose existence holds one unit of capacity for the session; creating it
-    is the atomic admission step (a second create of the same name is refused)."""
+    is the atomic admission step (a second create of the same name is refused). `scope`:
+    "global", "user" or "pool"; `labels`: more of ovas's (`ovas/...`) labels, as a pool's
+    `POOL_KEY`. Raises `LedgerError` for a label outside `ovas/`."""
+    ours = {SLOT: scope, SESSION: session_id, USER: label_value(username), **(labels or {})}
+    ours, notes = SLOT_RECORD.encode(ours, {USERNAME: username, CREATED: created.isoformat()})
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {
-                **OURS,
-                SLOT: scope,
-                SESSION: session_id,
-                USER: label_value(username),
-                **(labels or {}),
-            },
-            "annotations": {USERNAME: username, CREATED: created.isoformat()},
+            "labels": {**MANAGED, **ours},
+            "annotations": notes,
         },
         "data": {"session": session_id},
     }
@@ -499,3 +515,184 @@ def parse_time(text: Any) -> datetime | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+# Records: what ovas writes on its objects, and how each format of it reads
+
+
+class Listed(NamedTuple):
+    """What choosing a page of sessions reads (`SessionQuery.select`): cheap to make from
+    the metadata of a thousand objects."""
+
+    id: str
+    username: str
+    created_time: datetime
+    pooled: bool = False  # a warm pool's, unclaimed
+
+
+@dataclass(frozen=True)
+class SessionRead:
+    """What an object holding a session's record (its Pod, Service or HelmRelease, or its
+    outcome ConfigMap) says of the session, as its format's reader reads it. `listed`: None
+    when its labels and annotations name no session (not whole); `record`: None when the
+    record is not whole (a clock, a time or the outcome unreadable); `node`: the node its
+    pod ran on (`NODE`), "" when not recorded."""
+
+    listed: Listed | None
+    record: Record | None
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class SlotRead:
+    """An admission slot ConfigMap as its format's reader reads it: `scope` ("global",
+    "user" or "pool"; "" if not said), `session_id`, and the user it was taken for
+    (`username`, "" if not recorded)."""
+
+    scope: str
+    session_id: str
+    username: str
+
+
+class MetadataCodec(Generic[T]):
+    """A `RecordCodec` over a Kubernetes object's labels and annotations together, for
+    records of one kind.
+
+    Only names under `ovas/` are the record's: field `labels/<name>` is the label `<name>`,
+    field `annotations/<name>` the annotation `<name>`, and the label `ovas/format` holds the
+    format (`FORMAT_KEY`), written first of ovas's labels. The kind is not written: the
+    object's API kind and labels say it (an outcome ConfigMap carries `OUTCOME`, a slot
+    `SLOT`), and the reader picks the codec. `readers` maps each readable format to a
+    function reading the record's labels and annotations (`ovas/` names, without
+    `ovas/format`) into `T`. Objects without `ovas/format` (made by the releases before
+    formats were written) read as format 1."""
+
+    def __init__(
+        self,
+        kind: str,
+        readers: Mapping[int, Callable[[Mapping[str, str], Mapping[str, str]], T]],
+    ):
+        def split(
+            read: Callable[[Mapping[str, str], Mapping[str, str]], T],
+        ) -> Callable[[Mapping[str, str]], T]:
+            def reader(fields: Mapping[str, str]) -> T:
+                labels, annotations = _split(fields)
+                return read(labels, annotations)
+
+            return reader
+
+        self.kind = kind
+        self.codec: RecordCodec[T] = RecordCodec(
+            kind,
+            current=int(CURRENT_FORMAT),
+            readers={number: split(read) for number, read in readers.items()},
+            legacy=1,
+        )
+
+    def encode(
+        self, labels: Mapping[str, str], annotations: Mapping[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The record's labels (`ovas/format` first, then `labels` in order) and annotations
+        (`annotations`, in order), in the current format. Raises `LedgerError` for a name
+        outside `ovas/`, or `ovas/format`, which the codec writes."""
+        fields: dict[str, str] = {}
+        for part, names in ((_LABELS, labels), (_ANNOTATIONS, annotations)):
+            for name, value in names.items():
+                if not name.startswith(PREFIX) or name == FORMAT:
+                    raise LedgerError(f"{name!r} of a {self.kind} record is not ovas's to give")
+                fields[part + name] = value
+        written = self.codec.encode(fields)
+        ours, notes = _split(written)
+        return {FORMAT: written[FORMAT_KEY], **ours}, notes
+
+    def decode(self, obj: Mapping[str, Any]) -> T:
+        """The object's record (its `metadata`'s labels and annotations under `ovas/`) as
+        its format's reader reads it. Raises `UnknownFormat` for a format this release has
+        no reader for."""
+        meta = obj.get("metadata") or {}
+        fields = {self.codec.kind_key: self.kind}
+        for part, key in ((_LABELS, "labels"), (_ANNOTATIONS, "annotations")):
+            for name, value in (meta.get(key) or {}).items():
+                if part == _LABELS and name == FORMAT:
+                    fields[FORMAT_KEY] = value
+                elif name.startswith(PREFIX):
+                    fields[part + name] = value
+        return self.codec.decode(Entry(str(meta.get("name", "")), fields, ""))
+
+
+def _split(fields: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """A `MetadataCodec`'s fields as labels and annotations (other fields left out)."""
+    labels = {k.removeprefix(_LABELS): v for k, v in fields.items() if k.startswith(_LABELS)}
+    notes = {
+        k.removeprefix(_ANNOTATIONS): v for k, v in fields.items() if k.startswith(_ANNOTATIONS)
+    }
+    return labels, notes
+
+
+def _read_session_v1(labels: Mapping[str, str], notes: Mapping[str, str]) -> SessionRead:
+    """Format 1 of a session's record (a session's object, or its outcome ConfigMap): the
+    session id as label `SESSION`; what was asked, its clocks (seconds, as `seconds_text`
+    writes them), marks, pool and node, and an outcome's state, reason, message and end as
+    annotations (times in ISO 8601 with their offset)."""
+    node = notes.get(NODE, "")
+    session_id = labels.get(SESSION, "")
+    created = parse_time(notes.get(CREATED))
+    if not is_session_id(session_id) or not notes.get(APP) or created is None:
+        return SessionRead(None, None, node)
+    pooled = bool(notes.get(POOL)) and CLAIMED_AT not in notes
+    listed = Listed(session_id, notes.get(USERNAME, ""), created, pooled)
+    deadline = parse_time(notes.get(DEADLINE))
+    try:
+        clocks = clocks_of(dict(notes))
+    except ValueError:
+        return SessionRead(listed, None, node)
+    marks = {}
+    for mark, annotation in MARKS.items():
+        at = parse_time(notes.get(annotation))
+        if at is not None:
+            marks[mark] = at
+    outcome = _outcome_v1(notes) if STATE in notes else None
+    if deadline is None or (STATE in notes and outcome is None):
+        return SessionRead(listed, None, node)
+    record = Record(
+        id=session_id,
+        app_id=notes.get(APP, ""),
+        version=notes.get(VERSION, ""),
+        profile=notes.get(PROFILE, ""),
+        username=listed.username,
+        created_time=created,
+        deadline=deadline,
+        clocks=clocks,
+        marks=marks,
+        outcome=outcome,
+        pool=notes.get(POOL, ""),
+        rendering=notes.get(RENDERING, ""),
+    )
+    return SessionRead(listed, record, node)
+
+
+def _outcome_v1(notes: Mapping[str, str]) -> Outcome | None:
+    """The outcome format 1's annotations record; None if it is not whole."""
+    try:
+        state = SessionState(notes.get(STATE, ""))
+        reason = Reason(notes.get(REASON, ""))
+    except ValueError:
+        return None
+    ended = parse_time(notes.get(ENDED))
+    if not state.final or ended is None:
+        return None
+    return Outcome(state, reason, notes.get(MESSAGE, ""), ended)
+
+
+def _read_slot_v1(labels: Mapping[str, str], notes: Mapping[str, str]) -> SlotRead:
+    """Format 1 of an admission slot: its scope, session and user's label as labels, the
+    user's name as the annotation `USERNAME`."""
+    return SlotRead(labels.get(SLOT, ""), labels.get(SESSION, ""), notes.get(USERNAME, ""))
+
+
+# The kinds of record on ovas's objects, and how each format of them reads.
+SESSION_RECORD: MetadataCodec[SessionRead] = MetadataCodec("session", {1: _read_session_v1})
+OUTCOME_RECORD: MetadataCodec[SessionRead] = MetadataCodec("outcome", {1: _read_session_v1})
+SLOT_RECORD: MetadataCodec[SlotRead] = MetadataCodec("slot", {1: _read_slot_v1})
+# Any object of ovas's, of whatever kind: read only to learn whether its format is readable.
+ANY_RECORD: MetadataCodec[None] = MetadataCodec("object", {1: lambda labels, notes: None})

@@ -30,13 +30,13 @@ FAULT:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from backends.kubernetes import objects as o
 from ovas.kitspec import GPU_RESOURCE
-from ovas.lifecycle import Mark, Observation, Outcome, Record, Stage
-from ovas.models import Reason, Route, SessionState
-from ovas.names import is_session_id
+from ovas.ledger import UnknownFormat
+from ovas.lifecycle import Mark, Observation, Record, Stage
+from ovas.models import Reason, Route
 
 # Waiting reasons of a container whose image can never be pulled as asked.
 IMAGE_FINAL = {"InvalidImageName", "ErrImageNeverPull"}
@@ -109,10 +109,20 @@ def labels(obj: dict[str, Any] | None) -> dict[str, str]:
     return _meta(obj).get("labels") or {}
 
 
+def refusal(obj: dict[str, Any]) -> UnknownFormat | None:
+    """`UnknownFormat` for an object a newer release of ovas wrote (an `ovas/format` this
+    release has no reader for, told by its record codec), else None."""
+    try:
+        o.ANY_RECORD.decode(obj)
+    except UnknownFormat as exc:
+        return exc
+    return None
+
+
 def foreign(obj: dict[str, Any]) -> bool:
-    """True for an object a newer release of ovas wrote (another `ovas/format`): this one
-    neither reads nor removes it."""
-    return labels(obj).get(o.FORMAT, o.CURRENT_FORMAT) != o.CURRENT_FORMAT
+    """True for an object a newer release of ovas wrote (see `refusal`): this one neither
+    reads nor removes it."""
+    return refusal(obj) is not None
 
 
 def session_id_of(obj: dict[str, Any]) -> str | None:
@@ -127,83 +137,50 @@ def is_outcome(obj: dict[str, Any]) -> bool:
 
 # Records
 
+Listed = o.Listed
 
-class Listed(NamedTuple):
-    """What choosing a page of sessions reads (`SessionQuery.select`): cheap to make from
-    the metadata of a thousand objects."""
 
-    id: str
-    username: str
-    created_time: datetime
-    pooled: bool = False  # a warm pool's, unclaimed
+def session_read(obj: dict[str, Any]) -> o.SessionRead | None:
+    """The session's record an object holds (the Pod, Service or HelmRelease of a session,
+    or its outcome ConfigMap), read through its record codec (`objects.SESSION_RECORD`,
+    `objects.OUTCOME_RECORD`); None for an object of a format this release cannot read.
+    Reads the metadata alone."""
+    codec = o.OUTCOME_RECORD if is_outcome(obj) else o.SESSION_RECORD
+    try:
+        return codec.decode(obj)
+    except UnknownFormat:
+        return None
 
 
 def listed_of(obj: dict[str, Any]) -> Listed | None:
     """The session an object's labels and annotations name; None if they are not ours or
     not complete (such objects are orphans for `collect`). Reads the metadata alone."""
-    notes = annotations(obj)
-    session_id = session_id_of(obj)
-    if not session_id or not is_session_id(session_id) or not notes.get(o.APP):
-        return None
-    created = o.parse_time(notes.get(o.CREATED))
-    if created is None:
-        return None
-    pooled = bool(notes.get(o.POOL)) and o.CLAIMED_AT not in notes
-    return Listed(session_id, notes.get(o.USERNAME, ""), created, pooled)
+    read = session_read(obj)
+    return read.listed if read is not None else None
 
 
 def record_of(obj: dict[str, Any]) -> Record | None:
     """The session's record an object's annotations hold (the Pod or HelmRelease owning a
     session, or its outcome ConfigMap, which adds the outcome); None if they are not
     complete. Reads the metadata alone."""
-    listed = listed_of(obj)
-    if listed is None:
-        return None
-    notes = annotations(obj)
-    deadline = o.parse_time(notes.get(o.DEADLINE))
-    if deadline is None:
-        return None
-    try:
-        clocks = o.clocks_of(notes)
-    except ValueError:
-        return None
-    marks = {}
-    for mark, annotation in o.MARKS.items():
-        at = o.parse_time(notes.get(annotation))
-        if at is not None:
-            marks[mark] = at
-    outcome = None
-    if o.STATE in notes:
-        outcome = outcome_of(notes)
-        if outcome is None:
-            return None
-    return Record(
-        id=listed.id,
-        app_id=notes.get(o.APP, ""),
-        version=notes.get(o.VERSION, ""),
-        profile=notes.get(o.PROFILE, ""),
-        username=listed.username,
-        created_time=listed.created_time,
-        deadline=deadline,
-        clocks=clocks,
-        marks=marks,
-        outcome=outcome,
-        pool=notes.get(o.POOL, ""),
-        rendering=notes.get(o.RENDERING, ""),
-    )
+    read = session_read(obj)
+    return read.record if read is not None else None
 
 
-def outcome_of(notes: dict[str, str]) -> Outcome | None:
-    """The outcome an outcome ConfigMap's annotations record; None if it is not whole."""
+def node_of(obj: dict[str, Any]) -> str:
+    """The node a session's pod ran on, as the object holding its record says (`NODE`);
+    "" when not recorded."""
+    read = session_read(obj)
+    return read.node if read is not None else ""
+
+
+def slot_of(obj: dict[str, Any]) -> o.SlotRead | None:
+    """An admission slot ConfigMap, read through its record codec (`objects.SLOT_RECORD`);
+    None for one of a format this release cannot read."""
     try:
-        state = SessionState(notes.get(o.STATE, ""))
-        reason = Reason(notes.get(o.REASON, ""))
-    except ValueError:
+        return o.SLOT_RECORD.decode(obj)
+    except UnknownFormat:
         return None
-    ended = o.parse_time(notes.get(o.ENDED))
-    if not state.final or ended is None:
-        return None
-    return Outcome(state, reason, notes.get(o.MESSAGE, ""), ended)
 
 
 def logs_of(config_map: dict[str, Any]) -> list[str]:

@@ -11,14 +11,19 @@ import pytest
 
 from backends.kubernetes import objects as o
 from backends.kubernetes.status import (
+    foreign,
     listed_of,
     logs_of,
     pod_observation,
     record_of,
+    refusal,
     release_observation,
     routes_of,
+    session_id_of,
+    slot_of,
 )
 from ovas.kitspec import parse_kit
+from ovas.ledger import LedgerError, UnknownFormat
 from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage, decide
 from ovas.models import Clocks, Reason, SessionState
 from ovas.testing import make_request, sample_catalog
@@ -494,3 +499,55 @@ def test_what_a_pod_shows_decides_the_session_in_the_core():
         SessionState.FAILED,
         Reason.START_TIMEOUT,
     )
+
+
+def _without_format(obj: dict) -> dict:
+    """`obj` as the releases before record formats wrote it: the same, no `ovas/format`."""
+    meta = obj["metadata"]
+    labels = {k: v for k, v in meta["labels"].items() if k != o.FORMAT}
+    return {**obj, "metadata": {**meta, "labels": labels}}
+
+
+def test_objects_without_a_format_are_read_as_format_1():
+    request = make_request(sample_catalog(), username="Ann Smith <ann@example.com>")
+    pod = o.build_pod(request, "ns")
+    assert pod["metadata"]["labels"][o.FORMAT] == o.CURRENT_FORMAT == "1"
+    earlier = _without_format(pod)
+    assert o.SESSION_RECORD.decode(earlier) == o.SESSION_RECORD.decode(pod)
+    assert record_of(earlier) == Record.of(request) and listed_of(earlier) == listed_of(pod)
+    assert refusal(earlier) is None and session_id_of(earlier) == request.id
+    ended = Outcome(SessionState.ENDED, Reason.MAX_LIFETIME, "", request.created_time)
+    config_map = _without_format(o.build_outcome(Record.of(request), ended, [], "ns"))
+    assert record_of(config_map) == replace(Record.of(request), outcome=ended)
+    made = request.created_time
+    slot = _without_format(o.build_slot("ovas-slot-0", request.id, "Ann", made, "ns", "user"))
+    assert slot_of(slot) == o.SlotRead("user", request.id, "Ann")
+
+
+@pytest.mark.parametrize("kind", ["Pod", "Service", "HelmRelease", "ConfigMap"])
+def test_objects_of_a_newer_format_are_refused_by_the_codec(kind):
+    request = make_request(sample_catalog())
+    ended = Outcome(SessionState.ENDED, Reason.MAX_LIFETIME, "", request.created_time)
+    built = {
+        "Pod": o.build_pod(request, "ns"),
+        "Service": o.build_service(request, "ns"),
+        "HelmRelease": o.build_helmrelease(request, "ns"),
+        "ConfigMap": o.build_outcome(Record.of(request), ended, [], "ns"),
+    }[kind]
+    meta = built["metadata"]
+    newer = {**built, "metadata": {**meta, "labels": {**meta["labels"], o.FORMAT: "2"}}}
+    codec = o.OUTCOME_RECORD if kind == "ConfigMap" else o.SESSION_RECORD
+    with pytest.raises(UnknownFormat) as refused:
+        codec.decode(newer)
+    assert (refused.value.name, refused.value.format) == (meta["name"], "2")
+    assert refusal(newer) is not None and foreign(newer)
+    assert (record_of(newer), listed_of(newer), session_id_of(newer)) == (None, None, None)
+    assert not foreign(built) and record_of(built) is not None
+
+
+def test_the_codec_writes_the_format_and_keeps_it():
+    labels, notes = o.SLOT_RECORD.encode({o.SLOT: "global"}, {o.USERNAME: "ann"})
+    assert (labels, notes) == ({o.FORMAT: "1", o.SLOT: "global"}, {o.USERNAME: "ann"})
+    for ours, theirs in (({o.FORMAT: "1"}, {}), ({"app": "x"}, {}), ({}, {"example.com/a": ""})):
+        with pytest.raises(LedgerError):
+            o.SLOT_RECORD.encode(ours, theirs)

@@ -7,16 +7,18 @@ reads one order and none starts a queued session twice:
 - `queue.<session id>`: one per queued start: what was asked (app, resolved version,
   profile, user, stage), when it joined the line (`queued`, the order: first in, first
   started, ties by id) and when its status was last asked for (`polled`). A start that
-  leaves the line by starting has its record deleted; one dropped (abandoned, or refused
-  by the catalog or the engine once its turn came) keeps it as its outcome for the
-  retention, like any ended session.
-- `queue-line`: who is starting queued sessions now (one process at a time, `HOLD` at most
-  before another takes over), and when the last `HISTORY` starts left the line, which gives
-  the wait a place in line is told to expect.
+  leaves the line by starting has its record deleted; one given a warm pool's session keeps
+  it, standing for that session (`served`); one dropped (abandoned, or refused by the
+  catalog or the engine once its turn came) keeps it as its outcome for the retention,
+  like any ended session.
+- `queue-line`: who walks the line now (one process at a time, renewed while it walks,
+  taken over once `HOLD` has passed without renewal), how often others asked for a walk
+  meanwhile (`again`), and when the last `HISTORY` starts left the line and had joined it,
+  which gives the wait a place in line is told to expect.
 
 A drain walks the line in order. A start the GPUs refuse holds up only the starts of the same
-profile and GPU need behind it; one the shared capacity refuses ends the drain. Sessions leave
-the line at once when a session ends or is stopped, and on every reaper pass. A queued session
+profile and GPU need behind it; one the shared capacity refuses ends the walk. The line is
+walked at once when a session ends or is stopped, and on every reaper pass. A queued session
 holds no GPU, port or slot; the start timeout counts from the moment it leaves the line.
 """
 

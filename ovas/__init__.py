@@ -6,6 +6,7 @@ starts nothing.
 
 from ovas.backend import Backend, Catalog
 from ovas.models import Application, Profile, Route, Session, SessionRequest, SessionState, Version
+from ovas.workloads import WorkloadBackend
 
 __all__ = [
     "Application",
@@ -17,6 +18,7 @@ __all__ = [
     "SessionRequest",
     "SessionState",
     "Version",
+    "WorkloadBackend",
     "create_app",
 ]
 

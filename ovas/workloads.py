@@ -1,0 +1,385 @@
+"""`WorkloadBackend`: a backend that only runs workloads, with the core keeping every record
+of its sessions over its ledger (`ovas.ledger`).
+
+A subclass implements `from_settings` and four workload methods (two more are optional):
+
+- `run_workload(request)`: start the session's workload and return at once;
+- `observe_workload(session_id)`: what the engine shows of one workload, None if none;
+- `observe_workloads()`: every workload of ours, by session id, in one engine call;
+- `stop_workload(session_id)`: remove it; idempotent;
+- `workload_logs(session_id, tail)` and `workload_clients(session_id)` (None: cannot tell).
+
+Everything else `Backend` asks is written here, once, over `ledger`:
+
+- `session.<id>`: the session's `Record` (what was asked, clocks, marks, outcome, pool,
+  rendering, and the last log lines once it ended), format 1 (`ovas.session_records`);
+- `slot.all.<n>`, `slot.user.<digest>.<n>`, `slot.pool.<digest>.<n>`: one place of the
+  capacity, of a user's capacity, of a warm pool's size, each taken by create-if-absent
+  (format 1), so never more sessions hold places than there are, across
+  every process sharing the ledger.
+
+A workload is started only once its places are taken, and its record is written once it
+runs; a workload with neither record nor place belongs to no session and `collect` stops it.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from ovas.backend import Backend, Catalog
+from ovas.errors import (
+    BackendUnavailable,
+    CapacityExceeded,
+    OvasError,
+    SessionNotFound,
+    UserCapacityExceeded,
+)
+from ovas.ledger import Entry, Ledger, LedgerError, UnknownFormat
+from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage
+from ovas.models import SessionQuery, SessionRequest
+from ovas.session_records import SESSION_RECORD, SLOT_RECORD, digest, encode_session
+
+log = logging.getLogger(__name__)
+
+SESSION_PREFIX = "session."
+SLOT_PREFIX = "slot."
+CAS_TRIES = 20  # compare-and-swap rounds before a mark or claim gives up (BackendUnavailable)
+LOG_TAIL = 100  # log lines a finished session keeps
+
+
+def _justified(name: str, record: Record | None) -> bool:
+    """Whether the place `name` is one its session, of `record`, holds: any while it lives,
+    but a pool's place only while it is unclaimed, and a user's only once it is a user's."""
+    kind = name.split(".")[1]
+    if record is None or record.outcome is not None or kind == "start":
+        return False
+    return kind == "all" or (kind == "pool") == record.pooled
+
+
+class WorkloadBackend(Backend):
+    """A `Backend` whose subclasses run workloads only; see the module's docstring.
+
+    `ledger` must be one every process sharing the engine sees (a backend of one process
+    may keep the default `MemoryLedger`). `slot_grace` (seconds) is how long a place held by
+    no live session is kept before `collect` frees it: the time a start may take between
+    taking its places and writing its record."""
+
+    keeps_warm_pools = True
+    slot_grace: float = 60.0
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        ledger: Ledger | None = None,
+        now: Callable[[], datetime] | None = None,
+    ):
+        self.catalog = catalog
+        if ledger is not None:
+            self.ledger = ledger
+        if now is not None:
+            self.now = now
+
+    # What a subclass implements
+
+    @abc.abstractmethod
+    def run_workload(self, request: SessionRequest) -> None:
+        """Start the workload of session `request.id` from `request.kit` and return at once,
+        labelled so that `observe_workloads` finds it under that id. Raises
+        `BackendUnavailable`, or another `OvasError` saying why it cannot run."""
+
+    @abc.abstractmethod
+    def observe_workload(self, session_id: str) -> Observation | None:
+        """What the engine shows of one workload now (probing readiness for at most about a
+        second), or None when it has none. Never `Stage.GONE`: that is None."""
+
+    @abc.abstractmethod
+    def observe_workloads(self) -> Mapping[str, Observation]:
+        """Every workload of ours, by session id, in one engine call; readiness may come
+        from the engine's own health check without probing each."""
+
+    @abc.abstractmethod
+    def stop_workload(self, session_id: str) -> None:
+        """Remove the workload (and what it holds: ports, GPUs). Idempotent: none is fine."""
+
+    def workload_logs(self, session_id: str, tail: int) -> list[str]:
+        """The workload's last `tail` log lines (none by default, or when it has none)."""
+        return []
+
+    def workload_clients(self, session_id: str) -> int | None:
+        """Clients connected to the workload's signaling port now; None (the default) when
+        it cannot tell, and then only the max lifetime ends a ready session."""
+        return None
+
+    # Records
+
+    def _read_record(self, entry: Entry) -> tuple[Record, tuple[str, ...]] | None:
+        try:
+            return SESSION_RECORD.decode(entry)
+        except UnknownFormat as exc:
+            log.warning("%s; it is left alone", exc)
+        except (KeyError, ValueError) as exc:
+            log.warning("record %s cannot be read (%s); it is left alone", entry.name, exc)
+        return None
+
+    def _session_entries(self) -> dict[str, tuple[Entry, Record, tuple[str, ...]]]:
+        read = {}
+        for entry in self.ledger.list(SESSION_PREFIX):
+            known = self._read_record(entry)
+            if known is not None:
+                read[known[0].id] = (entry, *known)
+        return read
+
+    def _session_entry(self, session_id: str) -> tuple[Entry, Record, tuple[str, ...]]:
+        entry = self.ledger.get(SESSION_PREFIX + session_id)
+        known = self._read_record(entry) if entry is not None else None
+        if known is None:
+            raise SessionNotFound(session_id)
+        return (entry, *known)
+
+    def _combined(self, session_id: str, record: Record, seen: Observation | None) -> Observation:
+        if record.outcome is not None:
+            return Observation(Stage.GONE)
+        if seen is None:
+            return Observation(Stage.GONE, detail="its workload is gone")
+        running = seen.stage is Stage.RUNNING and seen.probe_ok
+        if running and seen.connections is None and not record.pooled:
+            seen = replace(seen, connections=self.workload_clients(session_id))
+        return seen
+
+    # Places
+
+    def _take_place(self, kind: str, scope: str, size: int, session_id: str) -> Entry | None:
+        """One of the `size` places `slot.<kind>.<scope><n>`, or None when all are held."""
+        prefix = f"{SLOT_PREFIX}{kind}.{scope}"
+        held = {e.name for e in self.ledger.list(prefix)}
+        free = [f"{prefix}{n}" for n in range(size) if f"{prefix}{n}" not in held]
+        if len(held) >= size:
+            return None
+        data = SLOT_RECORD.encode({"session": session_id, "taken": self.now().isoformat()})
+        for name in random.sample(free, len(free)):
+            entry = self.ledger.create(name, data)
+            if entry is not None:
+                return entry
+        return None
+
+    def _user_place(self, username: str, capacity: int, session_id: str) -> Entry | None:
+        if not capacity:
+            return None
+        taken = self._take_place("user", digest(username) + ".", capacity, session_id)
+        if taken is None:
+            raise UserCapacityExceeded(
+                f"User '{username}' already has {capacity} sessions", retry_after=30
+            )
+        return taken
+
+    def _free_places(self, session_id: str) -> None:
+        for entry in self.ledger.list(SLOT_PREFIX):
+            if entry.data.get("session") == session_id:
+                self.ledger.delete(entry)
+
+    # Backend
+
+    def start(self, request: SessionRequest) -> Observed:
+        record = Record.of(request)
+        taken: list[Entry] = []
+        ran = False
+        try:
+            if request.pool and request.pool_size:
+                scope = digest(request.pool, request.pool_key) + "."
+                place = self._take_place("pool", scope, request.pool_size, request.id)
+                if place is None:
+                    raise CapacityExceeded(
+                        f"Warm pool '{request.pool}' has its {request.pool_size} sessions",
+                        retry_after=30,
+                    )
+                taken.append(place)
+            elif not request.pool:
+                place = self._user_place(request.username, request.user_capacity, request.id)
+                taken += [place] if place else []
+            if request.capacity:
+                place = self._take_place("all", "", request.capacity, request.id)
+                if place is None:
+                    raise CapacityExceeded(
+                        f"All {request.capacity} session slots are in use", retry_after=30
+                    )
+                taken.append(place)
+            if not taken:  # a place all the same, so that `collect` knows a start runs
+                pending = self.ledger.create(
+                    f"{SLOT_PREFIX}start.{request.id}",
+                    SLOT_RECORD.encode({"session": request.id, "taken": self.now().isoformat()}),
+                )
+                taken += [pending] if pending else []
+            ran = True
+            self.run_workload(request)
+            if self.ledger.create(SESSION_PREFIX + request.id, encode_session(record)) is None:
+                raise LedgerError(f"session {request.id} has a record already")
+        except BaseException:
+            if ran:
+                with contextlib.suppress(OvasError):
+                    self.stop_workload(request.id)
+            for entry in taken:
+                self.ledger.delete(entry)
+            raise
+        if taken and taken[0].name.startswith(f"{SLOT_PREFIX}start."):
+            self.ledger.delete(taken[0])
+        return Observed(record, Observation(Stage.WAITING, detail="Starting the workload"))
+
+    def observe(self, session_id: str) -> Observed:
+        _, record, _ = self._session_entry(session_id)
+        seen = None if record.outcome else self.observe_workload(session_id)
+        return Observed(record, self._combined(session_id, record, seen))
+
+    def observe_all(self) -> list[Observed]:
+        entries = self._session_entries()
+        workloads = self.observe_workloads()
+        return [
+            Observed(record, self._combined(sid, record, workloads.get(sid)))
+            for sid, (_, record, _) in entries.items()
+        ]
+
+    def records(self) -> list[Record]:
+        return [record for _, record, _ in self._session_entries().values()]
+
+    def observe_page(self, query: SessionQuery) -> list[Observed]:
+        page = query.select(self.records(), key=lambda r: r)
+        workloads = self.observe_workloads() if page else {}
+        return [Observed(r, self._combined(r.id, r, workloads.get(r.id))) for r in page]
+
+    def _change_record(
+        self,
+        session_id: str,
+        change: Callable[[Record], Record | None],
+        logs: tuple[str, ...] | None = None,
+    ) -> bool:
+        """Compare-and-swap `change(record)` (and `logs`, when given) into the session's
+        record until it holds: True when written, False when `change` says None or the
+        session is gone. Raises `BackendUnavailable` after `CAS_TRIES` lost rounds."""
+        for _ in range(CAS_TRIES):
+            try:
+                entry, record, kept = self._session_entry(session_id)
+            except SessionNotFound:
+                return False
+            changed = change(record)
+            if changed is None:
+                return False
+            data = encode_session(changed, kept if logs is None else logs)
+            if self.ledger.replace(entry, data) is not None:
+                return True
+        raise BackendUnavailable(f"The record of session {session_id} keeps changing")
+
+    def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
+        return self._change_record(session_id, lambda record: record.marked(mark, at))
+
+    def claim(
+        self, session_id: str, username: str, at: datetime, *, user_capacity: int = 0
+    ) -> bool:
+        def claimed(record: Record) -> Record | None:
+            if not record.pooled or record.outcome is not None:
+                return None
+            return replace(record.marked(Mark.CLAIMED, at), username=username)
+
+        try:
+            _, record, _ = self._session_entry(session_id)
+        except SessionNotFound:
+            return False
+        if claimed(record) is None:
+            return False
+        place = self._user_place(username, user_capacity, session_id)
+        won = False
+        try:
+            won = self._change_record(session_id, claimed)
+        finally:
+            if not won and place is not None:
+                self.ledger.delete(place)
+        if won:
+            prefix = f"{SLOT_PREFIX}pool."
+            for entry in self.ledger.list(prefix):
+                if entry.data.get("session") == session_id:
+                    self.ledger.delete(entry)
+        return won
+
+    def finish(self, session_id: str, outcome: Outcome) -> bool:
+        try:
+            _, record, _ = self._session_entry(session_id)
+        except SessionNotFound:
+            self.stop_workload(session_id)
+            return False
+        written = False
+        if record.outcome is None:
+            logs: tuple[str, ...] = ()
+            try:
+                logs = tuple(self.workload_logs(session_id, LOG_TAIL))
+            except OvasError as exc:
+                log.warning("the logs of session %s cannot be read: %s", session_id, exc)
+            try:
+                written = self._change_record(
+                    session_id,
+                    lambda r: replace(r, outcome=outcome) if r.outcome is None else None,
+                    logs,
+                )
+            except (OvasError, LedgerError) as exc:
+                log.error(
+                    "the outcome of session %s (%s) cannot be recorded (%s); its workload "
+                    "is stopped all the same",
+                    session_id,
+                    outcome.reason.value,
+                    exc,
+                )
+                self.stop_workload(session_id)
+                self._free_places(session_id)
+                raise
+        self.stop_workload(session_id)
+        self._free_places(session_id)
+        return written
+
+    def stop(self, session_id: str) -> None:
+        entry = self.ledger.get(SESSION_PREFIX + session_id)
+        if entry is None:
+            if self.observe_workload(session_id) is None:
+                raise SessionNotFound(session_id)
+        else:
+            self.ledger.delete(entry.name)
+        self.stop_workload(session_id)
+        self._free_places(session_id)
+
+    def logs(self, session_id: str, tail: int = 100) -> list[str]:
+        _, record, kept = self._session_entry(session_id)
+        if record.outcome is not None:
+            return list(kept[-tail:]) if tail > 0 else []
+        return self.workload_logs(session_id, tail)
+
+    def collect(self, now: datetime) -> list[str]:
+        """Free places held by no live session once `slot_grace` has passed since they were
+        taken, stop workloads with neither record nor place, and stop the workloads of
+        sessions with an outcome (a finish interrupted). Returns the ledger names and the
+        session ids of what it removed."""
+        # Read in the order a start writes backwards (a start takes its places, runs its
+        # workload, then writes its record), so a start under way is never taken for none.
+        workloads = self.observe_workloads()
+        places = self.ledger.list(SLOT_PREFIX)
+        sessions = {sid: record for sid, (_, record, _) in self._session_entries().items()}
+        grace = timedelta(seconds=self.slot_grace)
+        removed, holders = [], set()
+        for entry in places:
+            try:
+                fields = SLOT_RECORD.decode(entry)
+                holder, taken = fields["session"], datetime.fromisoformat(fields["taken"])
+            except (UnknownFormat, KeyError, ValueError):
+                continue  # not a place this release wrote: left alone
+            if _justified(entry.name, sessions.get(holder)) or now - taken < grace:
+                holders.add(holder)
+            elif self.ledger.delete(entry):
+                removed.append(entry.name)
+        for session_id in workloads:
+            record = sessions.get(session_id)
+            if (record is None and session_id not in holders) or (record and record.outcome):
+                self.stop_workload(session_id)
+                removed.append(session_id)
+        return removed

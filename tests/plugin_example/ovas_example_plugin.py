@@ -1,12 +1,13 @@
 """An example third-party ovas backend, in its own distribution.
 
-Each session is a listening TCP socket on 127.0.0.1 standing in for Kit's signaling port:
-the session is ready once the socket listens. It keeps its sessions in memory, so it suits
-one process only; it shows the shape of a plugin: subclass `ovas.Backend`, report what the
-engine shows (`Observation`), keep the marks and outcome ovas asks for, raise `ovas.errors`
-only, and register under `ovas.backends`. The session clocks, the states, the messages and
-the metrics come from ovas. It cannot tell whether a client is connected (`connections` is
-None), so of the clocks only the max lifetime applies to its sessions.
+Each session's workload is a listening TCP socket on 127.0.0.1 standing in for Kit's
+signaling port (and a UDP one for media): the workload is ready once the socket listens. It
+shows the shape of a plugin: subclass `ovas.WorkloadBackend`, run, observe and stop
+workloads, report what the engine shows (`Observation`), raise `ovas.errors` only, and
+register under `ovas.backends`. Admission, warm pools, marks, outcomes and cleanup are the
+core's, kept in the backend's ledger; the clocks, states, messages and metrics too. Its
+workloads live in this process's memory, so it suits one process only, and it cannot tell
+whether a client is connected, so of the clocks only the max lifetime applies.
 """
 
 from __future__ import annotations
@@ -14,35 +15,32 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Self
 
-from ovas import Backend, Route, SessionRequest
-from ovas.errors import CapacityExceeded, SessionNotFound, UserCapacityExceeded
-from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage
+from ovas import Route, SessionRequest, WorkloadBackend
+from ovas.lifecycle import Observation, Stage
 from ovas.testing import sample_catalog
 
 
 @dataclass
-class _Entry:
-    record: Record
+class _Workload:
     ready_at: datetime | None  # by the backend's clock; None = never
     exit_code: int | None  # exits at once with it
-    exit_after: float | None  # ... or this many seconds after it was ready
+    exit_after: float | None  # ... or this many seconds after it is ready
     kit_ports: tuple[int, int]  # signaling and media inside the "container"
     sockets: list[socket.socket] = field(default_factory=list)
 
 
-class ExampleBackend(Backend):
+class ExampleBackend(WorkloadBackend):
     name = "example"
+    shared = False  # its workloads live in this process's memory
 
     def __init__(self, catalog=None, *, now=None):
-        self.catalog = catalog or sample_catalog()
-        if now is not None:
-            self.now = now
+        super().__init__(catalog or sample_catalog(), now=now)
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
+        self._workloads: dict[str, _Workload] = {}
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
@@ -55,106 +53,60 @@ class ExampleBackend(Backend):
                 return cls(catalog)
         return cls()
 
-    def start(self, request: SessionRequest) -> Observed:
+    def run_workload(self, request: SessionRequest) -> None:
         env = request.kit.env_dict
-        never = env.get("STANDIN_NEVER_READY") == "1"
         delay = timedelta(seconds=float(env.get("STANDIN_READY_DELAY", "0")))
-        code = env.get("STANDIN_EXIT_CODE")
-        after = env.get("STANDIN_EXIT_AFTER")
-        entry = _Entry(
-            Record.of(request),
-            None if never else self.now() + delay,
-            int(code) if code is not None else None,
-            float(after) if after is not None else None,
-            (request.kit.signaling_port, request.kit.media_port),
-        )
+        code, after = env.get("STANDIN_EXIT_CODE"), env.get("STANDIN_EXIT_AFTER")
         with self._lock:
-            live = [e for e in self._entries.values() if e.record.outcome is None]
-            if request.capacity and len(live) >= request.capacity:
-                raise CapacityExceeded(f"All {request.capacity} sessions are in use")
-            mine = [e for e in live if e.record.username == request.username]
-            if request.user_capacity and len(mine) >= request.user_capacity:
-                raise UserCapacityExceeded(f"{request.username} has {len(mine)} sessions")
-            self._entries[request.id] = entry
-        return self._observed(entry)
+            self._workloads[request.id] = _Workload(
+                None if env.get("STANDIN_NEVER_READY") == "1" else self.now() + delay,
+                int(code) if code is not None else None,
+                float(after) if after is not None else None,
+                (request.kit.signaling_port, request.kit.media_port),
+            )
 
-    def _entry(self, session_id: str) -> _Entry:
-        entry = self._entries.get(session_id)
-        if entry is None:
-            raise SessionNotFound(session_id)
-        return entry
+    def observe_workload(self, session_id: str) -> Observation | None:
+        workload = self._workloads.get(session_id)
+        return self._seen(workload) if workload is not None else None
 
-    def observe(self, session_id: str) -> Observed:
-        return self._observed(self._entry(session_id))
+    def observe_workloads(self) -> Mapping[str, Observation]:
+        return {sid: self._seen(w) for sid, w in list(self._workloads.items())}
 
-    def observe_all(self) -> list[Observed]:
-        return [self._observed(e) for e in list(self._entries.values())]
-
-    def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
+    def stop_workload(self, session_id: str) -> None:
         with self._lock:
-            entry = self._entries.get(session_id)
-            changed = entry.record.marked(mark, at) if entry is not None else None
-            if changed is None:
-                return False
-            entry.record = changed
-            return True
-
-    def finish(self, session_id: str, outcome: Outcome) -> bool:
-        with self._lock:
-            entry = self._entries.get(session_id)
-            if entry is None or entry.record.outcome is not None:
-                return False
-            entry.record = replace(entry.record, outcome=outcome)
-        self._close(entry)
-        return True
-
-    def stop(self, session_id: str) -> None:
-        with self._lock:
-            entry = self._entries.pop(session_id, None)
-        if entry is None:
-            raise SessionNotFound(session_id)
-        self._close(entry)
-
-    def _close(self, entry: _Entry) -> None:
-        for sock in entry.sockets:
+            workload = self._workloads.pop(session_id, None)
+        for sock in workload.sockets if workload else ():
             sock.close()
 
-    def _observed(self, entry: _Entry) -> Observed:
-        return Observed(entry.record, self._seen(entry))
-
-    def _seen(self, entry: _Entry) -> Observation:
-        if entry.record.outcome is not None:
-            return Observation(Stage.GONE)
+    def _seen(self, workload: _Workload) -> Observation:
         now = self.now()
-        if entry.exit_code is not None and entry.exit_after is None:
-            return Observation(Stage.EXITED, exit_code=entry.exit_code, finished_time=now)
-        if entry.ready_at is None or now < entry.ready_at:
+        if workload.exit_code is not None and workload.exit_after is None:
+            return Observation(Stage.EXITED, exit_code=workload.exit_code, finished_time=now)
+        if workload.ready_at is None or now < workload.ready_at:
             return Observation(Stage.WAITING, detail="Opening the signaling socket")
-        ready_at = entry.record.marks.get(Mark.READY)
-        if ready_at and entry.exit_after is not None:
-            exit_time = ready_at + timedelta(seconds=entry.exit_after)
+        if workload.exit_after is not None:
+            exit_time = workload.ready_at + timedelta(seconds=workload.exit_after)
             if now >= exit_time:
-                code = entry.exit_code or 0
+                code = workload.exit_code or 0
                 return Observation(Stage.EXITED, exit_code=code, finished_time=exit_time)
-        self._listen(entry)
-        signaling, media = (s.getsockname()[1] for s in entry.sockets)
+        signaling, media = (s.getsockname()[1] for s in self._listen(workload))
         return Observation(
             Stage.RUNNING,
             probe_ok=True,
             host="127.0.0.1",
             routes=(
-                Route("signaling", "TCP", signaling, entry.kit_ports[0]),
-                Route("media", "UDP", media, entry.kit_ports[1]),
+                Route("signaling", "TCP", signaling, workload.kit_ports[0]),
+                Route("media", "UDP", media, workload.kit_ports[1]),
             ),
         )
 
-    def _listen(self, entry: _Entry) -> None:
+    def _listen(self, workload: _Workload) -> list[socket.socket]:
         with self._lock:
-            if entry.sockets:
-                return
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            tcp.bind(("127.0.0.1", 0))
-            tcp.listen()
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind(("127.0.0.1", 0))
-            entry.sockets = [tcp, udp]
+            if not workload.sockets:
+                tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                tcp.bind(("127.0.0.1", 0))
+                tcp.listen()
+                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                udp.bind(("127.0.0.1", 0))
+                workload.sockets = [tcp, udp]
+            return workload.sockets

@@ -1,0 +1,292 @@
+"""`ovas.WorkloadBackend`: the core's records over a ledger, under a backend that only runs
+workloads (the example plugin). Admission across threads and processes sharing one ledger,
+atomic claims, finishes that free places, and cleanup after its grace, on an injected clock."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
+from multiprocessing.managers import BaseManager
+
+import pytest
+
+from ovas import WorkloadBackend, registry
+from ovas.errors import BackendUnavailable, CapacityExceeded, UserCapacityExceeded
+from ovas.ledger import MAX_VALUE, Entry, MemoryLedger
+from ovas.lifecycle import Mark, Outcome, Stage
+from ovas.models import Reason, SessionState, WarmPool
+from ovas.session_records import SESSION_RECORD, SLOT_RECORD, encode_session
+from ovas.testing import FakeClock, WarmPoolContract, make_request
+from ovas.workloads import SESSION_PREFIX, SLOT_PREFIX
+
+SLOW = {"STANDIN_READY_DELAY": "60"}
+RACERS = 16
+
+
+def example(clock, ledger=None) -> WorkloadBackend:
+    backend = registry.load("example").from_settings({})
+    backend.now = clock
+    if ledger is not None:
+        backend.ledger = ledger
+    return backend
+
+
+def places(ledger, kind: str = "") -> list[str]:
+    return sorted(e.name for e in ledger.list(f"{SLOT_PREFIX}{kind}"))
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger():
+    return MemoryLedger()
+
+
+@pytest.fixture
+def backend(clock, ledger):
+    return example(clock, ledger)
+
+
+def request_for(backend, **kw):
+    return make_request(backend.catalog, now=backend.now(), env=SLOW, **kw)
+
+
+class TestExamplePluginWarmPools(WarmPoolContract):
+    @pytest.fixture
+    def backend(self, clock):
+        return example(clock)
+
+    @pytest.fixture
+    def ready_timeout(self):
+        return 10.0
+
+
+def test_the_example_implements_only_workloads():
+    cls = registry.load("example")
+    assert issubclass(cls, WorkloadBackend) and cls.keeps_warm_pools
+    assert set(WorkloadBackend.__abstractmethods__) <= {
+        "from_settings",
+        "run_workload",
+        "observe_workload",
+        "observe_workloads",
+        "stop_workload",
+        "workload_logs",
+        "workload_clients",
+    }
+
+
+class RacingLedger(MemoryLedger):
+    """Holds each thread's first call of each of `ops` (`create`, `replace`) until `racers`
+    threads have come to it, so that they have all read the same state and their writes
+    race for real."""
+
+    def __init__(self, racers: int, *ops: str):
+        super().__init__()
+        self.barriers = {op: threading.Barrier(racers) for op in ops}
+        self.waited = threading.local()
+
+    def _together(self, op: str) -> None:
+        if op in self.barriers and not getattr(self.waited, op, False):
+            setattr(self.waited, op, True)
+            self.barriers[op].wait(30)
+
+    def create(self, name, data):
+        self._together("create")
+        return super().create(name, data)
+
+    def replace(self, entry, data):
+        self._together("replace")
+        return super().replace(entry, data)
+
+
+def _race(backends, requests) -> tuple[int, int]:
+    """Start every request at once, spread over `backends`: (admitted, refused)."""
+    barrier = threading.Barrier(len(requests))
+
+    def one(n):
+        barrier.wait(30)
+        try:
+            backends[n % len(backends)].start(requests[n])
+            return True
+        except (CapacityExceeded, UserCapacityExceeded):
+            return False
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        results = list(pool.map(one, range(len(requests))))
+    return results.count(True), results.count(False)
+
+
+def test_admission_across_threads_and_instances_never_exceeds_the_capacity(clock):
+    ledger = RacingLedger(RACERS, "create")
+    backends = [example(clock, ledger) for _ in range(3)]
+    requests = [request_for(backends[0], capacity=3) for _ in range(RACERS)]
+    assert _race(backends, requests) == (3, RACERS - 3)
+    assert len(ledger.list(SESSION_PREFIX)) == 3
+    assert places(ledger, "all.") == [f"{SLOT_PREFIX}all.{n}" for n in range(3)]
+    # Every refused start left nothing behind: no record, no place, no workload.
+    running = set().union(*(b.observe_workloads() for b in backends))
+    assert running == {e.name.removeprefix(SESSION_PREFIX) for e in ledger.list(SESSION_PREFIX)}
+
+
+def test_a_users_capacity_holds_across_threads(clock, ledger, backend):
+    requests = [request_for(backend, username="alice", user_capacity=2) for _ in range(RACERS)]
+    assert _race([backend, example(clock, ledger)], requests) == (2, RACERS - 2)
+    assert backend.start(request_for(backend, username="bob", user_capacity=2))
+
+
+class SharedLedger(BaseManager):
+    """Serves one `MemoryLedger` to other processes, as an engine serves its records."""
+
+
+SharedLedger.register("Ledger", MemoryLedger)
+
+
+def _start_in_process(ledger, capacity: int, go) -> int:
+    """In another process: RACERS // 2 concurrent starts on an example backend over the
+    shared `ledger`; how many were admitted."""
+    backend = example(FakeClock(), ledger)
+    requests = [request_for(backend, capacity=capacity) for _ in range(RACERS // 2)]
+    go.wait(60)
+    return _race([backend], requests)[0]
+
+
+def test_admission_across_processes_sharing_a_ledger_never_exceeds_the_capacity():
+    context = multiprocessing.get_context("spawn")
+    with SharedLedger(ctx=context) as manager, context.Manager() as events:
+        ledger = manager.Ledger()
+        go = events.Event()
+        with context.Pool(3) as pool:
+            pending = [pool.apply_async(_start_in_process, (ledger, 4, go)) for _ in range(3)]
+            go.set()
+            admitted = sum(p.get(120) for p in pending)
+        assert admitted == 4
+        assert len(ledger.list(SESSION_PREFIX)) == 4
+        assert len(ledger.list(f"{SLOT_PREFIX}all.")) == 4
+
+
+def test_of_many_claims_of_one_pooled_session_exactly_one_wins(clock):
+    ledger = RacingLedger(RACERS, "replace")
+    backend = example(clock, ledger)
+    pool = WarmPool("p", backend.catalog.applications()[0].id, "latest", "default", 1)
+    pooled = backend.start(request_for(backend, pool=pool)).record
+    assert places(ledger, "pool.")
+    peers = [backend, example(clock, ledger)]
+    barrier = threading.Barrier(RACERS)
+
+    def claim(n):
+        barrier.wait(30)
+        return peers[n % 2].claim(pooled.id, f"user{n}", clock())
+
+    with ThreadPoolExecutor(RACERS) as threads:
+        won = list(threads.map(claim, range(RACERS)))
+    assert won.count(True) == 1
+    record = backend.observe(pooled.id).record
+    assert record.username == f"user{won.index(True)}" and not record.pooled
+    assert not places(ledger, "pool.")  # its pool's place is free again
+
+
+def test_a_claim_past_the_users_capacity_changes_nothing(clock, ledger, backend):
+    pool = WarmPool("p", backend.catalog.applications()[0].id, "latest", "default", 1)
+    pooled = backend.start(request_for(backend, pool=pool)).record
+    backend.start(request_for(backend, username="alice", user_capacity=1))
+    with pytest.raises(UserCapacityExceeded):
+        backend.claim(pooled.id, "alice", clock(), user_capacity=1)
+    assert backend.observe(pooled.id).record.pooled
+    assert len(places(ledger, "user.")) == 1
+
+
+def test_a_finish_frees_the_place_and_keeps_the_record_until_stop(clock, ledger, backend):
+    first = backend.start(request_for(backend, capacity=1)).record
+    with pytest.raises(CapacityExceeded):
+        backend.start(request_for(backend, capacity=1))
+    outcome = Outcome(SessionState.ENDED, Reason.MAX_LIFETIME, "Ended: lifetime", clock())
+    assert backend.finish(first.id, outcome)
+    assert not backend.finish(first.id, outcome)  # once
+    assert first.id not in backend.observe_workloads()
+    kept = backend.observe(first.id)
+    assert kept.record.outcome == outcome and kept.seen.stage is Stage.GONE
+    second = backend.start(request_for(backend, capacity=1)).record
+    backend.stop(first.id)
+    assert [e.name for e in ledger.list(SESSION_PREFIX)] == [SESSION_PREFIX + second.id]
+
+
+def test_a_finish_whose_outcome_cannot_be_written_still_stops_the_workload(
+    clock, ledger, backend, caplog
+):
+    session = backend.start(request_for(backend, capacity=1)).record
+
+    def unavailable(entry, data):
+        raise BackendUnavailable("the engine is down")
+
+    ledger.replace = unavailable
+    outcome = Outcome(SessionState.FAILED, Reason.EXITED, "exited", clock())
+    with caplog.at_level(logging.ERROR), pytest.raises(BackendUnavailable):
+        backend.finish(session.id, outcome)
+    assert session.id not in backend.observe_workloads()
+    assert "cannot be recorded" in caplog.text and session.id in caplog.text
+    assert not places(ledger)  # its place is free too
+
+
+def test_a_workload_gone_without_an_outcome_is_gone(backend):
+    session = backend.start(request_for(backend)).record
+    backend.stop_workload(session.id)
+    seen = backend.observe(session.id).seen
+    assert seen.stage is Stage.GONE
+    assert [o.seen.stage for o in backend.observe_all()] == [Stage.GONE]
+
+
+def test_marks_are_kept_once(clock, backend):
+    session = backend.start(request_for(backend)).record
+    at = clock()
+    assert backend.mark(session.id, Mark.READY, at)
+    assert not backend.mark(session.id, Mark.READY, at + timedelta(seconds=5))
+    assert backend.observe(session.id).record.marks == {Mark.READY: at}
+    assert backend.mark(session.id, Mark.READY, None)
+    assert not backend.mark("0" * 8, Mark.READY, at)
+
+
+def test_collect_frees_places_of_no_session_after_the_grace(clock, ledger, backend):
+    # A start that took its place and never wrote its record (its process was killed).
+    data = SLOT_RECORD.encode({"session": "gone", "taken": clock().isoformat()})
+    ledger.create(f"{SLOT_PREFIX}all.0", data)
+    with pytest.raises(CapacityExceeded):
+        backend.start(request_for(backend, capacity=1))
+    clock.advance(backend.slot_grace - 1)
+    assert backend.collect(clock()) == []
+    clock.advance(2)
+    assert backend.collect(clock()) == [f"{SLOT_PREFIX}all.0"]
+    assert backend.start(request_for(backend, capacity=1))
+    assert backend.collect(clock()) == []  # a live session's place stays
+
+
+def test_collect_stops_workloads_of_no_session_and_leaves_unknown_records(clock, ledger, backend):
+    orphan = request_for(backend)
+    backend.run_workload(orphan)  # its start was interrupted before anything was recorded
+    newer = {"kind": "session", "format": "2", "id": "x"}
+    ledger.create(f"{SESSION_PREFIX}newer", newer)
+    ledger.create(f"{SLOT_PREFIX}all.9", {"kind": "slot", "format": "2"})
+    clock.advance(backend.slot_grace + 1)
+    assert backend.collect(clock()) == [orphan.id]
+    assert backend.observe_workload(orphan.id) is None
+    assert ledger.get(f"{SESSION_PREFIX}newer").data == newer
+    assert ledger.get(f"{SLOT_PREFIX}all.9") is not None
+    assert backend.observe_all() == []
+
+
+def test_a_session_record_reads_back_whole_with_its_newest_log_lines(clock, backend):
+    record = backend.start(request_for(backend, username="alice@example.com")).record
+    outcome = Outcome(SessionState.FAILED, Reason.EXITED, "x" * 5000, clock())
+    ended = replace(record, marks={Mark.READY: clock()}, outcome=outcome)
+    lines = tuple(f"line {n} " + "y" * 80 for n in range(100))
+    data = encode_session(ended, lines)
+    assert data["format"] == "1" and all(len(v) <= MAX_VALUE for v in data.values())
+    read, kept = SESSION_RECORD.decode(Entry("session.x", data, "1"))
+    assert read == replace(ended, outcome=replace(outcome, message="x" * MAX_VALUE))
+    assert kept == lines[-len(kept) :] and len(kept) > 10

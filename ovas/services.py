@@ -285,7 +285,11 @@ class SessionService(WarmPoolTending, QueueTending):
         except SessionNotFound:
             pass
         except (OvasError, LedgerError) as exc:
-            log.warning("session %s: a failed start's leftovers stay for now: %s", session_id, exc)
+            log.info(
+                "session %s: whatever its failed start made stays for now: %s",
+                session_id,
+                exc.message if isinstance(exc, OvasError) else exc,
+            )
 
     def _admit(self, request: SessionRequest) -> Session:
         """Start `request`: from a warm pool, on demand, or in line. While others wait in

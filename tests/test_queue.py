@@ -465,3 +465,22 @@ def test_deleting_a_dropped_place_is_not_counted_as_leaving_the_line(clock):
     text = client.get("/metrics").get_data(as_text=True)
     assert 'ovas_queue_drops_total{reason="abandoned"} 1.0' in text
     assert 'reason="stopped"' not in text
+
+
+def test_a_start_that_fails_halfway_is_undone_and_forgets_its_key(clock):
+    from ovas.errors import BackendUnavailable
+
+    _app, client, backend = make(clock)
+    post(client)
+    real_observe = backend.observe
+
+    def flaky(session_id):
+        backend.observe = real_observe  # once
+        raise BackendUnavailable("the engine stopped answering")
+
+    backend.observe = flaky
+    failed = client.post(URL, json=START_BODY, headers={"Idempotency-Key": "half"})
+    assert failed.status_code == 503
+    assert not backend.ledger.list(PREFIX)  # its place in line was taken back
+    retried = post(client, **{"Idempotency-Key": "half"})
+    assert (condition(retried), retried.json["queue_position"]) == ("queued", 1)

@@ -56,11 +56,11 @@ from backends.kubernetes import KubernetesBackend  # noqa: E402
 from ovas import create_app  # noqa: E402
 from tests.support.gateway import DOMAIN, Echo, WildcardResolver, viewer_protocols  # noqa: E402
 from tests.support.gateway_process import (  # noqa: E402
-    SECRET,
     GatewayProcess,
     as_user,
     by_host,
     by_path,
+    gateway_and_api,
     write_keys,
 )
 
@@ -129,20 +129,11 @@ def seeded(echo_port: int) -> list[dict]:
 class Core:
     """ovas on the emulated cluster, called through its API as alice (one caller at once)."""
 
-    def __init__(self, kubeconfig: str, keys: str, gateway_port: int):
+    def __init__(self, kubeconfig: str, settings: dict):
         backend = KubernetesBackend(namespace=NAMESPACE, config_file=kubeconfig, gateway=True)
-        settings = {
-            "TESTING": True,
-            "REAP_INTERVAL": 0,
-            "AUTH": "apikey",
-            "APIKEYS_FILE": keys,
-            "GATEWAY_DOMAIN": DOMAIN,
-            "GATEWAY_SECRET": SECRET,
-            "GATEWAY_PUBLIC_PORT": gateway_port,
-            "LOG_LEVEL": "WARNING",
-        }
         self.backend = backend
-        self.api = create_app(settings, backend=backend).test_client()
+        api = {**settings, "LOG_LEVEL": "WARNING"}
+        self.api = create_app(api, backend=backend).test_client()
 
     def start(self, count: int) -> dict[str, str]:
         """`count` new ready sessions: {id: stream token}."""
@@ -213,21 +204,19 @@ async def soak(args) -> None:
     with EmulatedCluster(interval=0.2, pod_ip="127.0.0.1") as cluster:
         cluster.seed(NAMESPACE, seeded(echo.port))
         keys = write_keys(work / "keys.yaml")
-        gateway = GatewayProcess(
-            {
-                "OVAS_BACKEND": "kubernetes",
-                "KUBECONFIG": cluster.kubeconfig,
-                "OVAS_KUBERNETES_NAMESPACE": NAMESPACE,
-                "OVAS_AUTH": "apikey",
-                "OVAS_APIKEYS_FILE": keys,
-                "OVAS_GATEWAY_DOMAIN": DOMAIN,
-                "OVAS_GATEWAY_SECRET": SECRET,
-                "OVAS_GATEWAY_MAX_CLIENTS": str(args.max_clients),
-                "OVAS_LOG_LEVEL": "WARNING",
-            },
+        engine = {
+            "OVAS_BACKEND": "kubernetes",
+            "KUBECONFIG": cluster.kubeconfig,
+            "OVAS_KUBERNETES_NAMESPACE": NAMESPACE,
+        }
+        gateway, settings = gateway_and_api(
+            engine,
+            keys,
             work / "gateway.log",
+            OVAS_GATEWAY_MAX_CLIENTS=str(args.max_clients),
+            OVAS_LOG_LEVEL="WARNING",
         )
-        core = Core(cluster.kubeconfig, keys, gateway.port)
+        core = Core(cluster.kubeconfig, settings)
         try:
             await run(args, core, gateway, echo)
         finally:

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from ovas import create_app
 from ovas.gateway import tokens
 from ovas.gateway.server import Gateway, tls_context
 from ovas.testing import FakeBackend
+from tests.support import polling
 from tests.support.gateway import DOMAIN, PEER_PATH, Echo
 from tests.support.gateway_process import LoopThread
 from tests.test_docs_browser import find_chromium
@@ -62,9 +62,7 @@ def spki_sha256(certificate: str) -> str:
 
 def until(check, browser: subprocess.Popen, timeout: float = 20.0) -> None:
     """Poll `check` while the browser runs (a real wait on a real browser)."""
-    deadline = time.monotonic() + timeout
-    while not check() and browser.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    polling.until(check, timeout, process=browser)
 
 
 def test_chromium_exchanges_a_message_over_wss_by_the_sessions_name(tmp_path):

@@ -18,14 +18,13 @@ from ovas.testing import FakeClock
 from ovas.testing.requests import STANDIN_NEVER_READY
 from tests.support.gateway import DOMAIN
 from tests.support.gateway_process import (
-    SECRET,
-    GatewayProcess,
     a_gateway_dies_under_a_client,
     as_user,
     by_host,
     by_path,
     connected,
     echoed,
+    gateway_and_api,
     refused,
     sign_in,
     until,
@@ -48,29 +47,14 @@ def stack(new_backend, docker_daemon, catalog_dir, keys, tmp_path):
     the test's clock, the gateway built from the environment as `ovas gateway` is, both
     with the same settings on the same engine."""
     clock = FakeClock()
-    gateway = GatewayProcess(
-        {
-            "OVAS_BACKEND": "docker",
-            "DOCKER_HOST": docker_daemon.url,
-            "OVAS_CATALOG_PATH": str(catalog_dir),
-            "OVAS_DOCKER_GPUS": "none",
-            "OVAS_AUTH": "apikey",
-            "OVAS_APIKEYS_FILE": keys,
-            "OVAS_GATEWAY_DOMAIN": DOMAIN,
-            "OVAS_GATEWAY_SECRET": SECRET,
-        },
-        tmp_path / "gateway.log",
-    )
-    settings = {
-        "TESTING": True,
-        "REAP_INTERVAL": 0,
-        "AUTH": "apikey",
-        "APIKEYS_FILE": keys,
-        "GATEWAY_DOMAIN": DOMAIN,
-        "GATEWAY_SECRET": SECRET,
-        "GATEWAY_PUBLIC_PORT": gateway.port,
-        "SESSION_IDLE_TIMEOUT": IDLE,
+    engine = {
+        "OVAS_BACKEND": "docker",
+        "DOCKER_HOST": docker_daemon.url,
+        "OVAS_CATALOG_PATH": str(catalog_dir),
+        "OVAS_DOCKER_GPUS": "none",
     }
+    gateway, settings = gateway_and_api(engine, keys, tmp_path / "gateway.log")
+    settings["SESSION_IDLE_TIMEOUT"] = IDLE
     app = create_app(settings, backend=new_backend(gateway=True, now=clock))
     yield app.test_client(), clock, gateway
     gateway.close()

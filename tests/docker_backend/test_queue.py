@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from support import ovas_process
+from support.polling import until
 from support.warm_pools import START
 
 from backends.docker import containers as c
@@ -32,18 +33,6 @@ URL = "/streaming/stream"
 
 def condition(answer: dict) -> str:
     return answer["status"]["condition"]
-
-
-def until(check: Callable[[], object], timeout: float, what: str, process=None):
-    """Poll `check` (a real engine, or a real server) until it answers something true, within
-    `timeout` seconds; fails naming `what` (and the server's last words, if it exited)."""
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"the server exited while waiting for {what}")
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.05)
-    return found
 
 
 def kit_containers(engine, running: bool = False) -> dict[str, dict]:

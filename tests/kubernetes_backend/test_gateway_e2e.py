@@ -20,8 +20,6 @@ from ovas import create_app
 from ovas.models import Reason, SessionState
 from tests.support.gateway import DOMAIN, Echo
 from tests.support.gateway_process import (
-    SECRET,
-    GatewayProcess,
     LoopThread,
     a_gateway_dies_under_a_client,
     as_user,
@@ -29,6 +27,7 @@ from tests.support.gateway_process import (
     by_path,
     connected,
     echoed,
+    gateway_and_api,
     refused,
     sign_in,
     until,
@@ -46,28 +45,13 @@ def stack(make_backend, cluster, tmp_path):
     """(API test client, echo, gateway process not yet started), every pod at 127.0.0.1."""
     cluster.cluster.pod_ip = "127.0.0.1"
     keys = write_keys(tmp_path / "keys.yaml")
-    gateway = GatewayProcess(
-        {
-            "OVAS_BACKEND": "kubernetes",
-            "KUBECONFIG": cluster.kubeconfig,
-            "OVAS_KUBERNETES_NAMESPACE": NAMESPACE,
-            "OVAS_AUTH": "apikey",
-            "OVAS_APIKEYS_FILE": keys,
-            "OVAS_GATEWAY_DOMAIN": DOMAIN,
-            "OVAS_GATEWAY_SECRET": SECRET,
-        },
-        tmp_path / "gateway.log",
-    )
-    settings = {
-        "TESTING": True,
-        "REAP_INTERVAL": 0,
-        "AUTH": "apikey",
-        "APIKEYS_FILE": keys,
-        "GATEWAY_DOMAIN": DOMAIN,
-        "GATEWAY_SECRET": SECRET,
-        "GATEWAY_PUBLIC_PORT": gateway.port,
-        "SESSION_IDLE_TIMEOUT": IDLE,
+    engine = {
+        "OVAS_BACKEND": "kubernetes",
+        "KUBECONFIG": cluster.kubeconfig,
+        "OVAS_KUBERNETES_NAMESPACE": NAMESPACE,
     }
+    gateway, settings = gateway_and_api(engine, keys, tmp_path / "gateway.log")
+    settings["SESSION_IDLE_TIMEOUT"] = IDLE
     app = create_app(settings, backend=make_backend(gateway=True))
     with LoopThread() as loop:
         echo = loop.run(Echo().start())

@@ -24,6 +24,7 @@ import yaml
 from ovas.auth import STREAMER, hash_key
 from ovas.gateway import presence
 from tests.support.gateway import DOMAIN, PEER_PATH, client_session, viewer_protocols
+from tests.support.polling import until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,14 +47,6 @@ def write_keys(path: Path) -> str:
     return str(path)
 
 
-def until(check, timeout: float = 10.0):
-    """Poll `check` (a real wait: the gateway writes its counts as clients come and go)."""
-    deadline = time.monotonic() + timeout
-    while not (seen := check()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return seen
-
-
 def connected(api, session_id: str) -> bool | None:
     """`connected` of alice's session, as the API answers her."""
     return api.get(f"/stream/{session_id}", **as_user("alice")).get_json()["connected"]
@@ -71,6 +64,36 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def gateway_and_api(
+    engine: dict[str, str], keys: str, log: Path, **gateway_settings: str
+) -> tuple[GatewayProcess, dict]:
+    """A gateway process (not started) over `engine`'s settings (`OVAS_BACKEND` and what
+    it reads), and the API's settings that go with it: both take the API keys of `keys`
+    and share the domain and the secret; the gateway's port is the public one.
+    `gateway_settings` add to the gateway's."""
+    gateway = GatewayProcess(
+        {
+            **engine,
+            "OVAS_AUTH": "apikey",
+            "OVAS_APIKEYS_FILE": keys,
+            "OVAS_GATEWAY_DOMAIN": DOMAIN,
+            "OVAS_GATEWAY_SECRET": SECRET,
+            **gateway_settings,
+        },
+        log,
+    )
+    api = {
+        "TESTING": True,
+        "REAP_INTERVAL": 0,
+        "AUTH": "apikey",
+        "APIKEYS_FILE": keys,
+        "GATEWAY_DOMAIN": DOMAIN,
+        "GATEWAY_SECRET": SECRET,
+        "GATEWAY_PUBLIC_PORT": gateway.port,
+    }
+    return gateway, api
 
 
 class GatewayProcess:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ HEADER = "Idempotency-Key"
 # a bare token is taken as well, as many clients send one. At most 255 characters.
 _VALUE = re.compile(r"^[\x20-\x7e]{1,255}\Z")
 EXPIRE_EVERY = timedelta(minutes=10)  # a process deletes expired keys at most this often
+REMEMBER_TRIES, REMEMBER_WAIT = 40, 0.05  # looks (seconds apart) for a key being created
 
 
 def parse_key(header: str) -> str:
@@ -95,7 +97,7 @@ class IdempotencyKeys:
             "made": now.isoformat(),
             "expires": (now + self.ttl).isoformat(),
         }
-        for _ in range(3):
+        for _ in range(REMEMBER_TRIES):
             if self.ledger.create(name, KEY_RECORD.encode(fields)) is not None:
                 return None
             held = self.ledger.get(name)
@@ -105,6 +107,10 @@ class IdempotencyKeys:
                 return known
             if held is not None:
                 self.ledger.delete(held)  # expired: a new use of the key
+            else:
+                # Another request's create of the key is under way (an engine whose create
+                # takes several calls shows it only once done): look again shortly.
+                time.sleep(REMEMBER_WAIT)
         raise Conflict(f"{HEADER} {key!r} is being used by other requests now; try again")
 
     def forget(self, username: str, key: str, session_id: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -169,6 +169,9 @@ class SessionRequest:
     pool: str = ""  # the warm pool this session is started for, owned by nobody until claimed
     pool_size: int = 0  # with `pool`: most unclaimed sessions of that pool and key at once
     rendering: str = ""  # with `pool`: the digest of what it runs (`ovas.pools.rendering`)
+    # The named places the core took for it, by kind: a `WorkloadBackend`'s GPUs' device ids,
+    # host ports... (`ovas.workloads.Places`); empty for a backend that takes its own.
+    places: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def pool_key(self) -> str:

@@ -16,7 +16,10 @@ Everything else `Backend` asks is written here, once, over `ledger`:
 - `slot.all.<n>`, `slot.user.<digest>.<n>`, `slot.pool.<digest>.<n>`: one place of the
   capacity, of a user's capacity, of a warm pool's size, each taken by create-if-absent
   (format 1), so never more sessions hold places than there are, across
-  every process sharing the ledger.
+  every process sharing the ledger;
+- `slot.<kind>.<name>`: a named place the subclass says a workload needs (`places`): a GPU
+  by its device id, a host port of a range; the names taken reach `run_workload` as
+  `request.places`, so no two live sessions ever hold one GPU.
 
 A workload is started only once its places are taken, and its record is written once it
 runs; a workload with neither record nor place belongs to no session and `collect` stops it.
@@ -28,8 +31,9 @@ import abc
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from ovas.backend import Backend, Catalog
@@ -53,13 +57,41 @@ CAS_TRIES = 20  # compare-and-swap rounds before a mark or claim gives up (Backe
 LOG_TAIL = 100  # log lines a finished session keeps
 
 
+PLAIN_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+
+
+@dataclass(frozen=True)
+class Places:
+    """Named places of one kind that a workload holds while its session lives.
+
+    `kind` (a-z, e.g. "gpu", "port-tcp") names them; `names` are every place of the kind the
+    host has, in the order they are to be taken (a GPU's device id, a host port); `need` is
+    how many the workload takes. `refusal(free)` builds what a start raises when fewer than
+    `need` are free (`free`, an int, of `len(names)`): `CapacityExceeded` with its
+    `resource` while others hold them; a start needing more than there are raises
+    `Unsatisfiable` first, from `refusal` as well."""
+
+    kind: str
+    names: Sequence[str]
+    need: int
+    refusal: Callable[[int], OvasError]
+
+
+def place_name(kind: str, name: str) -> str:
+    """The ledger name of the place `name` of `kind`: `slot.<kind>.<name>` when `name` is a
+    plain DNS label, else `slot.<kind>.<digest of name>` (a CDI device name holds '/')."""
+    return f"{SLOT_PREFIX}{kind}.{name if PLAIN_NAME.match(name) else digest(name)}"
+
+
 def _justified(name: str, record: Record | None) -> bool:
     """Whether the place `name` is one its session, of `record`, holds: any while it lives,
     but a pool's place only while it is unclaimed, and a user's only once it is a user's."""
     kind = name.split(".")[1]
     if record is None or record.outcome is not None or kind == "start":
         return False
-    return kind == "all" or (kind == "pool") == record.pooled
+    if kind in ("pool", "user"):
+        return (kind == "pool") == record.pooled
+    return True
 
 
 class WorkloadBackend(Backend):
@@ -111,6 +143,13 @@ class WorkloadBackend(Backend):
     def workload_logs(self, session_id: str, tail: int) -> list[str]:
         """The workload's last `tail` log lines (none by default, or when it has none)."""
         return []
+
+    def places(self, request: SessionRequest) -> Sequence[Places]:
+        """The named places `request`'s workload needs besides the session slots (its GPUs,
+        its host ports); none by default. The core takes them before `run_workload`, frees
+        them when the session ends, and passes their names as `request.places[kind]`.
+        Raises `Unsatisfiable` for a request this host can never grant."""
+        return ()
 
     def workload_clients(self, session_id: str) -> int | None:
         """Clients connected to the workload's signaling port now; None (the default) when
@@ -179,6 +218,31 @@ class WorkloadBackend(Backend):
             )
         return taken
 
+    def _take_named(self, wanted: Places, session_id: str) -> list[Entry]:
+        """`wanted.need` places of `wanted.names`, in their order, skipping those held, or
+        raises `wanted.refusal(free)` having taken none."""
+        if wanted.need <= 0:
+            return []
+        if wanted.need > len(wanted.names):
+            raise wanted.refusal(len(wanted.names))
+        held = {e.name for e in self.ledger.list(f"{SLOT_PREFIX}{wanted.kind}.")}
+        taken: list[Entry] = []
+        for name in wanted.names:
+            ledger_name = place_name(wanted.kind, name)
+            if ledger_name in held:
+                continue
+            fields = {"session": session_id, "taken": self.now().isoformat(), "place": name}
+            entry = self.ledger.create(ledger_name, SLOT_RECORD.encode(fields))
+            if entry is None:
+                held.add(ledger_name)  # another start took it meanwhile
+                continue
+            taken.append(entry)
+            if len(taken) == wanted.need:
+                return taken
+        for entry in taken:
+            self.ledger.delete(entry)
+        raise wanted.refusal(sum(place_name(wanted.kind, n) not in held for n in wanted.names))
+
     def _free_places(self, session_id: str) -> None:
         for entry in self.ledger.list(SLOT_PREFIX):
             if entry.data.get("session") == session_id:
@@ -190,6 +254,7 @@ class WorkloadBackend(Backend):
         record = Record.of(request)
         taken: list[Entry] = []
         ran = False
+        wanted = self.places(request)
         try:
             if request.pool and request.pool_size:
                 scope = digest(request.pool, request.pool_key) + "."
@@ -216,8 +281,13 @@ class WorkloadBackend(Backend):
                     SLOT_RECORD.encode({"session": request.id, "taken": self.now().isoformat()}),
                 )
                 taken += [pending] if pending else []
+            named: dict[str, tuple[str, ...]] = {}
+            for places in wanted:
+                got = self._take_named(places, request.id)
+                taken += got
+                named[places.kind] = tuple(e.data["place"] for e in got)
             ran = True
-            self.run_workload(request)
+            self.run_workload(replace(request, places=named) if named else request)
             if self.ledger.create(SESSION_PREFIX + request.id, encode_session(record)) is None:
                 raise LedgerError(f"session {request.id} has a record already")
         except BaseException:

@@ -15,13 +15,18 @@ from multiprocessing.managers import BaseManager
 import pytest
 
 from ovas import WorkloadBackend, registry
-from ovas.errors import BackendUnavailable, CapacityExceeded, UserCapacityExceeded
+from ovas.errors import (
+    BackendUnavailable,
+    CapacityExceeded,
+    Unsatisfiable,
+    UserCapacityExceeded,
+)
 from ovas.ledger import MAX_VALUE, Entry, MemoryLedger
 from ovas.lifecycle import Mark, Outcome, Stage
 from ovas.models import Reason, SessionState, WarmPool
 from ovas.session_records import SESSION_RECORD, SLOT_RECORD, encode_session
 from ovas.testing import FakeClock, WarmPoolContract, make_request
-from ovas.workloads import SESSION_PREFIX, SLOT_PREFIX
+from ovas.workloads import SESSION_PREFIX, SLOT_PREFIX, Places, place_name
 
 SLOW = {"STANDIN_READY_DELAY": "60"}
 RACERS = 16
@@ -290,3 +295,75 @@ def test_a_session_record_reads_back_whole_with_its_newest_log_lines(clock, back
     read, kept = SESSION_RECORD.decode(Entry("session.x", data, "1"))
     assert read == replace(ended, outcome=replace(outcome, message="x" * MAX_VALUE))
     assert kept == lines[-len(kept) :] and len(kept) > 10
+
+
+GPUS = ("GPU-8f1c", "nvidia.com/gpu=1", "2")
+
+
+class WithGpus(type(example(FakeClock()))):
+    """The example plugin on a host of three GPUs: a workload takes `GPUS` of them (its
+    env), and remembers the device ids the core gave it."""
+
+    given: dict
+
+    def places(self, request):
+        def refusal(free: int):
+            if int(request.kit.env_dict["GPUS"]) > len(GPUS):
+                return Unsatisfiable(f"{len(GPUS)} GPUs on this host")
+            return CapacityExceeded(f"{free} of {len(GPUS)} GPUs free", resource="gpu")
+
+        return [Places("gpu", GPUS, int(request.kit.env_dict.get("GPUS", "0")), refusal)]
+
+    def run_workload(self, request):
+        self.__dict__.setdefault("given", {})[request.id] = request.places.get("gpu")
+        super().run_workload(request)
+
+
+def gpu_backend(clock, ledger) -> WithGpus:
+    backend = WithGpus.from_settings({})
+    backend.now, backend.ledger = clock, ledger
+    return backend
+
+
+def test_racing_starts_never_share_a_gpu_and_a_finish_frees_its_gpus(clock):
+    ledger = RacingLedger(RACERS, "create")
+    backends = [gpu_backend(clock, ledger) for _ in range(2)]
+    requests = [
+        make_request(backends[0].catalog, now=clock(), env={**SLOW, "GPUS": "1"})
+        for _ in range(RACERS)
+    ]
+    assert _race(backends, requests) == (3, RACERS - 3)
+    ledger.barriers.clear()  # the race is over
+    given = [ids for b in backends for ids in b.__dict__.get("given", {}).values()]
+    assert sorted(i for ids in given for i in ids) == sorted(GPUS)
+    names = places(ledger, "gpu.")
+    assert names[0] == f"{SLOT_PREFIX}gpu.2" and len(names) == 3  # a CDI name is digested
+    holder = next(iter(backends[0].given or backends[1].given))
+    owner = backends[0] if holder in backends[0].given else backends[1]
+    owner.finish(holder, Outcome(SessionState.ENDED, Reason.MAX_LIFETIME, "Ended", clock()))
+    assert len(places(ledger, "gpu.")) == 2
+    again = make_request(owner.catalog, now=clock(), env={**SLOW, "GPUS": "1"})
+    owner.start(again)
+    assert owner.given[again.id] == owner.given[holder]
+
+
+def test_a_start_short_of_gpus_takes_none_and_one_asking_too_many_is_unsatisfiable(clock, ledger):
+    backend = gpu_backend(clock, ledger)
+    backend.start(make_request(backend.catalog, now=clock(), env={**SLOW, "GPUS": "2"}))
+    with pytest.raises(CapacityExceeded) as refused:
+        backend.start(make_request(backend.catalog, now=clock(), env={**SLOW, "GPUS": "2"}))
+    assert refused.value.resource == "gpu" and "1 of 3 GPUs free" in refused.value.message
+    assert len(places(ledger, "gpu.")) == 2 and len(ledger.list(SESSION_PREFIX)) == 1
+    with pytest.raises(Unsatisfiable):
+        backend.start(make_request(backend.catalog, now=clock(), env={**SLOW, "GPUS": "4"}))
+    assert len(places(ledger, "gpu.")) == 2
+
+
+def test_collect_keeps_the_gpus_of_live_sessions_and_frees_those_of_none(clock, ledger):
+    backend = gpu_backend(clock, ledger)
+    backend.start(make_request(backend.catalog, now=clock(), env={**SLOW, "GPUS": "1"}))
+    orphan = f"{SLOT_PREFIX}gpu.2"
+    ledger.create(orphan, SLOT_RECORD.encode({"session": "gone", "taken": clock().isoformat()}))
+    clock.advance(backend.slot_grace + 1)
+    assert backend.collect(clock()) == [orphan]
+    assert places(ledger, "gpu.") == [place_name("gpu", GPUS[0])]

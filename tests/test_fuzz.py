@@ -79,15 +79,19 @@ class MixedBackend(FakeBackend):
             return self.observe(request.id)
         return started
 
-    def _seen(self, entry):
-        fate = self._fates.get(entry.record.id, SessionState.READY)
+    def observe_workload(self, session_id):
+        return self._fated(session_id, super().observe_workload(session_id))
+
+    def observe_workloads(self):
+        return {sid: self._fated(sid, seen) for sid, seen in super().observe_workloads().items()}
+
+    def _fated(self, session_id, seen):
+        fate = self._fates.get(session_id, SessionState.READY)
+        if seen is None or fate is SessionState.READY:
+            return seen
         if fate is SessionState.CREATING:
             return Observation(Stage.WAITING, detail="Pulling the image")
-        if fate is SessionState.FAILED:
-            return Observation(Stage.EXITED, exit_code=137)
-        if fate is SessionState.ENDED:
-            return Observation(Stage.EXITED, exit_code=0)
-        return super()._seen(entry)
+        return Observation(Stage.EXITED, exit_code=137 if fate is SessionState.FAILED else 0)
 
 
 # Who calls: anyone (`OVAS_AUTH=none`, the default); a gateway-vouched viewer, whose reads

@@ -54,7 +54,7 @@ def test_allowed_stage_uris_reach_usd_path(uri):
     client = create_app({"TESTING": True}, backend=backend).test_client()
     answer = client.post("/stream", json={**START, "arguments": {"usd_stage_uri": uri}})
     assert answer.status_code in (200, 202)
-    (record,) = backend._sessions.values()
+    (record,) = backend.workloads.values()
     expected = uri or "/app/samples/stage01.usd"
     assert record.env["USD_PATH"] == expected
 
@@ -102,7 +102,7 @@ def test_percent_encoded_traversal_is_422_and_reaches_no_kit(uri):
     answer = client.post("/stream", json={**START, "arguments": {"usd_stage_uri": uri}})
     assert answer.status_code == 422, answer.json
     assert answer.json["detail"][0]["loc"] == ["body", "arguments", "usd_stage_uri"]
-    assert backend._sessions == {}
+    assert backend.workloads == {}
 
 
 def test_a_percent_encoded_path_under_a_root_is_allowed_as_written():
@@ -111,7 +111,7 @@ def test_a_percent_encoded_path_under_a_root_is_allowed_as_written():
     uri = "/app/samples/city%2dblock/stage%2e01.usd"
     answer = client.post("/stream", json={**START, "arguments": {"usd_stage_uri": uri}})
     assert answer.status_code in (200, 202)
-    (record,) = backend._sessions.values()
+    (record,) = backend.workloads.values()
     assert record.env["USD_PATH"] == uri
 
 

@@ -122,4 +122,4 @@ def test_a_float_image_tag_is_reported_by_catalog_check_and_never_run(tmp_path):
     assert expected in client.get("/ready").json["catalog_problems"]
     answer = client.post("/streaming/stream", json={"id": "standin", "profile": "full"})
     assert answer.status_code == 404
-    assert backend._sessions == {}
+    assert backend.workloads == {}

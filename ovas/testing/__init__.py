@@ -1,7 +1,8 @@
 """A test kit for backend authors.
 
 - `FakeBackend` (and `SlowBackend`, `NeverReadyBackend`, `FailingBackend`): an in-memory
-  backend that doubles as the test fake of the web layer.
+  `ovas.WorkloadBackend` (workloads in memory, the core's records in a `MemoryLedger`) that
+  doubles as the test fake of the web layer.
 - `InMemoryCatalog`: a catalog held in memory.
 - `FakeClock`: a clock tests move past deadlines instead of waiting for them.
 - `BackendContract` (needs pytest): the suite every backend passes. Subclass it in a test

@@ -4,30 +4,31 @@ the behaviour every real backend must show."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Self
 
-from ovas.backend import Backend, Catalog, utcnow
+from ovas.backend import Catalog, utcnow
 from ovas.errors import (
     ApplicationNotFound,
     BackendUnavailable,
     CapacityExceeded,
     Conflict,
+    OvasError,
     SessionNotFound,
-    UserCapacityExceeded,
+    Unsatisfiable,
     VersionNotFound,
 )
-from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage
+from ovas.ledger import Entry, Ledger, MemoryLedger
+from ovas.lifecycle import Observation, Observed, Stage
 from ovas.models import (
     Application,
     Profile,
     Reason,
     Route,
-    SessionQuery,
     SessionRequest,
     SupportedApplication,
     Version,
@@ -40,6 +41,7 @@ from ovas.testing.requests import (
     STANDIN_QUIT_ON_LEAVE,
     STANDIN_READY_DELAY,
 )
+from ovas.workloads import Places, WorkloadBackend
 
 
 class InMemoryCatalog(Catalog):
@@ -169,19 +171,17 @@ def sample_catalog() -> InMemoryCatalog:
 
 
 @dataclass
-class _Entry:
-    """One session of the fake engine: its record, and how its stand-in app behaves."""
+class _Workload:
+    """One workload of the fake engine: how its stand-in app behaves, and what it holds."""
 
-    record: Record
     started: datetime  # by the backend's clock
     port: int  # the host port of its signaling route; media has the next one
     kit_ports: tuple[int, int]  # signaling and media inside the container
     image: str
     env: dict[str, str]
+    gpus: tuple[str, ...] = ()  # the device ids of the GPUs the core gave it
     clients: int = 0  # connected now (see `connect`)
     exited: tuple[int, datetime] | None = None  # (code, when) once the app quit
-    ended: bool = False  # its workload was ended by `finish`
-    gpus: int = 0  # the GPUs its profile asks for, held while it lives
 
     def knob(self, name: str) -> str | None:
         return self.env.get(name)
@@ -199,29 +199,58 @@ class _Entry:
         return default if value is None else float(value)
 
 
-class FakeBackend(Backend):
-    """An in-memory backend, a model of what every real backend observes. Knobs, settable at
-    any time:
+class _EngineLedger(MemoryLedger):
+    """The fake engine's ledger: in this process's memory, and down while the engine is
+    (`FakeBackend.unavailable`), as a ledger kept in a real engine would be."""
+
+    def __init__(self, engine: Callable[[], None]):
+        super().__init__()
+        self._engine = engine
+
+    def create(self, name: str, data: Mapping[str, str]) -> Entry | None:
+        self._engine()
+        return super().create(name, data)
+
+    def replace(self, entry: Entry, data: Mapping[str, str]) -> Entry | None:
+        self._engine()
+        return super().replace(entry, data)
+
+    def list(self, prefix: str = "") -> list[Entry]:
+        self._engine()
+        return super().list(prefix)
+
+    def delete(self, target: Entry | str) -> bool:
+        self._engine()
+        return super().delete(target)
+
+
+class FakeBackend(WorkloadBackend):
+    """An in-memory backend, a model of what every real backend observes: its workloads live
+    in this process's memory, and the core keeps their sessions' records (admission, marks,
+    claims, outcomes) in its `ledger`, a `MemoryLedger`. Knobs, settable at any time:
 
     - `ready_after`: seconds (by `now`) from start until a session is ready (default 0);
     - `never_ready`: sessions never become ready (and fail at their deadline);
     - `fault`: sessions fail at once with this reason (and `fault_detail`);
-    - `unavailable`: every call raises `BackendUnavailable`, as if the engine were down;
+    - `unavailable`: every call, its ledger's included, raises `BackendUnavailable`, as if
+      the engine were down;
     - `counts_clients`: False makes `connections` None, as for an engine that cannot tell;
-    - `gpus`: the GPUs this host has (None: GPUs are not counted): a start whose profile
-      asks for more than are free is refused (`CapacityExceeded`, resource "gpu");
+    - `gpus`: the GPUs this host has (None: GPUs are not counted), named "0", "1"...: the
+      core gives a start the GPUs its profile asks for (`places`), and refuses it while too
+      few are free (`CapacityExceeded`, resource "gpu") or when it asks for more than there
+      are (`Unsatisfiable`);
     - `signaling`: (host, TCP port) where the gateway reaches every ready session's
       signaling socket, e.g. a test's WebSocket echo server (default None: `host` and the
       session's signaling route port, where nothing listens).
 
-    `connect(id)` and `disconnect(id)` play a client on a session's signaling port. The
-    `STANDIN_*` variables of a request's environment act per session (see `ovas.testing`).
-    `now` is the clock (default: the real one).
+    `connect(id)` and `disconnect(id)` play a client on a session's signaling port, `quit(id)`
+    its app exiting by itself; `workloads` is what runs. The `STANDIN_*` variables of a
+    request's environment act per session (see `ovas.testing`). `now` is the clock (default:
+    the real one); `ledger`, when given, replaces the fake engine's own.
     """
 
     name = "fake"
-    keeps_warm_pools = True
-    shared = False  # its sessions live in this process's memory
+    shared = False  # its workloads live in this process's memory
     host = "127.0.0.1"
 
     def __init__(
@@ -236,8 +265,13 @@ class FakeBackend(Backend):
         counts_clients: bool = True,
         gpus: int | None = None,
         now: Callable[[], datetime] = utcnow,
+        ledger: Ledger | None = None,
     ):
-        self.catalog = catalog if catalog is not None else sample_catalog()
+        super().__init__(
+            catalog if catalog is not None else sample_catalog(),
+            ledger=ledger if ledger is not None else _EngineLedger(self._engine),
+            now=now,
+        )
         self.ready_after = ready_after
         self.never_ready = never_ready
         self.fault = fault
@@ -246,9 +280,8 @@ class FakeBackend(Backend):
         self.counts_clients = counts_clients
         self.gpus = gpus
         self.signaling: tuple[str, int] | None = None
-        self.now = now
         self._lock = threading.Lock()
-        self._sessions: dict[str, _Entry] = {}
+        self._workloads: dict[str, _Workload] = {}
         self._next_port = 31000
 
     def describe(self, insider: bool) -> dict[str, Any]:
@@ -263,192 +296,133 @@ class FakeBackend(Backend):
             return cls(FileCatalog(path))
         return cls()
 
+    @property
+    def workloads(self) -> dict[str, _Workload]:
+        """The workloads running now, by session id (a copy): what the fake engine holds."""
+        return dict(self._workloads)
+
     def _engine(self) -> None:
         if self.unavailable:
             raise BackendUnavailable("The fake engine is unavailable")
 
-    def _entry(self, session_id: str) -> _Entry:
-        entry = self._sessions.get(session_id)
-        if entry is None:
+    def _workload(self, session_id: str) -> _Workload:
+        workload = self._workloads.get(session_id)
+        if workload is None:
             raise SessionNotFound(session_id)
-        return entry
+        return workload
 
     def check(self) -> None:
         self._engine()
 
     def start(self, request: SessionRequest) -> Observed:
+        """As `WorkloadBackend.start`, answering with what the fake engine shows at once (a
+        session ready at once is ready in the answer)."""
+        started = super().start(request)
+        seen = self.observe_workload(request.id)
+        return Observed(started.record, seen) if seen is not None else started
+
+    # Workloads
+
+    def places(self, request: SessionRequest) -> Sequence[Places]:
+        asked, count = request.kit.gpus, self.gpus
+        if count is None or not asked:
+            return ()
+
+        def refusal(free: int) -> OvasError:
+            if asked > count:
+                return Unsatisfiable(
+                    f"The profile asks for {asked} GPU(s); this host has only {count}"
+                )
+            return CapacityExceeded(
+                f"The profile asks for {asked} GPU(s); {free} of {count} are free",
+                retry_after=60,
+                resource="gpu",
+            )
+
+        return (Places("gpu", tuple(str(n) for n in range(count)), asked, refusal),)
+
+    def run_workload(self, request: SessionRequest) -> None:
         self._engine()
         with self._lock:
-            live = [e for e in self._sessions.values() if e.record.outcome is None]
-            if request.capacity and len(live) >= request.capacity:
-                raise CapacityExceeded(
-                    f"All {request.capacity} session slots are in use", retry_after=30
-                )
-            if request.pool:
-                pooled = [
-                    e
-                    for e in live
-                    if e.record.pooled
-                    and e.record.pool == request.pool
-                    and e.record.version == request.version.version
-                    and e.record.rendering == request.rendering
-                ]
-                if request.pool_size and len(pooled) >= request.pool_size:
-                    raise CapacityExceeded(
-                        f"Warm pool '{request.pool}' has its {len(pooled)} sessions",
-                        retry_after=30,
-                    )
-            else:
-                self._admit_user(live, request.username, request.user_capacity)
-            self._admit_gpus(live, request.kit.gpus)
-            entry = _Entry(
-                Record.of(request),
+            self._workloads[request.id] = _Workload(
                 self.now(),
                 self._next_port,
                 (request.kit.signaling_port, request.kit.media_port),
                 request.kit.image,
                 request.kit.env_dict,
-                gpus=request.kit.gpus,
+                gpus=tuple(request.places.get("gpu", ())),
             )
             self._next_port += 2
-            self._sessions[request.id] = entry
-        return self._observed(entry)
 
-    def observe(self, session_id: str) -> Observed:
+    def observe_workload(self, session_id: str) -> Observation | None:
         self._engine()
-        return self._observed(self._entry(session_id))
+        workload = self._workloads.get(session_id)
+        return self._seen(workload) if workload is not None else None
 
-    def observe_all(self) -> list[Observed]:
+    def observe_workloads(self) -> Mapping[str, Observation]:
         self._engine()
-        return [self._observed(e) for e in list(self._sessions.values())]
+        return {sid: self._seen(w) for sid, w in list(self._workloads.items())}
 
-    def observe_page(self, query: SessionQuery) -> list[Observed]:
-        # The page is chosen from the records alone: only its sessions are observed.
-        self._engine()
-        page = query.select(list(self._sessions.values()), key=lambda e: e.record)
-        return [self._observed(e) for e in page]
-
-    def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
+    def stop_workload(self, session_id: str) -> None:
         self._engine()
         with self._lock:
-            entry = self._sessions.get(session_id)
-            changed = entry.record.marked(mark, at) if entry is not None else None
-            if changed is None:
-                return False
-            entry.record = changed
-            return True
+            self._workloads.pop(session_id, None)
 
-    def _admit_gpus(self, live: list[_Entry], asked: int) -> None:
-        if self.gpus is None or not asked:
-            return
-        held = sum(e.gpus for e in live)
-        if held + asked > self.gpus:
-            free = self.gpus - held
-            raise CapacityExceeded(
-                f"The profile asks for {asked} GPU(s); {free} of {self.gpus} are free",
-                retry_after=60,
-                resource="gpu",
-            )
-
-    @staticmethod
-    def _admit_user(live: list[_Entry], username: str, capacity: int) -> None:
-        mine = sum(1 for e in live if not e.record.pooled and e.record.username == username)
-        if capacity and mine >= capacity:
-            raise UserCapacityExceeded(
-                f"User '{username}' already has {mine} sessions", retry_after=30
-            )
-
-    def claim(
-        self, session_id: str, username: str, at: datetime, *, user_capacity: int = 0
-    ) -> bool:
+    def workload_logs(self, session_id: str, tail: int) -> list[str]:
         self._engine()
-        with self._lock:
-            entry = self._sessions.get(session_id)
-            if entry is None or not entry.record.pooled or entry.record.outcome is not None:
-                return False
-            live = [e for e in self._sessions.values() if e.record.outcome is None]
-            self._admit_user(live, username, user_capacity)
-            marks = {**entry.record.marks, Mark.CLAIMED: at}
-            entry.record = replace(entry.record, username=username, marks=marks)
-            return True
-
-    def finish(self, session_id: str, outcome: Outcome) -> bool:
-        self._engine()
-        with self._lock:
-            entry = self._sessions.get(session_id)
-            if entry is None or entry.record.outcome is not None:
-                return False
-            entry.record = replace(entry.record, outcome=outcome)
-            entry.ended, entry.clients = True, 0
-            return True
-
-    def stop(self, session_id: str) -> None:
-        self._engine()
-        with self._lock:
-            if self._sessions.pop(session_id, None) is None:
-                raise SessionNotFound(session_id)
-
-    def logs(self, session_id: str, tail: int = 100) -> list[str]:
-        self._engine()
-        entry = self._entry(session_id)
-        return [f"stand-in Kit app: {entry.image}", f"USD_PATH={entry.env.get('USD_PATH', '')}"][
-            -tail:
-        ]
+        workload = self._workloads.get(session_id)
+        if workload is None or tail <= 0:
+            return []
+        usd_path = workload.env.get("USD_PATH", "")
+        return [f"stand-in Kit app: {workload.image}", f"USD_PATH={usd_path}"][-tail:]
 
     # Clients
 
     def connect(self, session_id: str) -> None:
         """A client connects to the session's signaling port."""
-        self._entry(session_id).clients += 1
+        self._workload(session_id).clients += 1
 
     def quit(self, session_id: str, code: int = 0) -> None:
         """The session's app exits with `code` now, as if by itself."""
-        self._entry(session_id).exited = (code, self.now())
+        self._workload(session_id).exited = (code, self.now())
 
     def disconnect(self, session_id: str) -> None:
         """A client leaves; with `STANDIN_QUIT_ON_LEAVE=1` the app then quits (code 0), as a
         Kit app built for OVAS does."""
-        entry = self._entry(session_id)
-        entry.clients = max(0, entry.clients - 1)
-        if entry.clients == 0 and entry.knob(STANDIN_QUIT_ON_LEAVE) == "1":
-            entry.exited = (0, self.now())
+        workload = self._workload(session_id)
+        workload.clients = max(0, workload.clients - 1)
+        if workload.clients == 0 and workload.knob(STANDIN_QUIT_ON_LEAVE) == "1":
+            workload.exited = (0, self.now())
 
     # What the fake engine shows
 
-    def _observed(self, entry: _Entry) -> Observed:
-        return Observed(entry.record, self._seen(entry))
-
-    def _seen(self, entry: _Entry) -> Observation:
-        if entry.ended:
-            return Observation(Stage.GONE)
+    def _seen(self, workload: _Workload) -> Observation:
         if self.fault is not None:
             return Observation(Stage.FAULT, fault=self.fault, detail=self.fault_detail)
-        code = entry.knob(STANDIN_EXIT_CODE)
-        after = entry.knob(STANDIN_EXIT_AFTER)
+        code = workload.knob(STANDIN_EXIT_CODE)
+        after = workload.knob(STANDIN_EXIT_AFTER)
         if code is not None and after is None:
-            return self._exit(entry, int(code), entry.started)
+            return self._exit(int(code), workload.started)
         now = self.now()
-        ready_at = entry.started + timedelta(seconds=entry.delay(self.ready_after))
-        never = self.never_ready or entry.knob(STANDIN_NEVER_READY) == "1"
+        ready_at = workload.started + timedelta(seconds=workload.delay(self.ready_after))
+        never = self.never_ready or workload.knob(STANDIN_NEVER_READY) == "1"
         if never or now < ready_at:
             return Observation(Stage.RUNNING, detail="Starting the Kit application")
-        if after is not None:
-            seen_ready = entry.record.marks.get(Mark.READY, ready_at)
-            if now >= seen_ready + timedelta(seconds=float(after)):
-                when = seen_ready + timedelta(seconds=float(after))
-                return self._exit(entry, int(code or 0), when)
-        if entry.exited is not None:
-            return self._exit(entry, *entry.exited)
+        if after is not None and now >= ready_at + timedelta(seconds=float(after)):
+            return self._exit(int(code or 0), ready_at + timedelta(seconds=float(after)))
+        if workload.exited is not None:
+            return self._exit(*workload.exited)
         return Observation(
             Stage.RUNNING,
             probe_ok=True,
             host=self.host,
-            routes=entry.routes,
-            signaling=self.signaling or (self.host, entry.port),
-            connections=entry.clients if self.counts_clients else None,
+            routes=workload.routes,
+            signaling=self.signaling or (self.host, workload.port),
+            connections=workload.clients if self.counts_clients else None,
         )
 
-    def _exit(self, entry: _Entry, code: int, when: datetime) -> Observation:
+    @staticmethod
+    def _exit(code: int, when: datetime) -> Observation:
         logs = (f"stand-in Kit app: exiting with code {code} as asked",)
         return Observation(Stage.EXITED, exit_code=code, finished_time=when, logs=logs)
 

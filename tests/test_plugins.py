@@ -11,8 +11,10 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from ovas import create_app, registry
-from ovas.errors import ConfigurationError
-from ovas.testing import BackendContract, FakeBackend, WarmPoolContract
+from ovas.errors import BackendUnavailable, CapacityExceeded, ConfigurationError, Unsatisfiable
+from ovas.lifecycle import Outcome
+from ovas.models import Reason, SessionState
+from ovas.testing import BackendContract, FakeBackend, FakeClock, WarmPoolContract, make_request
 
 FLASK = [sys.executable, "-m", "flask", "--app", "ovas"]
 
@@ -120,6 +122,45 @@ class TestFakeBackendContract(WarmPoolContract):
     @pytest.fixture
     def ready_timeout(self):
         return 10.0
+
+
+def test_the_fakes_gpus_are_the_cores_places_given_once_and_freed_by_a_finish():
+    clock = FakeClock()
+    backend = FakeBackend(gpus=2, now=clock)
+
+    def start():
+        request = make_request(backend.catalog, now=clock())  # its profile asks for 1 GPU
+        backend.start(request)
+        return request.id
+
+    first, second = start(), start()
+    held = {sid: w.gpus for sid, w in backend.workloads.items()}
+    assert sorted(held.values()) == [("0",), ("1",)]
+    assert sorted(e.name for e in backend.ledger.list("slot.gpu.")) == ["slot.gpu.0", "slot.gpu.1"]
+    with pytest.raises(CapacityExceeded) as refused:
+        start()
+    assert refused.value.resource == "gpu"
+    assert refused.value.message == "The profile asks for 1 GPU(s); 0 of 2 are free"
+    assert set(backend.workloads) == {first, second}  # the refused start ran nothing
+    outcome = Outcome(SessionState.ENDED, Reason.MAX_LIFETIME, "Ended", clock())
+    assert backend.finish(first, outcome)
+    third = start()
+    assert backend.workloads[third].gpus == held[first]
+    backend.gpus = 0
+    with pytest.raises(Unsatisfiable, match="asks for 1 GPU"):
+        start()
+
+
+def test_the_fakes_ledger_is_down_with_its_engine():
+    backend = FakeBackend()
+    backend.start(make_request(backend.catalog))
+    backend.unavailable = True
+    with pytest.raises(BackendUnavailable):
+        backend.ledger.list()
+    with pytest.raises(BackendUnavailable):
+        backend.records()
+    backend.unavailable = False
+    assert len(backend.records()) == 1
 
 
 def test_api_through_the_example_plugin_selected_by_environment(monkeypatch, serve):

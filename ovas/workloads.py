@@ -254,10 +254,15 @@ class WorkloadBackend(Backend):
             log.warning("record %s cannot be read (%s); it is left alone", entry.name, exc)
         return None
 
-    def _session_entries(self) -> dict[str, tuple[Entry, Record, tuple[str, ...]]]:
+    def _session_entries(
+        self, listed: list[Entry] | None = None
+    ) -> dict[str, tuple[Entry, Record, tuple[str, ...]]]:
+        """The sessions' records, by id: from the ledger, or among `listed` (as read)."""
         self._first_use()
         read = {}
-        for entry in self.ledger.list(SESSION_PREFIX):
+        for entry in self.ledger.list(SESSION_PREFIX) if listed is None else listed:
+            if not entry.name.startswith(SESSION_PREFIX):
+                continue
             known = self._read_record(entry)
             if known is not None:
                 read[known[0].id] = (entry, *known)
@@ -509,10 +514,14 @@ class WorkloadBackend(Backend):
         sessions with an outcome (a finish interrupted). Returns the ledger names and the
         session ids of what it removed."""
         # Read in the order a start writes backwards (a start takes its places, runs its
-        # workload, then writes its record), so a start under way is never taken for none.
+        # workload, then writes its record), so a start under way is never taken for none;
+        # places and records in one list.
         workloads = self.observe_workloads()
-        places = self.ledger.list(SLOT_PREFIX)
-        sessions = {sid: record for sid, (_, record, _) in self._session_entries().items()}
+        self._first_use()
+        listed = self.ledger.list()
+        places = [e for e in listed if e.name.startswith(SLOT_PREFIX)]
+        entries = self._session_entries(listed)
+        sessions = {sid: record for sid, (_, record, _) in entries.items()}
         if self.__dict__.get("_earlier_due", True) or not workloads.keys() <= sessions.keys():
             sessions |= {i: r for i, r in self._adopt().items() if i not in sessions}
         grace = timedelta(seconds=self.slot_grace)

@@ -464,7 +464,8 @@ class KubernetesBackend(WorkloadBackend):
         HelmRelease, or of its outcome ConfigMap once it ended (with the last log lines in
         its data); the admission slots it held, as places. One list each of pods, services
         (of releases, in their stead) and ConfigMaps, and a read of each outcome ConfigMap
-        found; for one session, a read of its owner and a list of its ConfigMaps."""
+        found; for one session, a read of its owner and a list of its ConfigMaps (and, for
+        a ready one whose node it did not keep, of its pod)."""
         if session_id is not None and not is_session_id(session_id):
             return []
         selector = f"{o.SESSION}={session_id}" if session_id else ALL_SESSIONS
@@ -509,7 +510,8 @@ class KubernetesBackend(WorkloadBackend):
                 kept = self.kube.get(CONFIG_MAP, o.outcome_name(record.id))
                 logs = tuple(s.logs_of(kept)) if kept is not None else ()
             elif not record.node and Mark.READY in record.marks:
-                record = replace(record, node=nodes.get(record.id, ""))
+                node = nodes.get(record.id) or (self.workload_node(record.id) if session_id else "")
+                record = replace(record, node=node)
             found.append(EarlierRecord(record, logs, frozenset(places.get(record.id, ()))))
         return found
 

@@ -43,8 +43,8 @@ SESSION = PREFIX + "session"
 APP = PREFIX + "app"
 VERSION = PREFIX + "version"
 PROFILE = PREFIX + "profile"
-USER = PREFIX + "user"
 # What earlier releases wrote (read for adoption only)
+USER = PREFIX + "user"  # label: the user, made label-safe
 SLOT = PREFIX + "slot"  # "global", "user" or "pool", on admission slots only
 OUTCOME = PREFIX + "outcome"  # "ended" or "failed", on outcome ConfigMaps only
 USERNAME = PREFIX + "username"  # annotations from here on
@@ -64,16 +64,15 @@ MARKS = {
 }
 POOL = PREFIX + "pool"  # annotation: the warm pool a session was started for
 RENDERING = PREFIX + "rendering"  # annotation: with POOL, the digest of what it runs
-# Annotation on the Service (mode pod) or HelmRelease, written with the ready mark: the node
-# the session's pod ran on.
+# Annotation on the Service (mode pod) or HelmRelease, with the ready mark: the node the
+# session's pod ran on.
 NODE = PREFIX + "node"
 STATE = PREFIX + "state"  # the outcome, on outcome ConfigMaps: "ended" or "failed"
 REASON = PREFIX + "reason"
 MESSAGE = PREFIX + "message"
 ENDED = PREFIX + "ended-time"
 LOGS = "logs"  # the outcome ConfigMap's key holding the Kit container's last log lines
-LOG_LINE_LIMIT = 2000  # characters kept of one log line
-LOGS_LIMIT = 256 * 1024  # characters kept of all (a ConfigMap holds at most 1 MiB)
+# What this release writes
 MANAGED_BY = "app.kubernetes.io/managed-by"
 EXTERNAL_DNS = "external-dns.alpha.kubernetes.io/hostname"  # the DNS name external-dns sets
 # The format of what ovas writes on each object (its labels, and once its annotations),

@@ -1,11 +1,14 @@
-"""What one pass of the reaper costs: backend calls with 200 sessions on FakeBackend, and
-engine calls (HTTP requests to the Docker daemon) with 10, 20 and 40 stand-in sessions on a
-private Docker daemon, once every session's marks are written (the steady state).
+"""What one pass of the reaper costs: backend calls with 200 sessions on FakeBackend; engine
+calls (HTTP requests to the Docker daemon) with 10, 20 and 40 stand-in sessions on a private
+Docker daemon; and Kubernetes API calls with 5, 20 and 40 sessions in each session mode on
+the emulated cluster of tests/support (its kubelet paused while measuring); each once every
+session's marks are written (the steady state).
 
-    .venv/bin/python bench/reap_pass.py [--docker-sessions 10,20,40] [--passes 5]
+    .venv/bin/python bench/reap_pass.py [--docker-sessions 10,20,40]
+        [--kubernetes-sessions 5,20,40] [--passes 5]
 
-The goal: engine calls per pass constant in the number of sessions on Docker (one list).
-Exits 0 and reports; a goal missed is printed as MISSED.
+An empty list skips that engine. The goal: engine calls per pass constant in the number of
+sessions. Exits 0 and reports; a goal missed is printed as MISSED.
 """
 
 from __future__ import annotations
@@ -121,13 +124,67 @@ def docker(counts: list[int], passes: int) -> bool:
     return constant
 
 
+def kubernetes(counts: list[int], passes: int, mode: str) -> bool:
+    import uuid
+    from dataclasses import replace
+
+    from support.kube_requests import request_for
+    from support.kube_server import EmulatedCluster, catalog_documents
+
+    from backends.kubernetes import KubernetesBackend
+
+    per_pass_calls = []
+    for count in counts:
+        with EmulatedCluster() as cluster:
+            cluster.seed("omni-streaming", catalog_documents())
+            clock = FakeClock()
+            backend = KubernetesBackend(
+                namespace="omni-streaming", mode=mode, config_file=cluster.kubeconfig, now=clock
+            )
+            service = service_for(backend, capacity=count)
+            template = request_for(backend, capacity=count, now=clock())
+            started = [
+                backend.start(replace(template, id=str(uuid.uuid4()))).record.id
+                for _ in range(count)
+            ]
+            for session_id in started:
+                wait_for(service, session_id, SessionState.READY, timeout=60)
+            service.reap()  # the steady state: every mark written
+            cluster.cluster.running = False  # the kubelet idles: measure the API alone
+            before = len(cluster.emulator.calls())
+            took = []
+            for _ in range(passes):
+                began = time.perf_counter()
+                service.reap()
+                took.append(time.perf_counter() - began)
+            calls = Counter(
+                f"{r.method.value} {r.resource.plural}" for r in cluster.emulator.calls()[before:]
+            )
+            per_pass_calls.append(sum(calls.values()) / passes)
+            print(
+                f"Kubernetes ({mode}), {count} sessions: API calls per pass "
+                f"{per_pass_calls[-1]:.1f} ({dict(calls)} in {passes} passes), "
+                f"{statistics.median(took) * 1000:.0f} ms a pass (median)"
+            )
+            backend.close()
+    constant = len(set(per_pass_calls)) == 1
+    print(f"API calls per pass constant in the sessions: {'met' if constant else 'MISSED'}")
+    return constant
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docker-sessions", default="10,20,40")
+    parser.add_argument("--kubernetes-sessions", default="5,20,40")
     parser.add_argument("--passes", type=int, default=5)
     args = parser.parse_args()
     fake(200, args.passes)
-    docker([int(n) for n in args.docker_sessions.split(",")], args.passes)
+    if args.docker_sessions:
+        docker([int(n) for n in args.docker_sessions.split(",")], args.passes)
+    if args.kubernetes_sessions:
+        for mode in ("pod", "helmrelease"):
+            counts = [int(n) for n in args.kubernetes_sessions.split(",")]
+            kubernetes(counts, args.passes, mode)
     return 0
 
 

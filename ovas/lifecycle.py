@@ -103,6 +103,9 @@ class Record:
     # With `pool`: the digest of what it was started from (`ovas.pools.rendering`); empty
     # for a session recorded by an ovas that kept none.
     rendering: str = ""
+    # Where its workload ran (a node's name), kept with the ready mark where the backend
+    # tells it (`WorkloadBackend.workload_node`): after the workload vanished, it says why.
+    node: str = ""
 
     @classmethod
     def of(cls, request: SessionRequest) -> Record:

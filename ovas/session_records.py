@@ -4,8 +4,9 @@
 - `SESSION_RECORD` (`session.<id>`, format 1): a session's `Record` in named fields (`id`,
   `app_id`, `version`, `profile`, `username`, `created`, `deadline` as ISO times, the
   clocks in seconds, `mark_<mark>` ISO times, `outcome_state`, `outcome_reason`,
-  `outcome_message`, `outcome_time`, `pool`, `rendering`), and `logs`, a JSON list of its
-  last log lines once it ended. Read as `(Record, logs)`.
+  `outcome_message`, `outcome_time`, `pool`, `rendering`, and `node` where its workload
+  ran, once known), and `logs`, a JSON list of its last log lines once it ended. Read as
+  `(Record, logs)`; a field a reader does not know is ignored.
 - `SLOT_RECORD` (`slot.<kind>.<scope><n>`, format 1): one place of an admission limit,
   `session` (the id holding it) and `taken` (ISO time, by the backend's clock).
 """
@@ -40,6 +41,8 @@ def encode_session(record: Record, logs: tuple[str, ...] = ()) -> dict[str, str]
         "rendering": record.rendering,
         **{f"mark_{mark.value}": at.isoformat() for mark, at in record.marks.items()},
     }
+    if record.node:
+        fields["node"] = record.node
     if record.outcome is not None:
         fields |= {
             "outcome_state": record.outcome.state.value,
@@ -85,6 +88,7 @@ def _read_session_v1(fields: Mapping[str, str]) -> tuple[Record, tuple[str, ...]
         outcome=outcome,
         pool=fields.get("pool", ""),
         rendering=fields.get("rendering", ""),
+        node=fields.get("node", ""),
     )
     return record, tuple(json.loads(fields.get("logs", "[]")))
 

@@ -23,16 +23,23 @@ Everything else `Backend` asks is written here, once, over `ledger`:
 
 A workload is started only once its places are taken, and its record is written once it
 runs; a workload with neither record nor place belongs to no session and `collect` stops it.
+
+A backend whose earlier releases kept their records in the engine itself (annotations,
+objects of their own) returns them from `earlier_records`: the core adopts each session
+that has no `session.<id>` record yet, with the places it held, at a process's first use,
+in `collect` and when one session is not found, so an upgrade costs no session.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import itertools
 import logging
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -81,6 +88,23 @@ def place_name(kind: str, name: str) -> str:
     """The ledger name of the place `name` of `kind`: `slot.<kind>.<name>` when `name` is a
     plain DNS label, else `slot.<kind>.<digest of name>` (a CDI device name holds '/')."""
     return f"{SLOT_PREFIX}{kind}.{name if PLAIN_NAME.match(name) else digest(name)}"
+
+
+@dataclass(frozen=True)
+class EarlierRecord:
+    """A session as an earlier release of a backend recorded it in the engine itself, for
+    the core to adopt (`WorkloadBackend.earlier_records`): its `record` (with its outcome,
+    marks and `node` where known), the last log lines of one that ended, and the kinds of
+    place it was admitted against (`"all"`, `"user"`, `"pool"`), which it holds again."""
+
+    record: Record
+    logs: tuple[str, ...] = ()
+    places: frozenset[str] = frozenset()
+
+
+def _pool_key(record: Record) -> str:
+    """What a warm pool's places of `record` are counted per, as `SessionRequest.pool_key`."""
+    return f"{record.version}#{record.rendering}" if record.rendering else record.version
 
 
 def _justified(name: str, record: Record | None) -> bool:
@@ -156,6 +180,108 @@ class WorkloadBackend(Backend):
         it cannot tell, and then only the max lifetime ends a ready session."""
         return None
 
+    def observe_workloads_of(self, session_ids: Collection[str]) -> Mapping[str, Observation]:
+        """The workloads of `session_ids` (at least), by session id: what a page of sessions
+        reads. By default `observe_workloads()`; a backend whose engine selects workloads by
+        id overrides it, in a number of engine calls that does not grow with the ids."""
+        return self.observe_workloads()
+
+    def workload_node(self, session_id: str) -> str:
+        """Where the workload runs now (a node's name), kept in the session's record
+        (`Record.node`) when it is first marked ready; "" (the default) when the backend
+        cannot tell or need not. At most one engine call. Raises `OvasError`, which the
+        core logs and records nothing for."""
+        return ""
+
+    def explain_workload(self, record: Record, seen: Observation | None) -> Observation | None:
+        """What the workload of a live session (no outcome) shows in the light of its
+        record: `seen` as `observe_workload(s)` found it (None: no workload) by default. A
+        backend overrides it to say why a workload vanished (a `Stage.FAULT` naming the
+        cause, e.g. `Reason.NODE_LOST` when `record.node` no longer exists), or that one
+        whose engine objects remain is gone for good (`Stage.GONE` with a detail, or None).
+        May make an engine call for a workload that vanished; raises nothing else."""
+        return seen
+
+    # Records an earlier release kept in the engine
+
+    def earlier_records(self, session_id: str | None = None) -> list[EarlierRecord]:
+        """Sessions an earlier release of this backend recorded in the engine itself (labels,
+        annotations, objects of its own), not yet forgotten (`forget_earlier_record`): of
+        every session, in a number of engine calls that does not grow with them, or of
+        `session_id` alone. Only records that read whole; of a format it cannot read, none.
+        Reads only. None by default (a backend that never kept records in its engine).
+
+        The core adopts each whose session has no `session.<id>` record yet: it holds the
+        places the session held (live ones only), creates the record (create-if-absent),
+        then calls `forget_earlier_record`; from then on the ledger's record is the
+        session's. Called at a process's first use of the backend, in `collect` while a
+        pass found some or a workload has no record, and when a session is not found."""
+        return []
+
+    def forget_earlier_record(self, session_id: str) -> None:
+        """The core keeps the session's record now: see to it that `earlier_records` no
+        longer returns it (without removing or replacing what the session runs on), so a
+        session stopped later is never adopted again. Idempotent; nothing by default.
+        Raises `OvasError`, which the core logs (the next pass forgets it again)."""
+
+    def _first_use(self) -> None:
+        """Adopt every earlier record, once per process, before anything reads or admits."""
+        if self.__dict__.get("_earlier_read"):
+            return
+        with self.__dict__.setdefault("_earlier_lock", threading.Lock()):
+            if not self.__dict__.get("_earlier_read"):
+                self._adopt()
+                self.__dict__["_earlier_read"] = True
+
+    def _adopt(self, session_id: str | None = None) -> dict[str, Record]:
+        """Adopt what `earlier_records(session_id)` returns (see there): the records of those
+        sessions, by id, whether this call or another process adopted each."""
+        found = self.earlier_records(session_id)
+        if session_id is None:
+            self.__dict__["_earlier_due"] = bool(found)
+        adopted = {}
+        for earlier in found:
+            record = earlier.record
+            taken = [] if record.outcome is not None else self._hold_places(earlier)
+            made = self.ledger.create(
+                SESSION_PREFIX + record.id, encode_session(record, earlier.logs)
+            )
+            if made is None:  # recorded already: by another process, or before a crash
+                for entry in taken:
+                    self.ledger.delete(entry)
+            else:
+                log.info("session %s: its earlier release's record is the ledger's now", record.id)
+            adopted[record.id] = record
+            try:
+                self.forget_earlier_record(record.id)
+            except OvasError as exc:
+                log.warning("session %s: its earlier record stays (%s)", record.id, exc.message)
+        return adopted
+
+    def _hold_places(self, earlier: EarlierRecord) -> list[Entry]:
+        """The places of the kinds `earlier` held, each the first free one of its scope
+        (however many are held: a session admitted before counts, whatever the limit now)."""
+        record = earlier.record
+        scopes = {
+            "all": "",
+            "user": digest(record.username) + ".",
+            "pool": digest(record.pool, _pool_key(record)) + ".",
+        }
+        data = SLOT_RECORD.encode({"session": record.id, "taken": self.now().isoformat()})
+        taken = []
+        for kind in sorted(earlier.places & scopes.keys()):
+            if kind != "all" and (kind == "pool") != record.pooled:
+                continue  # as `_justified` keeps them: a pool's while unclaimed, else a user's
+            prefix = f"{SLOT_PREFIX}{kind}.{scopes[kind]}"
+            for _ in range(CAS_TRIES):
+                held = {e.name for e in self.ledger.list(prefix)}
+                free = next(n for n in itertools.count() if f"{prefix}{n}" not in held)
+                entry = self.ledger.create(f"{prefix}{free}", data)
+                if entry is not None:
+                    taken.append(entry)
+                    break
+        return taken
+
     # Records
 
     def _read_record(self, entry: Entry) -> tuple[Record, tuple[str, ...]] | None:
@@ -167,16 +293,25 @@ class WorkloadBackend(Backend):
             log.warning("record %s cannot be read (%s); it is left alone", entry.name, exc)
         return None
 
-    def _session_entries(self) -> dict[str, tuple[Entry, Record, tuple[str, ...]]]:
+    def _session_entries(
+        self, listed: list[Entry] | None = None
+    ) -> dict[str, tuple[Entry, Record, tuple[str, ...]]]:
+        """The sessions' records, by id: from the ledger, or among `listed` (as read)."""
+        self._first_use()
         read = {}
-        for entry in self.ledger.list(SESSION_PREFIX):
+        for entry in self.ledger.list(SESSION_PREFIX) if listed is None else listed:
+            if not entry.name.startswith(SESSION_PREFIX):
+                continue
             known = self._read_record(entry)
             if known is not None:
                 read[known[0].id] = (entry, *known)
         return read
 
     def _session_entry(self, session_id: str) -> tuple[Entry, Record, tuple[str, ...]]:
+        self._first_use()
         entry = self.ledger.get(SESSION_PREFIX + session_id)
+        if entry is None and self._adopt(session_id):
+            entry = self.ledger.get(SESSION_PREFIX + session_id)
         known = self._read_record(entry) if entry is not None else None
         if known is None:
             raise SessionNotFound(session_id)
@@ -185,6 +320,7 @@ class WorkloadBackend(Backend):
     def _combined(self, session_id: str, record: Record, seen: Observation | None) -> Observation:
         if record.outcome is not None:
             return Observation(Stage.GONE)
+        seen = self.explain_workload(record, seen)
         if seen is None:
             return Observation(Stage.GONE, detail="its workload is gone")
         running = seen.stage is Stage.RUNNING and seen.probe_ok
@@ -196,6 +332,7 @@ class WorkloadBackend(Backend):
 
     def _take_place(self, kind: str, scope: str, size: int, session_id: str) -> Entry | None:
         """One of the `size` places `slot.<kind>.<scope><n>`, or None when all are held."""
+        self._first_use()
         prefix = f"{SLOT_PREFIX}{kind}.{scope}"
         held = {e.name for e in self.ledger.list(prefix)}
         free = [f"{prefix}{n}" for n in range(size) if f"{prefix}{n}" not in held]
@@ -319,7 +456,8 @@ class WorkloadBackend(Backend):
 
     def observe_page(self, query: SessionQuery) -> list[Observed]:
         page = query.select(self.records(), key=lambda r: r)
-        workloads = self.observe_workloads() if page else {}
+        live = [r.id for r in page if r.outcome is None]
+        workloads = self.observe_workloads_of(live) if live else {}
         return [Observed(r, self._combined(r.id, r, workloads.get(r.id))) for r in page]
 
     def _change_record(
@@ -345,7 +483,20 @@ class WorkloadBackend(Backend):
         raise BackendUnavailable(f"The record of session {session_id} keeps changing")
 
     def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
-        return self._change_record(session_id, lambda record: record.marked(mark, at))
+        node = self._node(session_id) if mark is Mark.READY and at is not None else ""
+
+        def marked(record: Record) -> Record | None:
+            changed = record.marked(mark, at)
+            return replace(changed, node=node) if changed is not None and node else changed
+
+        return self._change_record(session_id, marked)
+
+    def _node(self, session_id: str) -> str:
+        try:
+            return self.workload_node(session_id)
+        except OvasError as exc:
+            log.warning("session %s: where its workload runs is not known: %s", session_id, exc)
+            return ""
 
     def claim(
         self, session_id: str, username: str, at: datetime, *, user_capacity: int = 0
@@ -411,6 +562,8 @@ class WorkloadBackend(Backend):
 
     def stop(self, session_id: str) -> None:
         entry = self.ledger.get(SESSION_PREFIX + session_id)
+        if entry is None and self._adopt(session_id):
+            entry = self.ledger.get(SESSION_PREFIX + session_id)
         if entry is None:
             if self.observe_workload(session_id) is None:
                 raise SessionNotFound(session_id)
@@ -431,10 +584,16 @@ class WorkloadBackend(Backend):
         sessions with an outcome (a finish interrupted). Returns the ledger names and the
         session ids of what it removed."""
         # Read in the order a start writes backwards (a start takes its places, runs its
-        # workload, then writes its record), so a start under way is never taken for none.
+        # workload, then writes its record), so a start under way is never taken for none;
+        # places and records in one list.
         workloads = self.observe_workloads()
-        places = self.ledger.list(SLOT_PREFIX)
-        sessions = {sid: record for sid, (_, record, _) in self._session_entries().items()}
+        self._first_use()
+        listed = self.ledger.list()
+        places = [e for e in listed if e.name.startswith(SLOT_PREFIX)]
+        entries = self._session_entries(listed)
+        sessions = {sid: record for sid, (_, record, _) in entries.items()}
+        if self.__dict__.get("_earlier_due", True) or not workloads.keys() <= sessions.keys():
+            sessions |= {i: r for i, r in self._adopt().items() if i not in sessions}
         grace = timedelta(seconds=self.slot_grace)
         removed, holders = [], set()
         for entry in places:

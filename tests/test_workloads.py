@@ -13,6 +13,7 @@ from datetime import timedelta
 from multiprocessing.managers import BaseManager
 
 import pytest
+from ovas_example_plugin import ExampleBackend
 
 from ovas import WorkloadBackend, registry
 from ovas.errors import (
@@ -22,11 +23,11 @@ from ovas.errors import (
     UserCapacityExceeded,
 )
 from ovas.ledger import MAX_VALUE, Entry, MemoryLedger
-from ovas.lifecycle import Mark, Outcome, Stage
+from ovas.lifecycle import Mark, Observation, Outcome, Record, Stage
 from ovas.models import Reason, SessionState, WarmPool
 from ovas.session_records import SESSION_RECORD, SLOT_RECORD, encode_session
 from ovas.testing import FakeClock, WarmPoolContract, make_request
-from ovas.workloads import SESSION_PREFIX, SLOT_PREFIX, Places, place_name
+from ovas.workloads import SESSION_PREFIX, SLOT_PREFIX, EarlierRecord, Places, place_name
 
 SLOW = {"STANDIN_READY_DELAY": "60"}
 RACERS = 16
@@ -367,3 +368,107 @@ def test_collect_keeps_the_gpus_of_live_sessions_and_frees_those_of_none(clock, 
     clock.advance(backend.slot_grace + 1)
     assert backend.collect(clock()) == [orphan]
     assert places(ledger, "gpu.") == [place_name("gpu", GPUS[0])]
+
+
+class Upgraded(ExampleBackend):
+    """The example backend after an upgrade: its earlier release kept records in its own
+    engine (`earlier`, by session id), which it returns until the core has adopted them; its
+    workloads run on a node (`nodes`: those that exist)."""
+
+    def __init__(self, clock, ledger):
+        super().__init__(now=clock)
+        self.ledger = ledger
+        self.earlier: dict[str, EarlierRecord] = {}
+        self.reads: list[str | None] = []
+        self.nodes = {"node-a"}
+
+    def earlier_records(self, session_id=None):
+        self.reads.append(session_id)
+        return [e for i, e in self.earlier.items() if session_id in (None, i)]
+
+    def forget_earlier_record(self, session_id):
+        self.earlier.pop(session_id, None)
+
+    def workload_node(self, session_id):
+        return "node-a" if session_id in self._workloads else ""
+
+    def explain_workload(self, record, seen):
+        if seen is None and record.node and record.node not in self.nodes:
+            return Observation(Stage.FAULT, fault=Reason.NODE_LOST, detail=record.node)
+        return seen
+
+
+def earlier_session(backend, places=("all", "user"), **kw) -> EarlierRecord:
+    """A session of the earlier release: its workload runs, its record is the engine's."""
+    request = request_for(backend, **kw)
+    backend.run_workload(request)
+    record = replace(Record.of(request), marks={Mark.READY: request.created_time}, node="n1")
+    backend.earlier[request.id] = EarlierRecord(record, places=frozenset(places))
+    return backend.earlier[request.id]
+
+
+@pytest.fixture
+def upgraded(clock, ledger):
+    return Upgraded(clock, ledger)
+
+
+def test_earlier_records_are_adopted_at_first_use_with_their_places(clock, ledger, upgraded):
+    live = earlier_session(upgraded, username="alice")
+    outcome = Outcome(SessionState.ENDED, Reason.APP_EXITED, "Ended", clock())
+    ended = replace(live.record, id="e" * 8, outcome=outcome)
+    upgraded.earlier[ended.id] = EarlierRecord(ended, ("a line",), frozenset({"all"}))
+    # Before any record is read, a start is admitted against the places the live one held.
+    with pytest.raises(CapacityExceeded):
+        upgraded.start(request_for(upgraded, capacity=1))
+    assert upgraded.reads == [None] and upgraded.earlier == {}  # adopted, then forgotten
+    assert places(ledger, "all.") == [f"{SLOT_PREFIX}all.0"]
+    assert len(places(ledger, "user.")) == 1  # the ended one holds none
+    with pytest.raises(UserCapacityExceeded):
+        upgraded.start(request_for(upgraded, username="alice", user_capacity=1))
+    assert {o.record.id: o.record for o in upgraded.observe_all()} == {
+        live.record.id: live.record,
+        ended.id: ended,
+    }
+    assert upgraded.logs(ended.id) == ["a line"]
+    assert upgraded.observe(live.record.id).seen.stage is Stage.WAITING  # its workload runs
+    assert upgraded.collect(clock()) == []  # its workload is a session's
+    upgraded.stop(live.record.id)
+    assert not places(ledger) and upgraded.observe_workloads() == {}
+    assert live.record.id not in {r.id for r in upgraded.records()}
+
+
+def test_a_session_recorded_twice_at_once_is_adopted_once(clock, ledger, upgraded):
+    live = earlier_session(upgraded)
+    peer = Upgraded(clock, ledger)
+    peer.earlier = dict(upgraded.earlier)
+    assert [r.id for r in peer.records()] == [live.record.id]
+    assert [r.id for r in upgraded.records()] == [live.record.id]
+    assert len(places(ledger, "all.")) == 1 and len(places(ledger, "user.")) == 1
+
+
+def test_a_record_missed_at_first_use_is_adopted_when_asked_for_or_collected(
+    clock, ledger, upgraded
+):
+    assert upgraded.records() == []
+    asked = earlier_session(upgraded)  # an earlier replica made it since
+    assert upgraded.observe(asked.record.id).record == asked.record
+    assert upgraded.reads == [None, asked.record.id]
+    seen = earlier_session(upgraded, places=())
+    assert upgraded.collect(clock()) == []  # adopted, not stopped as a workload of none
+    assert seen.record.id in upgraded.observe_workloads()
+    assert {r.id for r in upgraded.records()} == {asked.record.id, seen.record.id}
+    upgraded.reads.clear()
+    assert upgraded.collect(clock()) == [] and upgraded.reads == [None]
+    assert upgraded.collect(clock()) == [] and upgraded.reads == [None]  # none was due
+    assert upgraded.collect(clock()) == [] and upgraded.reads == [None]
+
+
+def test_the_ready_mark_keeps_the_node_and_a_vanished_workload_is_explained(clock, upgraded):
+    session = upgraded.start(request_for(upgraded)).record
+    assert upgraded.mark(session.id, Mark.READY, clock())
+    assert upgraded.observe(session.id).record.node == "node-a"
+    upgraded.stop_workload(session.id)
+    assert upgraded.observe(session.id).seen.stage is Stage.GONE  # node-a exists: lost
+    upgraded.nodes.clear()
+    seen = upgraded.observe(session.id).seen
+    assert (seen.stage, seen.fault, seen.detail) == (Stage.FAULT, Reason.NODE_LOST, "node-a")

@@ -1,32 +1,30 @@
-"""The Kubernetes backend: a session is a Pod and a Service (mode `pod`), or a Flux
+"""The Kubernetes backend: a session's workload is a Pod and a Service (mode `pod`), or a Flux
 HelmRelease whose chart makes them (mode `helmrelease`, as NVIDIA's OVAS does).
 
-The cluster is the only record: every answer comes from listing or reading labelled objects,
-so replicas agree and a restart loses nothing. A live session's record is in the annotations
-of the object owning it (its Pod, or its HelmRelease); marks are written there with a
-resourceVersion precondition, so one process alone sets each. An ended session's record is
-its outcome ConfigMap `ovas-<id>`, whose create (refused with 409 for a name that exists)
-is the one step that ends a session; its workload and capacity slots are deleted after it.
+It runs, observes and stops workloads (`ovas.WorkloadBackend`); the core keeps every record
+of the sessions, admission places, claims, marks and outcomes included, in the backend's
+ledger: ConfigMaps in the namespace (`backends.kubernetes.ledger`), which every replica
+shares. A workload's objects carry the label naming their session and nothing of its record
+(`objects.workload_labels`). Sessions an earlier release recorded on their objects are read
+by `earlier_records` for the core to adopt.
 
-Costs in API calls, whatever the number of sessions: `observe_all()` 3 (pods, services,
-outcomes; 4 with releases), `observe_page()` 4 (5 with releases), `observe()` at most 3 (4
-with releases), 1 for an ended session; `mark()` 2, `finish()` about 7, `stop()` about 6,
-`collect()` 4-5 plus one per removal. Observing a session whose app has just exited adds one
-call (its last log lines), until its outcome is recorded."""
+Costs in API calls, whatever the number of sessions: `observe_workloads()` 2 (pods and
+services; 3 with releases), the same for a page's workloads, selected by id;
+`observe_workload()` at most 2 (3 with releases), one more for the last log lines of an app
+that has just exited and one for the Node of a pod that vanished; `workload_node()` 1;
+`stop_workload()` about 4; `earlier_records()` 3 (4 with releases), 2 for one session."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from functools import cached_property
 from typing import Any, Self
 
 from backends.kubernetes import objects as o
 from backends.kubernetes import profiles
 from backends.kubernetes import status as s
-from backends.kubernetes.admission import Admission
 from backends.kubernetes.catalog import KubernetesCatalog
 from backends.kubernetes.client import (
     CONFIG_MAP,
@@ -41,53 +39,44 @@ from backends.kubernetes.client import (
     Taken,
 )
 from backends.kubernetes.ledger import KubernetesLedger
-from ovas.backend import Backend, Catalog, utcnow
+from ovas.backend import Catalog, utcnow
 from ovas.errors import (
     BackendUnavailable,
     ConfigurationError,
     Conflict,
     InvalidInput,
     OvasError,
-    SessionNotFound,
 )
-from ovas.lifecycle import LOG_LINES, Mark, Observation, Observed, Outcome, Record, Stage
-from ovas.models import Reason, SessionQuery, SessionRequest
+from ovas.lifecycle import LOG_LINES, Mark, Observation, Observed, Record, Stage
+from ovas.models import Reason, SessionRequest
 from ovas.names import is_session_id
+from ovas.workloads import EarlierRecord, WorkloadBackend
 
 log = logging.getLogger(__name__)
 
 MODES = ("pod", "helmrelease")
 ALL_SESSIONS = o.SESSION  # a selector: every object carrying the session label
-OUTCOMES = f"{o.SESSION},{o.OUTCOME}"  # a selector: every outcome ConfigMap
-PAGE_BY_ID = 100  # the longest page whose sessions are selected by id in one label selector
-KEPT_LOG_LINES = 100  # log lines an outcome ConfigMap keeps
+PAGE_BY_ID = 100  # the most sessions whose workloads one label selector selects by id
 LOG_READS = 10  # exited sessions whose last log lines one listing reads, at most
-MARK_ATTEMPTS = 5  # tries of a mark whose object another process changed meanwhile
+# An earlier release's admission slot scopes, as the core's kinds of place.
+PLACES = {"global": "all", "user": "user", "pool": "pool"}
 
 
 @dataclass
 class Objects:
-    """The live objects of one session, as read from the cluster."""
+    """The live objects of one session's workload, as read from the cluster."""
 
     session_id: str
-    # Its Pod (mode pod) or HelmRelease; in mode pod, its Service once the pod vanished.
-    owner: dict[str, Any] | None = None
+    owner: dict[str, Any] | None = None  # its Pod (mode pod) or HelmRelease
     pod: dict[str, Any] | None = None
     service: dict[str, Any] | None = None
-    outcome: dict[str, Any] | None = None  # its whole outcome ConfigMap, once it ended
-
-    @cached_property
-    def record(self) -> Record | None:
-        """The outcome's record once there is one, else the owner's; None if the owner's is
-        not whole either (no session, only objects to collect). Read once all is found."""
-        holder = self.outcome if self.outcome is not None else self.owner
-        return s.record_of(holder) if holder is not None else None
 
 
-class KubernetesBackend(Backend):
-    """Sessions as labelled objects in one namespace of a Kubernetes cluster. The cluster
-    cannot tell whether a client is connected, so `Observation.connections` is None: the
-    connect and idle timeouts do not apply; the max lifetime and the start deadline do."""
+class KubernetesBackend(WorkloadBackend):
+    """Sessions' workloads as labelled objects in one namespace of a Kubernetes cluster. The
+    cluster cannot tell whether a client is connected (`workload_clients` is None): without
+    the signaling gateway the connect and idle timeouts do not apply; the max lifetime and
+    the start deadline do."""
 
     name = "kubernetes"
     keeps_warm_pools = True
@@ -108,13 +97,13 @@ class KubernetesBackend(Backend):
         now: Callable[[], datetime] = utcnow,
         gateway: bool = False,
     ):
-        """`orphan_grace`: seconds an object of no session is left alone by `collect` (it may
-        be a start in progress). `base_domain`: with one, a session's route key is its own
-        hostname `<session-id>.<base_domain>` (see `profiles.hostname`). `now`: the clock of
-        records, marks and outcomes. `gateway`: the signaling gateway is on
-        (`OVAS_GATEWAY_DOMAIN`), so a session's Service exposes its media only, and the
-        gateway reaches signaling in the cluster. Raises `ConfigurationError` for a mode or
-        domain that is not valid."""
+        """`orphan_grace`: seconds an admission place held by no session is kept (it may be
+        a start in progress; `WorkloadBackend.slot_grace`). `base_domain`: with one, a
+        session's route key is its own hostname `<session-id>.<base_domain>` (see
+        `profiles.hostname`). `now`: the clock of records, marks and outcomes. `gateway`:
+        the signaling gateway is on (`OVAS_GATEWAY_DOMAIN`), so a session's Service exposes
+        its media only, and the gateway reaches signaling in the cluster. Raises
+        `ConfigurationError` for a mode or domain that is not valid."""
         if mode not in MODES:
             raise ConfigurationError(
                 f"OVAS_KUBERNETES_SESSION_MODE must be one of {', '.join(MODES)}, not {mode!r}"
@@ -127,17 +116,14 @@ class KubernetesBackend(Backend):
         self.public_host = public_host or None
         self.gateway = gateway
         self.orphan_grace = timedelta(seconds=orphan_grace)
+        self.slot_grace = orphan_grace
         self.helm_repository = helm_repository
-        self.now = now
         self.kube = kube or Kube(namespace, config_file=config_file, context=context)
         self.namespace = self.kube.namespace
-        self.catalog = (
-            catalog
-            if catalog is not None
-            else KubernetesCatalog(self.kube, refusal=lambda p: profiles.refusal(p, mode))
-        )
-        self.admission = Admission(self.kube)
-        self.ledger = KubernetesLedger(kube=self.kube)  # the core's records, as ConfigMaps
+        if catalog is None:
+            catalog = KubernetesCatalog(self.kube, refusal=lambda p: profiles.refusal(p, mode))
+        # The core's records, as ConfigMaps.
+        super().__init__(catalog, ledger=KubernetesLedger(kube=self.kube), now=now)
         self._foreign_told: set[str] = set()  # objects of a newer format, named once
         self._nodes_told = False  # Nodes cannot be read (RBAC): said once
 
@@ -164,7 +150,7 @@ class KubernetesBackend(Backend):
 
     @property
     def owner_kind(self) -> Kind:
-        """The kind of the object that owns a session and holds its record."""
+        """The kind of the object that owns a session's workload."""
         return HELM_RELEASE if self.helm else POD
 
     def _list(self, kind: Kind, selector: str, **kw: Any) -> list[dict[str, Any]]:
@@ -193,6 +179,11 @@ class KubernetesBackend(Backend):
                 )
         return mine
 
+    def _get(self, kind: Kind, name: str) -> dict[str, Any] | None:
+        """The object, while it is live and of a format this release reads; else None."""
+        found = self.kube.get(kind, name)
+        return found if s.is_live(found) and not s.foreign(found) else None
+
     def check(self) -> None:
         # A selector that matches nothing: cheap, and it proves the namespace's RBAC too.
         self._list(POD, f"{o.SESSION}=ovas-check")
@@ -214,26 +205,26 @@ class KubernetesBackend(Backend):
                 f"Profile '{request.profile.id}' cannot run in {self.mode} mode: {refused}",
                 field="profile",
             )
-        request = profiles.with_pending_limit(request)
-        slots = self.admission.acquire(request)
-        try:
-            if self.helm:
-                owner = self._create(
-                    HELM_RELEASE,
-                    o.build_helmrelease(
-                        request, self.namespace, default_repository=self.helm_repository
-                    ),
-                )
-                chart = f"{request.version.helm_chart} {request.version.helm_chart_version}"
-                detail = f"Installing the chart {chart.strip()}"
-            else:
-                owner = self._start_pod(request)
-                detail = "Creating the session's pod"
-        except BaseException:
-            self.admission.release(request.id)
-            raise
-        self.admission.bind(slots, owner)
-        return Observed(Record.of(request), Observation(Stage.WAITING, detail=detail))
+        return super().start(profiles.with_pending_limit(request))
+
+    def run_workload(self, request: SessionRequest) -> None:
+        """Create the session's HelmRelease, or its Pod and then its Service (owned by the
+        Pod). A ResourceQuota refusing them raises `CapacityExceeded` (`resource="gpu"` when
+        it is the GPUs' quota), an admission webhook `InvalidInput`."""
+        if self.helm:
+            release = o.build_helmrelease(
+                request, self.namespace, default_repository=self.helm_repository
+            )
+            self._create(HELM_RELEASE, release)
+            return
+        pod = self._create(POD, o.build_pod(request, self.namespace))
+        # With the gateway, a wildcard DNS name points at it and at the nodes' media ports.
+        own_name = self.base_domain and not self.gateway
+        name = profiles.hostname(request.id, self.base_domain) if own_name else None
+        service = o.build_service(
+            request, self.namespace, pod, hostname=name, signaling=not self.gateway
+        )
+        self._create(SERVICE, service)
 
     def _create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -247,135 +238,58 @@ class KubernetesBackend(Backend):
                 + f" in namespace {self.namespace}"
             ) from None
 
-    def _start_pod(self, request: SessionRequest) -> dict[str, Any]:
-        pod = self._create(POD, o.build_pod(request, self.namespace))
-        # With the gateway, a wildcard DNS name points at it and at the nodes' media ports.
-        own_name = self.base_domain and not self.gateway
-        name = profiles.hostname(request.id, self.base_domain) if own_name else None
-        try:
-            # Owned by nothing: it keeps the session's record should the pod vanish.
-            service = o.build_service(
-                request, self.namespace, hostname=name, signaling=not self.gateway
-            )
-            self._create(SERVICE, service)
-        except BaseException:
-            self.kube.delete(POD, pod["metadata"]["name"])
-            raise
-        return pod
+    # What the cluster shows
 
-    # Reading
-
-    def _read(self, session_id: str) -> Objects:
-        """The session's objects: its outcome first (an ended session costs that one call),
-        then its owner, its pod and, once it may be ready, its Service."""
+    def observe_workload(self, session_id: str) -> Observation | None:
+        """The session's pod, read by name (mode pod) or by label under its HelmRelease; its
+        Service once the Kit container runs; its Events while it waits; the Kit container's
+        last log lines once it exited. A Service or HelmRelease whose pod is gone is
+        `status.Remains`."""
+        if not is_session_id(session_id):
+            return None
+        name, selector = o.object_name(session_id), f"{o.SESSION}={session_id}"
         found = Objects(session_id)
-        selector = f"{o.SESSION}={session_id}"
-        for config_map in self._list(CONFIG_MAP, f"{selector},{o.OUTCOME}", metadata_only=True):
-            if s.is_live(config_map) and s.record_of(config_map) is not None:
-                found.outcome = config_map
-        if found.outcome is not None:
-            return found
-        name = o.object_name(session_id)
-        owner = self.kube.get(self.owner_kind, name)
-        if not self.helm and not s.is_live(owner):
-            service = self.kube.get(SERVICE, name)
-            if s.is_live(service) and s.record_of(service) is not None:
-                found.owner = service  # the pod vanished; the Service keeps the record
-            return found
-        if not s.is_live(owner) or s.record_of(owner) is None:
-            return found
-        found.owner = owner
         if self.helm:
+            found.owner = self._get(HELM_RELEASE, name)
+            if found.owner is None:
+                return None
             found.pod = _session_pod(self._list(POD, selector))
-            if found.pod is not None and _may_be_ready(found.pod, owner):
+            if found.pod is not None and _may_be_ready(found.pod):
                 found.service = _first_live(self._list(SERVICE, selector))
         else:
-            found.pod = owner
-            if _may_be_ready(owner, owner):
-                service = self.kube.get(SERVICE, name)
-                found.service = service if s.is_live(service) else None
+            found.owner = found.pod = self._get(POD, name)
+            if found.pod is None or _may_be_ready(found.pod):
+                found.service = self._get(SERVICE, name)
+        return self._seen(found, events=True)
+
+    def observe_workloads(self) -> dict[str, Observation]:
+        """Every workload of ours: one list of pods, one of services (and one of releases)."""
+        return self._workloads(ALL_SESSIONS)
+
+    def observe_workloads_of(self, session_ids: Collection[str]) -> dict[str, Observation]:
+        """The workloads of `session_ids`, selected by id in one list per kind (up to
+        `PAGE_BY_ID` of them; more are read as `observe_workloads` reads them)."""
+        ids = sorted({i for i in session_ids if is_session_id(i)})
+        if not ids:
+            return {}
+        if len(ids) > PAGE_BY_ID:
+            return self.observe_workloads()
+        return self._workloads(f"{o.SESSION} in ({','.join(ids)})")
+
+    def _workloads(self, selector: str) -> dict[str, Observation]:
+        pods, services = self._list(POD, selector), self._list(SERVICE, selector)
+        releases = self._list(HELM_RELEASE, selector) if self.helm else []
+        found = {}
+        reads = 0
+        for objects in self._group(pods, services, releases):
+            seen = self._seen(objects, logs=reads < LOG_READS)
+            if seen is not None:
+                reads += seen.stage is Stage.EXITED
+                found[objects.session_id] = seen
         return found
 
-    def observe(self, session_id: str) -> Observed:
-        if not is_session_id(session_id):
-            raise SessionNotFound(session_id)
-        found = self._read(session_id)
-        if found.record is None:
-            raise SessionNotFound(session_id)
-        return self._observed([found], events=True)[0]
-
-    def observe_all(self) -> list[Observed]:
-        return self._observed(self._sessions(*self._lists(ALL_SESSIONS)))
-
-    def records(self) -> list[Record]:
-        """Every session's record, off the metadata of the objects owning live sessions
-        and of the outcome ConfigMaps (two lists)."""
-        owners = self._list(self.owner_kind, ALL_SESSIONS, metadata_only=True)
-        ended = self._list(CONFIG_MAP, OUTCOMES, metadata_only=True)
-        found: dict[str, Record] = {}
-        for obj in [*owners, *ended]:  # an outcome, read last, is the final word
-            record = s.record_of(obj) if s.is_live(obj) else None
-            if record is not None:
-                found[record.id] = record
-        return list(found.values())
-
-    def observe_page(self, query: SessionQuery) -> list[Observed]:
-        """The page chosen from every session's record, read off the metadata of the objects
-        that own live sessions and of the outcome ConfigMaps of ended ones (two lists, a
-        fraction of the bytes of whole objects); then the state of the page's live sessions
-        alone, selected by id (one list per kind): 4 calls (5 with releases) whatever the
-        number of sessions, 2 for a page of ended sessions. A page too long for one selector
-        is read as `observe_all()` reads everything."""
-        if query.limit > PAGE_BY_ID:
-            return super().observe_page(query)
-        narrow = ""
-        if query.username is not None:
-            # Narrowed by the user's label; equal usernames have equal labels.
-            narrow = f",{o.USER}={o.label_value(query.username)}"
-        owners = self._list(self.owner_kind, ALL_SESSIONS + narrow, metadata_only=True)
-        ended = self._list(CONFIG_MAP, OUTCOMES + narrow, metadata_only=True)
-        listed: dict[str, s.Listed] = {}
-        outcomes: dict[str, dict[str, Any]] = {}
-        for obj in owners:
-            entry = s.listed_of(obj) if s.is_live(obj) else None
-            if entry is not None:
-                listed[entry.id] = entry
-        for config_map in ended:
-            entry = s.listed_of(config_map) if s.is_live(config_map) else None
-            if entry is not None and s.record_of(config_map) is not None:
-                listed[entry.id] = entry
-                outcomes[entry.id] = config_map
-        chosen = query.select(listed.values())
-        live = [entry.id for entry in chosen if entry.id not in outcomes]
-        found: dict[str, Objects] = {
-            i: Objects(i, outcome=outcomes[i]) for i in (e.id for e in chosen) if i in outcomes
-        }
-        if live:
-            selector = f"{o.SESSION} in ({','.join(live)})"
-            pods, services = self._list(POD, selector), self._list(SERVICE, selector)
-            releases = self._list(HELM_RELEASE, selector) if self.helm else []
-            for objects in self._sessions(pods, services, [], releases):
-                found[objects.session_id] = objects
-        # A session removed between the two reads is left out.
-        return self._observed([found[e.id] for e in chosen if e.id in found])
-
-    def _lists(self, selector: str) -> tuple[list, list, list, list]:
-        """Pods, services, outcome ConfigMaps (their metadata) and releases `selector`
-        selects, one list each."""
-        pods = self._list(POD, selector)
-        services = self._list(SERVICE, selector)
-        outcomes = self._list(CONFIG_MAP, f"{selector},{o.OUTCOME}", metadata_only=True)
-        releases = self._list(HELM_RELEASE, selector) if self.helm else []
-        return pods, services, outcomes, releases
-
-    def _group(
-        self,
-        pods: Iterable[dict],
-        services: Iterable[dict],
-        outcomes: Iterable[dict],
-        releases: Iterable[dict],
-    ) -> dict[str, Objects]:
-        """The live objects by session, whether or not they make a session."""
+    def _group(self, pods, services, releases) -> list[Objects]:
+        """The live objects by session, whether or not the session's owner is among them."""
         groups: dict[str, Objects] = {}
 
         def entry(obj: dict[str, Any]) -> Objects | None:
@@ -384,11 +298,6 @@ class KubernetesBackend(Backend):
                 return None
             return groups.setdefault(session_id, Objects(session_id))
 
-        for config_map in outcomes:
-            whole = s.is_outcome(config_map) and s.record_of(config_map) is not None
-            found = entry(config_map) if whole else None
-            if found is not None:
-                found.outcome = config_map
         for release in releases:
             found = entry(release)
             if found is not None and found.owner is None:
@@ -403,63 +312,59 @@ class KubernetesBackend(Backend):
             found = entry(service)
             if found is not None and found.service is None:
                 found.service = service
-                if not self.helm and found.owner is None and s.record_of(service) is not None:
-                    found.owner = service  # the pod vanished; the Service keeps the record
-        return groups
+        return list(groups.values())
 
-    def _sessions(self, pods, services, outcomes, releases) -> list[Objects]:
-        groups = self._group(pods, services, outcomes, releases)
-        return [g for g in groups.values() if g.record is not None]
-
-    def _observed(self, entries: list[Objects], *, events: bool = False) -> list[Observed]:
-        """What each session's objects show; the last log lines of an app that has just
-        exited are read too (for `LOG_READS` sessions at most). With `events`, the Events of
-        a pod still waiting are read as well (one call a session: for one session only)."""
-        found = []
-        reads = 0
-        for entry in entries:
-            record = entry.record
-            assert record is not None
-            seen = self._seen(entry, record)
-            if self.base_domain and seen.host:
-                seen = replace(seen, host=profiles.hostname(record.id, self.base_domain))
-            if events and seen.stage is Stage.WAITING and entry.pod is not None:
-                told = self._events(entry.pod)
-                seen = s.pod_observation(
-                    entry.pod,
-                    entry.service,
-                    public_host=self.public_host,
-                    events=told,
-                    gateway=self.gateway,
-                )
-            if seen.stage is Stage.EXITED and entry.pod is not None and reads < LOG_READS:
-                reads += 1
-                seen = replace(seen, logs=tuple(self._tail(entry.pod, LOG_LINES)))
-            found.append(Observed(record, seen))
-        return found
-
-    def _seen(self, entry: Objects, record: Record) -> Observation:
-        if record.outcome is not None:
-            return Observation(Stage.GONE)
-        if entry.pod is None:
-            assert entry.owner is not None
-            lost = self._lost_node(entry.owner)
-            if lost is not None:
-                return lost
+    def _seen(self, found: Objects, *, events: bool = False, logs: bool = True):
+        """What the objects show; None when there are none. With `events`, the Events of a
+        pod still waiting are read (one call); with `logs`, the last lines of an app that
+        exited. What is left without the pod or the HelmRelease is `status.Remains`."""
+        if self.helm and found.owner is None:
+            if found.pod is None and found.service is None:
+                return None
+            return s.Remains(Stage.WAITING, detail="its HelmRelease is gone")
+        if found.pod is None:
             if self.helm:
-                return s.release_observation(entry.owner, dict(record.marks))
-            return Observation(Stage.GONE)
-        return s.pod_observation(
-            entry.pod, entry.service, public_host=self.public_host, gateway=self.gateway
+                return s.release_observation(found.owner)
+            if found.service is None:
+                return None
+            return s.Remains(Stage.WAITING, detail="its pod is gone")
+        seen = s.pod_observation(
+            found.pod, found.service, public_host=self.public_host, gateway=self.gateway
         )
+        if events and seen.stage is Stage.WAITING:
+            seen = s.pod_observation(
+                found.pod,
+                found.service,
+                public_host=self.public_host,
+                events=self._events(found.pod),
+                gateway=self.gateway,
+            )
+        if logs and seen.stage is Stage.EXITED:
+            seen = replace(seen, logs=tuple(self._tail(found.pod, LOG_LINES)))
+        if self.base_domain and seen.host:
+            seen = replace(seen, host=profiles.hostname(found.session_id, self.base_domain))
+        return seen
 
-    def _lost_node(self, holder: dict[str, Any]) -> Observation | None:
-        """For a session whose pod vanished: a `node_lost` fault when the node the pod ran
-        on (`ovas/node` on the Service or HelmRelease holding its record) no longer exists,
-        as when the pod garbage collector removed its pods with no grace; else None (the pod
-        was removed another way, or the node cannot be read: said once in the log). One
-        call, only for a session whose record names its node."""
-        node = s.node_of(holder)
+    def explain_workload(self, record: Record, seen: Observation | None) -> Observation | None:
+        """A pod that vanished: a `node_lost` fault when the node it ran on (`record.node`,
+        kept with the ready mark) no longer exists, as when the pod garbage collector
+        removed a deleted node's pods with no grace; else gone (`lost`). A HelmRelease
+        without its pod is so once the session was ready; before, it is still to come."""
+        if isinstance(seen, s.Remains):
+            if seen.release and (seen.stage is Stage.FAULT or Mark.READY not in record.marks):
+                return seen
+        elif seen is not None:
+            return seen
+        lost = self._lost_node(record.node)
+        if lost is not None:
+            return lost
+        if isinstance(seen, s.Remains) and seen.release:
+            return Observation(Stage.GONE, detail="the pod of its chart was removed")
+        return None
+
+    def _lost_node(self, node: str) -> Observation | None:
+        """A `node_lost` fault when `node` no longer exists; None when it does, when none
+        is named, or when Nodes cannot be read (said once in the log). One call."""
         if not node:
             return None
         try:
@@ -479,6 +384,19 @@ class KubernetesBackend(Backend):
             Stage.FAULT, fault=Reason.NODE_LOST, detail=f"its node {node} no longer exists"
         )
 
+    def workload_node(self, session_id: str) -> str:
+        """The node the session's pod runs on (one call)."""
+        pod = self._pod(session_id)
+        return ((pod or {}).get("spec") or {}).get("nodeName") or ""
+
+    def _pod(self, session_id: str) -> dict[str, Any] | None:
+        """The session's pod: by name, or under its HelmRelease by label."""
+        if not is_session_id(session_id):
+            return None
+        if self.helm:
+            return _session_pod(self._list(POD, f"{o.SESSION}={session_id}"))
+        return self._get(POD, o.object_name(session_id))
+
     def _events(self, pod: dict[str, Any]) -> list[dict[str, Any]]:
         """The Events about the pod (one call); [] if they cannot be read (they only add to
         what the pod's status says)."""
@@ -493,7 +411,7 @@ class KubernetesBackend(Backend):
 
     def _tail(self, pod: dict[str, Any], lines: int) -> list[str]:
         """The Kit container's last log lines; [] if they cannot be read (they only add to
-        a message or a record)."""
+        a message)."""
         try:
             name = pod["metadata"]["name"]
             return self.kube.logs(name, tail=lines, container=s.kit_container(pod))
@@ -501,270 +419,113 @@ class KubernetesBackend(Backend):
             log.warning("the logs of pod %s: %s", pod["metadata"]["name"], exc.message)
             return []
 
-    # What the lifecycle asks to keep
-
-    def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
-        """Set (or clear) the mark's annotation on the session's Pod or HelmRelease, with the
-        resourceVersion read as a precondition: of processes marking at once, one is told
-        True; the others, refused with 409, read the object again and find it set. The
-        ready mark also records the pod's node (`ovas/node`) where the record outlives the
-        pod: on the HelmRelease (its chart's pod listed first: one more call), and with the
-        mark on the Service of mode pod (one more patch), by the process told True."""
+    def workload_logs(self, session_id: str, tail: int) -> list[str]:
+        """The Kit container's last `tail` lines (one call; two with releases); [] once its
+        pod is gone."""
         if not is_session_id(session_id):
-            return False
-        kind, name = self.owner_kind, o.object_name(session_id)
-        annotation = o.MARKS[mark]
-        stamp = at.isoformat() if at is not None else None
-        node = None
-        if self.helm and mark is Mark.READY and at is not None:
-            pod = _session_pod(self._list(POD, f"{o.SESSION}={session_id}"))
-            node = ((pod or {}).get("spec") or {}).get("nodeName")
-        for _ in range(MARK_ATTEMPTS):
-            owner = self.kube.get(kind, name)
-            if not s.is_live(owner):
-                return False
-            if (at is not None) == (annotation in s.annotations(owner)):
-                return False
-            version = owner["metadata"].get("resourceVersion")
-            notes: dict[str, str | None] = {annotation: stamp}
-            if node:
-                notes[o.NODE] = node
-            patch = {"metadata": {"resourceVersion": version, "annotations": notes}}
-            try:
-                marked = self.kube.patch(kind, name, patch) is not None
-            except Taken:
-                continue
-            if marked and not self.helm and mark is Mark.READY and at is not None:
-                self._keep_on_service(
-                    name, {annotation: stamp, o.NODE: (owner.get("spec") or {}).get("nodeName")}
-                )
-            return marked
-        return False
+            return []
+        if self.helm:
+            pod = _first_live(self._list(POD, f"{o.SESSION}={session_id}"))
+            if pod is None:
+                return []
+            return self.kube.logs(
+                pod["metadata"]["name"], tail=tail, container=s.kit_container(pod)
+            )
+        return self.kube.logs(o.object_name(session_id), tail=tail, container=o.CONTAINER)
 
-    def _keep_on_service(
-        self, name: str, annotations: dict[str, str | None], labels: dict[str, str] | None = None
-    ) -> None:
-        """Copy what changed of a pod-mode session's record to its Service, which keeps the
-        record once the pod vanished (one patch). On a Service an older release made, which
-        holds no record, the annotations stay unread; a Service that is gone is not made."""
-        meta: dict[str, Any] = {"annotations": {k: v for k, v in annotations.items() if v}}
-        if labels:
-            meta["labels"] = labels
-        try:
-            self.kube.patch(SERVICE, name, {"metadata": meta})
-        except OvasError as exc:
-            log.warning("the record on Service %s: %s", name, exc.message)
+    # Stopping
 
-    def claim(
-        self, session_id: str, username: str, at: datetime, *, user_capacity: int = 0
-    ) -> bool:
-        """Take the user's slot (with a per-user cap), then write `ovas/username`, the
-        user's label and `ovas/claimed-at` on the session's Pod or HelmRelease with the
-        resourceVersion read as a precondition: of processes claiming at once, one
-        succeeds; the others, refused with 409, read it again, find it claimed and give the
-        slot back. The winner then frees the pool's place. `collect` completes what a
-        process dying halfway leaves."""
-        if not is_session_id(session_id):
-            return False
-        kind, name = self.owner_kind, o.object_name(session_id)
-        taken: list[str] = []
-        try:
-            for _ in range(MARK_ATTEMPTS):
-                owner = self.kube.get(kind, name)
-                record = s.record_of(owner) if s.is_live(owner) else None
-                if record is None or not record.pooled or record.outcome is not None:
-                    return False
-                if user_capacity and not taken:
-                    taken.append(self.admission.take_user(session_id, username, at, user_capacity))
-                user_label = {o.USER: o.label_value(username)}
-                patch = {
-                    "metadata": {
-                        "resourceVersion": owner["metadata"].get("resourceVersion"),
-                        "labels": user_label,
-                        "annotations": {o.USERNAME: username, o.CLAIMED_AT: at.isoformat()},
-                    }
-                }
-                try:
-                    claimed = self.kube.patch(kind, name, patch)
-                except Taken:
-                    continue
-                if claimed is None:
-                    return False
-                if not self.helm:
-                    self._keep_on_service(name, patch["metadata"]["annotations"], user_label)
-                self.admission.bind(taken, claimed)
-                taken = []
-                self.admission.release(session_id, "pool")
-                return True
-            return False
-        finally:
-            for slot in taken:
-                self.kube.delete(CONFIG_MAP, slot)
-
-    def finish(self, session_id: str, outcome: Outcome) -> bool:
-        """Create the session's outcome ConfigMap (its record, the outcome, the Kit
-        container's last log lines), then delete its workload and slots. True only for the
-        process whose create made the ConfigMap; a later call (or `collect`) completes what
-        an interrupted one left."""
-        if not is_session_id(session_id):
-            return False
-        found = self._read(session_id)
-        recorded = False
-        if found.outcome is None:
-            record = s.record_of(found.owner) if found.owner is not None else None
-            if record is None:
-                return False  # no such session, or it is being stopped
-            logs = self._tail(found.pod, KEPT_LOG_LINES) if found.pod is not None else []
-            try:
-                body = o.build_outcome(record, outcome, logs, self.namespace)
-                self.kube.create(CONFIG_MAP, body)
-                recorded = True
-            except Taken:
-                pass  # another process recorded it first
-            except OvasError as exc:
-                # The workload must not hold its GPU for want of a record: it ends all the
-                # same, and the session is forgotten rather than kept for its retention.
-                log.warning(
-                    "session %s %s, but its outcome cannot be recorded (%s); ending its "
-                    "workload without keeping it",
-                    session_id,
-                    outcome.reason.value,
-                    exc.detail or exc.message,
-                )
-        self._end(session_id, found.pod)
-        return recorded
-
-    def _end(self, session_id: str, pod: dict[str, Any] | None = None) -> None:
-        """Delete the session's workload and free its capacity slots, keeping its outcome;
-        what is already gone is not an error. `pod`, as read: one the cluster is taking away
-        is removed at once, since while it lingers it would still speak for its session."""
-        name = o.object_name(session_id)
-        selector = f"{o.SESSION}={session_id}"
-        taken = s.disruption(pod) is not None
+    def stop_workload(self, session_id: str) -> None:
+        """Delete the session's Pod and Service, or its HelmRelease and the chart's objects,
+        and what an earlier release kept of it (its outcome and slot ConfigMaps). A pod the
+        cluster is taking away goes at once (no grace), lest it still speak for its session
+        while it lingers. What is gone already is no error."""
+        name, selector = o.object_name(session_id), f"{o.SESSION}={session_id}"
+        pods = self._list(POD, selector)
+        for pod in pods:
+            taken = s.disruption(pod) is not None
+            if taken or not self.helm:
+                self.kube.delete(POD, pod["metadata"]["name"], now=taken)
         if self.helm:
             self.kube.delete(HELM_RELEASE, name)
-            if taken and pod is not None:
-                self.kube.delete(POD, pod["metadata"]["name"], now=True)
             # Flux uninstalls the release too, but the workload must end at once.
             self.kube.delete_all(POD, selector)
             self.kube.delete_all(SERVICE, selector)
         else:
-            # The Service first: it holds the record too, which must not outlive the pod
-            # here, lest a finish racing a stop take the session for one whose pod vanished.
-            self.kube.delete(SERVICE, name)
-            self.kube.delete(POD, name, now=taken)
-        self.admission.release(session_id)
+            self.kube.delete(SERVICE, name)  # an earlier release's is owned by nothing
+        self.kube.delete_all(CONFIG_MAP, selector)
 
-    # Removing
+    # What an earlier release recorded
 
-    def stop(self, session_id: str) -> None:
-        if not is_session_id(session_id):
-            raise SessionNotFound(session_id)
-        selector = f"{o.SESSION}={session_id},{o.OUTCOME}"
-        ended = [c for c in self._list(CONFIG_MAP, selector, metadata_only=True) if s.is_live(c)]
-        owner = self.kube.get(self.owner_kind, o.object_name(session_id))
-        if not ended and not s.is_live(owner) and not self._vanished(session_id):
-            raise SessionNotFound(session_id)
-        # The workload goes first: a finish racing this stop then finds no session to end.
-        self._end(session_id, None if self.helm else owner)
-        self.kube.delete(CONFIG_MAP, o.outcome_name(session_id))
-
-    def _vanished(self, session_id: str) -> bool:
-        """A pod-mode session whose pod vanished, its record kept by its Service (one call)."""
-        if self.helm:
-            return False
-        service = self.kube.get(SERVICE, o.object_name(session_id))
-        return s.is_live(service) and s.record_of(service) is not None
-
-    def collect(self, now: datetime) -> list[str]:
-        """Complete the finishes an interrupted process left (an outcome recorded, its
-        workload or slots still there), and remove what belongs to no session: slots of
-        starts that died half way, Services (and a chart's Pods) whose owner is gone,
-        objects whose record is not whole. An object younger than `orphan_grace` may be a
-        start in progress and is left alone. Returns `kind/name` of each object removed."""
-        selector = ALL_SESSIONS
-        pods, services = self._list(POD, selector), self._list(SERVICE, selector)
-        config_maps = self._list(CONFIG_MAP, selector, metadata_only=True)
-        releases = self._list(HELM_RELEASE, selector) if self.helm else []
-        outcomes = [c for c in config_maps if s.is_outcome(c)]
-        slots = [c for c in config_maps if o.SLOT in s.labels(c)]
-        groups = self._group(pods, services, outcomes, releases)
-        ended = {i for i, g in groups.items() if g.outcome is not None}
-        alive = {i for i, g in groups.items() if g.record is not None} - ended
-        removed: list[str] = []
-        kinds = [(POD, pods), (SERVICE, services), (HELM_RELEASE, releases), (CONFIG_MAP, slots)]
-        unfinished: set[str] = set()
-        for kind, items in kinds:
-            for obj in items:
-                session_id = s.session_id_of(obj)
-                if not s.is_live(obj) or session_id in alive:
-                    continue
-                name = obj["metadata"]["name"]
-                if session_id in ended:
-                    unfinished.add(session_id)
-                    removed.append(f"{kind.kind.lower()}/{name}")
-                elif self._old(obj, now) and self.kube.delete(kind, name):
-                    removed.append(f"{kind.kind.lower()}/{name}")
-        for session_id in sorted(unfinished):
-            log.info("completing the end of session %s", session_id)
-            self._end(session_id)
-        removed += self._complete_claims(slots, groups, alive, now)
-        for config_map in outcomes:
-            group = groups.get(s.session_id_of(config_map) or "")
-            kept = group is not None and group.outcome is config_map
-            if s.is_live(config_map) and not kept and self._old(config_map, now):
-                name = config_map["metadata"]["name"]
-                if self.kube.delete(CONFIG_MAP, name):
-                    removed.append(f"configmap/{name}")
-        return removed
-
-    def _complete_claims(
-        self, slots: list[dict], groups: dict[str, Objects], alive: set[str], now: datetime
-    ) -> list[str]:
-        """Slots a claim that died halfway left: the pool's place of a claimed session, and
-        a user's slot taken for a claim that was never made."""
-        removed = []
-        for slot in slots:
-            session_id = s.session_id_of(slot) or ""
-            if session_id not in alive or not s.is_live(slot):
-                continue
-            record = groups[session_id].record
-            read = s.slot_of(slot)
-            if read is None:
-                continue
-            if read.scope == "pool":
-                stale = not record.pooled
-            else:
-                owner = read.username
-                stale = read.scope == "user" and owner != record.username and self._old(slot, now)
-            name = slot["metadata"]["name"]
-            if stale and self.kube.delete(CONFIG_MAP, name):
-                removed.append(f"configmap/{name}")
-        return removed
-
-    def _old(self, obj: dict[str, Any], now: datetime) -> bool:
-        """Older than the grace given a start in progress."""
-        created = o.parse_time(obj["metadata"].get("creationTimestamp"))
-        return created is not None and now >= created + self.orphan_grace
-
-    def logs(self, session_id: str, tail: int = 100) -> list[str]:
-        """The Kit container's last `tail` lines: from its pod while it runs, from its
-        outcome ConfigMap once it ended. Raises `SessionNotFound`."""
-        if not is_session_id(session_id):
-            raise SessionNotFound(session_id)
-        selector = f"{o.SESSION}={session_id}"
-        for config_map in self._list(CONFIG_MAP, f"{selector},{o.OUTCOME}"):
-            if s.is_live(config_map) and s.record_of(config_map) is not None:
-                return s.logs_of(config_map)[-tail:] if tail > 0 else []
-        owner = self.kube.get(self.owner_kind, o.object_name(session_id))
-        if not s.is_live(owner) or s.record_of(owner) is None:
-            if not s.is_live(owner) and self._vanished(session_id):
-                return []  # its pod vanished with its log
-            raise SessionNotFound(session_id)
-        pod = _first_live(self._list(POD, selector)) if self.helm else owner
-        if pod is None:
+    def earlier_records(self, session_id: str | None = None) -> list[EarlierRecord]:
+        """Sessions the releases before the ledger recorded on their objects (format 1, or
+        no `ovas/format`): the record in the annotations of the session's Pod (or, from
+        93837ff on, of its Service, which outlived a vanished pod, with the node) or
+        HelmRelease, or of its outcome ConfigMap once it ended (with the last log lines in
+        its data); the admission slots it held, as places. One list each of pods, services
+        (of releases, in their stead) and ConfigMaps, and a read of each outcome ConfigMap
+        found; for one session, a read of its owner and a list of its ConfigMaps (and, for
+        a ready one whose node it did not keep, of its pod)."""
+        if session_id is not None and not is_session_id(session_id):
             return []
-        return self.kube.logs(pod["metadata"]["name"], tail=tail, container=s.kit_container(pod))
+        selector = f"{o.SESSION}={session_id}" if session_id else ALL_SESSIONS
+        if session_id is None:
+            pods = self._list(POD, selector)
+            keepers = self._list(
+                HELM_RELEASE if self.helm else SERVICE, selector, metadata_only=True
+            )
+        else:
+            owner = self._get(self.owner_kind, o.object_name(session_id))
+            pods, keepers = ([], [owner]) if self.helm else ([owner], [])
+        config_maps = self._list(CONFIG_MAP, selector, metadata_only=True)
+        records: dict[str, Record] = {}
+        nodes: dict[str, str] = {}
+        for obj in [p for p in pods if p is not None and s.is_live(p)]:
+            nodes.setdefault(
+                s.session_id_of(obj) or "", (obj.get("spec") or {}).get("nodeName", "")
+            )
+            record = None if self.helm else s.earlier_record(obj)
+            if record is not None:
+                records[record.id] = record
+        for obj in [k for k in keepers if k is not None and s.is_live(k)]:
+            record = s.earlier_record(obj)
+            if record is not None:
+                kept = records.setdefault(record.id, record)  # a Pod's record comes first
+                if record.node and not kept.node:
+                    records[record.id] = replace(kept, node=record.node)
+        places: dict[str, set[str]] = {}
+        for config_map in [c for c in config_maps if s.is_live(c)]:
+            if s.is_outcome(config_map):
+                record = s.earlier_record(config_map)
+                if record is not None:
+                    records[record.id] = record  # an outcome, read last, is the final word
+            elif o.SLOT in s.labels(config_map):
+                slot = s.earlier_slot(config_map)
+                if slot is not None and slot.scope in PLACES:
+                    places.setdefault(slot.session_id, set()).add(PLACES[slot.scope])
+        found = []
+        for record in records.values():
+            logs: tuple[str, ...] = ()
+            if record.outcome is not None:
+                kept = self.kube.get(CONFIG_MAP, o.outcome_name(record.id))
+                logs = tuple(s.logs_of(kept)) if kept is not None else ()
+            elif not record.node and Mark.READY in record.marks:
+                node = nodes.get(record.id) or (self.workload_node(record.id) if session_id else "")
+                record = replace(record, node=node)
+            found.append(EarlierRecord(record, logs, frozenset(places.get(record.id, ()))))
+        return found
+
+    def forget_earlier_record(self, session_id: str) -> None:
+        """Label the objects holding the session's earlier record with `ovas/format: 2`, as
+        this release labels its own: a patch of each of its Pod and Service (or
+        HelmRelease) and outcome ConfigMap that exist. Their annotations stay, unread."""
+        if not is_session_id(session_id):
+            return
+        name = o.object_name(session_id)
+        patch = {"metadata": {"labels": {o.FORMAT: o.WORKLOAD_FORMAT}}}
+        holders = [HELM_RELEASE] if self.helm else [POD, SERVICE]
+        for kind in [*holders, CONFIG_MAP]:
+            self.kube.patch(kind, name, patch)
 
 
 def _first_live(items: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -777,11 +538,11 @@ def _session_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((p for p in pods if s.disruption(p) is not None), None) or _first_live(pods)
 
 
-def _may_be_ready(pod: dict[str, Any], owner: dict[str, Any]) -> bool:
-    """Worth reading the Service of: the pod is Ready, or the session was once."""
+def _may_be_ready(pod: dict[str, Any]) -> bool:
+    """Worth reading the Service of: the pod is Ready, or its Kit container runs (a ready
+    session's readiness may blip; its routes stay known)."""
     ready = any(
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in (pod.get("status") or {}).get("conditions") or []
     )
-    record = s.record_of(owner)
-    return ready or (record is not None and Mark.READY in record.marks)
+    return ready or "running" in ((s.kit_status(pod) or {}).get("state") or {})

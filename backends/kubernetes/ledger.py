@@ -12,10 +12,11 @@ API call, and the API server's own guarantees make it atomic:
   by the API server, so it is applied here.
 
 `Entry.version` is the object's `resourceVersion`, `Entry.created` its `creationTimestamp`.
-Ledger ConfigMaps carry no `ovas/session` label, so nothing that selects a session's
-objects (admission slots, outcomes, `collect`) ever sees one, and the `ovas/ledger` label is
-on no other object. The Role (config/deploy/rbac.yaml) grants what this needs on
-configmaps: create, update, get, list and delete.
+The records include the sessions' own (`session.<id>`, the places `slot.*`), yet ledger
+ConfigMaps carry no `ovas/session` label, so nothing that removes a session's objects ever
+touches one, and the `ovas/ledger` label is on no other object. The Role
+(config/deploy/rbac.yaml) grants what this needs on configmaps: create, update, get, list
+and delete.
 """
 
 from __future__ import annotations

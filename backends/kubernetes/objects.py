@@ -1,24 +1,25 @@
-"""Pure builders of the Kubernetes objects of a session: Pod, Service, HelmRelease, the
-admission slots and the outcome record. No I/O; every function returns plain dicts ready to
-send to the API server.
+"""Pure builders of the Kubernetes objects of a session (Pod, Service, HelmRelease), and the
+readers of what earlier releases recorded on their objects. No I/O; every function returns
+plain dicts ready to send to the API server.
 
-Every object of a session carries the label `ovas/session=<id>`. The session's record rides
-in annotations of the object that owns the session (its Pod, or its HelmRelease), because
-label values cannot hold everything a username or a semver build may contain: what was asked
-(app, version, profile, username, created time, start deadline), its clocks and the marks
-the lifecycle asked to keep. In mode pod the session's Service holds the record as it was
-asked too, owned by nothing, so the record outlives a pod the cluster removes at once (the
-pod garbage collector's, on a deleted node); with the ready mark it is told the pod's node
-(`NODE`). An ended session's record moves to its outcome ConfigMap `ovas-<id>` (see
-`build_outcome`), which outlives the workload. Label values are made safe with
-`label_value`.
+A session's objects carry the labels `ovas/session=<id>` and `ovas/format=2`
+(`WORKLOAD_FORMAT`): they run its workload, and nothing more. The session's record (what was
+asked, its clocks, marks, outcome and last log lines, the node its pod ran on) is the
+core's, the ConfigMap of `session.<id>` in the ledger (`backends.kubernetes.ledger`).
+`ovas/app`, `ovas/version` and `ovas/profile` label what an object runs, for operators
+(`kubectl get pods -l ovas/app=...`); nothing reads them. In mode pod the Service is owned
+by its Pod, so the cluster removes it with the pod.
 
-Every record's labels and annotations under `ovas/` are written and read through the core's
-record codec (`ovas.ledger.RecordCodec`), by a `MetadataCodec` per kind of record
-(`SESSION_RECORD`, `OUTCOME_RECORD`, `SLOT_RECORD`): each carries its format (label
-`ovas/format`), the current format's reader is the one place that parses them, an object
-without `ovas/format` (made before formats were written) reads as format 1, and one of a
-format this release cannot read raises `UnknownFormat` and is left alone.
+Earlier releases recorded each session on its objects instead, under `ovas/` (format 1, or
+no `ovas/format` at all before formats were written): in annotations of the object owning
+it (its Pod or HelmRelease; from 93837ff on also its Service, which outlived the pod and
+kept `NODE`), an ended session in its outcome ConfigMap `ovas-<id>` (`OUTCOME`, its last
+log lines in `data.logs`), and the admission slots it held in ConfigMaps labelled `SLOT`.
+Their readers (`EARLIER_SESSION`, `EARLIER_OUTCOME`, `EARLIER_SLOT`, through the core's
+record codec, `ovas.ledger.RecordCodec`) read them for the core to adopt
+(`KubernetesBackend.earlier_records`); an adopted object is labelled format 2, as this
+release's are, and is never read as a record again. An object of a format this release
+cannot read (a newer release's) raises `UnknownFormat` and is left alone.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ovas.kitspec import GPU_RESOURCE
 from ovas.ledger import FORMAT_KEY, Entry, LedgerError, RecordCodec
@@ -42,9 +43,9 @@ SESSION = PREFIX + "session"
 APP = PREFIX + "app"
 VERSION = PREFIX + "version"
 PROFILE = PREFIX + "profile"
-USER = PREFIX + "user"
+# What earlier releases wrote (read for adoption only)
+USER = PREFIX + "user"  # label: the user, made label-safe
 SLOT = PREFIX + "slot"  # "global", "user" or "pool", on admission slots only
-POOL_KEY = PREFIX + "pool-key"  # a pool slot's pool and version, hashed
 OUTCOME = PREFIX + "outcome"  # "ended" or "failed", on outcome ConfigMaps only
 USERNAME = PREFIX + "username"  # annotations from here on
 CREATED = PREFIX + "created-time"
@@ -63,27 +64,25 @@ MARKS = {
 }
 POOL = PREFIX + "pool"  # annotation: the warm pool a session was started for
 RENDERING = PREFIX + "rendering"  # annotation: with POOL, the digest of what it runs
-# Annotation on the Service (mode pod) or HelmRelease, written with the ready mark: the node
-# the session's pod runs on, read when the pod vanished to tell a deleted node (`node_lost`)
-# from a pod removed by hand (`lost`).
+# Annotation on the Service (mode pod) or HelmRelease, with the ready mark: the node the
+# session's pod ran on.
 NODE = PREFIX + "node"
 STATE = PREFIX + "state"  # the outcome, on outcome ConfigMaps: "ended" or "failed"
 REASON = PREFIX + "reason"
 MESSAGE = PREFIX + "message"
 ENDED = PREFIX + "ended-time"
 LOGS = "logs"  # the outcome ConfigMap's key holding the Kit container's last log lines
-LOG_LINE_LIMIT = 2000  # characters kept of one log line
-LOGS_LIMIT = 256 * 1024  # characters kept of all (a ConfigMap holds at most 1 MiB)
+# What this release writes
 MANAGED_BY = "app.kubernetes.io/managed-by"
 EXTERNAL_DNS = "external-dns.alpha.kubernetes.io/hostname"  # the DNS name external-dns sets
-# The format of what ovas writes on each object (labels and annotations), written by its
-# `MetadataCodec`. An object of ovas's without it was made before formats were written (read
-# as format 1, which it is); one of another format is a newer release's, left alone
-# (`status.foreign`).
+# The format of what ovas writes on each object (its labels, and once its annotations),
+# written by its `MetadataCodec`: 1 (or none, before formats were written) holds a session's
+# record; 2 marks a workload whose record is the ledger's. Any other is a newer release's,
+# left alone (`status.foreign`).
 FORMAT = PREFIX + FORMAT_KEY
-CURRENT_FORMAT = "1"
+WORKLOAD_FORMAT = "2"
 MANAGED = {MANAGED_BY: "ovas"}
-OURS = {**MANAGED, FORMAT: CURRENT_FORMAT}  # the labels of the core's ledger ConfigMaps
+OURS = {**MANAGED, FORMAT: "1"}  # the labels of the core's ledger ConfigMaps
 
 CONTAINER = "kit"
 SIGNALING = "signaling"
@@ -125,45 +124,16 @@ def object_name(session_id: str) -> str:
     return f"ovas-{session_id}"
 
 
-def session_metadata(request: SessionRequest) -> tuple[dict[str, str], dict[str, str]]:
-    """The labels and annotations of a new session's objects (`SESSION_RECORD`'s encoding):
-    labels `ovas/format` first, then the session and what was asked, made safe; annotations
-    the session's record (`record_annotations`)."""
+def workload_labels(request: SessionRequest) -> dict[str, str]:
+    """The labels of a new session's objects (`WORKLOAD`'s encoding): `ovas/format` first,
+    then the session, and what it runs, made label-safe."""
     labels = {
         SESSION: request.id,
         APP: label_value(request.app.id),
         VERSION: label_value(request.version.version),
         PROFILE: label_value(request.profile.id),
-        USER: label_value(request.username),
     }
-    return SESSION_RECORD.encode(labels, record_annotations(Record.of(request)))
-
-
-def record_annotations(record: Record) -> dict[str, str]:
-    """A session's record as annotations: what was asked, its clocks and its marks (times
-    in ISO 8601 with their UTC offset, clocks in seconds)."""
-    notes = {
-        APP: record.app_id,
-        VERSION: record.version,
-        PROFILE: record.profile,
-        USERNAME: record.username,
-        CREATED: record.created_time.isoformat(),
-        DEADLINE: record.deadline.isoformat(),
-    }
-    if record.pool:
-        notes[POOL] = record.pool
-    if record.rendering:
-        notes[RENDERING] = record.rendering
-    for name, annotation in CLOCKS.items():
-        notes[annotation] = seconds_text(getattr(record.clocks, name))
-    for mark, at in record.marks.items():
-        notes[MARKS[mark]] = at.isoformat()
-    return notes
-
-
-def seconds_text(value: float) -> str:
-    """Seconds as an annotation holds them: `300`, `2.5`."""
-    return f"{value:g}" if value != int(value) else str(int(value))
+    return WORKLOAD.encode(labels, {})[0]
 
 
 def clocks_of(notes: dict[str, str]) -> Clocks:
@@ -275,15 +245,13 @@ def build_pod(request: SessionRequest, namespace: str) -> dict[str, Any]:
     secrets = image_pull_secrets(request.values)
     if secrets:
         spec["imagePullSecrets"] = secrets
-    labels, annotations = session_metadata(request)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": object_name(request.id),
             "namespace": namespace,
-            "labels": {**MANAGED, **labels},
-            "annotations": annotations,
+            "labels": {**MANAGED, **workload_labels(request)},
         },
         "spec": spec,
     }
@@ -303,10 +271,9 @@ def build_service(
     hostname: str | None = None,
     signaling: bool = True,
 ) -> dict[str, Any]:
-    """The Service exposing the session's signaling (TCP) and media (UDP) ports. It holds
-    the session's record as asked (`session_metadata`) and is owned by nothing, so the
-    record outlives a pod that vanishes; `owner`, where given (an object read back), owns it
-    instead, so the cluster removes it with that object.
+    """The Service exposing the session's signaling (TCP) and media (UDP) ports, owned by
+    `owner` where given (the session's Pod as read back), so the cluster removes it with
+    that object.
 
     For NodePort and LoadBalancer services the cluster picks the node ports, so sessions
     never collide on them; `signalingPort` / `mediaPort` are the service's own ports.
@@ -319,15 +286,11 @@ def build_service(
     default = DEFAULT_SERVICE_TYPE if signaling else GATEWAY_SERVICE_TYPE
     kind = str(settings.get("type") or default)
     kit = request.kit
-    labels, annotations = session_metadata(request)
     metadata: dict[str, Any] = {
         "name": object_name(request.id),
         "namespace": namespace,
-        "labels": {**MANAGED, **labels},
-        "annotations": {
-            **{str(k): str(v) for k, v in (settings.get("annotations") or {}).items()},
-            **annotations,
-        },
+        "labels": {**MANAGED, **workload_labels(request)},
+        "annotations": {str(k): str(v) for k, v in (settings.get("annotations") or {}).items()},
     }
     if hostname:
         metadata["annotations"][EXTERNAL_DNS] = hostname
@@ -367,14 +330,12 @@ def chart_reference(helm_chart: str, default_repository: str) -> tuple[str, str]
 
 def release_values(request: SessionRequest) -> dict[str, Any]:
     """The chart values of a session's release: the rendered values, the session id, and the
-    labels and annotations the chart must put on the session's pod and service."""
+    labels the chart must put on the session's pod and service (`streamingKit.labels`)."""
     values = copy.deepcopy(request.values)
     kit = values.setdefault("streamingKit", {})
     kit.setdefault("name", request.id)
     kit["sessionId"] = request.id
-    labels, annotations = session_metadata(request)
-    kit["labels"] = {**kit.get("labels", {}), **labels}
-    kit["annotations"] = {**kit.get("annotations", {}), **annotations}
+    kit["labels"] = {**kit.get("labels", {}), **workload_labels(request)}
     return values
 
 
@@ -388,15 +349,13 @@ def build_helmrelease(
     not retried: a session whose chart cannot be installed has failed."""
     repository, chart = chart_reference(request.version.helm_chart, default_repository)
     name = object_name(request.id)
-    labels, annotations = session_metadata(request)
     return {
         "apiVersion": FLUX_API_VERSION,
         "kind": "HelmRelease",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {**MANAGED, **labels},
-            "annotations": annotations,
+            "labels": {**MANAGED, **workload_labels(request)},
         },
         "spec": {
             "interval": "10m",
@@ -415,96 +374,8 @@ def build_helmrelease(
 
 
 def outcome_name(session_id: str) -> str:
-    """The name of the session's outcome ConfigMap."""
+    """The name of the outcome ConfigMap an earlier release made for an ended session."""
     return object_name(session_id)
-
-
-def build_outcome(
-    record: Record, outcome: Outcome, logs: list[str], namespace: str
-) -> dict[str, Any]:
-    """The ConfigMap recording how a session ended: its record (what was asked, its clocks
-    and marks) and its outcome in annotations, the Kit container's last log lines in
-    `data.logs`. Creating it is what ends a session: a second create of the name is refused
-    (409), so one process alone records an outcome. Owned by nothing, it outlives the pod."""
-    notes = record_annotations(record)
-    notes.update(
-        {
-            STATE: outcome.state.value,
-            REASON: outcome.reason.value,
-            MESSAGE: outcome.message,
-            ENDED: outcome.ended_time.isoformat(),
-        }
-    )
-    kept = [line[:LOG_LINE_LIMIT] for line in logs]
-    while kept and sum(len(line) + 1 for line in kept) > LOGS_LIMIT:
-        kept.pop(0)
-    labels = {
-        SESSION: record.id,
-        OUTCOME: outcome.state.value,
-        APP: label_value(record.app_id),
-        VERSION: label_value(record.version),
-        PROFILE: label_value(record.profile),
-        USER: label_value(record.username),
-    }
-    labels, notes = OUTCOME_RECORD.encode(labels, notes)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": outcome_name(record.id),
-            "namespace": namespace,
-            "labels": {**MANAGED, **labels},
-            "annotations": notes,
-        },
-        "data": {LOGS: "\n".join(kept)},
-    }
-
-
-def slot_name(index: int, username: str | None = None) -> str:
-    """`ovas-slot-<k>` for the shared capacity, `ovas-user-<hash>-<k>` for a user's."""
-    if username is None:
-        return f"ovas-slot-{index}"
-    digest = hashlib.sha256(username.encode()).hexdigest()[:12]
-    return f"ovas-user-{digest}-{index}"
-
-
-def pool_key(pool: str, places: str) -> str:
-    """The label value naming one set of a warm pool's places (counted per
-    `SessionRequest.pool_key`: its version and rendering)."""
-    return hashlib.sha256(f"{pool}@{places}".encode()).hexdigest()[:12]
-
-
-def pool_slot_name(index: int, pool: str, places: str) -> str:
-    """`ovas-pool-<hash>-<k>`: one of the places of a warm pool's unclaimed sessions."""
-    return f"ovas-pool-{pool_key(pool, places)}-{index}"
-
-
-def build_slot(
-    name: str,
-    session_id: str,
-    username: str,
-    created: datetime,
-    namespace: str,
-    scope: str,
-    labels: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """A ConfigMap whose existence holds one unit of capacity for the session; creating it
-    is the atomic admission step (a second create of the same name is refused). `scope`:
-    "global", "user" or "pool"; `labels`: more of ovas's (`ovas/...`) labels, as a pool's
-    `POOL_KEY`. Raises `LedgerError` for a label outside `ovas/`."""
-    ours = {SLOT: scope, SESSION: session_id, USER: label_value(username), **(labels or {})}
-    ours, notes = SLOT_RECORD.encode(ours, {USERNAME: username, CREATED: created.isoformat()})
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {**MANAGED, **ours},
-            "annotations": notes,
-        },
-        "data": {"session": session_id},
-    }
 
 
 def parse_time(text: Any) -> datetime | None:
@@ -520,43 +391,28 @@ def parse_time(text: Any) -> datetime | None:
 # Records: what ovas writes on its objects, and how each format of it reads
 
 
-class Listed(NamedTuple):
-    """What choosing a page of sessions reads (`SessionQuery.select`): cheap to make from
-    the metadata of a thousand objects."""
-
-    id: str
-    username: str
-    created_time: datetime
-    pooled: bool = False  # a warm pool's, unclaimed
-
-
 @dataclass(frozen=True)
 class SessionRead:
-    """What an object holding a session's record (its Pod, Service or HelmRelease, or its
-    outcome ConfigMap) says of the session, as its format's reader reads it. `listed`: None
-    when its labels and annotations name no session (not whole); `record`: None when the
-    record is not whole (a clock, a time or the outcome unreadable); `node`: the node its
-    pod ran on (`NODE`), "" when not recorded."""
+    """What an object of a session (its Pod, Service or HelmRelease, or an earlier outcome
+    ConfigMap) records of it, as its format's reader reads it: `record`, the session's as an
+    earlier release kept it on the object (with `Record.node` where it kept the node), None
+    when the object holds none (format 2) or not a whole one."""
 
-    listed: Listed | None
     record: Record | None
-    node: str = ""
 
 
 @dataclass(frozen=True)
 class SlotRead:
-    """An admission slot ConfigMap as its format's reader reads it: `scope` ("global",
-    "user" or "pool"; "" if not said), `session_id`, and the user it was taken for
-    (`username`, "" if not recorded)."""
+    """An earlier release's admission slot ConfigMap as its format's reader reads it: `scope`
+    ("global", "user" or "pool"; "" if not said) and `session_id`."""
 
     scope: str
     session_id: str
-    username: str
 
 
 class MetadataCodec(Generic[T]):
     """A `RecordCodec` over a Kubernetes object's labels and annotations together, for
-    records of one kind.
+    records of one kind, written in format `current`.
 
     Only names under `ovas/` are the record's: field `labels/<name>` is the label `<name>`,
     field `annotations/<name>` the annotation `<name>`, and the label `ovas/format` holds the
@@ -571,6 +427,7 @@ class MetadataCodec(Generic[T]):
         self,
         kind: str,
         readers: Mapping[int, Callable[[Mapping[str, str], Mapping[str, str]], T]],
+        current: int = 1,
     ):
         def split(
             read: Callable[[Mapping[str, str], Mapping[str, str]], T],
@@ -584,7 +441,7 @@ class MetadataCodec(Generic[T]):
         self.kind = kind
         self.codec: RecordCodec[T] = RecordCodec(
             kind,
-            current=int(CURRENT_FORMAT),
+            current=current,
             readers={number: split(read) for number, read in readers.items()},
             legacy=1,
         )
@@ -631,21 +488,18 @@ def _split(fields: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
 
 def _read_session_v1(labels: Mapping[str, str], notes: Mapping[str, str]) -> SessionRead:
     """Format 1 of a session's record (a session's object, or its outcome ConfigMap): the
-    session id as label `SESSION`; what was asked, its clocks (seconds, as `seconds_text`
-    writes them), marks, pool and node, and an outcome's state, reason, message and end as
-    annotations (times in ISO 8601 with their offset)."""
-    node = notes.get(NODE, "")
+    session id as label `SESSION`; what was asked, its clocks (seconds), marks, pool and
+    node, and an outcome's state, reason, message and end as annotations (times in ISO 8601
+    with their offset)."""
     session_id = labels.get(SESSION, "")
     created = parse_time(notes.get(CREATED))
-    if not is_session_id(session_id) or not notes.get(APP) or created is None:
-        return SessionRead(None, None, node)
-    pooled = bool(notes.get(POOL)) and CLAIMED_AT not in notes
-    listed = Listed(session_id, notes.get(USERNAME, ""), created, pooled)
     deadline = parse_time(notes.get(DEADLINE))
+    if not is_session_id(session_id) or not notes.get(APP) or created is None:
+        return SessionRead(None)
     try:
         clocks = clocks_of(dict(notes))
     except ValueError:
-        return SessionRead(listed, None, node)
+        return SessionRead(None)
     marks = {}
     for mark, annotation in MARKS.items():
         at = parse_time(notes.get(annotation))
@@ -653,13 +507,13 @@ def _read_session_v1(labels: Mapping[str, str], notes: Mapping[str, str]) -> Ses
             marks[mark] = at
     outcome = _outcome_v1(notes) if STATE in notes else None
     if deadline is None or (STATE in notes and outcome is None):
-        return SessionRead(listed, None, node)
+        return SessionRead(None)
     record = Record(
         id=session_id,
         app_id=notes.get(APP, ""),
         version=notes.get(VERSION, ""),
         profile=notes.get(PROFILE, ""),
-        username=listed.username,
+        username=notes.get(USERNAME, ""),
         created_time=created,
         deadline=deadline,
         clocks=clocks,
@@ -667,8 +521,14 @@ def _read_session_v1(labels: Mapping[str, str], notes: Mapping[str, str]) -> Ses
         outcome=outcome,
         pool=notes.get(POOL, ""),
         rendering=notes.get(RENDERING, ""),
+        node=notes.get(NODE, ""),
     )
-    return SessionRead(listed, record, node)
+    return SessionRead(record)
+
+
+def _read_workload_v2(labels: Mapping[str, str], notes: Mapping[str, str]) -> SessionRead:
+    """Format 2: a workload of the session `SESSION` names, whose record is the ledger's."""
+    return SessionRead(None)
 
 
 def _outcome_v1(notes: Mapping[str, str]) -> Outcome | None:
@@ -685,14 +545,21 @@ def _outcome_v1(notes: Mapping[str, str]) -> Outcome | None:
 
 
 def _read_slot_v1(labels: Mapping[str, str], notes: Mapping[str, str]) -> SlotRead:
-    """Format 1 of an admission slot: its scope, session and user's label as labels, the
-    user's name as the annotation `USERNAME`."""
-    return SlotRead(labels.get(SLOT, ""), labels.get(SESSION, ""), notes.get(USERNAME, ""))
+    """Format 1 of an admission slot: its scope and session as labels."""
+    return SlotRead(labels.get(SLOT, ""), labels.get(SESSION, ""))
 
 
-# The kinds of record on ovas's objects, and how each format of them reads.
-SESSION_RECORD: MetadataCodec[SessionRead] = MetadataCodec("session", {1: _read_session_v1})
-OUTCOME_RECORD: MetadataCodec[SessionRead] = MetadataCodec("outcome", {1: _read_session_v1})
-SLOT_RECORD: MetadataCodec[SlotRead] = MetadataCodec("slot", {1: _read_slot_v1})
+SESSION_READERS = {1: _read_session_v1, 2: _read_workload_v2}
+# A session's Pod, Service or HelmRelease: written in format 2, read in 1 (an earlier
+# release's record) and 2.
+WORKLOAD: MetadataCodec[SessionRead] = MetadataCodec(
+    "session", SESSION_READERS, current=int(WORKLOAD_FORMAT)
+)
+# An earlier release's outcome ConfigMap (format 1), or one adopted since (2); never written.
+EARLIER_OUTCOME: MetadataCodec[SessionRead] = MetadataCodec("outcome", SESSION_READERS)
+# An earlier release's admission slot ConfigMap; never written.
+EARLIER_SLOT: MetadataCodec[SlotRead] = MetadataCodec("slot", {1: _read_slot_v1})
 # Any object of ovas's, of whatever kind: read only to learn whether its format is readable.
-ANY_RECORD: MetadataCodec[None] = MetadataCodec("object", {1: lambda labels, notes: None})
+ANY_RECORD: MetadataCodec[None] = MetadataCodec(
+    "object", {number: lambda labels, notes: None for number in SESSION_READERS}
+)

@@ -1,6 +1,7 @@
-"""Reading sessions off their objects: pure functions from what the API server returns (a
-Pod, its Service, a HelmRelease, an outcome ConfigMap) to a session's `Record` and an
-`Observation` of its workload. Nothing here decides a state, a message or a deadline: the
+"""Reading sessions' workloads off their objects: pure functions from what the API server
+returns (a Pod, its Service, a HelmRelease) to an `Observation` of a workload, and from what
+an earlier release wrote (on those, and on its outcome and slot ConfigMaps) to the `Record`
+it kept there. Nothing here decides a state, a message or a deadline: the
 core's lifecycle (`ovas.lifecycle.decide`) does, from what these report.
 
 What a pod shows, as a `Stage`. A condition that may pass is WAITING with the cluster's own
@@ -23,19 +24,20 @@ FAULT:
 - WAITING: not running yet; `detail` says for what: a node (the scheduler's message, and
   the autoscaler's answer: a node on the way, or none yet), a pull being retried (a registry
   timeout), the image, the chart; with the pod's latest Event where they were read.
-- GONE: only the record is left (an outcome ConfigMap; a release whose pod vanished after
-  the session was ready).
+A workload whose pod is gone while its Service (mode pod) or HelmRelease remains is
+`Remains`: the backend tells, with the session's record, whether it is still to come or
+gone for good.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from backends.kubernetes import objects as o
 from ovas.kitspec import GPU_RESOURCE
 from ovas.ledger import UnknownFormat
-from ovas.lifecycle import Mark, Observation, Record, Stage
+from ovas.lifecycle import Observation, Record, Stage
 from ovas.models import Reason, Route
 
 # Waiting reasons of a container whose image can never be pulled as asked.
@@ -131,60 +133,37 @@ def session_id_of(obj: dict[str, Any]) -> str | None:
 
 
 def is_outcome(obj: dict[str, Any]) -> bool:
-    """An outcome ConfigMap (see `objects.build_outcome`), not an admission slot."""
+    """An earlier release's outcome ConfigMap, not one of its admission slots."""
     return o.OUTCOME in labels(obj)
 
 
-# Records
-
-Listed = o.Listed
+# What earlier releases recorded
 
 
-def session_read(obj: dict[str, Any]) -> o.SessionRead | None:
-    """The session's record an object holds (the Pod, Service or HelmRelease of a session,
-    or its outcome ConfigMap), read through its record codec (`objects.SESSION_RECORD`,
-    `objects.OUTCOME_RECORD`); None for an object of a format this release cannot read.
-    Reads the metadata alone."""
-    codec = o.OUTCOME_RECORD if is_outcome(obj) else o.SESSION_RECORD
+def earlier_record(obj: dict[str, Any]) -> Record | None:
+    """The session's record an earlier release kept on the object (the Pod, Service or
+    HelmRelease of a session, or its outcome ConfigMap, which adds the outcome), read
+    through its record codec (`objects.WORKLOAD`, `objects.EARLIER_OUTCOME`); None when it
+    holds none (this release's objects, and adopted ones), not a whole one, or one of a
+    format this release cannot read. Reads the metadata alone."""
+    codec = o.EARLIER_OUTCOME if is_outcome(obj) else o.WORKLOAD
     try:
-        return codec.decode(obj)
+        return codec.decode(obj).record
     except UnknownFormat:
         return None
 
 
-def listed_of(obj: dict[str, Any]) -> Listed | None:
-    """The session an object's labels and annotations name; None if they are not ours or
-    not complete (such objects are orphans for `collect`). Reads the metadata alone."""
-    read = session_read(obj)
-    return read.listed if read is not None else None
-
-
-def record_of(obj: dict[str, Any]) -> Record | None:
-    """The session's record an object's annotations hold (the Pod or HelmRelease owning a
-    session, or its outcome ConfigMap, which adds the outcome); None if they are not
-    complete. Reads the metadata alone."""
-    read = session_read(obj)
-    return read.record if read is not None else None
-
-
-def node_of(obj: dict[str, Any]) -> str:
-    """The node a session's pod ran on, as the object holding its record says (`NODE`);
-    "" when not recorded."""
-    read = session_read(obj)
-    return read.node if read is not None else ""
-
-
-def slot_of(obj: dict[str, Any]) -> o.SlotRead | None:
-    """An admission slot ConfigMap, read through its record codec (`objects.SLOT_RECORD`);
-    None for one of a format this release cannot read."""
+def earlier_slot(obj: dict[str, Any]) -> o.SlotRead | None:
+    """An earlier release's admission slot ConfigMap, read through its record codec
+    (`objects.EARLIER_SLOT`); None for one of a format this release cannot read."""
     try:
-        return o.SLOT_RECORD.decode(obj)
+        return o.EARLIER_SLOT.decode(obj)
     except UnknownFormat:
         return None
 
 
 def logs_of(config_map: dict[str, Any]) -> list[str]:
-    """The log lines an outcome ConfigMap keeps (`build_outcome` joined them with `\n`)."""
+    """The log lines an earlier release's outcome ConfigMap keeps (joined with `\n`)."""
     text = ((config_map.get("data") or {}).get(o.LOGS)) or ""
     return text.split("\n") if text else []
 
@@ -490,12 +469,19 @@ def routes_of(
     return host, tuple(found[r] for r in (o.SIGNALING, o.MEDIA) if r in found)
 
 
-def release_observation(release: dict[str, Any], marks: dict[Mark, datetime]) -> Observation:
+@dataclass(frozen=True)
+class Remains(Observation):
+    """What is left of a workload whose pod is gone: its HelmRelease (`release`), as `stage`
+    says (installing, installed or failed); else its Service (mode pod), or a chart's
+    objects whose HelmRelease is gone."""
+
+    release: bool = False
+
+
+def release_observation(release: dict[str, Any]) -> Remains:
     """A HelmRelease whose chart's pod does not exist: installing, installed and waiting for
-    the pod, failed for good (`install_failed`), or, for a session that was ready (`marks`),
-    gone."""
-    chart = ((release.get("spec") or {}).get("chart") or {}).get("spec") or {}
-    what = f"chart {chart.get('chart', '?')} {chart.get('version', '')}".strip()
+    the pod, or failed for good (`install_failed`)."""
+    what = chart_of(release)
     stalled = _condition(release, "Stalled")
     ready = _condition(release, "Ready") or {}
     failure = None
@@ -505,9 +491,15 @@ def release_observation(release: dict[str, Any], marks: dict[Mark, datetime]) ->
         failure = ready
     if failure:
         said = failure.get("message") or failure.get("reason") or ""
-        return _fault(Reason.INSTALL_FAILED, f"{what}: {said}" if said else what)
-    if Mark.READY in marks:
-        return Observation(Stage.GONE, detail=f"the pod of the {what} was removed")
+        detail = f"{what}: {said}" if said else what
+        return Remains(Stage.FAULT, fault=Reason.INSTALL_FAILED, detail=detail, release=True)
     if ready.get("status") == "True":
-        return Observation(Stage.WAITING, detail=f"The {what} is installed; waiting for the pod")
-    return Observation(Stage.WAITING, detail=f"Installing the {what}")
+        detail = f"The {what} is installed; waiting for the pod"
+        return Remains(Stage.WAITING, detail=detail, release=True)
+    return Remains(Stage.WAITING, detail=f"Installing the {what}", release=True)
+
+
+def chart_of(release: dict[str, Any]) -> str:
+    """`chart <name> <version>` of a HelmRelease, as its observations name it."""
+    chart = ((release.get("spec") or {}).get("chart") or {}).get("spec") or {}
+    return f"chart {chart.get('chart', '?')} {chart.get('version', '')}".strip()

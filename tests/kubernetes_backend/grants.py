@@ -10,6 +10,7 @@ from typing import Any
 
 from support.kube_requests import wait_for
 
+from kubernetes_backend.earlier import as_earlier
 from kubernetes_backend.steps import request_for
 from kubernetes_backend.steps import start as begin
 from ovas import create_app
@@ -18,7 +19,9 @@ from ovas.gateway import presence
 from ovas.gateway.server import Gateway
 from ovas.models import Application, Reason, SessionQuery, SessionState, Version
 from ovas.services import CatalogService
+from ovas.session_records import SLOT_RECORD
 from ovas.testing import service_for
+from ovas.workloads import SLOT_PREFIX
 from tests.support.gateway import DOMAIN, Echo
 from tests.support.gateway_process import LoopThread, by_host, sign_in
 
@@ -56,9 +59,12 @@ def used(calls) -> set[tuple[str, str, str]]:
     return {(r.resource.group, resource(r), verb(r)) for r in calls}
 
 
-def exercise(make_backend, mode: str) -> None:
+def exercise(make_backend, cluster, mode: str) -> None:
     """Everything the backend does: start, read, mark, end, read logs, stop, collect,
-    check, edit the catalog, keep the core's records."""
+    check, edit the catalog, keep the core's records, adopt an earlier release's."""
+    made = make_backend(mode)
+    earlier = begin(service_for(made), request_for(made))
+    as_earlier(cluster, mode, earlier.id, "93837ff")
     backend = make_backend(mode)
     sessions = service_for(backend, retention=60)
     backend.check()
@@ -73,7 +79,10 @@ def exercise(make_backend, mode: str) -> None:
     backend.logs(ok.id)
     backend.logs(crash.id)
     backend.stop(ok.id)
-    backend.admission.acquire(request_for(backend, capacity=9))  # a start that died midway
+    assert earlier.id in {r.id for r in backend.records()}  # adopted
+    # A start that died midway, holding its place.
+    dead = SLOT_RECORD.encode({"session": "dead", "taken": backend.now().isoformat()})
+    backend.ledger.create(f"{SLOT_PREFIX}all.8", dead)
     backend.now.advance(3600)
     sessions.reap()
     ledger = backend.ledger  # the core's records
@@ -141,7 +150,7 @@ def assert_least_privilege(
     granted by `role` (in the namespace) or `cluster_role` (Nodes), and every grant of
     either was used."""
     for mode in ("pod", "helmrelease"):
-        exercise(make_backend, mode)
+        exercise(make_backend, cluster, mode)
     exercise_gateway(make_backend, cluster)
     exercise_lost_node(make_backend, cluster)
     calls = used(cluster.emulator.calls())

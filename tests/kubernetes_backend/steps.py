@@ -1,5 +1,6 @@
 """Steps the Kubernetes backend's tests share: starting a session under the core's rules,
-finding a session's objects in the emulated cluster, and playing a kubelet on its pod."""
+finding a session's objects and its record (a ledger ConfigMap) in the emulated cluster,
+and playing a kubelet on its pod."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ from typing import Any
 from support import kube_requests
 
 from backends.kubernetes import objects as o
+from backends.kubernetes.ledger import object_name as ledger_object
+from ovas.ledger import Entry
+from ovas.lifecycle import Outcome, Record
 from ovas.models import Session, SessionRequest
 from ovas.services import SessionService
+from ovas.session_records import SESSION_RECORD
+from ovas.workloads import SESSION_PREFIX
 
 PODS = "v1/pods"
 SERVICES = "v1/services"
@@ -50,14 +56,20 @@ def of_session(cluster, kind: str, session_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def outcome_of(cluster, session_id: str) -> dict[str, Any] | None:
-    found = [
-        c
-        for c in of_session(cluster, CONFIG_MAPS, session_id)
-        if o.OUTCOME in c["metadata"]["labels"]
-    ]
-    assert len(found) <= 1
-    return found[0] if found else None
+def record_of(cluster, session_id: str) -> tuple[Record, tuple[str, ...]] | None:
+    """The session's record and kept log lines, as its ledger ConfigMap holds them now."""
+    name = ledger_object(f"{SESSION_PREFIX}{session_id}")
+    found = [c for c in cluster.objects(CONFIG_MAPS) if c["metadata"]["name"] == name]
+    if not found:
+        return None
+    (config_map,) = found
+    return SESSION_RECORD.decode(Entry(name, config_map.get("data") or {}, ""))
+
+
+def outcome_of(cluster, session_id: str) -> Outcome | None:
+    """The outcome the session's record holds, if any."""
+    found = record_of(cluster, session_id)
+    return found[0].outcome if found is not None else None
 
 
 def leftovers(cluster, session_id: str) -> list[str]:

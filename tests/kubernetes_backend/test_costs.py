@@ -1,6 +1,7 @@
 """What each answer costs in API calls, read from the emulator's request log: listing every
 session and a page of `GET /stream` cost the same for 1 or 12 sessions, live or ended;
-reading one session costs at most three calls (four with releases), one once it ended."""
+reading one session costs at most three calls (four with releases), one once it ended. The
+records are one list of the ledger's ConfigMaps; the workloads one list per kind."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from ovas.models import SessionQuery, SessionState
 from ovas.testing import service_for
 
 pytestmark = pytest.mark.kubernetes
-LIST_CALLS = {"pod": 3, "helmrelease": 4}  # pods, services, outcomes (and releases)
-PAGE_CALLS = {"pod": 4, "helmrelease": 5}  # owners' and outcomes' metadata, then the page's
+LIST_CALLS = {"pod": 3, "helmrelease": 4}  # records, pods, services (and releases)
+PAGE_CALLS = LIST_CALLS  # records, then the page's workloads, selected by id
 GET_CALLS = {"pod": 3, "helmrelease": 4}
 EXITS = {"env": [{"name": "STANDIN_EXIT_CODE", "value": "1"}]}
 
@@ -63,25 +64,20 @@ def test_listing_costs_the_same_for_any_number_of_sessions(make_backend, cluster
 
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
 def test_a_page_costs_the_same_for_any_number_of_sessions(make_backend, cluster, clock, mode):
-    """The records of all from the owners' and the outcomes' metadata, the state of the
-    page's live sessions alone."""
+    """The records of all from the ledger, the state of the page's live sessions alone."""
     sessions = service_for(make_backend(mode))
     backend = sessions.backend
-    owner = "helmreleases" if mode == "helmrelease" else "pods"
     query = SessionQuery(limit=3, descending=False)
     started, ended = [], []
     for total in (1, 4, 12):
         grow(sessions, clock, started, ended, total)
         made = requests(cluster, lambda: backend.observe_page(query))
         assert len(made) == PAGE_CALLS[mode], [r.url.path for r in made]
-        (records, outcomes), rest = made[:2], made[2:]
-        assert records.resource.plural == owner
-        assert outcomes.resource.plural == "configmaps"
-        for call in (records, outcomes):
-            assert "as=PartialObjectMetadataList" in call.headers["Accept"]
+        records, rest = made[0], made[1:]
+        assert records.resource.plural == "configmaps"
+        assert records.params["labelSelector"] == "ovas/ledger"
         page_ids = set(started[:3])
         for call in rest:
-            assert "PartialObjectMetadata" not in call.headers["Accept"]
             selector = call.params["labelSelector"]
             assert set(selector.partition("(")[2].rstrip(")").split(",")) == page_ids
         page = [o.record.id for o in backend.observe_page(query)]
@@ -96,16 +92,21 @@ def test_a_page_of_ended_sessions_reads_only_the_records(make_backend, cluster):
     begin(sessions, request_for(sessions.backend, username="bob"))
     query = SessionQuery(username="ann")
     made = requests(cluster, lambda: sessions.backend.observe_page(query))
-    assert len(made) == 2
+    assert len(made) == 1
     assert [o.record.id for o in sessions.backend.observe_page(query)] == [failed.id]
 
 
-def test_a_long_page_reads_everything_as_the_list_does(make_backend, cluster):
+def test_a_long_page_reads_every_workload_as_the_list_does(make_backend, cluster):
     backend = make_backend()
-    begin(service_for(backend), request_for(backend))
-    made = requests(cluster, lambda: backend.observe_page(SessionQuery(limit=PAGE_BY_ID + 1)))
-    assert len(made) == LIST_CALLS["pod"]
-    assert all(r.params["labelSelector"].startswith("ovas/session") for r in made)
+    session = begin(service_for(backend), request_for(backend))
+    # A process's first read looks once for records an earlier release kept on its objects:
+    # its pods, services and ConfigMaps.
+    first = requests(cluster, lambda: backend.observe_page(SessionQuery()))
+    assert len(first) == LIST_CALLS["pod"] + 3
+    many = [session.id] + [str(uuid.uuid4()) for _ in range(PAGE_BY_ID)]
+    made = requests(cluster, lambda: backend.observe_workloads_of(many))
+    assert [r.params["labelSelector"] for r in made] == ["ovas/session"] * 2
+    assert list(backend.observe_workloads_of(many)) == [session.id]
 
 
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
@@ -124,8 +125,8 @@ def test_reading_one_session_costs_at_most_three_calls(make_backend, cluster, mo
         with pytest.raises(SessionNotFound):
             backend.observe(str(uuid.uuid4()))
 
-    # Mode pod reads the Service of a session with no pod: it may keep a vanished pod's record.
-    assert len(calls(cluster, unknown)) <= {"pod": 3, "helmrelease": 2}[mode]
+    # No record: its Pod or HelmRelease and ConfigMaps are read for an earlier release's.
+    assert len(calls(cluster, unknown)) <= 3
 
 
 def test_a_session_ends_once_and_then_costs_one_call(make_backend, cluster):
@@ -138,9 +139,8 @@ def test_a_session_ends_once_and_then_costs_one_call(make_backend, cluster):
     assert len(calls(cluster, sessions.all)) == LIST_CALLS["pod"] + 1
 
 
-def test_marking_a_session_ready_is_one_read_and_two_patches(make_backend, cluster):
-    """The pod's mark, and its node with the mark on the Service, which keeps the record
-    should the pod vanish."""
+def test_marking_a_session_ready_is_three_calls(make_backend, cluster):
+    """The node its pod runs on, then the record's read and its compare-and-swap."""
     sessions = service_for(make_backend())
     session = begin(sessions, request_for(sessions.backend))
     # Listing decides and writes nothing: the session is ready, not yet marked.
@@ -148,7 +148,7 @@ def test_marking_a_session_ready_is_one_read_and_two_patches(make_backend, clust
     made = requests(cluster, lambda: sessions.get(session.id))
     assert [(r.method.value, r.resource.plural) for r in made[-3:]] == [
         ("GET", "pods"),
-        ("PATCH", "pods"),
-        ("PATCH", "services"),
+        ("GET", "configmaps"),
+        ("PUT", "configmaps"),
     ]
     assert len(calls(cluster, lambda: sessions.get(session.id))) == 3

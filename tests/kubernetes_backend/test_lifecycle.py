@@ -1,5 +1,6 @@
-"""The cluster is the only record: restarts and replicas agree; an unreachable API server is
-a 503 that heals by itself; stop and collect leave nothing behind."""
+"""The cluster is the only record (the sessions' workloads, and their records in the ledger's
+ConfigMaps): restarts and replicas agree; an unreachable API server is a 503 that heals by
+itself; stop and collect leave nothing behind."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from support.kube_server import EmulatedCluster, catalog_documents, free_port, w
 from backends.kubernetes import KubernetesBackend
 from backends.kubernetes import objects as o
 from kubernetes_backend.steps import (
-    CONFIG_MAPS,
     PODS,
     RELEASES,
     leftovers,
     of_session,
+    record_of,
     request_for,
     settle,
 )
@@ -27,6 +28,7 @@ from ovas.errors import BackendUnavailable, ConfigurationError, SessionNotFound
 from ovas.lifecycle import Mark
 from ovas.models import SessionState
 from ovas.testing import service_for
+from ovas.workloads import SLOT_PREFIX
 
 pytestmark = pytest.mark.kubernetes
 READY = {SessionState.READY}
@@ -61,11 +63,14 @@ def test_stop_removes_every_object_of_the_session(make_backend, cluster, mode):
     sessions = service_for(make_backend(mode))
     session = begin(sessions, request_for(sessions.backend, capacity=5, user_capacity=5))
     wait_for(sessions, session.id, READY)
-    assert len(leftovers(cluster, session.id)) >= 4
+    assert len(leftovers(cluster, session.id)) >= 2
+    assert record_of(cluster, session.id) is not None
     sessions.stop(session.id)
     with pytest.raises(SessionNotFound):
         sessions.get(session.id)
     assert settle(cluster, session.id) == []
+    assert record_of(cluster, session.id) is None
+    assert sessions.backend.ledger.list(SLOT_PREFIX) == []
 
 
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
@@ -74,13 +79,13 @@ def test_stop_removes_an_ended_session_with_its_outcome(make_backend, cluster, m
     exits = {"env": [{"name": "STANDIN_EXIT_CODE", "value": "4"}]}
     session = begin(sessions, request_for(sessions.backend, exits, capacity=5))
     assert wait_for(sessions, session.id, {SessionState.FAILED}).reason is not None
-    assert [c["metadata"]["name"] for c in of_session(cluster, CONFIG_MAPS, session.id)] == [
-        f"ovas-{session.id}"
-    ]
+    assert settle(cluster, session.id) == []  # its record alone is left
+    assert record_of(cluster, session.id)[0].outcome is not None
     sessions.stop(session.id)
     with pytest.raises(SessionNotFound):
         sessions.get(session.id)
     assert settle(cluster, session.id) == []
+    assert record_of(cluster, session.id) is None
     with pytest.raises(SessionNotFound):
         sessions.stop(session.id)
 
@@ -158,7 +163,9 @@ def test_node_port_sessions_are_reached_on_a_node(make_backend, public_host, add
 
 
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
-def test_collect_removes_objects_of_no_session_after_the_grace(make_backend, cluster, clock, mode):
+def test_collect_removes_objects_of_no_session(make_backend, cluster, clock, mode):
+    """Labelled with a session that has no record and holds no place (a start in progress
+    holds one from before its workload is made), they belong to none."""
     backend = make_backend(mode)
     sessions = service_for(backend)
     fine = begin(sessions, request_for(backend))
@@ -166,7 +173,11 @@ def test_collect_removes_objects_of_no_session_after_the_grace(make_backend, clu
     cluster.seed(
         "omni-streaming",
         [
-            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s1", "labels": stray}},
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "ovas-gone", "labels": stray},
+            },
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -180,21 +191,25 @@ def test_collect_removes_objects_of_no_session_after_the_grace(make_backend, clu
             },
         ],
     )
-    assert backend.collect(clock()) == []
-    removed = backend.collect(clock() + timedelta(seconds=61))
-    assert sorted(removed) == ["configmap/c1", "pod/p1", "service/s1"]
+    assert backend.collect(clock()) == ["gone"]
+    assert settle(cluster, "gone") == []
+    assert backend.collect(clock() + timedelta(seconds=61)) == []
     assert [s.id for s in sessions.all()] == [fine.id]
+    assert settle(cluster, fine.id) != []
 
 
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
-def test_a_ready_session_is_marked_ready_on_its_owner(make_backend, cluster, mode):
+def test_a_ready_session_is_marked_ready_in_its_record(make_backend, cluster, mode):
     sessions = service_for(make_backend(mode))
     session = begin(sessions, request_for(sessions.backend))
     ready = wait_for(sessions, session.id, READY)
     (owner,) = of_session(cluster, RELEASES if mode == "helmrelease" else PODS, session.id)
-    notes = owner["metadata"]["annotations"]
+    # Its objects say whose they are, and nothing of its record.
+    assert not [k for k in owner["metadata"].get("annotations") or {} if k.startswith("ovas/")]
+    assert owner["metadata"]["labels"][o.FORMAT] == o.WORKLOAD_FORMAT
     # From now on its start deadline no longer applies (a readiness blip is no failure).
-    assert notes[o.READY_AT] == sessions.backend.now().isoformat()
+    record, _ = record_of(cluster, session.id)
+    assert record.marks == {Mark.READY: sessions.backend.now()}
     assert sessions.backend.observe(session.id).record.marks == {Mark.READY: sessions.now()}
     assert ready.ready
 
@@ -214,26 +229,22 @@ def test_one_of_two_replicas_marking_at_once_is_told_it_set_the_mark(make_backen
     assert first.mark("not-a-session", Mark.READY, at) is False
 
 
-def test_a_mark_whose_object_changed_meanwhile_is_read_again(make_backend, cluster, clock):
-    """A patch carrying a stale resourceVersion is refused (409); the backend reads the pod
-    again and marks it, unless another process has."""
-    backend = make_backend()
+def test_a_mark_whose_record_changed_meanwhile_is_read_again(make_backend, cluster, clock):
+    """A replace carrying a stale resourceVersion is refused (409); the core reads the
+    record again and marks it, keeping what the other writer wrote."""
+    backend, other = make_backend(), make_backend()
     session = begin(service_for(backend), request_for(backend, SLOW))
-    real_get = backend.kube.get
-    touched = []
+    real_replace = backend.ledger.replace
+    refused = []
 
-    def get_then_change(kind, name):
-        found = real_get(kind, name)
-        if not touched:
-            touched.append(name)  # another writer changes the pod right after this read
-            backend.kube.patch(kind, name, {"metadata": {"labels": {"touched": "yes"}}})
-        return found
+    def replace_after_another(entry, data):
+        if not refused:
+            assert other.mark(session.id, Mark.IDLE, clock())  # right after this read
+        written = real_replace(entry, data)
+        refused.append(written is None)
+        return written
 
-    backend.kube.get = get_then_change
+    backend.ledger.replace = replace_after_another
     assert backend.mark(session.id, Mark.READY, clock()) is True
-    backend.kube.get = real_get
-    (pod,) = of_session(cluster, PODS, session.id)
-    assert (pod["metadata"]["labels"]["touched"], o.READY_AT in pod["metadata"]["annotations"]) == (
-        "yes",
-        True,
-    )
+    assert refused == [True, False]
+    assert record_of(cluster, session.id)[0].marks == {Mark.READY: clock(), Mark.IDLE: clock()}

@@ -1,7 +1,7 @@
 """A session whose node is deleted: the pod garbage collector removes its pod with no grace,
-so nothing of the pod is left to say why; the session's record outlives the pod (on its
-Service in mode pod, its HelmRelease in mode helmrelease), and the session fails with
-`node_lost` for its retention. A pod removed by hand while its node exists is `lost`."""
+so nothing of the pod is left to say why; the session's record (in the ledger) keeps the
+node its pod ran on from the ready mark on, and the session fails with `node_lost` for its
+retention. A pod removed by hand while its node exists is `lost`."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ import logging
 import pytest
 from support.kube_requests import wait_for
 
-from backends.kubernetes import objects as o
+from kubernetes_backend.earlier import RELEASES_BEFORE, as_earlier
 from kubernetes_backend.steps import (
     PODS,
-    RELEASES,
-    SERVICES,
-    leftovers,
     of_session,
     outcome_of,
+    record_of,
     request_for,
     settle,
 )
@@ -25,17 +23,12 @@ from kubernetes_backend.steps import start as begin
 from ovas.errors import SessionNotFound
 from ovas.models import Reason, SessionState
 from ovas.testing import service_for
+from ovas.workloads import SLOT_PREFIX
 
 pytestmark = pytest.mark.kubernetes
 READY = {SessionState.READY}
 MODES = ["pod", "helmrelease"]
 RETENTION = 600
-
-
-def holder(cluster, mode: str, session_id: str) -> dict:
-    """The object keeping the session's record once its pod is gone."""
-    (found,) = of_session(cluster, RELEASES if mode == "helmrelease" else SERVICES, session_id)
-    return found
 
 
 def ready_session(sessions, cluster, mode: str):
@@ -57,7 +50,7 @@ def test_a_session_whose_node_is_deleted_fails_node_lost_for_its_retention(
     session, pod = ready_session(sessions, cluster, mode)
     other = begin(sessions, request_for(sessions.backend))
     node = pod["spec"]["nodeName"]
-    assert o.NODE in holder(cluster, mode, session.id)["metadata"]["annotations"]
+    assert record_of(cluster, session.id)[0].node == node
     delete_node(cluster, node)
     assert of_session(cluster, PODS, session.id) == []  # gone at once, with no word why
 
@@ -92,11 +85,9 @@ def test_the_reaper_alone_records_a_lost_node_and_collect_keeps_its_record(
     delete_node(cluster, pod["spec"]["nodeName"])
     clock.advance(120)  # past the orphan grace: still the session's record, not an orphan
     assert make_backend(mode).collect(clock()) == []
-    assert holder(cluster, mode, session.id) is not None
+    assert record_of(cluster, session.id) is not None
     assert sessions.reap() == []  # no GET: the pass records the outcome
-    outcome = outcome_of(cluster, session.id)
-    assert outcome is not None
-    assert outcome["metadata"]["annotations"][o.REASON] == Reason.NODE_LOST.value
+    assert outcome_of(cluster, session.id).reason is Reason.NODE_LOST
     listed = {s.id: s.reason for s in sessions.list().items}
     assert listed == {session.id: Reason.NODE_LOST}
 
@@ -108,11 +99,7 @@ def test_stopping_a_session_whose_node_was_deleted_removes_all_of_it(make_backen
     delete_node(cluster, pod["spec"]["nodeName"])
     sessions.backend.stop(session.id)  # before anyone read it
     assert settle(cluster, session.id) == []
-    assert [
-        m["metadata"]["name"]
-        for m in cluster.objects("v1/configmaps")
-        if o.SLOT in (m["metadata"].get("labels") or {})
-    ] == []
+    assert sessions.backend.ledger.list(SLOT_PREFIX) == []  # its places are free
     with pytest.raises(SessionNotFound):
         sessions.get(session.id)
 
@@ -140,23 +127,18 @@ def test_without_leave_to_read_nodes_a_vanished_pod_is_lost(make_backend, cluste
     assert "grant ovas get on nodes" in caplog.text
 
 
-def test_a_session_an_older_release_made_is_gone_with_its_pod(make_backend, cluster):
-    """Its Service holds no record (it is owned by the pod): as before, nothing is left."""
-    sessions = service_for(make_backend())
-    session, pod = ready_session(sessions, cluster, "pod")
-    (service,) = of_session(cluster, SERVICES, session.id)
-
-    def as_before() -> None:
-        meta = service["metadata"]
-        key = cluster.emulator.key(SERVICES, meta["namespace"], meta["name"])
-        old = dict(service, metadata=dict(service["metadata"]))
-        old["metadata"]["annotations"] = {}
-        old["metadata"]["ownerReferences"] = [o.owner_reference(pod)]
-        cluster.emulator.update(key, old)
-
-    cluster.locked(as_before)
+@pytest.mark.parametrize("release", RELEASES_BEFORE)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_ready_session_an_earlier_release_made_fails_node_lost(
+    make_backend, cluster, mode, release
+):
+    """Its record is adopted with the node its pod runs on, whether that release kept it
+    (93837ff) or not (070c004: the pod says it)."""
+    session, pod = ready_session(service_for(make_backend(mode)), cluster, mode)
+    as_earlier(cluster, mode, session.id, release)
+    sessions = service_for(make_backend(mode))
+    assert sessions.get(session.id).ready
+    assert record_of(cluster, session.id)[0].node == pod["spec"]["nodeName"]
     delete_node(cluster, pod["spec"]["nodeName"])
+    assert sessions.get(session.id).reason is Reason.NODE_LOST
     assert settle(cluster, session.id) == []
-    with pytest.raises(SessionNotFound):
-        sessions.get(session.id)
-    assert leftovers(cluster, session.id) == []

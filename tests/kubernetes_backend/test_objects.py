@@ -1,4 +1,5 @@
-"""The pure builders and readers of the Kubernetes backend, without any cluster."""
+"""The pure builders and readers of the Kubernetes backend, without any cluster: what this
+release writes on a session's objects, and how it reads what earlier releases wrote."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ import pytest
 
 from backends.kubernetes import objects as o
 from backends.kubernetes.status import (
+    Remains,
+    earlier_record,
+    earlier_slot,
     foreign,
-    listed_of,
     logs_of,
     pod_observation,
-    record_of,
     refusal,
     release_observation,
     routes_of,
     session_id_of,
-    slot_of,
 )
+from kubernetes_backend.earlier import record_annotations
 from ovas.kitspec import parse_kit
 from ovas.ledger import LedgerError, UnknownFormat
 from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage, decide
@@ -83,64 +85,67 @@ def test_a_pod_without_probe_is_ready_only_when_signaling_answers():
     assert probe["tcpSocket"] == {"port": 49100}
 
 
-def test_labels_are_safe_and_annotations_exact():
+def test_labels_are_safe_and_no_record_is_written():
     request = make_request(sample_catalog(), username="Ann Smith <ann@example.com>")
     request = replace(request, version=replace(request.version, version="1.0.0+build.7"))
     pod = valid(o.build_pod(request, "ns"))
-    labels, notes = pod["metadata"]["labels"], pod["metadata"]["annotations"]
-    assert labels[o.SESSION] == request.id
-    for key in (o.USER, o.VERSION):
-        assert len(labels[key]) <= 63 and labels[key][0].isalnum() and labels[key][-1].isalnum()
-    assert labels[o.USER] != o.label_value("Ann Smith <ann@example.org>")
-    assert notes[o.USERNAME] == "Ann Smith <ann@example.com>"
-    assert notes[o.VERSION] == "1.0.0+build.7"
-    assert record_of(pod) == Record.of(request)
-    assert listed_of(pod) == (
-        request.id,
-        "Ann Smith <ann@example.com>",
-        request.created_time,
-        False,
-    )
+    labels = pod["metadata"]["labels"]
+    assert labels[o.SESSION] == request.id and labels[o.FORMAT] == o.WORKLOAD_FORMAT == "2"
+    version = labels[o.VERSION]
+    assert len(version) <= 63 and version[0].isalnum() and version[-1].isalnum()
+    assert o.USER not in labels and "annotations" not in pod["metadata"]
+    assert earlier_record(pod) is None and session_id_of(pod) == request.id
 
 
-def test_the_record_holds_the_clocks_and_the_marks():
+def earlier(obj: dict, record: Record, **more: str) -> dict:
+    """`obj` as the releases before formats wrote it: no `ovas/format`, and the record."""
+    meta = obj["metadata"]
+    labels = {k: v for k, v in meta["labels"].items() if k != o.FORMAT}
+    notes = {**(meta.get("annotations") or {}), **record_annotations(record), **more}
+    return {**obj, "metadata": {**meta, "labels": labels, "annotations": notes}}
+
+
+def test_an_earlier_record_holds_the_clocks_the_marks_and_the_node():
     clocks = Clocks(connect_timeout=0, idle_timeout=2.5, max_lifetime=600)
-    request = make_request(sample_catalog(), clocks=clocks)
-    pod = o.build_pod(request, "ns")
+    request = make_request(sample_catalog(), clocks=clocks, username="Ann <ann@example.com>")
+    ready = request.created_time + timedelta(seconds=5)
+    kept = replace(Record.of(request), marks={Mark.READY: ready})
+    pod = earlier(o.build_pod(request, "ns"), kept, **{o.NODE: "n1"})
     notes = pod["metadata"]["annotations"]
     assert (notes["ovas/connect-timeout"], notes["ovas/idle-timeout"]) == ("0", "2.5")
-    assert notes["ovas/max-lifetime"] == "600"
-    ready = request.created_time + timedelta(seconds=5)
-    notes[o.READY_AT] = ready.isoformat()
-    record = record_of(pod)
-    assert (record.clocks, record.marks, record.outcome) == (clocks, {Mark.READY: ready}, None)
+    assert notes["ovas/max-lifetime"] == "600" and notes[o.USERNAME] == "Ann <ann@example.com>"
+    record = earlier_record(pod)
+    assert record == replace(kept, node="n1")
     assert record.expires_time == request.created_time + timedelta(seconds=600)
-    # A record that is not whole belongs to no session.
+    # A record that is not whole is none.
     for broken in ({o.DEADLINE: "soon"}, {"ovas/max-lifetime": "-1"}, {o.CREATED: ""}):
-        assert (
-            record_of({"metadata": {**pod["metadata"], "annotations": {**notes, **broken}}}) is None
-        )
+        meta = {**pod["metadata"], "annotations": {**notes, **broken}}
+        assert earlier_record({"metadata": meta}) is None
 
 
-def test_the_outcome_config_map_holds_the_record_the_outcome_and_the_logs():
+def outcome_config_map(record: Record, outcome: Outcome, logs: list[str]) -> dict:
+    """An earlier release's outcome ConfigMap."""
+    labels = {o.SESSION: record.id, o.OUTCOME: outcome.state.value}
+    notes = {
+        o.STATE: outcome.state.value,
+        o.REASON: outcome.reason.value,
+        o.MESSAGE: outcome.message,
+        o.ENDED: outcome.ended_time.isoformat(),
+    }
+    made = {"metadata": {"name": o.outcome_name(record.id), "labels": labels}}
+    return {**earlier(made, record, **notes), "data": {o.LOGS: "\n".join(logs)}}
+
+
+def test_an_earlier_outcome_config_map_holds_the_record_the_outcome_and_the_logs():
     request = make_request(sample_catalog(), username="Ann Smith <ann@example.com>")
     ended = request.created_time + timedelta(minutes=5)
     record = replace(Record.of(request), marks={Mark.READY: request.created_time})
     outcome = Outcome(SessionState.FAILED, Reason.EXITED, "The Kit app exited with code 3", ended)
-    logs = ["starting", "x" * 5000, "exiting"]
-    config_map = valid(o.build_outcome(record, outcome, logs, "ns"))
-    assert config_map["metadata"]["name"] == f"ovas-{request.id}"
-    labels = config_map["metadata"]["labels"]
-    assert (labels[o.SESSION], labels[o.OUTCOME], labels[o.USER]) == (
-        request.id,
-        "failed",
-        o.label_value(request.username),
-    )
-    assert o.SLOT not in labels
-    assert record_of(config_map) == replace(record, outcome=outcome)
-    assert logs_of(config_map) == ["starting", "x" * o.LOG_LINE_LIMIT, "exiting"]
-    many = o.build_outcome(record, outcome, ["y" * 1000] * 1000, "ns")
-    assert len(many["data"][o.LOGS]) <= o.LOGS_LIMIT
+    config_map = outcome_config_map(record, outcome, ["starting", "exiting"])
+    assert earlier_record(config_map) == replace(record, outcome=outcome)
+    assert logs_of(config_map) == ["starting", "exiting"]
+    adopted = {**config_map["metadata"]["labels"], o.FORMAT: o.WORKLOAD_FORMAT}
+    assert earlier_record({"metadata": {**config_map["metadata"], "labels": adopted}}) is None
 
 
 def test_service_is_owned_by_the_pod_and_follows_the_profile():
@@ -191,16 +196,19 @@ def test_helmrelease_installs_the_versions_chart_with_the_rendered_values():
     assert values["streamingKit"]["sessionId"] == request.id
     assert values["streamingKit"]["name"] == request.id
     assert values["streamingKit"]["labels"][o.SESSION] == request.id
+    assert values["streamingKit"]["labels"][o.FORMAT] == o.WORKLOAD_FORMAT
+    assert release["metadata"]["labels"][o.FORMAT] == o.WORKLOAD_FORMAT
+    assert "annotations" not in values["streamingKit"] and "annotations" not in release["metadata"]
     assert release["spec"]["install"]["remediation"]["retries"] == 0
     assert "labels" not in request.values["streamingKit"]  # the request is left alone
 
 
-def test_slots_are_valid_config_maps_named_by_index_and_user():
-    request = make_request(sample_catalog(), username="bob")
-    valid(o.build_slot(o.slot_name(3), request.id, "bob", request.created_time, "ns", "global"))
-    assert o.slot_name(3) == "ovas-slot-3"
-    assert o.slot_name(0, "bob") != o.slot_name(0, "Bob")
-    assert o.slot_name(0, "bob").startswith("ovas-user-")
+def test_an_earlier_slot_says_its_scope_and_session():
+    labels = {o.SLOT: "user", o.SESSION: "s1", o.USER: "ann"}
+    slot = {"metadata": {"name": "ovas-user-0a1b2c3d4e5f-0", "labels": labels}}
+    assert earlier_slot(slot) == o.SlotRead("user", "s1")
+    newer = {"metadata": {**slot["metadata"], "labels": {**labels, o.FORMAT: "2"}}}
+    assert earlier_slot(newer) is None
 
 
 def _pod(status: dict, *, node: str | None = "n1", restart: str = "Never") -> dict:
@@ -462,18 +470,19 @@ def _release(*conditions: dict) -> dict:
     return {"spec": {"chart": {"spec": chart}}, "status": {"conditions": list(conditions)}}
 
 
-def test_a_release_without_its_pod_installs_fails_or_is_gone():
-    assert release_observation(_release(), {}).detail == (
+def test_a_release_without_its_pod_installs_or_fails():
+    assert release_observation(_release()).detail == (
         "Installing the chart kit-appstreaming-session 1.11.0"
     )
-    installed = _release({"type": "Ready", "status": "True", "reason": "InstallSucceeded"})
-    assert release_observation(installed, {}).stage is Stage.WAITING
-    now = datetime.now(UTC)
-    assert release_observation(installed, {Mark.READY: now}).stage is Stage.GONE
+    installed = release_observation(
+        _release({"type": "Ready", "status": "True", "reason": "InstallSucceeded"})
+    )
+    assert isinstance(installed, Remains) and installed.release
+    assert installed.stage is Stage.WAITING
     failed = _release(
         {"type": "Ready", "status": "False", "reason": "InstallFailed", "message": "no chart"}
     )
-    seen = release_observation(failed, {})
+    seen = release_observation(failed)
     assert (seen.stage, seen.fault, seen.detail) == (
         Stage.FAULT,
         Reason.INSTALL_FAILED,
@@ -501,27 +510,18 @@ def test_what_a_pod_shows_decides_the_session_in_the_core():
     )
 
 
-def _without_format(obj: dict) -> dict:
-    """`obj` as the releases before record formats wrote it: the same, no `ovas/format`."""
-    meta = obj["metadata"]
-    labels = {k: v for k, v in meta["labels"].items() if k != o.FORMAT}
-    return {**obj, "metadata": {**meta, "labels": labels}}
-
-
-def test_objects_without_a_format_are_read_as_format_1():
+def test_earlier_objects_without_a_format_are_read_as_format_1():
     request = make_request(sample_catalog(), username="Ann Smith <ann@example.com>")
-    pod = o.build_pod(request, "ns")
-    assert pod["metadata"]["labels"][o.FORMAT] == o.CURRENT_FORMAT == "1"
-    earlier = _without_format(pod)
-    assert o.SESSION_RECORD.decode(earlier) == o.SESSION_RECORD.decode(pod)
-    assert record_of(earlier) == Record.of(request) and listed_of(earlier) == listed_of(pod)
-    assert refusal(earlier) is None and session_id_of(earlier) == request.id
+    record = Record.of(request)
+    pod = earlier(o.build_pod(request, "ns"), record)
+    assert o.FORMAT not in pod["metadata"]["labels"]
+    assert earlier_record(pod) == record
+    assert refusal(pod) is None and session_id_of(pod) == request.id
+    with_format = {**pod["metadata"]["labels"], o.FORMAT: "1"}
+    assert earlier_record({"metadata": {**pod["metadata"], "labels": with_format}}) == record
     ended = Outcome(SessionState.ENDED, Reason.MAX_LIFETIME, "", request.created_time)
-    config_map = _without_format(o.build_outcome(Record.of(request), ended, [], "ns"))
-    assert record_of(config_map) == replace(Record.of(request), outcome=ended)
-    made = request.created_time
-    slot = _without_format(o.build_slot("ovas-slot-0", request.id, "Ann", made, "ns", "user"))
-    assert slot_of(slot) == o.SlotRead("user", request.id, "Ann")
+    config_map = outcome_config_map(record, ended, [])
+    assert earlier_record(config_map) == replace(record, outcome=ended)
 
 
 @pytest.mark.parametrize("kind", ["Pod", "Service", "HelmRelease", "ConfigMap"])
@@ -532,22 +532,22 @@ def test_objects_of_a_newer_format_are_refused_by_the_codec(kind):
         "Pod": o.build_pod(request, "ns"),
         "Service": o.build_service(request, "ns"),
         "HelmRelease": o.build_helmrelease(request, "ns"),
-        "ConfigMap": o.build_outcome(Record.of(request), ended, [], "ns"),
+        "ConfigMap": outcome_config_map(Record.of(request), ended, []),
     }[kind]
     meta = built["metadata"]
-    newer = {**built, "metadata": {**meta, "labels": {**meta["labels"], o.FORMAT: "2"}}}
-    codec = o.OUTCOME_RECORD if kind == "ConfigMap" else o.SESSION_RECORD
+    newer = {**built, "metadata": {**meta, "labels": {**meta["labels"], o.FORMAT: "3"}}}
+    codec = o.EARLIER_OUTCOME if kind == "ConfigMap" else o.WORKLOAD
     with pytest.raises(UnknownFormat) as refused:
         codec.decode(newer)
-    assert (refused.value.name, refused.value.format) == (meta["name"], "2")
+    assert (refused.value.name, refused.value.format) == (meta["name"], "3")
     assert refusal(newer) is not None and foreign(newer)
-    assert (record_of(newer), listed_of(newer), session_id_of(newer)) == (None, None, None)
-    assert not foreign(built) and record_of(built) is not None
+    assert (earlier_record(newer), session_id_of(newer)) == (None, None)
+    assert not foreign(built) and session_id_of(built) == request.id
 
 
 def test_the_codec_writes_the_format_and_keeps_it():
-    labels, notes = o.SLOT_RECORD.encode({o.SLOT: "global"}, {o.USERNAME: "ann"})
-    assert (labels, notes) == ({o.FORMAT: "1", o.SLOT: "global"}, {o.USERNAME: "ann"})
+    labels, notes = o.WORKLOAD.encode({o.SESSION: "s1"}, {})
+    assert (labels, notes) == ({o.FORMAT: "2", o.SESSION: "s1"}, {})
     for ours, theirs in (({o.FORMAT: "1"}, {}), ({"app": "x"}, {}), ({}, {"example.com/a": ""})):
         with pytest.raises(LedgerError):
-            o.SLOT_RECORD.encode(ours, theirs)
+            o.WORKLOAD.encode(ours, theirs)

@@ -1,12 +1,14 @@
-"""How sessions end on Kubernetes: the outcome ConfigMap `ovas-<id>` is created once, whoever
-asks, with the session's record and last log lines; the workload and slots go, the record
-stays for the retention; an interrupted end is completed by the next reader or `collect`."""
+"""How sessions end on Kubernetes: the outcome is written once into the session's record (a
+ledger ConfigMap), whoever asks, with its last log lines; the workload and places go, the
+record stays for the retention; an interrupted end is completed by the next finish or
+`collect`."""
 
 from __future__ import annotations
 
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -14,13 +16,12 @@ from support.kube_requests import wait_for
 from support.log_lines import ODD
 
 from backends.kubernetes import objects as o
-from backends.kubernetes.client import CONFIG_MAP
 from kubernetes_backend.steps import (
-    CONFIG_MAPS,
     PODS,
     RELEASES,
     of_session,
     outcome_of,
+    record_of,
     request_for,
     settle,
     wait_until,
@@ -30,7 +31,9 @@ from ovas.errors import CapacityExceeded, SessionNotFound
 from ovas.events import SessionEnded
 from ovas.lifecycle import Mark, Outcome, Stage
 from ovas.models import Clocks, Reason, SessionState
+from ovas.session_records import SESSION_RECORD, encode_session
 from ovas.testing import service_for
+from ovas.workloads import SESSION_PREFIX, SLOT_PREFIX
 
 pytestmark = pytest.mark.kubernetes
 READY = {SessionState.READY}
@@ -59,12 +62,12 @@ def test_an_app_that_quits_after_it_was_ready_has_ended_with_its_logs_kept(
     assert (ended.state, ended.reason) == (SessionState.ENDED, Reason.APP_EXITED)
     assert ended.message == "Ended: the Kit app quit by itself"
     assert ended.ended_time is not None
-    record = outcome_of(cluster, session.id)
-    assert record["metadata"]["labels"][o.OUTCOME] == "ended"
-    assert record["metadata"]["annotations"][o.REASON] == "app_exited"
-    assert "stand-in Kit app: exiting with code 0 as asked" in record["data"]["logs"]
-    # The workload and its capacity slot are gone; the record alone stays.
-    assert settle(cluster, session.id, keep=only_outcome) == []
+    record, logs = record_of(cluster, session.id)
+    assert (record.outcome.state, record.outcome.reason) == (ended.state, ended.reason)
+    assert "stand-in Kit app: exiting with code 0 as asked" in logs
+    # The workload and its capacity place are gone; the record alone stays.
+    assert settle(cluster, session.id) == []
+    assert sessions.backend.ledger.list(SLOT_PREFIX) == []
     assert sessions.backend.logs(session.id)[-1] == (
         "stand-in Kit app: exiting with code 0 as asked"
     )
@@ -153,15 +156,9 @@ def test_two_replicas_ending_a_session_at_once_record_one_outcome(make_backend, 
         told = list(pool.map(finish, replicas))
     assert sorted(told) == [False, False, False, True]
     winner = replicas[told.index(True)]
-    config_maps = of_session(cluster, CONFIG_MAPS, session.id)
-    assert [c["metadata"]["name"] for c in config_maps] == [f"ovas-{session.id}"]
-    (record,) = config_maps
-    notes = record["metadata"]["annotations"]
-    assert notes[o.MESSAGE] == f"by {id(winner)}"
-    assert notes[o.USERNAME] == "tester"
-    assert notes[o.READY_AT]  # the marks move with the record
-    assert record["metadata"]["labels"][o.SESSION] == session.id
-    assert "ownerReferences" not in record["metadata"]  # it outlives the workload
+    record, _ = record_of(cluster, session.id)
+    assert record.outcome.message == f"by {id(winner)}"
+    assert record.username == "tester" and Mark.READY in record.marks
     for backend in replicas:
         seen = backend.observe(session.id)
         assert seen.record.outcome.message == f"by {id(winner)}"
@@ -187,6 +184,13 @@ def test_two_replicas_reaping_an_expired_session_end_it_once(make_backend, clock
     assert services[0].get(session.id) == services[1].get(session.id)
 
 
+def record_outcome_only(backend, session_id: str, outcome: Outcome, logs: tuple) -> None:
+    """What a process that recorded the outcome and died before ending the workload left."""
+    entry = backend.ledger.get(SESSION_PREFIX + session_id)
+    record, _ = SESSION_RECORD.decode(entry)
+    assert backend.ledger.replace(entry, encode_session(replace(record, outcome=outcome), logs))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_collect_completes_an_end_its_process_did_not(make_backend, cluster, clock, mode):
     """A process recorded the outcome and died before deleting the workload: readers see the
@@ -195,19 +199,19 @@ def test_collect_completes_an_end_its_process_did_not(make_backend, cluster, clo
     sessions = service_for(backend)
     session = begin(sessions, request_for(backend, capacity=2, user_capacity=2))
     wait_for(sessions, session.id, READY)
-    record = backend.observe(session.id).record
     outcome = Outcome(SessionState.ENDED, Reason.MAX_LIFETIME, "Ended: half way", clock())
-    backend.kube.create(CONFIG_MAP, o.build_outcome(record, outcome, ["a line"], backend.namespace))
+    record_outcome_only(backend, session.id, outcome, ("a line",))
     ended = sessions.get(session.id)
     assert (ended.state, ended.message) == (SessionState.ENDED, "Ended: half way")
     assert backend.logs(session.id) == ["a line"]
     owner = RELEASES if mode == "helmrelease" else PODS
-    assert of_session(cluster, owner, session.id)  # still there, holding its slots
-    removed = backend.collect(clock())
-    assert "configmap/ovas-slot-0" in removed
-    assert any(name.startswith("pod/") for name in removed)
-    assert settle(cluster, session.id, keep=only_outcome) == []
-    assert backend.collect(clock()) == []
+    assert of_session(cluster, owner, session.id)  # still there
+    held = [e.name for e in backend.ledger.list(SLOT_PREFIX)]
+    assert len(held) == 2  # holding its places
+    later = clock() + timedelta(seconds=61)  # past the grace a place is kept for its start
+    assert sorted(backend.collect(later)) == sorted([session.id, *held])
+    assert settle(cluster, session.id) == []
+    assert backend.collect(later) == []
     assert sessions.get(session.id) == ended
     # A finish asked later completes the same way, and is not the one that recorded it.
     assert backend.finish(session.id, outcome) is False
@@ -217,11 +221,11 @@ def test_a_later_finish_completes_an_interrupted_one(make_backend, cluster, cloc
     backend = make_backend()
     sessions = service_for(backend)
     session = begin(sessions, request_for(backend, capacity=2))
-    record = backend.observe(session.id).record
     outcome = Outcome(SessionState.FAILED, Reason.LOST, "lost", clock())
-    backend.kube.create(CONFIG_MAP, o.build_outcome(record, outcome, [], backend.namespace))
+    record_outcome_only(backend, session.id, outcome, ())
     assert backend.finish(session.id, outcome) is False
-    assert settle(cluster, session.id, keep=only_outcome) == []
+    assert settle(cluster, session.id) == []
+    assert backend.ledger.list(SLOT_PREFIX) == []
     assert sessions.get(session.id).reason is Reason.LOST
 
 
@@ -271,40 +275,39 @@ def test_a_session_whose_outcome_cannot_be_recorded_still_frees_its_workload(
     make_backend, cluster, clock, caplog
 ):
     sessions = service_for(make_backend("pod"))
-    session = begin(sessions, request_for(sessions.backend, clocks=CLOCKS))
+    session = begin(sessions, request_for(sessions.backend, clocks=CLOCKS, capacity=2))
     wait_for(sessions, session.id, READY)
-    # The namespace's quota of ConfigMaps is full: no outcome record can be made.
-    held = {"configmaps": str(len(cluster.objects(CONFIG_MAPS, "omni-streaming")))}
-    full = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "cm"}}
-    cluster.seed("omni-streaming", [{**full, "spec": {"hard": held}}])
+    # The API server refuses to change the session's record.
+    cluster.emulator.forbidden.add(("update", "configmaps"))
     clock.advance(CLOCKS.max_lifetime + 1)
     ended = sessions.get(session.id)
     assert (ended.state, ended.reason) == (SessionState.ENDED, Reason.MAX_LIFETIME)
-    # Its pod and Service go: the GPU is free, though nothing keeps the session.
+    # Its pod and Service go, and its place: the GPU is free, though its end is not kept.
     assert wait_until(lambda: of_session(cluster, PODS, session.id) == [])
-    with pytest.raises(SessionNotFound):
-        sessions.get(session.id)
+    assert sessions.backend.ledger.list(SLOT_PREFIX) == []
     said = [r.getMessage() for r in caplog.records if "cannot be recorded" in r.getMessage()]
-    assert said and "exceeded quota: cm" in said[0], said
+    assert said and session.id in said[0] and "max_lifetime" in said[0], said
+    cluster.emulator.forbidden.clear()
+    assert sessions.get(session.id).state.final  # and once it can be, it is
 
 
 def test_objects_of_a_newer_format_are_left_alone(make_backend, cluster, clock, caplog):
     backend = make_backend("pod")
     session = begin(service_for(backend), request_for(backend))
     (pod,) = of_session(cluster, PODS, session.id)
-    assert pod["metadata"]["labels"][o.FORMAT] == o.CURRENT_FORMAT
-    # What a newer release made: a pod of another format, whose annotations this one lacks.
+    assert pod["metadata"]["labels"][o.FORMAT] == o.WORKLOAD_FORMAT
+    # What a newer release made: a pod of another format.
     newer = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": "ovas-from-a-newer-release",
-            "labels": {o.MANAGED_BY: "ovas", o.FORMAT: "2", o.SESSION: str(uuid.uuid4())},
+            "labels": {o.MANAGED_BY: "ovas", o.FORMAT: "3", o.SESSION: str(uuid.uuid4())},
         },
-        "spec": {"containers": [{"name": "kit", "image": "example/kit:2"}]},
+        "spec": {"containers": [{"name": "kit", "image": "example/kit:3"}]},
     }
     cluster.seed("omni-streaming", [newer])
-    clock.advance(120)  # past the grace given objects of no session
+    clock.advance(120)  # past the grace given places of no session
     service_for(backend).reap()
     names = [p["metadata"]["name"] for p in cluster.objects(PODS)]
     assert "ovas-from-a-newer-release" in names, "it was removed"

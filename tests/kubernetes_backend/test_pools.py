@@ -1,18 +1,20 @@
 """Warm pools on the emulated cluster, in both session modes: a pool fills, matching POSTs
 take its sessions at once, it refills, replicas never share a session, capacity goes to
-on-demand starts first, a restarted replica keeps the pool, and its sessions record the
-rendering they were started from, which a claim compares."""
+on-demand starts first, a restarted replica keeps the pool, and its sessions' records (in
+the ledger) keep the rendering they were started from, which a claim compares."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 from support.warm_pools import POOL, START, PoolScenarios, fill, pooled
 
-from backends.kubernetes import objects as o
 from backends.kubernetes.catalog import PROFILES
 from ovas import create_app
+from ovas.session_records import SESSION_RECORD, encode_session
+from ovas.workloads import SESSION_PREFIX
 
 pytestmark = pytest.mark.kubernetes
 
@@ -49,16 +51,11 @@ class TestKubernetesPools(PoolScenarios):
     """Concurrent claims, capacity shared with on-demand starts, a restart."""
 
 
-def owners(app) -> dict[str, dict]:
-    """The pool's unclaimed sessions' owning objects (Pod or HelmRelease), by session id."""
+def owners(app) -> dict[str, str]:
+    """The rendering of each of the pool's unclaimed sessions whose workload runs, by id."""
     backend = app.extensions["ovas"].backend
-    found = backend.kube.list(backend.owner_kind)
-    ids = {r.id for r in pooled(app, ready=False)}
-    return {
-        obj["metadata"]["labels"][o.SESSION]: obj
-        for obj in found
-        if obj["metadata"]["labels"].get(o.SESSION) in ids
-    }
+    running = backend.observe_workloads()
+    return {r.id: r.rendering for r in pooled(app, ready=False) if r.id in running}
 
 
 def test_a_pools_sessions_record_their_rendering_and_an_edit_renews_them(make_app):
@@ -69,7 +66,7 @@ def test_a_pools_sessions_record_their_rendering_and_an_edit_renews_them(make_ap
     _, rendering = state.catalogs.pool_target(pool)
     old = owners(app)
     assert len(old) == 2
-    assert {obj["metadata"]["annotations"][o.RENDERING] for obj in old.values()} == {rendering}
+    assert set(old.values()) == {rendering}
 
     kube = state.backend.kube
     profile = kube.get(PROFILES, "standin")
@@ -87,8 +84,7 @@ def test_a_pools_sessions_record_their_rendering_and_an_edit_renews_them(make_ap
         state.sessions.reap()
         time.sleep(0.1)
     _, edited = state.catalogs.pool_target(pool)
-    renewed = {obj["metadata"]["annotations"][o.RENDERING] for obj in owners(app).values()}
-    assert renewed == {edited} != {rendering}
+    assert set(owners(app).values()) == {edited} != {rendering}
     assert client.post("/streaming/stream", json=stage02).status_code == 200
 
 
@@ -96,11 +92,12 @@ def test_pool_sessions_recorded_without_a_rendering_are_never_handed_out(make_ap
     app = make_app()
     fill(app)
     state = app.extensions["ovas"]
-    backend = state.backend
+    ledger = state.backend.ledger
     old = owners(app)
-    for session_id in old:  # as the previous ovas wrote them
-        drop = {"metadata": {"annotations": {o.RENDERING: None}}}
-        backend.kube.patch(backend.owner_kind, o.object_name(session_id), drop)
+    for session_id in old:  # as an ovas that kept no rendering recorded them
+        entry = ledger.get(SESSION_PREFIX + session_id)
+        record, logs = SESSION_RECORD.decode(entry)
+        assert ledger.replace(entry, encode_session(replace(record, rendering=""), logs))
     assert {r.id for r in pooled(app)} == set(old)  # read still, as ready pool sessions
     answer = app.test_client().post("/streaming/stream", json=START)
     assert answer.status_code == 202 and answer.get_json()["id"] not in old

@@ -18,6 +18,7 @@ from kubernetes_backend.steps import (
     SERVICES,
     leftovers,
     of_session,
+    record_of,
     request_for,
     wait_until,
 )
@@ -64,8 +65,8 @@ def test_a_pending_limit_longer_than_the_start_timeout_changes_nothing(make_back
     sessions = service_for(make_backend())
     request = with_profile(request_for(sessions.backend), annotations={"ovas/max-pending": "9999"})
     begin(sessions, request)
-    (pod,) = of_session(cluster, "v1/pods", request.id)
-    assert pod["metadata"]["annotations"][o.DEADLINE] == request.deadline.isoformat()
+    assert of_session(cluster, "v1/pods", request.id)
+    assert record_of(cluster, request.id)[0].deadline == request.deadline
 
 
 def test_a_pending_limit_that_is_not_seconds_is_refused(make_backend, cluster):

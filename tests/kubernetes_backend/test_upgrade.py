@@ -1,12 +1,14 @@
-"""Upgrades keep sessions: sessions made by the release at commit 070c004 (before objects
-carried `ovas/format`, and a warm pool's sessions `ovas/rendering`) on the emulated cluster,
-then read by this code. Ready, starting, ended, failed, claimed and pooled sessions keep
-their state, routes, clocks and owner; no object of theirs is removed or replaced, by a read
-or by a reaper pass; and their capacity slots still count for a new start.
+"""Upgrades keep sessions: sessions made by an earlier release on the emulated cluster, then
+read by this code, which adopts their records into the ledger. The releases: 070c004 (before
+objects carried `ovas/format`, and a warm pool's sessions `ovas/rendering`) and 93837ff
+(format 1: records still on the objects, a pod-mode Service keeping one, with the node, past
+its pod). Ready, starting, ended, failed, claimed and pooled sessions keep their state,
+routes, clocks, marks, owner and logs; no object of theirs is removed or replaced, by a read
+or by a reaper pass; and the capacity slots they held still count for a new start.
 
 The old release runs in a subprocess from `git archive` of that commit (`old_release.py`),
 against the emulator over HTTP, as a replica of the old release would. Keep such a test for
-every later change of what ovas writes on the objects."""
+every later change of what ovas writes in the cluster."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from ovas.testing import service_for
 pytestmark = pytest.mark.kubernetes
 
 NAMESPACE = "omni-streaming"
-RELEASE = "070c004"  # main before records carried their format
+# Main before records carried their format; main before records moved to the ledger.
+RELEASES = ("070c004", "93837ff")
 CLOCKS = {"connect_timeout": 600, "idle_timeout": 900, "max_lifetime": 7200}
 CAPACITY = 6
 POOL_NAME = POOL["metadata"]["name"]
@@ -47,26 +50,28 @@ STATES = {
 }
 
 
-def _missing(reason: str):
+def _missing(release: str, reason: str):
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI needs the release {RELEASE} from git: {reason}", pytrace=False)
-    pytest.skip(f"no release {RELEASE}: {reason}")
+        pytest.fail(f"CI needs the release {release} from git: {reason}", pytrace=False)
+    pytest.skip(f"no release {release}: {reason}")
 
 
-@pytest.fixture(scope="module")
-def old_release(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=RELEASES)
+def old_release(request, tmp_path_factory) -> Path:
     """The release's `ovas`, `backends` and `blueprints`, with `old_release.py` beside them."""
-    root = tmp_path_factory.mktemp(f"ovas-{RELEASE}")
-    command = ["git", "-C", str(ROOT), "archive", RELEASE, "ovas", "backends", "blueprints"]
+    release = request.param
+    root = tmp_path_factory.mktemp(f"ovas-{release}")
+    command = ["git", "-C", str(ROOT), "archive", release, "ovas", "backends", "blueprints"]
     try:
         archive = subprocess.run(command, capture_output=True, timeout=60)
     except FileNotFoundError:
-        _missing("git is not installed")
+        _missing(release, "git is not installed")
     if archive.returncode != 0:
-        _missing(archive.stderr.decode(errors="replace").strip())
+        _missing(release, archive.stderr.decode(errors="replace").strip())
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(root, filter="data")
     shutil.copy(Path(__file__).with_name("old_release.py"), root)
+    (root / "RELEASE").write_text(release)
     return root
 
 
@@ -91,6 +96,16 @@ def made_by_old_release(old_release: Path, cluster, mode: str, now: str) -> dict
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def backend_records(cluster) -> set[str]:
+    """The sessions with a record in the ledger."""
+    prefix = "ovas-ledger-session."
+    return {
+        c["metadata"]["name"].removeprefix(prefix)
+        for c in cluster.objects(steps.CONFIG_MAPS)
+        if c["metadata"]["name"].startswith(prefix)
+    }
 
 
 def objects_of(cluster, session_id: str) -> dict[str, dict]:
@@ -133,9 +148,10 @@ def as_seen(session, record, logs: list[str]) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["pod", "helmrelease"])
-def test_sessions_of_the_release_before_formats_survive_the_upgrade(
+def test_sessions_of_an_earlier_release_survive_the_upgrade(
     old_release, cluster, make_backend, clock, mode
 ):
+    release = (old_release / "RELEASE").read_text()
     cluster.seed(NAMESPACE, [{**POOL, "spec": {**POOL["spec"], "size": 1}}])
     old = made_by_old_release(old_release, cluster, mode, clock().isoformat())
     assert {role: old[role]["state"] for role in ROLES} == STATES
@@ -146,8 +162,11 @@ def test_sessions_of_the_release_before_formats_survive_the_upgrade(
     before = {role: uids(cluster, ids[role]) for role in ROLES}
     for role in ROLES:
         for name, obj in objects_of(cluster, ids[role]).items():
-            assert o.FORMAT not in obj["metadata"].get("labels", {}), name
-            assert o.RENDERING not in (obj["metadata"].get("annotations") or {}), name
+            written = obj["metadata"].get("labels", {}).get(o.FORMAT)
+            assert written == {"070c004": None, "93837ff": "1"}[release], name
+            if release == "070c004":
+                assert o.RENDERING not in (obj["metadata"].get("annotations") or {}), name
+    assert backend_records(cluster) == set()
     live = ("ready", "starting", "claimed", "pooled")
     assert all(any(n.startswith("pods/") for n in before[r]) for r in live), before
 
@@ -165,6 +184,14 @@ def test_sessions_of_the_release_before_formats_survive_the_upgrade(
 
     assert read() == old
     assert {role: uids(cluster, ids[role]) for role in ROLES} == before
+    # Their records are the ledger's now; their objects say so, and are read no more.
+    assert set(ids.values()) <= backend_records(cluster)
+    holders = {"pod": ("pods", "services"), "helmrelease": ("helmreleases",)}[mode]
+    for role in ROLES:
+        for name, obj in objects_of(cluster, ids[role]).items():
+            kind, _, object_name = name.partition("/")
+            if kind in (*holders, "configmaps") and object_name == o.object_name(ids[role]):
+                assert obj["metadata"]["labels"][o.FORMAT] == o.WORKLOAD_FORMAT, name
 
     def later() -> dict[str, dict]:
         """As `read()`, the starting session's message aside (it counts the seconds)."""
@@ -188,12 +215,11 @@ def test_sessions_of_the_release_before_formats_survive_the_upgrade(
     # Starts are admitted against the old sessions' slots: room for one more, then none.
     holding = [r for r in backend.records() if r.outcome is None]
     assert {ids[r] for r in live} <= {r.id for r in holding}
-    # The pooled session, recorded before renderings were, is never handed out: the pass
+    # A pooled session recorded before renderings were is never handed out: the pass
     # started its replacement, of the catalog's rendering now, and keeps it until that is ready.
     replacements = [r for r in holding if r.id not in ids.values()]
-    assert [(r.pool, bool(r.rendering), r.username) for r in replacements] == [
-        (POOL_NAME, True, "")
-    ]
+    replaced = [(POOL_NAME, True, "")] if release == "070c004" else []
+    assert [(r.pool, bool(r.rendering), r.username) for r in replacements] == replaced
     room = CAPACITY - len(holding)
     assert room >= 1, holding
     for n in range(room):

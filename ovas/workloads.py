@@ -83,6 +83,18 @@ def place_name(kind: str, name: str) -> str:
     return f"{SLOT_PREFIX}{kind}.{name if PLAIN_NAME.match(name) else digest(name)}"
 
 
+@dataclass(frozen=True)
+class EarlierRecord:
+    """A session as an earlier release of a backend recorded it, before the core kept its
+    records (`WorkloadBackend.earlier_records`): its `record`, the last log lines of an ended
+    one (`logs`), and the named places a live one holds (`places`: each `Places` says which
+    `names` it may take, in order, and how many, `need`; its `refusal` is not used)."""
+
+    record: Record
+    logs: tuple[str, ...] = ()
+    places: Sequence[Places] = ()
+
+
 def _justified(name: str, record: Record | None) -> bool:
     """Whether the place `name` is one its session, of `record`, holds: any while it lives,
     but a pool's place only while it is unclaimed, and a user's only once it is a user's."""
@@ -156,6 +168,19 @@ class WorkloadBackend(Backend):
         it cannot tell, and then only the max lifetime ends a ready session."""
         return None
 
+    def earlier_records(self, session_id: str | None = None) -> Sequence[EarlierRecord]:
+        """The sessions an earlier release of this backend recorded its own way (labels,
+        annotations, record objects), read from the engine now: every one, or only
+        `session_id`'s. None by default (a backend with no earlier release).
+
+        The core calls it at the first read of sessions in a process (or its first start),
+        in each `collect`, and when a session's record is missing; it writes each session
+        returned that has no `session.<id>` record yet as that record (create if absent),
+        with the places a live one holds, and from then on reads the ledger alone, so its
+        workload is never taken for no session's. A workload this release started must not
+        be returned (its record may be on its way). Raises `BackendUnavailable`."""
+        return ()
+
     # Records
 
     def _read_record(self, entry: Entry) -> tuple[Record, tuple[str, ...]] | None:
@@ -173,11 +198,17 @@ class WorkloadBackend(Backend):
             known = self._read_record(entry)
             if known is not None:
                 read[known[0].id] = (entry, *known)
+        if "_earlier_read" not in self.__dict__:
+            read.update(self._adopt_earlier(read))
         return read
 
     def _session_entry(self, session_id: str) -> tuple[Entry, Record, tuple[str, ...]]:
         entry = self.ledger.get(SESSION_PREFIX + session_id)
         known = self._read_record(entry) if entry is not None else None
+        if entry is None:
+            adopted = self._adopt_earlier({}, session_id).get(session_id)
+            if adopted is not None:
+                return adopted
         if known is None:
             raise SessionNotFound(session_id)
         return (entry, *known)
@@ -248,9 +279,103 @@ class WorkloadBackend(Backend):
             if entry.data.get("session") == session_id:
                 self.ledger.delete(entry)
 
+    # Sessions an earlier release recorded (`earlier_records`)
+
+    def _adopt_earlier(
+        self, known: Mapping[str, object], session_id: str | None = None
+    ) -> dict[str, tuple[Entry, Record, tuple[str, ...]]]:
+        """Record each session `earlier_records` returns (all, or `session_id`'s) whose id
+        is not in `known`: what is recorded now for each, by id."""
+        adopted = {}
+        for earlier in self.earlier_records(session_id):
+            found = earlier.record.id
+            if found in known or (session_id is not None and found != session_id):
+                continue
+            recorded = self._adopt(earlier)
+            if recorded is not None:
+                adopted[found] = recorded
+        if session_id is None:
+            self.__dict__["_earlier_read"] = True
+        return adopted
+
+    def _adopt(self, earlier: EarlierRecord) -> tuple[Entry, Record, tuple[str, ...]] | None:
+        """Take the places a live `earlier` session holds, then create its record; of
+        processes doing so at once, the one whose create wins keeps its places. What is
+        recorded then, or None when that cannot be read."""
+        record = earlier.record
+        taken: list[Entry] = []
+        try:
+            if record.outcome is None:
+                taken = self._adopted_places(earlier)
+            data = encode_session(record, earlier.logs)
+            entry = self.ledger.create(SESSION_PREFIX + record.id, data)
+        except BaseException:
+            for place in taken:
+                self.ledger.delete(place)
+            raise
+        if entry is None:  # recorded meanwhile, by another process
+            for place in taken:
+                self.ledger.delete(place)
+            entry = self.ledger.get(SESSION_PREFIX + record.id)
+            known = self._read_record(entry) if entry is not None else None
+            return (entry, *known) if entry is not None and known is not None else None
+        log.info(
+            "session %s, recorded by an earlier release, is recorded in the ledger now%s",
+            record.id,
+            f", holding {', '.join(p.name for p in taken)}" if taken else "",
+        )
+        return entry, record, earlier.logs
+
+    def _adopted_places(self, earlier: EarlierRecord) -> list[Entry]:
+        """A place of the capacity, of its user's (a warm pool's, while unclaimed), and
+        its named places, each as far as free ones are left (a shortfall is logged)."""
+        record = earlier.record
+        if record.pooled:
+            key = f"{record.version}#{record.rendering}" if record.rendering else record.version
+            scopes = [("all", ""), ("pool", digest(record.pool, key) + ".")]
+        else:
+            scopes = [("all", ""), ("user", digest(record.username) + ".")]
+        taken = []
+        for kind, scope in scopes:
+            prefix = f"{SLOT_PREFIX}{kind}.{scope}"
+            held = {e.name for e in self.ledger.list(prefix)}
+            data = SLOT_RECORD.encode({"session": record.id, "taken": self.now().isoformat()})
+            for n in range(len(held) + CAS_TRIES):
+                if f"{prefix}{n}" not in held:
+                    entry = self.ledger.create(f"{prefix}{n}", data)
+                    if entry is not None:
+                        taken.append(entry)
+                        break
+        for wanted in earlier.places:
+            held = {e.name for e in self.ledger.list(f"{SLOT_PREFIX}{wanted.kind}.")}
+            got = 0
+            for name in wanted.names:
+                if got >= wanted.need:
+                    break
+                ledger_name = place_name(wanted.kind, name)
+                if ledger_name in held:
+                    continue
+                fields = {"session": record.id, "taken": self.now().isoformat(), "place": name}
+                entry = self.ledger.create(ledger_name, SLOT_RECORD.encode(fields))
+                if entry is not None:
+                    taken.append(entry)
+                    got += 1
+            if got < wanted.need:
+                log.warning(
+                    "session %s holds %d %s places, of which only %d are free to record: "
+                    "starts may be admitted beside it that cannot run",
+                    record.id,
+                    wanted.need,
+                    wanted.kind,
+                    got,
+                )
+        return taken
+
     # Backend
 
     def start(self, request: SessionRequest) -> Observed:
+        if "_earlier_read" not in self.__dict__:
+            self._session_entries()
         record = Record.of(request)
         taken: list[Entry] = []
         ran = False
@@ -435,6 +560,7 @@ class WorkloadBackend(Backend):
         workloads = self.observe_workloads()
         places = self.ledger.list(SLOT_PREFIX)
         sessions = {sid: record for sid, (_, record, _) in self._session_entries().items()}
+        sessions |= {sid: found[1] for sid, found in self._adopt_earlier(sessions).items()}
         grace = timedelta(seconds=self.slot_grace)
         removed, holders = [], set()
         for entry in places:

@@ -23,6 +23,11 @@ Everything else `Backend` asks is written here, once, over `ledger`:
 
 A workload is started only once its places are taken, and its record is written once it
 runs; a workload with neither record nor place belongs to no session and `collect` stops it.
+
+A backend whose earlier releases recorded sessions their own way (labels, annotations)
+returns them from `earlier_records`; the core writes each as its `session.<id>` record, with
+the places it holds, the first time it reads sessions in a process, in each `collect` and
+when a session's record is missing, so an upgrade keeps every session.
 """
 
 from __future__ import annotations
@@ -400,17 +405,17 @@ class WorkloadBackend(Backend):
                         f"All {request.capacity} session slots are in use", retry_after=30
                     )
                 taken.append(place)
+            named: dict[str, tuple[str, ...]] = {}
+            for places in wanted:
+                got = self._take_named(places, request.id)
+                taken += got
+                named[places.kind] = tuple(e.data["place"] for e in got)
             if not taken:  # a place all the same, so that `collect` knows a start runs
                 pending = self.ledger.create(
                     f"{SLOT_PREFIX}start.{request.id}",
                     SLOT_RECORD.encode({"session": request.id, "taken": self.now().isoformat()}),
                 )
                 taken += [pending] if pending else []
-            named: dict[str, tuple[str, ...]] = {}
-            for places in wanted:
-                got = self._take_named(places, request.id)
-                taken += got
-                named[places.kind] = tuple(e.data["place"] for e in got)
             ran = True
             self.run_workload(replace(request, places=named) if named else request)
             if self.ledger.create(SESSION_PREFIX + request.id, encode_session(record)) is None:

@@ -199,11 +199,12 @@ class DockerBackend(WorkloadBackend):
         ledger = self.gpu_ledger()
 
         def refusal(free: int) -> Unsatisfiable | CapacityExceeded:
-            with self.reads.outside():  # which are free now, to say so
+            # Which are free now, to say so: no more than the start found free (a place
+            # another start has just taken may not be listed yet).
+            with self.reads.outside():
                 held = {e.name for e in self.ledger.list(f"{SLOT_PREFIX}gpu.")}
-            return ledger.refusal(
-                count, [g for g in ledger.gpus if place_name("gpu", g.device_id) not in held]
-            )
+            unheld = [g for g in ledger.gpus if place_name("gpu", g.device_id) not in held]
+            return ledger.refusal(count, unheld[:free])
 
         return Places("gpu", [g.device_id for g in ledger.gpus], count, refusal)
 
@@ -552,8 +553,13 @@ class DockerBackend(WorkloadBackend):
         `earlier`): their records, an ended one's last log lines, and the places a live one
         holds (its GPUs, and a place per host port it publishes)."""
         sessions, _ = seen.group(self._summaries(session_id))
+        if not any(earlier.is_earlier(o) for o in sessions.values() if o.describing):
+            return []
+        # Those recorded already are left out: reading an ended one's logs is an engine call.
+        prefix = SESSION_PREFIX + (session_id or "")
+        recorded = {e.name.removeprefix(SESSION_PREFIX) for e in self.ledger.list(prefix)}
         found, unreadable = earlier.earlier_records(
-            [o for o in sessions.values() if o.exists],
+            [o for o in sessions.values() if o.exists and o.session_id not in recorded],
             logs=lambda container_id: self.engine.logs(container_id, LOG_TAIL),
             gpu_ids=self._gpu_id,
             ports=lambda protocol, count: self._ports(protocol, count, self._port_places),

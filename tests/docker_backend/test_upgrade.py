@@ -1,11 +1,12 @@
 """An upgrade keeps every session: sessions started by an earlier release (each of
 `RELEASES`, run from its own source in a process of its own) on the real Docker daemon are
-read by this release as that release left them: ready, starting, ended (its reason and
-logs), a warm pool's unclaimed session and one claimed by a user keep their state, routes,
-clocks and owner; no container of theirs is removed or replaced, by a read or by a reaper
-pass; and a start next to them is admitted counting what they hold, capacity slots and the
-host ports they publish. Those releases kept a session's records on its own containers;
-this one records each in the core's ledger when it first reads it, with its places.
+read by this release as that release left them: ready, starting, ended and failed (their
+reason and logs), a warm pool's unclaimed session and one claimed by a user keep their
+state, routes, clocks and owner; no container of theirs is removed or replaced, by a read or
+by a reaper pass; and a start next to them is admitted counting what they hold, capacity
+slots and the host ports they publish. Those releases kept a session's records on its own
+containers; this one records each in the core's ledger when it first reads it, with its
+places.
 
 Keep a test like this one for every later change of what ovas writes on the engine.
 """
@@ -105,6 +106,8 @@ made = {}
 made["ended"] = start("erin", {STANDIN_EXIT_CODE: "0", STANDIN_EXIT_AFTER: "1"})
 expect(made["ended"], SessionState.READY)
 expect(made["ended"], SessionState.ENDED)
+made["failed"] = start("fay", {STANDIN_EXIT_CODE: "3"})
+expect(made["failed"], SessionState.FAILED)
 made["ready"] = start("ann")
 expect(made["ready"], SessionState.READY)
 made["starting"] = start("sam", {STANDIN_READY_DELAY: "600"})
@@ -237,6 +240,7 @@ def test_sessions_of_an_earlier_release_survive_the_upgrade(
     states = {kind: entry["session"]["state"] for kind, entry in made.items()}
     assert states == {
         "ended": "ended",
+        "failed": "failed",
         "ready": "ready",
         "starting": "creating",
         "claimed": "ready",
@@ -261,15 +265,17 @@ def test_sessions_of_an_earlier_release_survive_the_upgrade(
             same = [k for k in written["session"] if k != "connected"]
             expected = settled(written["session"])
             assert {k: session[k] for k in same} == {k: expected[k] for k in same}, kind
-        ended = ids["ended"]
+        ended, failed = ids["ended"], ids["failed"]
         assert sessions.logs(ended) == made["ended"]["logs"]
         assert "stand-in Kit app: exiting with code 0 as asked" in sessions.logs(ended)
+        assert sessions.logs(failed) == made["failed"]["logs"]
+        assert "code 3" in sessions.get(failed).message
         now = containers_of(engine, ids.values())
         for kind, session_id in ids.items():
             # Nothing of theirs is removed or replaced: every container is there, the same.
             assert left[session_id].items() <= now[session_id].items(), kind
             kit = now[session_id][c.container_name(session_id)]
-            assert kit[1] == ("exited" if kind == "ended" else "running"), kind
+            assert kit[1] == ("exited" if kind in ("ended", "failed") else "running"), kind
 
     read_as_written()
 
@@ -296,4 +302,4 @@ def test_sessions_of_an_earlier_release_survive_the_upgrade(
         held = sorted(p.name.split(".")[1] for p in places if p.data["session"] == session_id)
         user = "pool" if kind == "pooled" else "user"
         live = sorted(["all", user, "port-tcp", "port-tcp", "port-udp"])
-        assert held == ([] if kind == "ended" else live), kind
+        assert held == ([] if kind in ("ended", "failed") else live), kind

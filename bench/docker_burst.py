@@ -260,9 +260,7 @@ def main() -> int:
         from ovas.testing import make_request, service_for, wait_for
 
         catalog = FileCatalog(work / "catalog")
-        counted = DockerBackend(
-            catalog, docker_host=proxy.url, port_range=ovas_ports, gpus="none", stop_grace=1
-        )
+        counted = DockerBackend(catalog, docker_host=proxy.url, port_range=ovas_ports, gpus="none")
         sessions = service_for(counted)
         before = proxy.count
         request = make_request(catalog, app_id="kit-standin", profile_id="standin")

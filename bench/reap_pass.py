@@ -85,7 +85,6 @@ def docker(counts: list[int], passes: int) -> bool:
             docker_host=daemon.url,
             port_range=dockerd.free_ports(3 * max(counts) + 10),
             gpus="none",
-            stop_grace=1,
         )
         service = service_for(backend)
         started: list[str] = []

@@ -94,12 +94,15 @@ def place_name(kind: str, name: str) -> str:
 class EarlierRecord:
     """A session as an earlier release of a backend recorded it in the engine itself, for
     the core to adopt (`WorkloadBackend.earlier_records`): its `record` (with its outcome,
-    marks and `node` where known), the last log lines of one that ended, and the kinds of
-    place it was admitted against (`"all"`, `"user"`, `"pool"`), which it holds again."""
+    marks and `node` where known), the last log lines of one that ended (`logs`), the kinds
+    of place it was admitted against (`places`: `"all"`, `"user"`, `"pool"`), which it
+    holds again, and the named places it holds (`named`: each `Places` says which `names` it
+    may take, in order, and how many, `need`; its `refusal` is not used)."""
 
     record: Record
     logs: tuple[str, ...] = ()
     places: frozenset[str] = frozenset()
+    named: Sequence[Places] = ()
 
 
 def _pool_key(record: Record) -> str:
@@ -260,7 +263,8 @@ class WorkloadBackend(Backend):
 
     def _hold_places(self, earlier: EarlierRecord) -> list[Entry]:
         """The places of the kinds `earlier` held, each the first free one of its scope
-        (however many are held: a session admitted before counts, whatever the limit now)."""
+        (however many are held: a session admitted before counts, whatever the limit now),
+        and its named places, as far as free ones are left (a shortfall is logged)."""
         record = earlier.record
         scopes = {
             "all": "",
@@ -280,6 +284,29 @@ class WorkloadBackend(Backend):
                 if entry is not None:
                     taken.append(entry)
                     break
+        for wanted in earlier.named:
+            held = {e.name for e in self.ledger.list(f"{SLOT_PREFIX}{wanted.kind}.")}
+            got = 0
+            for name in wanted.names:
+                if got >= wanted.need:
+                    break
+                ledger_name = place_name(wanted.kind, name)
+                if ledger_name in held:
+                    continue
+                fields = {"session": record.id, "taken": self.now().isoformat(), "place": name}
+                entry = self.ledger.create(ledger_name, SLOT_RECORD.encode(fields))
+                if entry is not None:
+                    taken.append(entry)
+                    got += 1
+            if got < wanted.need:
+                log.warning(
+                    "session %s holds %d %s places, of which only %d are free to record: "
+                    "starts may be admitted beside it that cannot run",
+                    record.id,
+                    wanted.need,
+                    wanted.kind,
+                    got,
+                )
         return taken
 
     # Records
@@ -388,6 +415,7 @@ class WorkloadBackend(Backend):
     # Backend
 
     def start(self, request: SessionRequest) -> Observed:
+        self._first_use()
         record = Record.of(request)
         taken: list[Entry] = []
         ran = False
@@ -412,17 +440,17 @@ class WorkloadBackend(Backend):
                         f"All {request.capacity} session slots are in use", retry_after=30
                     )
                 taken.append(place)
+            named: dict[str, tuple[str, ...]] = {}
+            for places in wanted:
+                got = self._take_named(places, request.id)
+                taken += got
+                named[places.kind] = tuple(e.data["place"] for e in got)
             if not taken:  # a place all the same, so that `collect` knows a start runs
                 pending = self.ledger.create(
                     f"{SLOT_PREFIX}start.{request.id}",
                     SLOT_RECORD.encode({"session": request.id, "taken": self.now().isoformat()}),
                 )
                 taken += [pending] if pending else []
-            named: dict[str, tuple[str, ...]] = {}
-            for places in wanted:
-                got = self._take_named(places, request.id)
-                taken += got
-                named[places.kind] = tuple(e.data["place"] for e in got)
             ran = True
             self.run_workload(replace(request, places=named) if named else request)
             if self.ledger.create(SESSION_PREFIX + request.id, encode_session(record)) is None:

@@ -302,12 +302,12 @@ def test_a_dead_replicas_clients_expire_and_the_reaper_deletes_its_records(
 
 class BrokenLedger(MemoryLedger):
     """A ledger whose engine stops answering lists of the clients connected (the sessions'
-    own records still read)."""
+    own records, and the whole ledger's list the clean-up reads, still read)."""
 
     broken = False
 
     def list(self, prefix: str = ""):
-        if self.broken and presence.PREFIX.startswith(prefix):
+        if self.broken and prefix and presence.PREFIX.startswith(prefix):
             raise BackendUnavailable("the engine does not answer")
         return super().list(prefix)
 

@@ -19,6 +19,7 @@ from ovas import WorkloadBackend, registry
 from ovas.errors import (
     BackendUnavailable,
     CapacityExceeded,
+    SessionNotFound,
     Unsatisfiable,
     UserCapacityExceeded,
 )
@@ -472,3 +473,70 @@ def test_the_ready_mark_keeps_the_node_and_a_vanished_workload_is_explained(cloc
     upgraded.nodes.clear()
     seen = upgraded.observe(session.id).seen
     assert (seen.stage, seen.fault, seen.detail) == (Stage.FAULT, Reason.NODE_LOST, "node-a")
+
+
+class WithEarlier(type(example(FakeClock()))):
+    """The example plugin after an upgrade: `earlier` are the sessions its earlier release
+    recorded its own way, whose workloads run on."""
+
+    earlier: tuple = ()
+
+    def earlier_records(self, session_id=None):
+        return [e for e in self.earlier if session_id in (None, e.record.id)]
+
+
+KINDS = frozenset({"all", "user", "pool"})
+
+
+def earlier_backend(clock, ledger, earlier) -> WithEarlier:
+    backend = WithEarlier.from_settings({})
+    backend.now, backend.ledger, backend.earlier = clock, ledger, tuple(earlier)
+    return backend
+
+
+def test_sessions_an_earlier_release_recorded_are_recorded_once_with_their_places(clock):
+    ledger = RacingLedger(RACERS, "create")
+    first = example(clock)
+    live = request_for(first, username="ann")
+    pooled = request_for(
+        first, pool=WarmPool("p", first.catalog.applications()[0].id, "latest", "default", 1)
+    )
+    gpus = [Places("gpu", ("GPU-8f1c", "2"), 1, str)]
+    outcome = Outcome(SessionState.ENDED, Reason.APP_EXITED, "Ended", clock())
+    earlier = [
+        EarlierRecord(Record.of(live), places=KINDS, named=gpus),
+        EarlierRecord(Record.of(pooled), places=KINDS),
+        EarlierRecord(replace(Record.of(request_for(first)), outcome=outcome), ("bye",)),
+    ]
+    backends = [earlier_backend(clock, ledger, earlier) for _ in range(RACERS)]
+    for backend in backends:
+        backend.run_workload(live)  # its workload runs on, in every process's eyes
+    with ThreadPoolExecutor(RACERS) as threads:
+        listed = list(threads.map(lambda b: b.observe_all(), backends))
+    ledger.barriers.clear()
+    assert all({o.record.id for o in found} == {e.record.id for e in earlier} for found in listed)
+    assert len(ledger.list(SESSION_PREFIX)) == 3  # each recorded once
+    held = sorted((e.name.split(".")[1], e.data["session"]) for e in ledger.list(SLOT_PREFIX))
+    live_places = [("all", live.id), ("user", live.id), ("gpu", live.id)]
+    assert held == sorted([*live_places, ("all", pooled.id), ("pool", pooled.id)])
+    backend = backends[0]
+    assert backend.observe(live.id).record == Record.of(live)
+    ended = earlier[2].record.id
+    assert backend.logs(ended) == ["bye"] and backend.observe(ended).record.outcome == outcome
+    # From then on the ledger is the record: cleanup keeps the workload, a finish frees all.
+    clock.advance(backend.slot_grace + 1)
+    assert backend.collect(clock()) == []
+    assert live.id in backend.observe_workloads()
+    backend.finish(live.id, Outcome(SessionState.ENDED, Reason.MAX_LIFETIME, "Ended", clock()))
+    assert [e.data["session"] for e in ledger.list(SLOT_PREFIX)] == [pooled.id] * 2
+
+
+def test_a_session_an_earlier_release_recorded_is_read_when_asked_for(clock, ledger):
+    session = request_for(example(clock), username="ann")
+    backend = earlier_backend(clock, ledger, [EarlierRecord(Record.of(session), places=KINDS)])
+    backend.__dict__["_earlier_read"] = True  # as if read before it was made
+    backend.run_workload(session)
+    assert backend.observe(session.id).record == Record.of(session)
+    assert ledger.get(SESSION_PREFIX + session.id) is not None
+    with pytest.raises(SessionNotFound):
+        backend.observe("0" * 8)

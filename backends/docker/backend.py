@@ -1,16 +1,23 @@
-"""`DockerBackend`: each session is one Kit container on a Docker engine.
+"""`DockerBackend`: each session's workload is one Kit container on a Docker engine.
 
-The engine is the record and the lock. Sessions are read back from labelled containers
-(see `containers`), so any number of ovas processes, on one host or several sharing the
-engine, and ovas after a restart, see the same sessions; admission claims uniquely named
-containers (see `admission`), so none over-admits, with no lock and no state folder.
+It runs workloads only (`ovas.WorkloadBackend`): the core keeps every record of a session
+(what was asked, its clocks, marks and outcome, and the places admission gave it) in the
+ledger, on the same engine (`backends.docker.ledger`), so any number of ovas processes, on
+one host or several sharing the engine, and ovas after a restart, see the same sessions and
+none over-admits, with no lock and no state folder. A Kit container carries whose it is and
+what observing it needs (see `containers`); its GPUs and host ports are places the core
+takes before it is made (`places`). One container list serves each call's reads of records
+and workloads (`reads`). Sessions an earlier release recorded on its own containers are
+read for the core to record (`earlier_records`, see `earlier`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Mapping
+import random
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import replace
@@ -18,21 +25,32 @@ from datetime import datetime, timedelta
 from typing import Any, Self
 
 from backends.docker import containers as c
+from backends.docker import earlier, probes
 from backends.docker import observe as seen
-from backends.docker import probes
-from backends.docker.admission import Admission
 from backends.docker.connections import Clients
 from backends.docker.engine import Engine, ImageMissing, PullFailed, is_port_clash
 from backends.docker.gpus import GpuLedger, Inventory, inventory
 from backends.docker.ledger import DockerLedger
 from backends.docker.ports import as_text, ephemeral_overlap, parse_port_range
 from backends.docker.pulls import Jobs
-from ovas.backend import Backend, Catalog, utcnow
-from ovas.errors import ConfigurationError, SessionNotFound
+from backends.docker.reads import Reads
+from ovas.backend import Catalog, utcnow
+from ovas.errors import CapacityExceeded, ConfigurationError, SessionNotFound, Unsatisfiable
 from ovas.kitspec import KitSpec, cpu_to_nano
-from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage
-from ovas.models import Reason, SessionRequest
+from ovas.ledger import UnknownFormat
+from ovas.lifecycle import Mark, Observation, Observed, Stage
+from ovas.models import Reason, SessionQuery, SessionRequest
 from ovas.names import is_session_id
+from ovas.session_records import SESSION_RECORD
+from ovas.workloads import (
+    LOG_TAIL,
+    SESSION_PREFIX,
+    SLOT_PREFIX,
+    EarlierRecord,
+    Places,
+    WorkloadBackend,
+    place_name,
+)
 
 log = logging.getLogger(__name__)
 PROBE_BUDGET = 1.0  # seconds an observation may spend probing and counting clients
@@ -40,14 +58,11 @@ PROBE_BUDGET = 1.0  # seconds an observation may spend probing and counting clie
 # this long after; connections seen sooner might be ovas's own.
 PROBE_SETTLE = timedelta(seconds=2 * PROBE_BUDGET)
 PORT_TRIES = 8  # starts tried when a host port of the range is held by another program
-# Claims and marks of no session are kept this long: a start in progress takes its claims a
-# moment (a few engine creates) before it records its session, and hosts sharing a remote
-# engine may disagree on the time by some seconds. Longer keeps a slot of a session whose
-# container was removed by hand from the next start.
+# Places of no session are kept this long (`WorkloadBackend.slot_grace`): a start takes its
+# places a moment (a few engine creates) before it records its session, and hosts sharing a
+# remote engine may disagree on the time by some seconds.
 ORPHAN_GRACE = timedelta(seconds=30)
-LOG_LINES = 100  # kept with a session's outcome
-# Slots a session holds whoever owns it: not traded by a warm pool's claim.
-_SHARED_SLOTS = (c.SLOT_PREFIX, c.PORT_SLOT_PREFIX)
+RETRY_AFTER = 30  # seconds a start refused for want of host ports is told to wait
 GPU_HINT = " (GPUs need the NVIDIA Container Toolkit on the Docker host)"
 CDI_HINT = (
     " (GPUs by CDI name need Docker Engine 25 or later with CDI enabled, and the NVIDIA "
@@ -55,11 +70,12 @@ CDI_HINT = (
 )
 
 
-class DockerBackend(Backend):
-    """Sessions as containers on one Docker engine. See the package README for why."""
+class DockerBackend(WorkloadBackend):
+    """Sessions' workloads as containers on one Docker engine. See the package README."""
 
     name = "docker"
     keeps_warm_pools = True
+    slot_grace = ORPHAN_GRACE.total_seconds()
 
     def __init__(
         self,
@@ -71,18 +87,17 @@ class DockerBackend(Backend):
         probe_host: str | None = None,
         port_range: str = "31000-31999",
         gpus: str | Inventory = "auto",
-        stop_grace: float = 10.0,
         now: Callable[[], datetime] = utcnow,
         gateway: bool = False,
     ):
-        self.catalog = catalog
+        super().__init__(catalog, now=now)
         # With the signaling gateway on, the core counts its clients: reading the engine's
         # connection tables would be calls spent on a count nobody uses.
         self.gateway = gateway
-        self.now = now
         self.engine = Engine(docker_host)
-        # The core's shared records (a warm pool's back-off...), on the same engine.
-        self.ledger = DockerLedger(engine=self.engine)
+        self.reads = Reads(self.engine)
+        # The core's records, on the same engine, read with the workloads where they can be.
+        self.ledger = DockerLedger(engine=self.engine, reads=self.reads)
         self.public_host = public_host
         self.bind_address = bind_address
         # Probes go through the published port, where clients connect, never to the
@@ -100,13 +115,15 @@ class DockerBackend(Backend):
                 "on it alone, and Docker publishes on addresses only"
             )
         self.ports = parse_port_range(port_range)
-        self.stop_grace = stop_grace
+        # A host port place is a count, not a port: Docker picks the port from the range.
+        self._port_places = tuple(str(k) for k in range(len(self.ports)))
         self._gpu_setting = gpus
-        self._ledger: GpuLedger | None = None
-        self.admission = Admission(self.engine, self._ledger_now, self.ports)
+        self._gpus: GpuLedger | None = None
         self.jobs = Jobs(self.engine.pull)
         self.clients = Clients(self.engine)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ovas-probe")
+        self._local = threading.local()  # `light`: observing for `collect`, which probes none
+        self._started: dict[str, Observation] = {}  # what `run_workload` began, for `start`
         overlap = ephemeral_overlap(self.ports) if self.engine.is_local else None
         if overlap is not None:
             log.warning(
@@ -136,65 +153,120 @@ class DockerBackend(Backend):
             gateway=bool(settings.get("GATEWAY_DOMAIN")),
         )
 
-    def _ledger_now(self) -> GpuLedger:
-        if self._ledger is None:
+    def gpu_ledger(self) -> GpuLedger:
+        """The host's GPUs, found on first use (finding them may run nvidia-smi)."""
+        if self._gpus is None:
             setting = self._gpu_setting
             found = setting if isinstance(setting, Inventory) else inventory(setting)
-            self._ledger = GpuLedger(found)
-        return self._ledger
-
-    # Starting
+            self._gpus = GpuLedger(found)
+        return self._gpus
 
     def check(self) -> None:
         self.engine.ping()
 
-    def start(self, request: SessionRequest) -> Observed:
-        kit = request.kit
-        cpus, note = self._cpus(kit)
-        claims = self.admission.claim(request)
-        try:
-            spec = c.container_spec(
-                request,
-                list(claims.gpu_ids),
-                bind_address=self.bind_address,
-                signaling_address=self.signaling_address,
-                host_ports=as_text(self.ports),
-                cpu_limit=cpus,
-                note=note,
-            )
-            detail = self._create(request, spec)
-        except BaseException:
-            self.admission.release(claims.names)
-            raise
-        self.jobs.launch(request.id, lambda: self._carry_on(request.id))
-        return Observed(Record.of(request), Observation(Stage.WAITING, detail=detail, note=note))
+    # Places: host ports and GPUs
 
-    def _create(self, request: SessionRequest, spec: dict[str, Any]) -> str:
-        """Record the session: its Kit container, or, while its image is to be pulled, a
-        pending record. Returns what it waits for."""
+    def places(self, request: SessionRequest) -> Sequence[Places]:
+        """One place per host port the session publishes, of its protocol (`port-tcp`,
+        `port-udp`: the range's ports, counted; Docker picks which), and its GPUs by device
+        id (`gpu`), in the inventory's order."""
+        wanted = [
+            self._ports(protocol, count, random.sample(self._port_places, len(self.ports)))
+            for protocol, count in sorted(c.ports_needed(request.kit).items())
+        ]
+        if request.kit.gpus > 0:
+            wanted.append(self._gpu_places(request.kit.gpus))
+        return wanted
+
+    def _ports(self, protocol: str, count: int, names: Sequence[str]) -> Places:
+        span, size = as_text(self.ports), len(self.ports)
+
+        def refusal(free: int) -> Unsatisfiable | CapacityExceeded:
+            if count > size:
+                return Unsatisfiable(
+                    f"The profile publishes {count} {protocol.upper()} ports; "
+                    f"OVAS_DOCKER_PORT_RANGE ({span}) holds {size}"
+                )
+            return CapacityExceeded(
+                f"All {size} {protocol.upper()} host ports of OVAS_DOCKER_PORT_RANGE ({span}) "
+                "are published by sessions; try again later",
+                retry_after=RETRY_AFTER,
+            )
+
+        return Places(f"port-{protocol}", names, count, refusal)
+
+    def _gpu_places(self, count: int) -> Places:
+        ledger = self.gpu_ledger()
+
+        def refusal(free: int) -> Unsatisfiable | CapacityExceeded:
+            # Which are free now, to say so: no more than the start found free (a place
+            # another start has just taken may not be listed yet).
+            with self.reads.outside():
+                held = {e.name for e in self.ledger.list(f"{SLOT_PREFIX}gpu.")}
+            unheld = [g for g in ledger.gpus if place_name("gpu", g.device_id) not in held]
+            return ledger.refusal(count, unheld[:free])
+
+        return Places("gpu", [g.device_id for g in ledger.gpus], count, refusal)
+
+    # Starting
+
+    def start(self, request: SessionRequest) -> Observed:
+        # Every place a start takes is read from one list of them all.
+        try:
+            with self.reads.scope(ledger=(SLOT_PREFIX,)):
+                observed = super().start(request)
+        finally:
+            began = self._started.pop(request.id, None)
+        return Observed(observed.record, began) if began is not None else observed
+
+    def run_workload(self, request: SessionRequest) -> None:
+        """Create the Kit container (or, while its image is to be pulled, the pending
+        record) and return; the container is started, the image pulled, in the background.
+        Raises `BackendUnavailable`."""
+        cpus, note = self._cpus(request.kit)
+        spec = c.container_spec(
+            request,
+            list(request.places.get("gpu", ())),
+            bind_address=self.bind_address,
+            signaling_address=self.signaling_address,
+            host_ports=as_text(self.ports),
+            cpu_limit=cpus,
+            note=note,
+        )
+        container_id, detail = self._create(request, spec)
+        self._started[request.id] = Observation(Stage.WAITING, detail=detail, note=note)
+        if container_id:
+            work = lambda: self._start_container(request.id, container_id)  # noqa: E731
+        else:
+            work = lambda: self._carry_on(request.id)  # noqa: E731
+        self.jobs.launch(request.id, work)
+
+    def _create(self, request: SessionRequest, spec: dict[str, Any]) -> tuple[str, str]:
+        """Make the workload: its Kit container, or, while its image is to be pulled, the
+        pending record (or a fault, when the engine refuses). The Kit container's id (''
+        when there is none to start yet) and what it waits for."""
         kit = request.kit
         if kit.pull_policy != "Always":
             try:
-                _, refusal = self.engine.create_kit(spec)
+                container_id, refusal = self.engine.create_kit(spec)
             except ImageMissing:
-                pass
+                if kit.pull_policy == "Never":
+                    detail = f"the image {kit.image} is not on the Docker engine and the "
+                    self._fault(
+                        request.id, Reason.IMAGE_PULL, detail + "profile's pullPolicy is Never"
+                    )
+                    return "", f"Pulling the image {kit.image}"
             else:
                 if refusal:
-                    self._record_pending(spec)
                     self._fault(request.id, Reason.CREATE_FAILED, refusal)
-                return "Starting the container"
-        self._record_pending(spec)
-        if kit.pull_policy == "Never":
-            detail = f"the image {kit.image} is not on the Docker engine and the profile's "
-            self._fault(request.id, Reason.IMAGE_PULL, detail + "pullPolicy is Never")
-        return f"Pulling the image {kit.image}"
-
-    def _record_pending(self, spec: Mapping[str, Any]) -> None:
-        session_id = spec["labels"][c.SESSION]
-        name = c.container_name(session_id, c.PENDING)
+                return container_id, "Starting the container"
+        name = c.container_name(request.id, c.PENDING)
         self.engine.create_record(c.record_spec(name, c.pending_labels(spec)))
+        return "", f"Pulling the image {kit.image}"
 
     def _fault(self, session_id: str, reason: Reason, detail: str) -> None:
+        """Keep the engine's refusal as the workload's state, for the lifecycle to end the
+        session with (`Stage.FAULT`), whichever process observes it."""
         name = c.container_name(session_id, c.FAULT)
         self.engine.create_record(c.record_spec(name, c.fault_labels(session_id, reason, detail)))
 
@@ -215,7 +287,7 @@ class DockerBackend(Backend):
         """Drive the session's start on from wherever the engine shows it is: pull the image
         and create the Kit container from the pending record, then start it."""
         objects = self._objects(session_id)
-        if objects is None or objects.outcome is not None or objects.fault is not None:
+        if objects is None or objects.fault is not None or objects.outcome is not None:
             return
         container = objects.container
         if container is None and objects.pending is not None:
@@ -265,55 +337,90 @@ class DockerBackend(Backend):
             hint = GPU_HINT if "device driver" in words or "nvidia" in words else ""
             hint = CDI_HINT if hint and "cdi" in words else hint
             self._fault(session_id, Reason.CREATE_FAILED, refusal + hint)
-            return
-        objects = self._objects(session_id)
-        if objects is None:
-            self.engine.remove(container_id)  # stopped while it started
-        elif objects.outcome is not None:
-            self._teardown(objects)  # ended while it started: it must hold nothing
 
-    # Reading
-
-    def _objects(self, session_id: str) -> seen.SessionObjects | None:
-        sessions, _ = seen.group(self.engine.summaries(session_id))
-        objects = sessions.get(session_id)
-        return objects if objects is not None and objects.exists else None
+    # Reading: each call's reads of records and workloads from one container list
 
     def observe(self, session_id: str) -> Observed:
         if not is_session_id(session_id):
             raise SessionNotFound(session_id)
-        objects = self._objects(session_id)
-        if objects is None:
-            raise SessionNotFound(session_id)
-        return self._observe([objects])[0]
+        with self.reads.scope(ledger=(SESSION_PREFIX + session_id,), sessions=session_id):
+            return super().observe(session_id)
 
     def observe_all(self) -> list[Observed]:
-        sessions, _ = seen.group(self.engine.summaries())
-        existing = [o for o in sessions.values() if o.exists]
-        running = [o.container.container_id for o in existing if _running(o)]
-        self.clients.forget(running)
-        return self._observe(existing)
+        with self.reads.scope(ledger=(SESSION_PREFIX,), sessions=True):
+            return super().observe_all()
 
-    def records(self) -> list[Record]:
-        """Every session's record from one list of the containers, probing nothing."""
-        sessions, _ = seen.group(self.engine.summaries())
-        return [seen.record_of(o) for o in sessions.values() if o.exists]
+    def records(self):
+        with self.reads.scope(ledger=(SESSION_PREFIX,), sessions=True):
+            return super().records()
 
-    def _observe(self, entries: list[seen.SessionObjects]) -> list[Observed]:
-        """Observations of `entries`: running containers not yet seen ready are probed,
-        ready ones have their clients counted, exited ones inspected, in parallel within
-        PROBE_BUDGET; unattended starts are carried on."""
+    def observe_page(self, query: SessionQuery) -> list[Observed]:
+        with self.reads.scope(ledger=(SESSION_PREFIX,), sessions=True):
+            return super().observe_page(query)
+
+    def _summaries(self, session_id: str | None = None) -> list[Mapping[str, Any]]:
+        """The containers of sessions (all, or one's), from this call's list if it made one."""
+        served = self.reads.sessions(session_id)
+        return served if served is not None else self.engine.summaries(session_id)
+
+    def _objects(self, session_id: str) -> seen.SessionObjects | None:
+        """The session's containers as the engine holds them now (never from a list made
+        earlier in this call: what a start or a stop does next depends on it)."""
+        sessions, _ = seen.group(self.engine.summaries(session_id))
+        objects = sessions.get(session_id)
+        return objects if objects is not None and objects.workload else None
+
+    def observe_workload(self, session_id: str) -> Observation | None:
+        if not is_session_id(session_id):
+            return None
+        sessions, _ = seen.group(self._summaries(session_id))
+        objects = sessions.get(session_id)
+        if objects is None or not objects.workload:
+            return None
+        return self._observe([objects], self._ready_times(session_id))[session_id]
+
+    def observe_workloads(self) -> Mapping[str, Observation]:
+        sessions, _ = seen.group(self._summaries())
+        current = [o for o in sessions.values() if o.workload]
+        if getattr(self._local, "light", False):
+            return {o.session_id: Observation(Stage.WAITING) for o in current}
+        self.clients.forget([o.container.container_id for o in current if _running(o)])
+        ready = self._ready_times() if any(_running(o) for o in current) else {}
+        return self._observe(current, ready)
+
+    def _ready_times(self, session_id: str | None = None) -> dict[str, datetime]:
+        """When each session (all, or `session_id`) was first seen ready, by its record."""
+        if session_id is None:
+            entries = self.ledger.list(SESSION_PREFIX)
+        else:
+            entries = [e for e in [self.ledger.get(SESSION_PREFIX + session_id)] if e]
+        ready = {}
+        for entry in entries:
+            try:
+                record, _ = SESSION_RECORD.decode(entry)
+            except (UnknownFormat, KeyError, ValueError):
+                continue  # the core says why when it reads the record
+            if Mark.READY in record.marks:
+                ready[record.id] = record.marks[Mark.READY]
+        return ready
+
+    def _observe(
+        self, entries: list[seen.SessionObjects], ready: Mapping[str, datetime]
+    ) -> dict[str, Observation]:
+        """Observations of `entries`, by session id: running containers not yet seen ready
+        (`ready`) are probed, ready ones have their clients counted, exited ones inspected,
+        in parallel within PROBE_BUDGET; unattended starts are carried on."""
         now = self.now()
         probes_: dict[str, Future] = {}
         counts: dict[str, Future] = {}
         exits: dict[str, Future] = {}
         for entry in entries:
             sid = entry.session_id
-            if entry.outcome is not None or entry.fault is not None:
+            if entry.fault is not None:
                 continue
             self._resume(entry)
             if _running(entry):
-                ready_at = _mark_time(entry, Mark.READY)
+                ready_at = ready.get(sid)
                 if ready_at is None:
                     probes_[sid] = self._pool.submit(self._probe, entry)
                     if not self.gateway:
@@ -328,13 +435,13 @@ class DockerBackend(Backend):
         if pending:
             wait_futures(pending, timeout=PROBE_BUDGET)
         engine_started = _result(started, None)
-        found = []
+        found = {}
         for entry in entries:
             sid = entry.session_id
             progress = ""
             if entry.container is None and entry.pending is not None:
                 progress = self.jobs.progress(c.parse_labels(entry.pending.labels).image)
-            observation = seen.observation(
+            found[sid] = seen.observation(
                 entry,
                 public_host=self.public_host,
                 probe_host=self.probe_host,
@@ -343,7 +450,6 @@ class DockerBackend(Backend):
                 progress=progress,
                 exit_info=_exit_info(_result(exits.get(sid), None), engine_started),
             )
-            found.append(Observed(seen.record_of(entry), observation))
         return found
 
     def _resume(self, entry: seen.SessionObjects) -> None:
@@ -357,7 +463,7 @@ class DockerBackend(Backend):
         port = seen.probe_target(entry)
         if port is None:
             return False
-        labels = c.parse_labels(entry.describing.labels)
+        labels = c.parse_labels(entry.container.labels)
         return probes.probe(self.probe_host, port, labels.probe)
 
     def _count_if_ready(self, probed: Future, entry: seen.SessionObjects) -> int | None:
@@ -367,7 +473,7 @@ class DockerBackend(Backend):
     def _count(self, entry: seen.SessionObjects, settled: bool) -> int | None:
         """Clients of a ready session; none yet while a probe of ours may still hold its
         signaling port (`settled` False), if ovas can count them at all."""
-        labels = c.parse_labels(entry.describing.labels)
+        labels = c.parse_labels(entry.container.labels)
         signaling = next(p for p in labels.ports if p.name == "signaling")
         count = self.clients.count(entry.container.container_id, signaling.container_port)
         return count if settled or count is None else 0
@@ -384,165 +490,90 @@ class DockerBackend(Backend):
     def _engine_started(self) -> datetime | None:
         return _docker_time(self.engine.started())
 
-    # What the lifecycle asks to keep
+    def workload_clients(self, session_id: str) -> int | None:
+        """None: `observe_workload(s)` count the clients of a running Kit container where
+        ovas can (and where it cannot, asking again would tell no more)."""
+        return None
 
-    def mark(self, session_id: str, mark: Mark, at: datetime | None) -> bool:
-        name = c.mark_name(session_id, mark)
-        if at is None:
-            return self.engine.remove(name)
-        if not self.engine.create_record(c.record_spec(name, c.mark_labels(session_id, mark, at))):
-            return False
-        if self._objects(session_id) is None:
-            # Stopped while this process decided: the mark must not outlive the session.
-            self.engine.remove(name)
-            return False
-        return True
-
-    def claim(
-        self, session_id: str, username: str, at: datetime, *, user_capacity: int = 0
-    ) -> bool:
-        """Create the claim, `ovas-<id>.claimed` naming `username` (its unique name makes it
-        one claim), after taking the user's slot; then give back the pool's slot. A process
-        that dies between the steps leaves what `collect` completes."""
-        objects = self._objects(session_id)
-        if objects is None or objects.outcome is not None or objects.fault is not None:
-            return False
-        if not seen.record_of(objects).pooled:
-            return False
-        taken = self.admission.claim_for(session_id, username, user_capacity)
-        name = c.mark_name(session_id, Mark.CLAIMED)
-        labels = c.mark_labels(session_id, Mark.CLAIMED, at, username)
-        if not self.engine.create_record(c.record_spec(name, labels)):
-            self.admission.release(taken)
-            return False
-        self.admission.release([f.name for f in objects.claims if _pool_slot(f)])
-        return True
-
-    def finish(self, session_id: str, outcome: Outcome) -> bool:
-        """Record the outcome (its unique name makes this once), then free what the session
-        holds; a Kit container still running is stopped first, in the background (a stop
-        may take the grace period), and `collect` completes that if this process dies
-        first. The stopped container stays, holding nothing, for its logs, until the
-        session is removed."""
-        objects = self._objects(session_id)
-        if objects is None:
-            return False
-        recorded = False
-        if objects.outcome is None:
-            container = objects.container
-            logs = self.engine.logs(container.container_id, LOG_LINES) if container else []
-            name = c.container_name(session_id, c.OUTCOME)
-            labels = c.outcome_labels(objects.describing.labels, outcome, logs)
-            recorded = self.engine.create_record(c.record_spec(name, labels))
-        if _running(objects):
-            self.jobs.launch(f"end-{session_id}", lambda: self._teardown(objects))
-        else:
-            self._teardown(objects)
-        return recorded
-
-    def _teardown(self, objects: seen.SessionObjects) -> None:
-        """End the workload of a session that has its outcome, and free what it holds."""
-        container = objects.container
-        if container is not None:
-            self.clients.drop(container.container_id)
-        if container is not None and container.state in ("running", "restarting", "paused"):
-            self.engine.stop(container.container_id, self.stop_grace)
-        # Only once the Kit app is gone may another session have its GPU.
-        if objects.pending is not None:
-            self.engine.remove(objects.pending.container_id)
-        self._remove_all([f for f in (objects.fault, *objects.claims) if f is not None])
-
-    def _remove_all(self, found: list[seen.Found]) -> None:
-        """Remove these containers (records and claims), at once; raises what a removal
-        raised, once all are done."""
-        for future in [self._pool.submit(self.engine.remove, f.container_id) for f in found]:
-            future.result()
+    def workload_logs(self, session_id: str, tail: int) -> list[str]:
+        return self.engine.logs(c.container_name(session_id), tail)
 
     # Removing
 
-    def stop(self, session_id: str) -> None:
+    def stop_workload(self, session_id: str) -> None:
+        """Remove the session's containers: the Kit container first (a running one is
+        killed), then its pending record (a pull finishing meanwhile finds it gone and
+        removes what it made), then the rest, and any an earlier release kept of it."""
         if not is_session_id(session_id):
-            raise SessionNotFound(session_id)
-        sessions, _ = seen.group(self.engine.summaries(session_id))
+            return
+        sessions, malformed = seen.group(self.engine.summaries(session_id))
         objects = sessions.get(session_id)
-        if objects is None or not objects.exists:
-            raise SessionNotFound(session_id)
-        # The Kit container goes first, then its pending record (a pull finishing meanwhile
-        # finds it gone and removes what it made), then what it held, all at once.
+        if objects is None:
+            return
         first = [f for f in (objects.container, objects.pending) if f is not None]
         for found in first:
             self.engine.remove(found.container_id)
-        self._remove_all(objects.every[len(first) :])
+        rest = [f.container_id for f in objects.every[len(first) :]]
+        rest += [s["Id"] for s in malformed]
+        for future in [self._pool.submit(self.engine.remove, cid) for cid in rest]:
+            future.result()
         if objects.container is not None:
             self.clients.drop(objects.container.container_id)
 
     def collect(self, now: datetime) -> list[str]:
-        sessions, malformed = seen.group(self.engine.summaries())
-        held = {f.name for o in sessions.values() for f in o.claims}
-        removed = []
+        """The core's clean-up (places and workloads of no session, finishes to complete),
+        reading the records and workloads in one list and probing nothing; then containers
+        labelled as ours that are no record of ovas, and what an earlier release kept of a
+        session that is gone (its marks and claims), once `ORPHAN_GRACE` old."""
+        with self.reads.scope(ledger=(SESSION_PREFIX, SLOT_PREFIX), sessions=True):
+            self._local.light = True
+            try:
+                removed = super().collect(now)
+            finally:
+                self._local.light = False
+            sessions, malformed = seen.group(self._summaries())
+            recorded = {
+                e.name.removeprefix(SESSION_PREFIX) for e in self.ledger.list(SESSION_PREFIX)
+            }
         for summary in malformed:
             if self.engine.remove(summary["Id"]):
                 removed.append((summary.get("Names") or [summary["Id"]])[0].lstrip("/"))
         for objects in sessions.values():
-            if not objects.exists:
-                # Claims and marks of no session: a start that died before recording its
-                # session, or a session removed meanwhile. Young ones may be a start now,
-                # unless a mark shows the session was started and seen (its Kit container
-                # was removed by hand): what it held is free at once.
-                seen_before = bool(objects.marks)
-                for found in objects.every:
-                    old = seen_before or now - found.created >= ORPHAN_GRACE
-                    if old and self.engine.remove(found.container_id):
-                        removed.append(found.name)
-            elif objects.outcome is not None and (
-                _running(objects) or objects.claims or objects.pending or objects.fault
-            ):
-                self._teardown(objects)  # a finish its process did not complete
-            else:
-                removed.extend(self._complete_claim(objects, now))
-                self._backfill(objects, held)
-        return removed
-
-    def _backfill(self, objects: seen.SessionObjects, held: set[str]) -> None:
-        """Claim the host ports of a session an earlier release started (see `admission`)."""
-        taken, given = self.admission.backfill(objects, held)
-        if taken or given:
-            log.info(
-                "session %s: claimed the host ports it publishes (%s), gave back (%s)",
-                objects.session_id,
-                ", ".join(taken) or "none",
-                ", ".join(given) or "none",
-            )
-
-    def _complete_claim(self, objects: seen.SessionObjects, now: datetime) -> list[str]:
-        """Slots a claim that died halfway left: the pool's, still held by a claimed
-        session, and a user's, taken for a claim that was never made."""
-        record = seen.record_of(objects)
-        removed = []
-        for found in objects.claims:
-            if found.record != c.SLOT or found.name.startswith(_SHARED_SLOTS):
+            if objects.exists or objects.session_id in recorded:
                 continue
-            if _pool_slot(found):
-                stale = not record.pooled
-            else:
-                young = now - found.created < ORPHAN_GRACE
-                stale = not young and found.labels.get(c.USER, "") != record.username
-            if stale and self.engine.remove(found.container_id):
-                removed.append(found.name)
+            for found in objects.every:
+                if now - found.created >= ORPHAN_GRACE and self.engine.remove(found.container_id):
+                    removed.append(found.name)
         return removed
 
-    def logs(self, session_id: str, tail: int = 100) -> list[str]:
-        objects = self._objects(session_id)
-        if objects is None:
-            raise SessionNotFound(session_id)
-        if objects.container is not None:
-            return self.engine.logs(objects.container.container_id, tail)
-        if objects.outcome is not None:
-            return c.parse_outcome(objects.outcome.labels)[1][-tail:]
-        return []
+    # Sessions an earlier release recorded
+
+    def earlier_records(self, session_id: str | None = None) -> Sequence[EarlierRecord]:
+        """Sessions the releases before the core's ledger recorded on their containers (see
+        `earlier`): their records, an ended one's last log lines, and the places a live one
+        holds (its GPUs, and a place per host port it publishes)."""
+        sessions, _ = seen.group(self._summaries(session_id))
+        if not any(earlier.is_earlier(o) for o in sessions.values() if o.describing):
+            return []
+        # Those recorded already are left out: reading an ended one's logs is an engine call.
+        prefix = SESSION_PREFIX + (session_id or "")
+        recorded = {e.name.removeprefix(SESSION_PREFIX) for e in self.ledger.list(prefix)}
+        found, unreadable = earlier.earlier_records(
+            [o for o in sessions.values() if o.exists and o.session_id not in recorded],
+            logs=lambda container_id: self.engine.logs(container_id, LOG_TAIL),
+            gpu_ids=self._gpu_id,
+            ports=lambda protocol, count: self._ports(protocol, count, self._port_places),
+        )
+        for unread in unreadable:
+            log.warning("session %s of an earlier release has labels that cannot be read", unread)
+        return found
+
+    def _gpu_id(self, named: str) -> str:
+        """The device id of the GPU an earlier release's label names (index or UUID)."""
+        return next((g.device_id for g in self.gpu_ledger().gpus if named in g.ids), named)
 
     def describe(self, insider: bool) -> dict[str, Any]:
-        found = self._ledger_now().inventory
+        found = self.gpu_ledger().inventory
         if not insider:
             return {"gpus": len(found.gpus)}
         return {
@@ -558,22 +589,8 @@ class DockerBackend(Backend):
         self.engine.close()
 
 
-def _pool_slot(found: seen.Found) -> bool:
-    return found.record == c.SLOT and found.name.startswith(c.POOL_SLOT_PREFIX)
-
-
 def _running(objects: seen.SessionObjects) -> bool:
     return objects.container is not None and objects.container.state == "running"
-
-
-def _mark_time(objects: seen.SessionObjects, mark: Mark) -> datetime | None:
-    found = objects.marks.get(mark)
-    if found is None:
-        return None
-    try:
-        return datetime.fromisoformat(found.labels[c.AT])
-    except (KeyError, ValueError):
-        return None
 
 
 def _result(future: Future | None, default):

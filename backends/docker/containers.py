@@ -1,25 +1,27 @@
 """Pure builders of what ovas asks Docker to create, and the reading of it back.
 
-The engine is the record and the lock: a session is nothing but labelled containers, and
-every decision that must hold across processes is the creation of a container whose name is
-unique (Docker refuses a second one, 409). All carry `ovas.session=<id>` and `ovas.record`:
+A session's workload is its Kit container, `ovas-<id>`, labelled `ovas.session=<id>` (the
+one record a workload keeps: whose it is) and with what observing it needs: its image, the
+container ports it publishes (Docker picks their host ports from the range), its probe, its
+GPUs and a note for the user. Until the Kit container can be made, the workload is:
 
-- `container`: the Kit container, `ovas-<id>`; Docker picks its host ports from the range;
-- `pending`: `ovas-<id>.pending` while the image is pulled, holding the container's spec;
-- `fault`: `ovas-<id>.fault`, the engine's refusal to pull or start, with its words;
-- `outcome`: `ovas-<id>.outcome`, how the session ended (kept for the retention);
-- `mark`: `ovas-<id>.ready`, `.connected`, `.idle`: moments the lifecycle asked to keep;
-  `.claimed`, a warm pool's session handed to the user its `ovas.user` names;
-- `slot`: `ovas-slot-<k>` (k < capacity), `ovas-user-<hash>-<k>` (per user),
-  `ovas-pool-<hash>-<k>` (k < a warm pool's size, per pool and version, while unclaimed),
-  and `ovas-port-<tcp|udp>-<k>` (k < the ports of the range: one per host port published);
-- `gpu`: `ovas-gpu-<device id>`: the one session holding that GPU (see `gpu_name`).
+- `ovas-<id>.pending` while its image is pulled: a never-started container holding the Kit
+  container's spec (Docker makes no container of an image it does not hold), from which any
+  process carries the start on;
+- `ovas-<id>.fault`: the engine's refusal to pull, create or start it, in its words.
 
-Records other than the Kit container are never started, made from a tiny empty image.
+Everything else of a session (what was asked, its clocks, marks, outcome, the places it
+holds) is the core's record, in the ledger (`backends.docker.ledger`). Earlier releases
+kept those here too, as containers labelled `ovas.session` and `ovas.record` (`outcome`,
+`mark`, `slot`, `gpu`), and the session's fields on its Kit container: they are read (see
+`backends.docker.earlier`), never written.
+
 Every record's labels are written and read through the core's record codec
 (`ovas.ledger.RecordCodec`, by `LabelCodec`, one per kind in `RECORDS`): each carries its
 format, the current format's reader is the one place that parses them, and a record of a
-format this release cannot read raises `UnknownFormat` and is left alone.
+format this release cannot read raises `UnknownFormat` and is left alone. Format 2 of the
+Kit container and the pending record holds the workload alone; format 1 (written by the
+releases before it, or none) holds the session's fields too.
 Nothing here talks to Docker; nothing from a request reaches a command or shell: the
 request's data goes into labels and environment only.
 """
@@ -27,18 +29,17 @@ request's data goes into labels and environment only.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from backends.docker.gpus import is_cdi_name
 from ovas.kitspec import KitSpec, Probe, cpu_to_nano, memory_to_bytes
 from ovas.ledger import FORMAT_KEY, Entry, LedgerError, RecordCodec
-from ovas.lifecycle import Mark, Outcome
+from ovas.lifecycle import Outcome
 from ovas.models import Clocks, Reason, SessionRequest, SessionState
 
 PREFIX = "ovas."
@@ -67,12 +68,12 @@ ENDED = "ovas.ended"  # outcome
 LOGS = "ovas.logs"  # outcome: the last log lines, one per line
 MARK = "ovas.mark"  # mark
 AT = "ovas.at"  # mark
-CLAIM = "ovas.claim"  # slot, gpu: present on claims alone, so one list finds them all
+CLAIM = "ovas.claim"  # an earlier release's slot and gpu claims
 # The format of every record's labels, written on each by its `LabelCodec`. A container of
 # ovas's without it was made before formats were written (read as format 1, which it is); one
 # of another format is a newer release's, left alone (see `observe.read_summary`).
 FORMAT = PREFIX + FORMAT_KEY
-CURRENT_FORMAT = "1"
+CURRENT_FORMAT = "2"  # of the Kit container and the pending record; a fault's is 1
 
 CONTAINER, PENDING, FAULT, OUTCOME, MARK_RECORD, SLOT, GPU = (
     "container",
@@ -83,13 +84,13 @@ CONTAINER, PENDING, FAULT, OUTCOME, MARK_RECORD, SLOT, GPU = (
     "slot",
     "gpu",
 )
-SESSION_RECORDS = (CONTAINER, PENDING, OUTCOME)  # any of these is a session
-CLAIMS = (SLOT, GPU)  # what a session holds, released when it ends
+SESSION_RECORDS = (CONTAINER, PENDING, OUTCOME)  # any of these describes a session
+WORKLOADS = (CONTAINER, PENDING, FAULT)  # what a session's workload is
+CLAIMS = (SLOT, GPU)  # an earlier release's claims
 RECORD_KINDS = (*SESSION_RECORDS, FAULT, MARK_RECORD, *CLAIMS)
 RECORD_IMAGE = "ovas/record:1"
-MAX_LABEL = 4000  # characters of a message or logs kept in a label
+MAX_LABEL = 4000  # characters of a message kept in a label
 _PORT = re.compile(r"^(\w+):(\d+)/(tcp|udp)$")
-_PORT_SLOT = re.compile(r"^ovas-port-(tcp|udp)-(\d+)$")
 T = TypeVar("T")
 
 
@@ -108,64 +109,37 @@ class PortSpec:
 
 @dataclass(frozen=True)
 class SessionLabels:
-    """What the labels of a session record (Kit container, pending, outcome) say."""
+    """What the labels of a Kit container or pending record say (and an earlier release's
+    outcome record): the workload's `image`, `ports`, `gpus`, `probe` and `note`; and, in
+    `format` 1 alone, the session's fields (empty, and `created_time` None, in format 2)."""
 
     session_id: str
     record: str
-    app_id: str
-    version: str
-    profile: str
-    username: str
-    created_time: datetime
-    deadline: datetime
-    clocks: Clocks
-    image: str
+    image: str = ""
     ports: tuple[PortSpec, ...] = ()
     gpus: tuple[str, ...] = ()
     probe: Probe | None = None
     note: str = ""
+    format: int = 2
+    app_id: str = ""
+    version: str = ""
+    profile: str = ""
+    username: str = ""
+    created_time: datetime | None = None
+    deadline: datetime | None = None
+    clocks: Clocks = field(default_factory=Clocks)
     pool: str = ""
     rendering: str = ""  # none on sessions recorded before ovas kept it
+
+    @property
+    def earlier(self) -> bool:
+        """Written by an earlier release: the session's fields are here, not in the ledger."""
+        return self.format == 1
 
 
 def container_name(session_id: str, record: str = CONTAINER) -> str:
     """`ovas-<id>` for the Kit container, `ovas-<id>.<record>` for its records."""
     return f"ovas-{session_id}" if record == CONTAINER else f"ovas-{session_id}.{record}"
-
-
-def mark_name(session_id: str, mark: Mark) -> str:
-    return f"ovas-{session_id}.{mark.value}"
-
-
-def slot_name(index: int, username: str | None = None) -> str:
-    """`ovas-slot-<k>` for the shared capacity, `ovas-user-<hash>-<k>` for a user's."""
-    if username is None:
-        return f"{SLOT_PREFIX}{index}"
-    return f"ovas-user-{hashlib.sha256(username.encode()).hexdigest()[:12]}-{index}"
-
-
-def pool_slot_name(index: int, pool: str, key: str) -> str:
-    """`ovas-pool-<hash>-<k>`: one of the places of warm pool `pool`'s unclaimed sessions
-    of `key` (`SessionRequest.pool_key`: their version and rendering)."""
-    return f"{POOL_SLOT_PREFIX}{hashlib.sha256(f'{pool}@{key}'.encode()).hexdigest()[:12]}-{index}"
-
-
-POOL_SLOT_PREFIX = "ovas-pool-"
-PORT_SLOT_PREFIX = "ovas-port-"
-SLOT_PREFIX = "ovas-slot-"  # the shared capacity's slots
-
-
-def port_slot_name(index: int, protocol: str) -> str:
-    """`ovas-port-<protocol>-<k>`: one of the host ports of the range, of that protocol, a
-    session publishes (which port is Docker's choice)."""
-    return f"{PORT_SLOT_PREFIX}{protocol}-{index}"
-
-
-def parse_port_slot(name: str) -> tuple[str, int] | None:
-    """The protocol and index of a claim `port_slot_name` names, `("tcp", 3)`; None for any
-    other name."""
-    match = _PORT_SLOT.match(name)
-    return (match.group(1), int(match.group(2))) if match else None
 
 
 def ports_needed(kit: KitSpec) -> dict[str, int]:
@@ -179,17 +153,6 @@ def count_protocols(ports: tuple[PortSpec, ...]) -> dict[str, int]:
     for port in ports:
         needed[port.protocol] = needed.get(port.protocol, 0) + 1
     return needed
-
-
-def gpu_name(device_id: str) -> str:
-    """The claim of one GPU, by the id Docker's device request names it with. A CDI name
-    (`nvidia.com/gpu=0`) holds several characters a container name cannot, so its claim
-    also carries a digest of it, keeping two devices' claims apart:
-    `ovas-gpu-nvidia.com-gpu-0-<8 hex digits>`."""
-    name = "ovas-gpu-" + re.sub(r"[^A-Za-z0-9_.-]", "-", device_id)
-    if is_cdi_name(device_id):
-        name += "-" + hashlib.sha256(device_id.encode()).hexdigest()[:8]
-    return name
 
 
 def wanted_ports(kit: KitSpec) -> tuple[PortSpec, ...]:
@@ -252,27 +215,19 @@ def parse_clocks(text: str) -> Clocks:
     return Clocks(connect_timeout=connect, idle_timeout=idle, max_lifetime=lifetime)
 
 
-def session_labels(
+def workload_labels(
     request: SessionRequest, gpu_ids: list[str] | tuple[str, ...] = (), note: str = ""
 ) -> dict[str, str]:
-    """The labels every record of the session that describes it carries."""
+    """The labels of a session's workload (Kit container, pending record): whose it is, and
+    what observing it needs."""
     kit: KitSpec = request.kit
     return {
         SESSION: request.id,
-        APP: request.app.id,
-        VERSION: request.version.version,
-        PROFILE: request.profile.id,
-        USER: request.username,
-        CREATED: request.created_time.isoformat(),
-        DEADLINE: request.deadline.isoformat(),
-        CLOCKS: format_clocks(request.clocks),
         IMAGE: kit.image,
         PORTS: format_ports(wanted_ports(kit)),
         GPUS: ",".join(gpu_ids),
         PROBE: format_probe(kit.probe),
         NOTE: note,
-        POOL: request.pool,
-        RENDERING: request.rendering,
     }
 
 
@@ -306,7 +261,7 @@ def container_spec(
     return {
         "image": kit.image,
         "name": container_name(request.id),
-        "labels": RECORDS[CONTAINER].encode(session_labels(request, gpu_ids, note)),
+        "labels": RECORDS[CONTAINER].encode(workload_labels(request, gpu_ids, note)),
         "environment": dict(kit.env),
         "ports": [
             [p.container_port, p.protocol, address(p), host_ports] for p in wanted_ports(kit)
@@ -329,7 +284,7 @@ def create_arguments(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     if spec.get("mem_limit"):
         host["mem_limit"] = spec["mem_limit"]
     if spec.get("gpus"):
-        # Named devices, not a count: the GPU claims decided which GPUs this session holds.
+        # Named devices, not a count: the GPU places decided which GPUs this session holds.
         # Indexes and UUIDs leave the driver to Docker, as `docker run --gpus` does; CDI
         # names go to the `cdi` driver, as `docker run --device nvidia.com/gpu=0` sends them.
         named = [d for d in spec["gpus"] if not is_cdi_name(d)]
@@ -358,8 +313,8 @@ def record_spec(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
 
 
 def describing(labels: Mapping[str, str]) -> dict[str, str]:
-    """A session record's labels that describe the session (not what is particular to it,
-    nor its kind and format, which its own codec writes)."""
+    """A workload record's labels that describe the workload (not what is particular to
+    the record, nor its kind and format, which its own codec writes)."""
     own = (RECORD, SPEC, FORMAT)
     return {k: v for k, v in labels.items() if k.startswith(PREFIX) and k not in own}
 
@@ -375,54 +330,29 @@ def fault_labels(session_id: str, reason: Reason, detail: str) -> dict[str, str]
     return RECORDS[FAULT].encode(fields)
 
 
-def outcome_labels(
-    describing_labels: Mapping[str, str], outcome: Outcome, logs: list[str]
-) -> dict[str, str]:
-    return RECORDS[OUTCOME].encode(
-        {
-            **describing(describing_labels),
-            STATE: outcome.state.value,
-            REASON: outcome.reason.value,
-            MESSAGE: outcome.message[:MAX_LABEL],
-            ENDED: outcome.ended_time.isoformat(),
-            LOGS: "\n".join(logs)[-MAX_LABEL:],
-        }
-    )
-
-
-def mark_labels(
-    session_id: str, mark: Mark, at: datetime, username: str | None = None
-) -> dict[str, str]:
-    """A mark's labels; a claim's (`Mark.CLAIMED`) name its user too."""
-    fields = {SESSION: session_id, MARK: mark.value, AT: at.isoformat()}
-    if username is not None:
-        fields[USER] = username
-    return RECORDS[MARK_RECORD].encode(fields)
-
-
-def claim_labels(session_id: str, kind: str, username: str = "") -> dict[str, str]:
-    """A claim's labels: `kind` is `SLOT` or `GPU`."""
-    return RECORDS[kind].encode({SESSION: session_id, CLAIM: kind, USER: username})
-
-
 class LabelCodec(Generic[T]):
     """A `RecordCodec` over a Docker container's labels, for records of one kind.
 
     Label `ovas.<key>` is the record's field `<key>`: `ovas.record` holds its kind and
     `ovas.format` its format, both written by `encode`; labels outside `ovas.` (an image's
     own) are no part of it. `readers` maps each readable format to a function reading the
-    record's labels (`ovas.` names, without `ovas.record` and `ovas.format`) into `T`.
-    Labels without `ovas.format` (containers of the releases before formats were written)
-    are read as format 1."""
+    record's labels (`ovas.` names, without `ovas.record` and `ovas.format`) into `T`;
+    `current` is the format `encode` writes. Labels without `ovas.format` (containers of
+    the releases before formats were written) are read as format 1."""
 
-    def __init__(self, kind: str, readers: Mapping[int, Callable[[Mapping[str, str]], T]]):
+    def __init__(
+        self,
+        kind: str,
+        readers: Mapping[int, Callable[[Mapping[str, str]], T]],
+        current: int = 1,
+    ):
         def labelled(read: Callable[[Mapping[str, str]], T]) -> Callable[[Mapping[str, str]], T]:
             return lambda fields: read({PREFIX + k: v for k, v in fields.items()})
 
         self.kind = kind
         self.codec: RecordCodec[T] = RecordCodec(
             kind,
-            current=int(CURRENT_FORMAT),
+            current=current,
             readers={number: labelled(read) for number, read in readers.items()},
             legacy=1,
             kind_key=RECORD.removeprefix(PREFIX),
@@ -447,9 +377,10 @@ class LabelCodec(Generic[T]):
 
 
 def parse_labels(labels: Mapping[str, str], name: str = "") -> SessionLabels:
-    """Read a session record's labels (Kit container, pending, outcome), of any format this
-    release reads. Raises ValueError when they are no well-formed session record, and
-    `UnknownFormat` when their format is not one this release reads."""
+    """Read a session record's labels (Kit container, pending; an earlier release's
+    outcome), of any format this release reads. Raises ValueError when they are no
+    well-formed session record, and `UnknownFormat` when their format is not one this
+    release reads."""
     kind = labels.get(RECORD, "")
     if kind not in SESSION_RECORDS:
         raise ValueError(f"malformed ovas labels: {kind!r} is no session record")
@@ -471,7 +402,8 @@ def read_record(name: str, labels: Mapping[str, str]) -> Any:
 
 
 def _read_session_v1(record: str, labels: Mapping[str, str]) -> SessionLabels:
-    """Format 1 of a session record, `record` (container, pending, outcome): named labels,
+    """Format 1 of a session record, `record` (container, pending, outcome), as the releases
+    before the core's ledger wrote it: named labels, the session's fields with the workload's,
     the clocks as `format_clocks` writes them, the ports as `format_ports`, the probe as
     `format_probe`. Raises ValueError when they are not well formed."""
     try:
@@ -479,9 +411,9 @@ def _read_session_v1(record: str, labels: Mapping[str, str]) -> SessionLabels:
         deadline = datetime.fromisoformat(labels[DEADLINE])
         if created.tzinfo is None or deadline.tzinfo is None:
             raise ValueError("times without a time zone")
-        return SessionLabels(
-            session_id=labels[SESSION],
-            record=record,
+        return replace(
+            _read_workload_v2(record, labels),
+            format=1,
             app_id=labels[APP],
             version=labels[VERSION],
             profile=labels[PROFILE],
@@ -489,32 +421,54 @@ def _read_session_v1(record: str, labels: Mapping[str, str]) -> SessionLabels:
             created_time=created,
             deadline=deadline,
             clocks=parse_clocks(labels.get(CLOCKS, "")),
+            pool=labels.get(POOL, ""),
+            rendering=labels.get(RENDERING, ""),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed ovas labels: {exc!r}") from None
+
+
+def _read_workload_v2(record: str, labels: Mapping[str, str]) -> SessionLabels:
+    """Format 2 of a Kit container or pending record: whose workload it is and what
+    observing it needs (`workload_labels`). Raises ValueError when not well formed."""
+    try:
+        return SessionLabels(
+            session_id=labels[SESSION],
+            record=record,
             image=labels.get(IMAGE, ""),
             ports=parse_ports(labels.get(PORTS, "")),
             gpus=tuple(filter(None, labels.get(GPUS, "").split(","))),
             probe=parse_probe(labels.get(PROBE, "")),
             note=labels.get(NOTE, ""),
-            pool=labels.get(POOL, ""),
-            rendering=labels.get(RENDERING, ""),
         )
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed ovas labels: {exc!r}") from None
 
 
-# Every kind of record and how each format of it reads: the session records into
-# `SessionLabels`, the rest as their labels (format 1 is their current shape).
+# Every kind of record and how each format of it reads: the Kit container and the pending
+# record into `SessionLabels` (format 2 written), an earlier release's outcome too; the rest
+# as their labels (format 1 is their only shape).
 RECORDS: dict[str, LabelCodec[Any]] = {
     **{
-        kind: LabelCodec(kind, {1: functools.partial(_read_session_v1, kind)})
-        for kind in SESSION_RECORDS
+        kind: LabelCodec(
+            kind,
+            {
+                1: functools.partial(_read_session_v1, kind),
+                2: functools.partial(_read_workload_v2, kind),
+            },
+            current=2,
+        )
+        for kind in (CONTAINER, PENDING)
     },
+    OUTCOME: LabelCodec(OUTCOME, {1: functools.partial(_read_session_v1, OUTCOME)}),
     **{kind: LabelCodec(kind, {1: dict}) for kind in (FAULT, MARK_RECORD, *CLAIMS)},
 }
 assert set(RECORDS) == set(RECORD_KINDS)
 
 
 def parse_outcome(labels: Mapping[str, str]) -> tuple[Outcome, list[str]]:
-    """An outcome record's outcome and saved log lines. Raises ValueError."""
+    """An earlier release's outcome record: its outcome and saved log lines. Raises
+    ValueError."""
     try:
         outcome = Outcome(
             state=SessionState(labels[STATE]),

@@ -182,11 +182,12 @@ class Engine:
             except docker.errors.ImageNotFound:
                 return False
 
-    def claims(self) -> list[dict[str, Any]]:
-        """Every capacity slot and GPU claim, of any session: one call."""
+    def named(self, patterns: list[str]) -> list[dict[str, Any]]:
+        """Containers, of any state, whose name ("/" first) matches any of the regular
+        expressions `patterns`, as `containers.list` summaries: one call."""
         api = self.api()
         with self.translated():
-            return api.containers(all=True, filters={"label": c.CLAIM})
+            return api.containers(all=True, filters={"name": list(patterns)})
 
     def create_kit(self, spec: Mapping[str, Any]) -> tuple[str, str]:
         """Create a Kit container: (its id, '') or ('', the engine's reason for refusing);

@@ -62,6 +62,7 @@ from typing import Any
 
 from backends.docker import containers as c
 from backends.docker.engine import Engine
+from backends.docker.reads import Reads
 from ovas.errors import OvasError
 from ovas.ledger import Entry, Ledger, check_record
 
@@ -204,13 +205,17 @@ def chains(summaries: Iterable[Mapping[str, Any]]) -> dict[str, Chain]:
 
 class DockerLedger(Ledger):
     """The ledger on the Docker engine at `url` (None: DOCKER_HOST, else the default
-    socket), or on `engine`, shared with a `DockerBackend`. Contacts the engine on first
-    use, not when built, so `functools.partial(DockerLedger, url)` builds one in another
-    process. `calls` counts the engine calls made."""
+    socket), or on `engine`, shared with a `DockerBackend`, whose `reads` may then serve
+    `list` and `get` from a list it made anyway (`backends.docker.reads`). Contacts the
+    engine on first use, not when built, so `functools.partial(DockerLedger, url)` builds
+    one in another process. `calls` counts the engine calls made."""
 
-    def __init__(self, url: str | None = None, *, engine: Engine | None = None):
+    def __init__(
+        self, url: str | None = None, *, engine: Engine | None = None, reads: Reads | None = None
+    ):
         self.engine = engine or Engine(url)
         self._own_engine = engine is None
+        self.reads = reads
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
         self.calls = 0
@@ -265,15 +270,24 @@ class DockerLedger(Ledger):
         return Entry(entry.name, dict(data), new_version, created_of(chain.anchor))
 
     def list(self, prefix: str = "") -> list[Entry]:
-        # The engine narrows by name where the prefix is plain text; the label decides.
-        pattern = f"^/{PREFIX}{prefix.replace('.', '[.]')}" if _PREFIX_TEXT.match(prefix) else None
-        self._count()
-        found = chains(self.engine.labelled(NAME, pattern))
+        found = chains(self._listed(prefix))
         entries = (chain.entry() for name, chain in found.items() if name.startswith(prefix))
         return [e for e in entries if e is not None]
 
     def get(self, name: str) -> Entry | None:
-        return self._chain(name).entry()
+        found = chains(self._listed(name)).get(name)
+        return found.entry() if found is not None else None
+
+    def _listed(self, prefix: str) -> list[Mapping[str, Any]]:
+        """The containers of the records named `prefix`... (and maybe more): from the
+        backend's reads where they cover them, else one call. The engine narrows by name
+        where the prefix is plain text; the label decides."""
+        served = self.reads.ledger(prefix) if self.reads is not None else None
+        if served is not None:
+            return served
+        pattern = f"^/{PREFIX}{prefix.replace('.', '[.]')}" if _PREFIX_TEXT.match(prefix) else None
+        self._count()
+        return self.engine.labelled(NAME, pattern)
 
     def delete(self, target: Entry | str) -> bool:
         if isinstance(target, Entry):

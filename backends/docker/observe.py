@@ -1,4 +1,5 @@
-"""Sessions read back from Docker's container list: the records of each session grouped, and
+"""Workloads read back from Docker's container list: the containers of each session grouped
+(its Kit container, pending and fault records; an earlier release's records of it too), and
 what they show as an `Observation` for the core's lifecycle. Pure: the caller lists the
 containers and runs the probes and the client counts."""
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from backends.docker import containers as c
 from ovas.ledger import UnknownFormat
-from ovas.lifecycle import Mark, Observation, Record, Stage
+from ovas.lifecycle import Mark, Observation, Stage
 from ovas.models import Reason, Route
 from ovas.names import is_session_id
 
@@ -50,7 +51,8 @@ class Found:
 
 @dataclass
 class SessionObjects:
-    """Every container of one session."""
+    """Every container of one session: its workload (`container`, `pending`, `fault`), and
+    what an earlier release recorded of it (`outcome`, `marks`, `claims`)."""
 
     session_id: str
     container: Found | None = None
@@ -62,15 +64,25 @@ class SessionObjects:
 
     @property
     def exists(self) -> bool:
-        """A session is its Kit container, its pending record or its outcome."""
-        return any((self.container, self.pending, self.outcome))
+        """Whether anything but an earlier release's marks and claims is left of it."""
+        return any((self.container, self.pending, self.fault, self.outcome))
 
     @property
-    def describing(self) -> Found:
-        """The record whose labels describe the session."""
-        found = self.outcome or self.container or self.pending
-        assert found is not None
-        return found
+    def workload(self) -> bool:
+        """Whether it has a workload to observe: its Kit container, pending or fault record;
+        for a session an earlier release ended (`outcome`), only while that release left its
+        end half done (the Kit container runs, or a pending or fault record is left), which
+        stopping the workload completes."""
+        if self.outcome is None:
+            return any((self.container, self.pending, self.fault))
+        running = self.container is not None and self.container.state == "running"
+        return running or self.pending is not None or self.fault is not None
+
+    @property
+    def describing(self) -> Found | None:
+        """The record whose labels describe the workload (an earlier release's outcome
+        describes its session too); None for a fault alone."""
+        return self.outcome or self.container or self.pending
 
     @property
     def every(self) -> list[Found]:
@@ -111,8 +123,9 @@ def read_summary(summary: Mapping[str, Any]) -> Found:
 
 
 def group(summaries: Iterable[Mapping[str, Any]]) -> tuple[dict[str, SessionObjects], list]:
-    """Sessions' containers by session id (claims and marks of sessions that no longer
-    exist included), and the summaries that are no well-formed record of ovas."""
+    """Sessions' containers by session id (an earlier release's claims and marks of
+    sessions that no longer exist included), and the summaries that are no well-formed
+    record of ovas."""
     sessions: dict[str, SessionObjects] = {}
     malformed = []
     for summary in summaries:
@@ -152,58 +165,6 @@ def _left_alone(why: str) -> None:
         log.warning("leaving a record alone: %s, which this release cannot read", why)
 
 
-def unclaimed_ports(objects: SessionObjects) -> dict[str, int]:
-    """Host ports of each protocol the session publishes that no `ovas-port-` claim of its
-    counts, `{"tcp": 2, "udp": 1}`: a session started by an ovas that took no port claims
-    (an earlier release) until `collect` claims them. Nothing for a session whose outcome is
-    recorded: it publishes no more."""
-    if not objects.exists or objects.outcome is not None:
-        return {}
-    publishes = c.count_protocols(c.parse_labels(objects.describing.labels).ports)
-    for found in objects.claims:
-        protocol, _ = c.parse_port_slot(found.name) or ("", 0)
-        if protocol in publishes:
-            publishes[protocol] -= 1
-    return {protocol: n for protocol, n in publishes.items() if n > 0}
-
-
-def record_of(objects: SessionObjects) -> Record:
-    """The session's record: what was asked, its marks and its outcome."""
-    labels = c.parse_labels(objects.describing.labels)
-    marks = {}
-    for mark, found in objects.marks.items():
-        try:
-            marks[mark] = datetime.fromisoformat(found.labels[c.AT])
-        except (KeyError, ValueError):
-            continue
-    outcome = None
-    if objects.outcome is not None:
-        try:
-            outcome = c.parse_outcome(objects.outcome.labels)[0]
-        except ValueError:
-            outcome = None
-    username = labels.username
-    claim = objects.marks.get(Mark.CLAIMED)
-    if labels.pool and claim is not None and Mark.CLAIMED in marks:
-        username = claim.labels.get(c.USER, "")
-    else:
-        marks.pop(Mark.CLAIMED, None)
-    return Record(
-        id=labels.session_id,
-        app_id=labels.app_id,
-        version=labels.version,
-        profile=labels.profile,
-        username=username,
-        pool=labels.pool,
-        rendering=labels.rendering,
-        created_time=labels.created_time,
-        deadline=labels.deadline,
-        clocks=labels.clocks,
-        marks=marks,
-        outcome=outcome,
-    )
-
-
 @dataclass(frozen=True)
 class Exit:
     """What inspecting an exited Kit container adds to its exit code."""
@@ -233,15 +194,14 @@ def observation(
     progress: str = "",
     exit_info: Exit | None = None,
 ) -> Observation:
-    """What the records show. `probe_ok` is the probe's verdict on a running container,
-    `connections` its clients, `progress` a pull's, `exit_info` an exited container's.
-    `probe_host` is where ovas itself reaches the published ports: with the signaling
-    host port, where the signaling gateway reaches the session."""
+    """What the workload's containers show (`objects.workload`). `probe_ok` is the probe's
+    verdict on a running container, `connections` its clients, `progress` a pull's,
+    `exit_info` an exited container's. `probe_host` is where ovas itself reaches the
+    published ports: with the signaling host port, where the signaling gateway reaches
+    the session."""
     container = objects.container
-    labels = c.parse_labels(objects.describing.labels)
-    note = labels.note
-    if objects.outcome is not None:
-        return Observation(Stage.GONE, note=note)
+    describing = objects.describing
+    note = c.parse_labels(describing.labels).note if describing is not None else ""
     if objects.fault is not None:
         fault = objects.fault.labels
         try:
@@ -249,6 +209,8 @@ def observation(
         except ValueError:
             reason = Reason.CREATE_FAILED
         return Observation(Stage.FAULT, fault=reason, detail=fault.get(c.DETAIL, ""), note=note)
+    assert describing is not None
+    labels = c.parse_labels(describing.labels)
     if container is None:
         detail = progress or f"Pulling the image {labels.image}"
         return Observation(Stage.WAITING, detail=detail, note=note)

@@ -25,6 +25,7 @@ from support import dockerd
 
 from backends.docker import DockerBackend
 from backends.docker import containers as c
+from backends.docker.ledger import NAME as LEDGER
 from ovas.catalog_files import FileCatalog
 from ovas.idempotency import PREFIX as KEYS
 from ovas.models import SessionRequest
@@ -104,8 +105,10 @@ def catalog(catalog_dir) -> FileCatalog:
 @pytest.fixture
 def new_backend(docker_daemon, catalog, engine) -> Iterator[Callable[..., DockerBackend]]:
     """`new_backend(**options)`: a DockerBackend on the test daemon, as a freshly started ovas
-    process would build it. At the end, every session made during the test is removed."""
+    process would build it. At the end, every session made during the test is removed, with
+    the records the core kept of it in the ledger (its record, its places)."""
     before = _session_containers(engine)
+    records_before = _ledger_containers(engine)
     made: list[DockerBackend] = []
 
     def build(**options) -> DockerBackend:
@@ -113,7 +116,6 @@ def new_backend(docker_daemon, catalog, engine) -> Iterator[Callable[..., Docker
             "docker_host": docker_daemon.url,
             "port_range": TEST_PORTS,
             "gpus": "none",
-            "stop_grace": 2,
             **options,
         }
         backend = DockerBackend(catalog, **settings)
@@ -130,15 +132,33 @@ def new_backend(docker_daemon, catalog, engine) -> Iterator[Callable[..., Docker
         for entry in [*ledger.list(LINE_RECORDS), *ledger.list(KEYS)]:
             ledger.delete(entry.name)
     _remove_session_containers(engine, but=before)
+    # The sessions' records and the places they held, as a test's would hold the next's.
+    for container_id in _ledger_containers(engine, SESSION_RECORDS) - records_before:
+        with contextlib.suppress(docker.errors.APIError):
+            engine.remove_container(container_id, force=True)
 
 
 @pytest.fixture
 def leftovers(engine) -> Iterator[None]:
     """Removes every session container made during the test (by a server process of its own,
-    say, which no `new_backend` cleans up after)."""
+    say, which no `new_backend` cleans up after), and the records the core kept of them."""
     before = _session_containers(engine)
+    records_before = _ledger_containers(engine)
     yield
     _remove_session_containers(engine, but=before)
+    for container_id in _ledger_containers(engine) - records_before:
+        with contextlib.suppress(docker.errors.APIError):
+            engine.remove_container(container_id, force=True)
+
+
+# The ledger records the core keeps of sessions: theirs, their places, their removals.
+SESSION_RECORDS = ("session.", "slot.", "removal.")
+
+
+def _ledger_containers(engine, prefixes=SESSION_RECORDS) -> set[str]:
+    """The IDs of the ledger's containers holding records named `prefixes`..."""
+    found = engine.containers(all=True, filters={"label": LEDGER})
+    return {s["Id"] for s in found if s["Labels"].get(LEDGER, "").startswith(tuple(prefixes))}
 
 
 def _session_containers(engine) -> set[str]:
@@ -149,7 +169,7 @@ def _session_containers(engine) -> set[str]:
 def _remove_session_containers(engine, but: set[str]) -> None:
     """Removes (forced) the containers carrying ovas's session label whose IDs are not in `but`."""
     for container_id in _session_containers(engine) - but:
-        with contextlib.suppress(docker.errors.NotFound):
+        with contextlib.suppress(docker.errors.APIError):
             engine.remove_container(container_id, force=True)
 
 

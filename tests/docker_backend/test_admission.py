@@ -1,6 +1,7 @@
-"""Admission on a real Docker daemon: capacity slots and GPUs are never over-given, with
-concurrent starts in one process or in several, and after a restart of ovas; host ports are
-Docker's to pick from the range, skipping any another program holds."""
+"""Admission on a real Docker daemon: capacity slots, host ports and GPUs, places in the
+core's ledger, are never over-given, with concurrent starts in one process or in several,
+and after a restart of ovas; host ports are Docker's to pick from the range, skipping any
+another program holds, and counted by their places."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from support import dockerd
+from support.docker_earlier import kit_labels
 
 from backends.docker import containers as c
-from backends.docker.backend import ORPHAN_GRACE
 from backends.docker.gpus import Gpu, Inventory
 from backends.docker.ports import as_text, parse_port_range
-from ovas.errors import CapacityExceeded, SessionNotFound
+from ovas.errors import CapacityExceeded
 from ovas.models import Reason, SessionState
 from ovas.testing import FakeClock, service_for, wait_for
 from ovas.testing.requests import STANDIN_EXIT_CODE, STANDIN_READY_DELAY
@@ -47,6 +48,15 @@ def start_all(backend, requests):
     for thread in threads:
         thread.join()
     return started, refused
+
+
+def places(backend, kind: str = "", session_id: str | None = None) -> list[str]:
+    """The names of the places (`slot.<kind>...`) held in the ledger (by `session_id`)."""
+    return sorted(
+        e.name
+        for e in backend.ledger.list(f"slot.{kind}")
+        if session_id in (None, e.data.get("session"))
+    )
 
 
 def kit_container(ours, session_id):
@@ -77,19 +87,16 @@ def test_twenty_starts_in_four_processes_admit_exactly_capacity(
     refused = [m for r in results for m in r["refused"]]
     assert len(started) == 5, results
     assert len(refused) == 15 and all("All 5 session slots" in m for m in refused)
-    assert {s["Labels"][c.SESSION] for s in ours() if c.CLAIM not in s["Labels"]} == set(started)
-    slots = [s["Names"][0] for s in ours() if s["Labels"].get(c.RECORD) == c.SLOT]
-    assert sorted(n for n in slots if n.startswith("/ovas-slot-")) == [
-        f"/ovas-slot-{k}" for k in range(5)
-    ]
+    assert {s["Labels"][c.SESSION] for s in ours()} == set(started)
+    assert places(backend, "all.") == [f"slot.all.{k}" for k in range(5)]
+    held = {e.data["session"] for e in backend.ledger.list("slot.")}
+    assert held == set(started)
     # And the host ports each publishes: signaling and probe (TCP), media (UDP).
-    ports = [n for n in slots if n.startswith("/" + c.PORT_SLOT_PREFIX)]
-    assert len(ports) == len(set(ports)) == 15
-    assert sum(n.startswith("/ovas-port-udp-") for n in ports) == 5
+    assert len(places(backend, "port-tcp.")) == 10 and len(places(backend, "port-udp.")) == 5
 
     for session_id in started:
         backend.stop(session_id)
-    assert ours() == []  # nothing left behind: sessions, slots
+    assert ours() == [] and places(backend) == []  # nothing left behind: sessions, places
 
 
 def test_an_ended_session_frees_its_slot_while_it_is_kept(backend, standin_request, ours):
@@ -99,8 +106,8 @@ def test_an_ended_session_frees_its_slot_while_it_is_kept(backend, standin_reque
         backend.start(standin_request(capacity=1))
     failed = wait_for(sessions, broken.record.id, SessionState.FAILED)
     assert failed.reason is Reason.EXITED
-    # Failed, it is kept for its retention, and holds no slot.
-    assert not [s for s in ours(failed.id) if s["Labels"][c.RECORD] == c.SLOT]
+    # Failed, it is kept for its retention, and holds no place.
+    assert places(backend, session_id=failed.id) == []
     admitted = backend.start(standin_request(capacity=1))
     assert sessions.get(admitted.record.id).state is SessionState.CREATING
     assert sessions.get(failed.id).state is SessionState.FAILED
@@ -158,13 +165,13 @@ def test_the_gpu_ledger_gives_each_gpu_to_one_session(new_backend, standin_reque
     started, refused = start_all(backend, [standin_request(gpus=1) for _ in range(8)])
     assert len(started) == 2 and len(refused) == 6
     assert all("asks for 1 GPU; 0 of the 2 GPUs" in e.message for e in refused)
-    claims = sorted(s["Names"][0] for s in ours() if s["Labels"].get(c.RECORD) == c.GPU)
-    assert claims == ["/ovas-gpu-GPU-0000-test", "/ovas-gpu-GPU-1111-test"]
+    given = sorted(e.data["place"] for e in backend.ledger.list("slot.gpu."))
+    assert given == ["GPU-0000-test", "GPU-1111-test"]
     kinds = (c.PENDING, c.CONTAINER)
     held = sorted(s["Labels"][c.GPUS] for s in ours() if s["Labels"].get(c.RECORD) in kinds)
     assert held == ["GPU-0000-test", "GPU-1111-test"]
 
-    restarted = new_backend(gpus=TWO_GPUS, now=clock)  # the claims are in the engine
+    restarted = new_backend(gpus=TWO_GPUS, now=clock)  # the places are in the engine
     with pytest.raises(CapacityExceeded, match="0 of the 2 GPUs"):
         restarted.start(standin_request(gpus=1))
     # This daemon has no NVIDIA runtime: each session fails and says why, and its GPU is
@@ -196,16 +203,17 @@ def test_gpus_by_cdi_name_are_claimed_once_and_asked_of_the_cdi_driver(
     held = sorted(s["Labels"][c.GPUS] for s in ours() if s["Labels"].get(c.RECORD) in kinds)
     assert held == ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]
     # This daemon has no CDI: it takes the request, and refuses to start the container.
-    sessions = service_for(backend, retention=600)
     for start in started:
-        failed = wait_for(sessions, start.record.id, SessionState.FAILED)
-        assert "CDI" in failed.message and "nvidia-ctk cdi generate" in failed.message
         requested = engine.inspect_container(kit_container(ours, start.record.id)["Id"])
         (device,) = requested["HostConfig"]["DeviceRequests"]
         assert (device["Driver"], device["DeviceIDs"]) == (
             "cdi",
             [c.parse_labels(kit_or_pending(ours, start.record.id)).gpus[0]],
         )
+    sessions = service_for(backend, retention=600)
+    for start in started:
+        failed = wait_for(sessions, start.record.id, SessionState.FAILED)
+        assert "CDI" in failed.message and "nvidia-ctk cdi generate" in failed.message
 
 
 def kit_or_pending(ours, session_id):
@@ -237,97 +245,97 @@ def test_a_slot_held_by_an_exited_container_is_free_for_the_next_start(new_backe
     assert sessions.get(first).state.final
 
 
-def test_a_slot_of_a_container_removed_by_hand_is_free_once_the_grace_passes(new_backend, engine):
-    clock = FakeClock(ticking=True)
-    sessions = service_for(new_backend(now=clock), capacity=1)
+def test_a_slot_of_a_starting_session_removed_by_hand_is_free_at_once(new_backend, engine):
+    backend = new_backend(now=FakeClock(ticking=True))
+    sessions = service_for(backend, capacity=1)
     first = sessions.start("kit-standin", "standin").id
     dockerd.wait_running(engine, c.container_name(first))
     engine.remove_container(c.container_name(first), force=True)
-    with pytest.raises(CapacityExceeded):  # a claim this young may be a start in progress
-        sessions.start("kit-standin", "standin")
-    clock.advance(ORPHAN_GRACE.total_seconds() + 1)
-    assert sessions.start("kit-standin", "standin").id != first
+    # Its record says it was started: the refused start ends it and goes ahead.
+    second = sessions.start("kit-standin", "standin").id
+    assert second != first
+    lost = sessions.get(first)
+    assert (lost.state, lost.reason) == (SessionState.FAILED, Reason.LOST)
+    assert places(backend, session_id=first) == []
 
 
 def test_a_slot_of_a_ready_session_removed_by_hand_is_free_at_once(new_backend, engine):
-    sessions = service_for(new_backend(now=FakeClock(ticking=True)), capacity=1)
+    backend = new_backend(now=FakeClock(ticking=True))
+    sessions = service_for(backend, capacity=1)
     first = sessions.start("kit-standin", "standin").id
     assert wait_for(sessions, first, {SessionState.READY}, 60).state is SessionState.READY
     engine.remove_container(c.container_name(first), force=True)
-    # Its ready mark shows it was started: the refused start frees its slot and goes ahead.
+    # The refused start ends it, which frees its slot, and goes ahead.
     second = sessions.start("kit-standin", "standin").id
     assert second != first
-    with pytest.raises(SessionNotFound):
-        sessions.get(first)
+    lost = sessions.get(first)
+    assert (lost.state, lost.reason) == (SessionState.FAILED, Reason.LOST)
+    assert (
+        lost.message
+        == "The session's container or pod was removed outside ovas: its workload is gone"
+    )
     assert wait_for(sessions, second, {SessionState.READY}, 60).state is SessionState.READY
     engine.remove_container(c.container_name(second), force=True)
-    removed = sessions.reap_pass(tend_pools=False)  # one pass frees what it held
-    assert c.slot_name(0) in removed, removed
-
-
-# The labels the release before port claims gave a session's Kit container.
-EARLIER_LABELS = (
-    "ovas.session",
-    "ovas.record",
-    "ovas.app",
-    "ovas.version",
-    "ovas.profile",
-    "ovas.user",
-    "ovas.created",
-    "ovas.deadline",
-    "ovas.clocks",
-    "ovas.image",
-    "ovas.ports",
-    "ovas.gpus",
-    "ovas.probe",
-    "ovas.note",
-    "ovas.pool",
-)
+    sessions.reap_pass(tend_pools=False)  # one pass frees what it held
+    assert places(backend, session_id=second) == []
+    assert sessions.get(second).reason is Reason.LOST
 
 
 def started_earlier(backend, request, engine) -> str:
-    """A Kit container as the release before port claims started it: labelled as it
-    labelled one, publishing its ports from the range, holding no claim. Its session id."""
+    """A Kit container as the release before port claims and the core's ledger started it:
+    labelled as it labelled one, publishing its ports from the range, holding no place. Its
+    session id."""
     spec = c.container_spec(request, [], host_ports=as_text(backend.ports))
-    spec["labels"] = {k: v for k, v in spec["labels"].items() if k in EARLIER_LABELS}
+    spec["labels"] = kit_labels(request)
     container_id, refusal = backend.engine.create_kit(spec)
     assert not refusal and not backend.engine.start(container_id)
     dockerd.wait_running(engine, spec["name"])
     return request.id
 
 
-def port_claims(ours, session_id=None) -> list[str]:
-    return sorted(
-        s["Names"][0].lstrip("/")
-        for s in ours(session_id)
-        if s["Names"][0].startswith("/" + c.PORT_SLOT_PREFIX)
-    )
+def port_places(backend, session_id=None) -> list[str]:
+    """The kinds of the host port places held (by `session_id`), sorted."""
+    return sorted(n.split(".")[1] for n in places(backend, "port-", session_id))
 
 
-def test_ports_a_session_of_the_earlier_release_publishes_are_counted_then_claimed(
+def test_ports_a_session_of_the_earlier_release_publishes_are_counted_then_recorded(
     new_backend, standin_request, engine, ours
 ):
     # Four ports: room for two stand-ins (two TCP ports and one UDP port each).
-    backend = new_backend(port_range=dockerd.free_ports(4))
+    ports = dockerd.free_ports(4)
+    backend = new_backend(port_range=ports)
     earlier = started_earlier(backend, standin_request(), engine)
-    assert port_claims(ours) == []
-    # Before any clean-up has run, its ports are counted: one more session, not two.
+    assert places(backend) == []
+    # Read as it starts, its ports are counted: one more session, not two.
     first = backend.start(standin_request()).record.id
+    assert port_places(backend, earlier) == ["port-tcp", "port-tcp", "port-udp"]
     with pytest.raises(CapacityExceeded, match="OVAS_DOCKER_PORT_RANGE"):
         backend.start(standin_request())
     backend.stop(first)
 
     sessions = service_for(backend)
-    sessions.reap()  # claims what it publishes, at the places a start left for it
-    held = ["ovas-port-tcp-2", "ovas-port-tcp-3", "ovas-port-udp-3"]
-    assert port_claims(ours, earlier) == held
-    sessions.reap()  # once
-    assert port_claims(ours) == held
-    # Two processes that claimed them at once: the extra place is given back.
-    extra = c.record_spec("ovas-port-tcp-1", c.claim_labels(earlier, c.SLOT))
-    assert backend.engine.create_record(extra)
     sessions.reap()
-    assert port_claims(ours) == held
+    sessions.reap()  # once
+    assert port_places(backend) == ["port-tcp", "port-tcp", "port-udp"]
+    # Processes reading it at once record it once: the places of those that lost go.
+    ledger = backend.ledger
+    ledger.delete(ledger.get(f"session.{earlier}"))
+    for place in ledger.list("slot."):
+        ledger.delete(place)
+    others = [new_backend(port_range=ports) for _ in range(3)]
+    barrier = threading.Barrier(len(others))
+
+    def read(other):
+        barrier.wait()
+        other.observe_all()
+
+    threads = [threading.Thread(target=read, args=(o,)) for o in others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert port_places(backend) == ["port-tcp", "port-tcp", "port-udp"]
+    assert len(places(backend, "all.")) == 1
 
     second = backend.start(standin_request()).record.id
     with pytest.raises(CapacityExceeded, match="OVAS_DOCKER_PORT_RANGE"):
@@ -339,5 +347,5 @@ def test_ports_a_session_of_the_earlier_release_publishes_are_counted_then_claim
     assert kept.state is SessionState.READY and len(kept.routes) == 2
     # Once it ends, its places are free for the next start.
     sessions.stop(earlier)
-    assert port_claims(ours, earlier) == []
+    assert port_places(backend, earlier) == [] and ours(earlier) == []
     assert backend.start(standin_request())

@@ -4,25 +4,26 @@ ledger, client counts, and what a session's records show."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.docker_earlier import kit_labels, mark_container
 
 from backends.docker import containers as c
-from backends.docker import observe
+from backends.docker import earlier, observe
 from backends.docker.connections import count_established
 from backends.docker.gpus import Gpu, GpuLedger, Inventory, inventory, parse_nvidia_smi
 from backends.docker.ports import ephemeral_overlap, parse_port_range
 from backends.docker.pulls import PullProgress
 from ovas.catalog_files import FileCatalog
 from ovas.errors import CapacityExceeded, ConfigurationError, Unsatisfiable
-from ovas.ledger import LedgerError, UnknownFormat
-from ovas.lifecycle import Mark, Outcome, Stage
+from ovas.ledger import NAME_PATTERN, LedgerError, UnknownFormat
+from ovas.lifecycle import Mark, Outcome, Record, Stage
 from ovas.models import Reason, SessionState
 from ovas.testing import make_request
+from ovas.workloads import Places, place_name
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,8 +127,6 @@ def test_gpus_become_a_device_request_for_those_devices(request_):
         {"driver": "", "device_ids": ["GPU-aaa", "GPU-bbb"], "capabilities": [["gpu"]]}
     ]
     assert spec["labels"][c.GPUS] == "GPU-aaa,GPU-bbb"
-    assert c.gpu_name("GPU-aaa") == "ovas-gpu-GPU-aaa"
-    assert c.gpu_name("MIG-1/2") == "ovas-gpu-MIG-1-2"
 
 
 def test_gpus_by_cdi_name_become_a_request_to_the_cdi_driver(request_):
@@ -139,24 +138,26 @@ def test_gpus_by_cdi_name_become_a_request_to_the_cdi_driver(request_):
         {"driver": "cdi", "device_ids": ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]}
     ]
     assert c.parse_labels(spec["labels"]).gpus == ("nvidia.com/gpu=0", "nvidia.com/gpu=1")
-    names = {c.gpu_name(d) for d in ("a.com/gpu=0-1", "a.com/gpu-0=1", "nvidia.com/gpu=all")}
-    assert len(names) == 3  # a claim per device, though `/` and `=` become `-`
-    assert all(re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", name) for name in names)
+    names = {place_name("gpu", d) for d in ("a.com/gpu=0-1", "a.com/gpu-0=1", "nvidia.com/gpu=all")}
+    assert len(names) == 3  # a place per device, though its name is a digest
+    assert all(NAME_PATTERN.fullmatch(name) for name in names)
 
 
-def test_labels_read_back_the_session(request_):
+def test_labels_read_back_the_workload_and_no_more(request_):
     spec = c.container_spec(request_, ["0"])
     labels = c.parse_labels(spec["labels"])
-    assert labels.session_id == request_.id
-    assert (labels.app_id, labels.version, labels.profile, labels.username) == (
-        "kit-standin",
-        "1.0.0",
-        "standin",
-        "alice",
-    )
-    assert labels.created_time == request_.created_time
-    assert labels.deadline == request_.deadline
-    assert labels.clocks == request_.clocks
+    assert labels.session_id == request_.id and not labels.earlier
+    # The session's fields are the core's record, in the ledger: not on the container.
+    assert {k for k in spec["labels"] if k.startswith("ovas.")} == {
+        c.SESSION,
+        c.RECORD,
+        c.FORMAT,
+        c.IMAGE,
+        c.PORTS,
+        c.GPUS,
+        c.PROBE,
+        c.NOTE,
+    }
     assert [(p.name, p.key) for p in labels.ports] == [
         ("signaling", "49100/tcp"),
         ("media", "47998/udp"),
@@ -166,14 +167,22 @@ def test_labels_read_back_the_session(request_):
     assert labels.probe.kind == "http" and labels.probe.port == 8011
 
 
-def test_labels_without_a_format_are_read_as_format_1(request_):
-    # As the releases before record formats wrote them: the same labels, no ovas.format.
-    written = c.container_spec(request_, ["0"])["labels"]
-    assert written[c.FORMAT] == c.CURRENT_FORMAT == "1"
-    earlier = {k: v for k, v in written.items() if k != c.FORMAT}
-    assert c.RECORDS[c.CONTAINER].decode("ovas-x", earlier) == c.parse_labels(written)
-    mark = dict(c.mark_labels(request_.id, Mark.READY, request_.created_time))
-    del mark[c.FORMAT]
+def test_labels_of_the_releases_before_are_read_with_the_session(request_):
+    # As the releases before record formats wrote them: the session's fields, no format.
+    earlier = kit_labels(request_, ("0",))
+    labels = c.parse_labels(earlier)
+    assert labels.earlier and labels.session_id == request_.id
+    assert (labels.app_id, labels.version, labels.profile, labels.username) == (
+        "kit-standin",
+        "1.0.0",
+        "standin",
+        "alice",
+    )
+    assert (labels.created_time, labels.deadline) == (request_.created_time, request_.deadline)
+    assert labels.clocks == request_.clocks and labels.gpus == ("0",)
+    # The release before the core's ledger wrote them in format 1: read the same.
+    assert c.parse_labels({**earlier, c.FORMAT: "1"}) == labels
+    mark = mark_container(request_.id, Mark.READY, request_.created_time)["labels"]
     assert c.read_record("ovas-x.ready", mark)[c.AT] == request_.created_time.isoformat()
 
 
@@ -182,12 +191,12 @@ def test_labels_of_a_newer_format_are_refused_by_the_codec_and_left_alone(reques
     labels = {
         **c.container_spec(request_, [])["labels"],
         c.RECORD: record,
-        c.FORMAT: "2",
+        c.FORMAT: "3",
         "ovas.spec-of-a-newer-release": "{}",
     }
     with pytest.raises(UnknownFormat) as refused:
         c.read_record("ovas-x", labels)
-    assert (refused.value.name, refused.value.format) == ("ovas-x", "2")
+    assert (refused.value.name, refused.value.format) == ("ovas-x", "3")
     if record == c.CONTAINER:
         with pytest.raises(UnknownFormat):
             c.parse_labels(labels)
@@ -199,14 +208,16 @@ def test_labels_of_a_newer_format_are_refused_by_the_codec_and_left_alone(reques
 
 def test_the_codec_writes_the_kind_and_format_and_keeps_them(request_):
     labels = c.fault_labels(request_.id, Reason.IMAGE_PULL, "manifest unknown")
-    assert (labels[c.RECORD], labels[c.FORMAT]) == (c.FAULT, c.CURRENT_FORMAT)
+    assert (labels[c.RECORD], labels[c.FORMAT]) == (c.FAULT, "1")
+    kit = c.container_spec(request_, [])["labels"]
+    assert (kit[c.RECORD], kit[c.FORMAT]) == (c.CONTAINER, c.CURRENT_FORMAT)
     with pytest.raises(LedgerError):
         c.RECORDS[c.FAULT].encode({**labels})
     with pytest.raises(LedgerError):
         c.RECORDS[c.FAULT].encode({"com.example.label": "x"})
 
 
-def test_records_keep_the_spec_the_fault_and_the_outcome(request_):
+def test_records_keep_the_spec_and_the_fault_and_read_an_earlier_outcome(request_):
     spec = c.container_spec(request_, [])
     pending = c.record_spec(c.container_name(request_.id, c.PENDING), c.pending_labels(spec))
     assert pending["name"] == f"ovas-{request_.id}.pending"
@@ -216,7 +227,7 @@ def test_records_keep_the_spec_the_fault_and_the_outcome(request_):
     fault = c.fault_labels(request_.id, Reason.IMAGE_PULL, "manifest unknown")
     assert (fault[c.REASON], fault[c.DETAIL]) == ("image_pull", "manifest unknown")
     outcome = Outcome(SessionState.ENDED, Reason.IDLE_TIMEOUT, "Ended: idle", request_.deadline)
-    kept = c.outcome_labels(spec["labels"], outcome, ["a", "b"])
+    kept = earlier_outcome(request_, outcome, ["a", "b"])
     assert c.parse_outcome(kept) == (outcome, ["a", "b"])
     assert c.parse_labels(kept).session_id == request_.id
 
@@ -428,27 +439,56 @@ def test_what_a_sessions_records_show(request_):
     )
 
 
-def test_a_session_is_its_records_and_its_marks_are_read_back(request_):
-    spec = c.container_spec(request_, [])
+def test_a_session_of_an_earlier_release_is_read_from_its_records_and_marks(request_):
     at = request_.created_time + timedelta(seconds=30)
-    mark = c.mark_labels(request_.id, Mark.READY, at)
-    slot = c.claim_labels(request_.id, c.SLOT, "alice")
+    mark = mark_container(request_.id, Mark.READY, at)
+    slot = {c.SESSION: request_.id, c.RECORD: c.SLOT, c.CLAIM: c.SLOT, c.USER: "alice"}
     sessions, malformed = observe.group(
         [
-            summary(spec["labels"], c.CONTAINER),
-            summary(mark, c.mark_name(request_.id, Mark.READY)),
+            summary(kit_labels(request_), c.CONTAINER, ports=PUBLISHED),
+            summary(mark["labels"], mark["name"]),
             summary(slot, "ovas-slot-0"),
         ]
     )
     assert not malformed
     objects = sessions[request_.id]
-    assert objects.exists and [f.name for f in objects.claims] == ["ovas-slot-0"]
-    record = observe.record_of(objects)
-    assert record.marks == {Mark.READY: at}
-    assert (record.username, record.clocks, record.outcome) == ("alice", request_.clocks, None)
-    # Claims and marks alone are no session: the reaper removes them once old enough.
+    assert objects.workload and [f.name for f in objects.claims] == ["ovas-slot-0"]
+    assert earlier.is_earlier(objects)
+    record = earlier.record_of(objects)
+    assert record == replace(Record.of(request_), marks={Mark.READY: at})
+    found = earlier.earlier_record(
+        objects,
+        logs=lambda container_id: [],
+        gpu_ids=str,
+        ports=lambda protocol, count: Places(f"port-{protocol}", ("0", "1"), count, str),
+    )
+    assert [(p.kind, p.need) for p in found.places] == [("port-tcp", 2), ("port-udp", 1)]
+    # Its claims and marks alone are no session: the reaper removes them once old enough.
     alone, _ = observe.group([summary(slot, "ovas-slot-1")])
-    assert not alone[request_.id].exists
+    assert not alone[request_.id].exists and not alone[request_.id].workload
+    # Ended (and its end complete), it has no workload: its containers stay, for its logs.
+    outcome = Outcome(SessionState.ENDED, Reason.IDLE_TIMEOUT, "Ended: idle", at)
+    ended, _ = observe.group(
+        [
+            summary(kit_labels(request_), c.CONTAINER, "exited", "Exited (0) 1 second ago"),
+            summary(earlier_outcome(request_, outcome, ["x"]), c.OUTCOME),
+        ]
+    )
+    assert ended[request_.id].exists and not ended[request_.id].workload
+    assert earlier.record_of(ended[request_.id]).outcome == outcome
+
+
+def earlier_outcome(request, outcome: Outcome, logs: list[str]) -> dict[str, str]:
+    """An outcome record's labels, as the releases before the core's ledger wrote them."""
+    return {
+        **kit_labels(request),
+        c.RECORD: c.OUTCOME,
+        c.STATE: outcome.state.value,
+        c.REASON: outcome.reason.value,
+        c.MESSAGE: outcome.message,
+        c.ENDED: outcome.ended_time.isoformat(),
+        c.LOGS: "\n".join(logs),
+    }
 
 
 def test_a_record_whose_name_does_not_match_its_labels_is_malformed(request_):

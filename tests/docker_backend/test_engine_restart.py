@@ -36,7 +36,6 @@ def test_a_daemon_restart_fails_the_sessions_it_stopped_as_node_lost(
         docker_host=daemon.url,
         port_range=dockerd.free_ports(20),
         gpus="none",
-        stop_grace=2,
         now=clock,
     )
     sessions = service_for(backend, retention=600)

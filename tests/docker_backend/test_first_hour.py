@@ -49,7 +49,6 @@ def sample_server(docker_daemon, serve):
         docker_host=docker_daemon.url,
         port_range=dockerd.free_ports(10),
         gpus="none",
-        stop_grace=2,
     )
     yield serve(create_app({"TESTING": True, "REAP_INTERVAL": 0}, backend=backend))
     backend.close()

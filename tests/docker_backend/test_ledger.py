@@ -126,13 +126,15 @@ def test_the_backend_and_the_ledger_leave_each_other_alone(
         first = ledger.create(f"{space}a", {"holder": session.record.id})
         second = ledger.replace(ledger.create(f"{space}b", {"n": "0"}), {"n": "1"})
         # The reaper removes what carries the backend's labels but is no session of it, and
-        # claims of no session once their grace has passed: ledger records are neither.
+        # places of no session once their grace has passed: other records are neither.
         assert backend.collect(datetime.now(UTC) + timedelta(days=1)) == []
         service_for(backend).reap()
         assert {e.version for e in ledger.list(space)} == {first.version, second.version}
         assert [o.record.id for o in backend.observe_all()] == [session.record.id]
+        # The ledger holds the core's record of the session, and no container of its workload.
         names = [e.name for e in ledger.list()]
-        assert not [n for n in names if n.startswith("ovas") or session.record.id in n]
+        assert [n for n in names if session.record.id in n] == [f"session.{session.record.id}"]
+        assert not [n for n in names if n.startswith("ovas")]
     finally:
         ledger.delete(f"{space}a")
         ledger.delete(f"{space}b")

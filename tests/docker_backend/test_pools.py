@@ -131,12 +131,13 @@ def test_a_pool_holding_every_port_gives_one_up_to_an_on_demand_start(
     assert len(pooled(app, ready=False)) == 1
     assert [s for s in sessions.all() if s.state is SessionState.FAILED] == []
     # The pool's last session, claimed, keeps the ports it publishes for its user.
-    clock.advance(ORPHAN_GRACE.total_seconds() + 1)  # past the grace of a start's claims
+    clock.advance(ORPHAN_GRACE.total_seconds() + 1)  # past the grace of a start's places
     taken = client.post("/streaming/stream", json=START)
     assert taken.status_code == 200, taken.get_json()
     sessions.reap()
-    places = [s for s in ours(taken.get_json()["id"]) if "ovas-port-" in s["Names"][0]]
-    assert len(places) == 3 and pooled(app, ready=False) == []
+    held = backend.ledger.list("slot.port-")
+    assert len([p for p in held if p.data["session"] == taken.get_json()["id"]]) == 3
+    assert pooled(app, ready=False) == []
     # Full, with no pool left to give way: it waits in line, as for a full capacity.
     full = client.post("/streaming/stream", json=OTHER_STAGE)
     assert full.status_code == 202 and full.get_json()["status"]["condition"] == "queued"

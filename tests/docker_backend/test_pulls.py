@@ -67,7 +67,7 @@ def test_a_session_is_visible_with_pull_progress_then_ready(
     started = backend.start(standin_request(image=image, pull_policy="IfNotPresent"))
     assert started.seen.detail == f"Pulling the image {image}"
     session_id = started.record.id
-    assert sessions.get(session_id).message.startswith(f"Pulling the image {image} (")
+    assert sessions.get(session_id).message.startswith(f"Pulling the image {image}")
 
     progress = wait_until(lambda: "%" in (m := sessions.get(session_id).message) and m)
     assert progress.startswith(f"Pulling the image {image}: ")

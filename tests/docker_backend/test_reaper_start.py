@@ -16,7 +16,10 @@ from support.ovas_process import BIN, REPO, free_port
 from support.warm_pools import POOL
 
 from backends.docker import containers as c
-from ovas.lifecycle import Mark
+from backends.docker.ledger import DockerLedger
+from ovas.lifecycle import Mark, Record
+from ovas.models import Reason
+from ovas.session_records import SESSION_RECORD
 
 pytestmark = pytest.mark.docker
 
@@ -35,12 +38,22 @@ def server_env(docker_daemon, tmp_path) -> dict[str, str]:
     )
 
 
-def _pooled_running(engine) -> list[dict]:
-    return [
-        s
-        for s in engine.containers(filters={"label": [c.POOL, f"{c.RECORD}={c.CONTAINER}"]})
-        if s["State"] == "running"
-    ]
+@pytest.fixture
+def ledger(docker_daemon):
+    """The core's ledger on the test daemon, to read the sessions' records behind ovas."""
+    found = DockerLedger(docker_daemon.url)
+    yield found
+    found.close()
+
+
+def _records(ledger) -> list[Record]:
+    return [SESSION_RECORD.decode(e)[0] for e in ledger.list("session.")]
+
+
+def _pooled_running(engine, ledger) -> list[Record]:
+    pooled = {r.id: r for r in _records(ledger) if r.pooled and r.outcome is None}
+    running = engine.containers(filters={"label": f"{c.RECORD}={c.CONTAINER}"})
+    return [pooled[s["Labels"][c.SESSION]] for s in running if s["Labels"][c.SESSION] in pooled]
 
 
 def _wait_for(predicate, process: subprocess.Popen, log: Path, timeout: float = 90):
@@ -70,16 +83,16 @@ SERVERS = {
 
 @pytest.mark.parametrize("server", list(SERVERS))
 def test_a_fresh_server_nobody_calls_fills_its_warm_pool(
-    server, server_env, engine, leftovers, tmp_path
+    server, server_env, engine, ledger, leftovers, tmp_path
 ):
     log = tmp_path / "server.log"
     with ovas_process.serving(SERVERS[server](free_port()), server_env, log) as process:
-        (summary,) = _wait_for(lambda: _pooled_running(engine), process, log)
-    assert summary["Labels"][c.POOL] == POOL["metadata"]["name"]
+        (record,) = _wait_for(lambda: _pooled_running(engine, ledger), process, log)
+    assert record.pool == POOL["metadata"]["name"]
 
 
 def test_a_restarted_ovas_nobody_calls_ends_a_session_past_its_connect_clock(
-    server_env, new_backend, standin_request, engine, leftovers, tmp_path
+    server_env, new_backend, standin_request, engine, ledger, leftovers, tmp_path
 ):
     server_env["OVAS_CATALOG_PATH"] = str(REPO / "config/catalog")  # no pool: that session
     backend = new_backend()
@@ -89,10 +102,11 @@ def test_a_restarted_ovas_nobody_calls_ends_a_session_past_its_connect_clock(
     session_id = backend.start(standin_request(now=started, start_timeout=7200)).record.id
     dockerd.wait_running(engine, c.container_name(session_id))
     assert backend.mark(session_id, Mark.READY, started + timedelta(seconds=10))
-    outcome = c.container_name(session_id, c.OUTCOME)
     log = tmp_path / "server.log"
+
+    def ended() -> list[Record]:
+        return [r for r in _records(ledger) if r.id == session_id and r.outcome is not None]
+
     with ovas_process.serving(SERVERS["ovas serve"](free_port()), server_env, log) as process:
-        (record,) = _wait_for(
-            lambda: engine.containers(all=True, filters={"name": outcome}), process, log
-        )
-    assert record["Labels"][c.REASON] == "connect_timeout"
+        (record,) = _wait_for(ended, process, log)
+    assert record.outcome.reason is Reason.CONNECT_TIMEOUT

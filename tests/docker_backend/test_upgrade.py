@@ -1,10 +1,12 @@
-"""An upgrade keeps every session: sessions started by the previous release (commit
-`RELEASE`, run from its own source in a process of its own) on the real Docker daemon are
-read by this release as that release left them: ready, starting, ended (its reason and
-logs), a warm pool's unclaimed session and one claimed by a user keep their state, routes,
-clocks and owner; no container of theirs is removed or replaced, by a read or by a reaper
-pass; and a start next to them is admitted counting what they hold, capacity slots and the
-host ports they publish (that release took no port claims).
+"""An upgrade keeps every session: sessions started by an earlier release (each of
+`RELEASES`, run from its own source in a process of its own) on the real Docker daemon are
+read by this release as that release left them: ready, starting, ended and failed (their
+reason and logs), a warm pool's unclaimed session and one claimed by a user keep their
+state, routes, clocks and owner; no container of theirs is removed or replaced, by a read or
+by a reaper pass; and a start next to them is admitted counting what they hold, capacity
+slots and the host ports they publish. Those releases kept a session's records on its own
+containers; this one records each in the core's ledger when it first reads it, with its
+places.
 
 Keep a test like this one for every later change of what ovas writes on the engine.
 """
@@ -39,7 +41,10 @@ from ovas.testing import FakeClock, service_for, wait_for
 pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parents[2]
-RELEASE = "070c004"  # the release before record formats, port claims and the core's ledger
+RELEASES = {
+    "070c004": "the release before record formats, port claims and the core's ledger",
+    "93837ff": "the release before the core kept every record: formats and port claims",
+}
 CAPACITY = 5  # four sessions of the release live, and room for one more
 # Two TCP ports each (signaling, probe): the range holds the release's four live sessions
 # (and, while they all ran, a fifth) and one more.
@@ -101,6 +106,8 @@ made = {}
 made["ended"] = start("erin", {STANDIN_EXIT_CODE: "0", STANDIN_EXIT_AFTER: "1"})
 expect(made["ended"], SessionState.READY)
 expect(made["ended"], SessionState.ENDED)
+made["failed"] = start("fay", {STANDIN_EXIT_CODE: "3"})
+expect(made["failed"], SessionState.FAILED)
 made["ready"] = start("ann")
 expect(made["ready"], SessionState.READY)
 made["starting"] = start("sam", {STANDIN_READY_DELAY: "600"})
@@ -148,24 +155,24 @@ def settled(session) -> dict:
     return {**found, "message": re.sub(r"\(\d+ s so far", "(some time so far", found["message"])}
 
 
-def _unavailable(reason: str):
+def _unavailable(release: str, reason: str):
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI needs the release {RELEASE} to test the upgrade: {reason}", pytrace=False)
-    pytest.skip(f"the release {RELEASE} is not at hand: {reason}")
+        pytest.fail(f"CI needs the release {release} to test the upgrade: {reason}", pytrace=False)
+    pytest.skip(f"the release {release} is not at hand: {reason}")
 
 
-def export_release(into: Path) -> None:
+def export_release(release: str, into: Path) -> None:
     """The release's ovas, backends and blueprints packages, from the repository's history."""
     git = shutil.which("git")
     if git is None:
-        _unavailable("git is not installed")
+        _unavailable(release, "git is not installed")
     found = subprocess.run(
-        [git, "-C", str(REPO), "archive", RELEASE, "ovas", "backends", "blueprints"],
+        [git, "-C", str(REPO), "archive", release, "ovas", "backends", "blueprints"],
         capture_output=True,
         check=False,
     )
     if found.returncode != 0:
-        _unavailable(f"git archive: {found.stderr.decode(errors='replace').strip()}")
+        _unavailable(release, f"git archive: {found.stderr.decode(errors='replace').strip()}")
     with tarfile.open(fileobj=io.BytesIO(found.stdout)) as archive:
         archive.extractall(into, filter="data")
 
@@ -209,12 +216,13 @@ def ledger_tidy(engine):
                 engine.remove_container(summary["Id"], force=True)
 
 
-def test_sessions_of_the_previous_release_survive_the_upgrade(
-    docker_daemon, new_backend, standin_request, engine, tmp_path, ledger_tidy
+@pytest.mark.parametrize("release", list(RELEASES))
+def test_sessions_of_an_earlier_release_survive_the_upgrade(
+    release, docker_daemon, new_backend, standin_request, engine, tmp_path, ledger_tidy
 ):
-    release = tmp_path / "release"
-    release.mkdir()
-    export_release(release)
+    root = tmp_path / "release"
+    root.mkdir()
+    export_release(release, root)
     catalog_dir = tmp_path / "catalog"
     catalog_dir.mkdir()
     shutil.copy(REPO / "config/catalog/standin.yaml", catalog_dir)
@@ -222,7 +230,7 @@ def test_sessions_of_the_previous_release_survive_the_upgrade(
     ports = dockerd.free_ports(PORT_COUNT)
 
     made = run_release(
-        release,
+        root,
         daemon=docker_daemon.url,
         catalog=str(catalog_dir),
         ports=ports,
@@ -232,6 +240,7 @@ def test_sessions_of_the_previous_release_survive_the_upgrade(
     states = {kind: entry["session"]["state"] for kind, entry in made.items()}
     assert states == {
         "ended": "ended",
+        "failed": "failed",
         "ready": "ready",
         "starting": "creating",
         "claimed": "ready",
@@ -256,15 +265,17 @@ def test_sessions_of_the_previous_release_survive_the_upgrade(
             same = [k for k in written["session"] if k != "connected"]
             expected = settled(written["session"])
             assert {k: session[k] for k in same} == {k: expected[k] for k in same}, kind
-        ended = ids["ended"]
+        ended, failed = ids["ended"], ids["failed"]
         assert sessions.logs(ended) == made["ended"]["logs"]
         assert "stand-in Kit app: exiting with code 0 as asked" in sessions.logs(ended)
+        assert sessions.logs(failed) == made["failed"]["logs"]
+        assert "code 3" in sessions.get(failed).message
         now = containers_of(engine, ids.values())
         for kind, session_id in ids.items():
             # Nothing of theirs is removed or replaced: every container is there, the same.
             assert left[session_id].items() <= now[session_id].items(), kind
             kit = now[session_id][c.container_name(session_id)]
-            assert kit[1] == ("exited" if kind == "ended" else "running"), kind
+            assert kit[1] == ("exited" if kind in ("ended", "failed") else "running"), kind
 
     read_as_written()
 
@@ -272,18 +283,23 @@ def test_sessions_of_the_previous_release_survive_the_upgrade(
     first = backend.start(standin_request(capacity=CAPACITY, username="dora")).record.id
     with pytest.raises(CapacityExceeded, match="session slots"):
         backend.start(standin_request(capacity=CAPACITY))
-    # Their host ports, published with no port claim, are counted: the range is full.
+    # Their host ports are counted: the range is full.
     with pytest.raises(CapacityExceeded, match="OVAS_DOCKER_PORT_RANGE"):
         backend.start(standin_request())
     started = wait_for(sessions, first, SessionState.READY)
     assert started.state is SessionState.READY, started.message
 
-    # A reaper pass a minute on: it removes nothing of theirs, and claims their host ports.
+    # A reaper pass a minute on: it removes nothing of theirs. Each is recorded once in the
+    # ledger, a live one with its places: a capacity slot, and a place per host port.
     clock.advance(60)
     removed = sessions.reap()
     assert [r for r in removed if any(sid in r for sid in ids.values())] == []
     read_as_written()
-    held = containers_of(engine, ids.values())
+    records = {e.name for e in backend.ledger.list("session.")}
+    assert {f"session.{sid}" for sid in ids.values()} <= records
+    places = backend.ledger.list("slot.")
     for kind, session_id in ids.items():
-        claims = sorted(n.split("-")[2] for n in held[session_id] if n.startswith("ovas-port-"))
-        assert claims == ([] if kind == "ended" else ["tcp", "tcp", "udp"]), kind
+        held = sorted(p.name.split(".")[1] for p in places if p.data["session"] == session_id)
+        user = "pool" if kind == "pooled" else "user"
+        live = sorted(["all", user, "port-tcp", "port-tcp", "port-udp"])
+        assert held == ([] if kind in ("ended", "failed") else live), kind

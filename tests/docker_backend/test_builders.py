@@ -462,7 +462,7 @@ def test_a_session_of_an_earlier_release_is_read_from_its_records_and_marks(requ
         gpu_ids=str,
         ports=lambda protocol, count: Places(f"port-{protocol}", ("0", "1"), count, str),
     )
-    assert [(p.kind, p.need) for p in found.places] == [("port-tcp", 2), ("port-udp", 1)]
+    assert [(p.kind, p.need) for p in found.named] == [("port-tcp", 2), ("port-udp", 1)]
     # Its claims and marks alone are no session: the reaper removes them once old enough.
     alone, _ = observe.group([summary(slot, "ovas-slot-1")])
     assert not alone[request_.id].exists and not alone[request_.id].workload

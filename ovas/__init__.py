@@ -4,9 +4,9 @@
 starts nothing.
 """
 
-from ovas.backend import Backend, Catalog
+from ovas.backend import Catalog, SessionBackend
 from ovas.models import Application, Profile, Route, Session, SessionRequest, SessionState, Version
-from ovas.workloads import WorkloadBackend
+from ovas.workloads import Backend, WorkloadBackend
 
 __all__ = [
     "Application",
@@ -15,6 +15,7 @@ __all__ = [
     "Profile",
     "Route",
     "Session",
+    "SessionBackend",
     "SessionRequest",
     "SessionState",
     "Version",

@@ -28,7 +28,7 @@ from blueprints.common import ErrorSchema
 from blueprints.streaming.schemas import StreamResponseSchema
 from ovas import config, logs, registry
 from ovas.auth import NoAuth, build_authenticator
-from ovas.backend import Backend, Catalog
+from ovas.backend import Catalog, SessionBackend
 from ovas.errors import OvasError
 from ovas.gateway.rules import GatewayRules
 from ovas.models import Clocks, Session
@@ -43,7 +43,7 @@ log = logging.getLogger("ovas")
 class Ovas:
     """Per-app objects, kept in `app.extensions["ovas"]`."""
 
-    backend: Backend
+    backend: SessionBackend
     catalogs: CatalogService
     sessions: SessionService
     reaper: Reaper
@@ -157,7 +157,7 @@ def _under_flask_run() -> bool:
 
 
 def create_app(
-    test_config: Mapping[str, Any] | None = None, *, backend: Backend | None = None
+    test_config: Mapping[str, Any] | None = None, *, backend: SessionBackend | None = None
 ) -> Flask:
     """Build the ovas app: defaults, then `OVAS_*` variables, then `test_config`; then the
     extensions, the two services on both their path forms, and the backend (the given one,

@@ -1,5 +1,8 @@
-"""The two interfaces a backend plugin implements: `Catalog` (apps, versions, profiles) and
-`Backend` (sessions).
+"""The two interfaces the core calls: `Catalog` (apps, versions, profiles) and
+`SessionBackend` (sessions, with every record of them). A plugin implements `Catalog` and,
+most often, `ovas.Backend` (`ovas.workloads`), which runs workloads only and implements
+`SessionBackend` over a ledger; one that keeps its sessions' records its own way subclasses
+`SessionBackend` directly.
 
 Both are synchronous, return `ovas.models` and `ovas.lifecycle` objects and raise
 `ovas.errors` only: an SDK's exceptions never leave a backend. Rules that hold for every
@@ -119,15 +122,16 @@ class Catalog(abc.ABC):
         raise NotImplementedError
 
 
-class Backend(abc.ABC):
+class SessionBackend(abc.ABC):
     """Runs Kit streams, and reports what its engine shows of them: backends observe, the core
     decides (`ovas.lifecycle`). One instance serves every request of one ovas process, from
     many threads at once; several processes (gunicorn workers, replicas) may share one
     engine, so the engine, never this object's memory, is the record of which sessions exist.
 
-    A session's `Record` (what was asked, its marks, its outcome) lives with the session in
-    the engine (labels, annotations). `observe*` read it with an `Observation` of the
-    workload; the core then asks `mark` and `finish` to persist what it decided.
+    A session's `Record` (what was asked, its marks, its outcome) is kept for every process
+    (`ovas.Backend` keeps it in the backend's ledger). `observe*` read it with an
+    `Observation` of the workload; the core then asks `mark` and `finish` to persist what it
+    decided.
 
     `now` is the clock, a callable returning an aware UTC datetime; tests inject one.
     Plugins register a subclass in the `ovas.backends` entry-point group.

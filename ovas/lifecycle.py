@@ -104,7 +104,7 @@ class Record:
     # for a session recorded by an ovas that kept none.
     rendering: str = ""
     # Where its workload ran (a node's name), kept with the ready mark where the backend
-    # tells it (`WorkloadBackend.workload_node`): after the workload vanished, it says why.
+    # tells it (`Backend.workload_node`): after the workload vanished, it says why.
     node: str = ""
 
     @classmethod

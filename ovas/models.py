@@ -169,7 +169,7 @@ class SessionRequest:
     pool: str = ""  # the warm pool this session is started for, owned by nobody until claimed
     pool_size: int = 0  # with `pool`: most unclaimed sessions of that pool and key at once
     rendering: str = ""  # with `pool`: the digest of what it runs (`ovas.pools.rendering`)
-    # The named places the core took for it, by kind: a `WorkloadBackend`'s GPUs' device ids,
+    # The named places the core took for it, by kind: a `Backend`'s GPUs' device ids,
     # host ports... (`ovas.workloads.Places`); empty for a backend that takes its own.
     places: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 

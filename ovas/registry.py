@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from ovas.backend import Backend
+from ovas.backend import SessionBackend
 from ovas.errors import ConfigurationError
 
 GROUP = "ovas.backends"
@@ -39,12 +39,12 @@ def installed() -> list[Installed]:
     return sorted(rows.values(), key=lambda r: (r.name, r.distribution))
 
 
-def load(name: str) -> type[Backend]:
+def load(name: str) -> type[SessionBackend]:
     """The backend class for `name` (an entry-point name or `module:Class`).
 
     Raises `ConfigurationError` for an unknown name (listing the installed ones), a name
     that two distributions claim, a missing dependency (with the command installing it), or
-    a target that is not a `Backend`.
+    a target that is not a `SessionBackend`.
     """
     if ":" in name:
         return _checked(name, lambda: _import(name))
@@ -71,7 +71,7 @@ def _import(target: str):
     return obj
 
 
-def _checked(name: str, loader) -> type[Backend]:
+def _checked(name: str, loader) -> type[SessionBackend]:
     try:
         cls = loader()
     except ModuleNotFoundError as exc:
@@ -83,6 +83,8 @@ def _checked(name: str, loader) -> type[Backend]:
         ) from exc
     except (ImportError, AttributeError) as exc:
         raise ConfigurationError(f"Backend '{name}' cannot be loaded: {exc}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise ConfigurationError(f"Backend '{name}' is {cls!r}, not a subclass of ovas.Backend")
+    if not (isinstance(cls, type) and issubclass(cls, SessionBackend)):
+        raise ConfigurationError(
+            f"Backend '{name}' is {cls!r}, not a subclass of ovas.SessionBackend"
+        )
     return cls

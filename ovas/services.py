@@ -1,6 +1,6 @@
 """The Streaming Session service's rules, for every backend: request building, starts and
 capacity, session listing, the clocks written through, the reaper's pass. Views call these;
-these call the `Backend`. The catalog's rules are `ovas.catalogs`', the stage paths'
+these call the `SessionBackend`. The catalog's rules are `ovas.catalogs`', the stage paths'
 `ovas.stages`', the warm pools' `ovas.pool_tending`'."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from ovas import pools
 from ovas.auth import ADMIN, Identity
-from ovas.backend import Backend, utcnow
+from ovas.backend import SessionBackend, utcnow
 from ovas.catalogs import LATEST, CatalogService, profile_supports
 from ovas.errors import (
     CapacityExceeded,
@@ -96,7 +96,7 @@ class SessionService(WarmPoolTending, QueueTending):
 
     def __init__(
         self,
-        backend: Backend,
+        backend: SessionBackend,
         catalogs: CatalogService,
         *,
         capacity: int = 0,
@@ -205,7 +205,7 @@ class SessionService(WarmPoolTending, QueueTending):
         the GPUs cannot admit it now and the line has room (`ovas.queueing`); with its
         stream token when `caller` may have it (`stream_tokens`). When capacity is short,
         a pool's unclaimed session makes room for it. Raises what `build_request` and
-        `Backend.start` raise; every start, admitted, queued or refused, is told to
+        `SessionBackend.start` raise; every start, admitted, queued or refused, is told to
         `events`.
 
         With `idempotency_key` (`ovas.idempotency`), the same user and key, while the key

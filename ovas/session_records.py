@@ -1,4 +1,4 @@
-"""The records `ovas.WorkloadBackend` keeps in a backend's ledger, each through a
+"""The records `ovas.Backend` keeps in a backend's ledger, each through a
 `RecordCodec` with its format version (`ovas.ledger`).
 
 - `SESSION_RECORD` (`session.<id>`, format 1): a session's `Record` in named fields (`id`,

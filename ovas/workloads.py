@@ -1,5 +1,5 @@
-"""`WorkloadBackend`: a backend that only runs workloads, with the core keeping every record
-of its sessions over its ledger (`ovas.ledger`).
+"""`ovas.Backend`: a backend that only runs workloads, with the core keeping every record of
+its sessions over its ledger (`ovas.ledger`).
 
 A subclass implements `from_settings` and four workload methods (two more are optional):
 
@@ -9,7 +9,7 @@ A subclass implements `from_settings` and four workload methods (two more are op
 - `stop_workload(session_id)`: remove it; idempotent;
 - `workload_logs(session_id, tail)` and `workload_clients(session_id)` (None: cannot tell).
 
-Everything else `Backend` asks is written here, once, over `ledger`:
+Everything else `SessionBackend` asks is written here, once, over `ledger`:
 
 - `session.<id>`: the session's `Record` (what was asked, clocks, marks, outcome, pool,
   rendering, and the last log lines once it ended), format 1 (`ovas.session_records`);
@@ -43,7 +43,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from ovas.backend import Backend, Catalog
+from ovas.backend import Catalog, SessionBackend
 from ovas.errors import (
     BackendUnavailable,
     CapacityExceeded,
@@ -93,7 +93,7 @@ def place_name(kind: str, name: str) -> str:
 @dataclass(frozen=True)
 class EarlierRecord:
     """A session as an earlier release of a backend recorded it in the engine itself, for
-    the core to adopt (`WorkloadBackend.earlier_records`): its `record` (with its outcome,
+    the core to adopt (`Backend.earlier_records`): its `record` (with its outcome,
     marks and `node` where known), the last log lines of one that ended (`logs`), the kinds
     of place it was admitted against (`places`: `"all"`, `"user"`, `"pool"`), which it
     holds again, and the named places it holds (`named`: each `Places` says which `names` it
@@ -121,8 +121,8 @@ def _justified(name: str, record: Record | None) -> bool:
     return True
 
 
-class WorkloadBackend(Backend):
-    """A `Backend` whose subclasses run workloads only; see the module's docstring.
+class Backend(SessionBackend):
+    """A `SessionBackend` whose subclasses run workloads only; see the module's docstring.
 
     `ledger` must be one every process sharing the engine sees (a backend of one process
     may keep the default `MemoryLedger`). `slot_grace` (seconds) is how long a place held by
@@ -412,7 +412,7 @@ class WorkloadBackend(Backend):
             if entry.data.get("session") == session_id:
                 self.ledger.delete(entry)
 
-    # Backend
+    # SessionBackend
 
     def start(self, request: SessionRequest) -> Observed:
         self._first_use()
@@ -640,3 +640,7 @@ class WorkloadBackend(Backend):
                 self.stop_workload(session_id)
                 removed.append(session_id)
         return removed
+
+
+# The name `Backend` had in the release before it became `ovas.Backend`; plugins may use either.
+WorkloadBackend = Backend

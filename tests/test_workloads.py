@@ -1,4 +1,4 @@
-"""`ovas.WorkloadBackend`: the core's records over a ledger, under a backend that only runs
+"""`ovas.Backend`: the core's records over a ledger, under a backend that only runs
 workloads (the example plugin). Admission across threads and processes sharing one ledger,
 atomic claims, finishes that free places, and cleanup after its grace, on an injected clock."""
 
@@ -15,7 +15,8 @@ from multiprocessing.managers import BaseManager
 import pytest
 from ovas_example_plugin import ExampleBackend
 
-from ovas import WorkloadBackend, registry
+import ovas
+from ovas import Backend, registry
 from ovas.errors import (
     BackendUnavailable,
     CapacityExceeded,
@@ -34,7 +35,7 @@ SLOW = {"STANDIN_READY_DELAY": "60"}
 RACERS = 16
 
 
-def example(clock, ledger=None) -> WorkloadBackend:
+def example(clock, ledger=None) -> Backend:
     backend = registry.load("example").from_settings({})
     backend.now = clock
     if ledger is not None:
@@ -77,8 +78,16 @@ class TestExamplePluginWarmPools(WarmPoolContract):
 
 def test_the_example_implements_only_workloads():
     cls = registry.load("example")
-    assert issubclass(cls, WorkloadBackend) and cls.keeps_warm_pools
-    assert set(WorkloadBackend.__abstractmethods__) <= {
+    assert issubclass(cls, Backend) and cls.keeps_warm_pools
+    assert ovas.Backend is Backend and ovas.WorkloadBackend is Backend
+    assert sorted(Backend.__abstractmethods__) == [
+        "from_settings",
+        "observe_workload",
+        "observe_workloads",
+        "run_workload",
+        "stop_workload",
+    ]
+    assert set(Backend.__abstractmethods__) <= {
         "from_settings",
         "run_workload",
         "observe_workload",

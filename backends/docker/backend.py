@@ -1,6 +1,6 @@
 """`DockerBackend`: each session's workload is one Kit container on a Docker engine.
 
-It runs workloads only (`ovas.WorkloadBackend`): the core keeps every record of a session
+It runs workloads only (`ovas.Backend`): the core keeps every record of a session
 (what was asked, its clocks, marks and outcome, and the places admission gave it) in the
 ledger, on the same engine (`backends.docker.ledger`), so any number of ovas processes, on
 one host or several sharing the engine, and ovas after a restart, see the same sessions and
@@ -46,9 +46,9 @@ from ovas.workloads import (
     LOG_TAIL,
     SESSION_PREFIX,
     SLOT_PREFIX,
+    Backend,
     EarlierRecord,
     Places,
-    WorkloadBackend,
     place_name,
 )
 
@@ -58,7 +58,7 @@ PROBE_BUDGET = 1.0  # seconds an observation may spend probing and counting clie
 # this long after; connections seen sooner might be ovas's own.
 PROBE_SETTLE = timedelta(seconds=2 * PROBE_BUDGET)
 PORT_TRIES = 8  # starts tried when a host port of the range is held by another program
-# Places of no session are kept this long (`WorkloadBackend.slot_grace`): a start takes its
+# Places of no session are kept this long (`Backend.slot_grace`): a start takes its
 # places a moment (a few engine creates) before it records its session, and hosts sharing a
 # remote engine may disagree on the time by some seconds.
 ORPHAN_GRACE = timedelta(seconds=30)
@@ -70,7 +70,7 @@ CDI_HINT = (
 )
 
 
-class DockerBackend(WorkloadBackend):
+class DockerBackend(Backend):
     """Sessions' workloads as containers on one Docker engine. See the package README."""
 
     name = "docker"

@@ -1,5 +1,5 @@
 """Sessions as the releases before the core's ledger recorded them on the engine, read so
-that the core records them in its ledger (`ovas.WorkloadBackend.earlier_records`): an
+that the core records them in its ledger (`ovas.Backend.earlier_records`): an
 upgrade keeps every session.
 
 Those releases kept a session's fields as labels of its Kit container (or pending record,

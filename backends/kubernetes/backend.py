@@ -1,7 +1,7 @@
 """The Kubernetes backend: a session's workload is a Pod and a Service (mode `pod`), or a Flux
 HelmRelease whose chart makes them (mode `helmrelease`, as NVIDIA's OVAS does).
 
-It runs, observes and stops workloads (`ovas.WorkloadBackend`); the core keeps every record
+It runs, observes and stops workloads (`ovas.Backend`); the core keeps every record
 of the sessions, admission places, claims, marks and outcomes included, in the backend's
 ledger: ConfigMaps in the namespace (`backends.kubernetes.ledger`), which every replica
 shares. A workload's objects carry the label naming their session and nothing of its record
@@ -50,7 +50,7 @@ from ovas.errors import (
 from ovas.lifecycle import LOG_LINES, Mark, Observation, Observed, Record, Stage
 from ovas.models import Reason, SessionRequest
 from ovas.names import is_session_id
-from ovas.workloads import EarlierRecord, WorkloadBackend
+from ovas.workloads import Backend, EarlierRecord
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Objects:
     service: dict[str, Any] | None = None
 
 
-class KubernetesBackend(WorkloadBackend):
+class KubernetesBackend(Backend):
     """Sessions' workloads as labelled objects in one namespace of a Kubernetes cluster. The
     cluster cannot tell whether a client is connected (`workload_clients` is None): without
     the signaling gateway the connect and idle timeouts do not apply; the max lifetime and
@@ -98,7 +98,7 @@ class KubernetesBackend(WorkloadBackend):
         gateway: bool = False,
     ):
         """`orphan_grace`: seconds an admission place held by no session is kept (it may be
-        a start in progress; `WorkloadBackend.slot_grace`). `base_domain`: with one, a
+        a start in progress; `Backend.slot_grace`). `base_domain`: with one, a
         session's route key is its own hostname `<session-id>.<base_domain>` (see
         `profiles.hostname`). `now`: the clock of records, marks and outcomes. `gateway`:
         the signaling gateway is on (`OVAS_GATEWAY_DOMAIN`), so a session's Service exposes

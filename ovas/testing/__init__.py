@@ -1,7 +1,7 @@
 """A test kit for backend authors.
 
 - `FakeBackend` (and `SlowBackend`, `NeverReadyBackend`, `FailingBackend`): an in-memory
-  `ovas.WorkloadBackend` (workloads in memory, the core's records in a `MemoryLedger`) that
+  `ovas.Backend` (workloads in memory, the core's records in a `MemoryLedger`) that
   doubles as the test fake of the web layer.
 - `InMemoryCatalog`: a catalog held in memory.
 - `FakeClock`: a clock tests move past deadlines instead of waiting for them.

@@ -33,7 +33,7 @@ from datetime import timedelta
 
 import pytest
 
-from ovas.backend import Backend
+from ovas.backend import SessionBackend
 from ovas.errors import CapacityExceeded, SessionNotFound, UserCapacityExceeded
 from ovas.events import SessionEnded, SessionReady
 from ovas.lifecycle import Mark, Observed
@@ -71,11 +71,11 @@ class BackendContract:
         return FakeClock(ticking=True)
 
     @pytest.fixture
-    def backend(self, clock) -> Backend:
+    def backend(self, clock) -> SessionBackend:
         raise NotImplementedError("a BackendContract subclass must supply a `backend` fixture")
 
     @pytest.fixture
-    def peer(self, backend) -> Backend:
+    def peer(self, backend) -> SessionBackend:
         """Another instance on the same engine, as another ovas process would have."""
         return backend
 

@@ -41,7 +41,7 @@ from ovas.testing.requests import (
     STANDIN_QUIT_ON_LEAVE,
     STANDIN_READY_DELAY,
 )
-from ovas.workloads import Places, WorkloadBackend
+from ovas.workloads import Backend, Places
 
 
 class InMemoryCatalog(Catalog):
@@ -224,7 +224,7 @@ class _EngineLedger(MemoryLedger):
         return super().delete(target)
 
 
-class FakeBackend(WorkloadBackend):
+class FakeBackend(Backend):
     """An in-memory backend, a model of what every real backend observes: its workloads live
     in this process's memory, and the core keeps their sessions' records (admission, marks,
     claims, outcomes) in its `ledger`, a `MemoryLedger`. Knobs, settable at any time:
@@ -315,7 +315,7 @@ class FakeBackend(WorkloadBackend):
         self._engine()
 
     def start(self, request: SessionRequest) -> Observed:
-        """As `WorkloadBackend.start`, answering with what the fake engine shows at once (a
+        """As `Backend.start`, answering with what the fake engine shows at once (a
         session ready at once is ready in the answer)."""
         started = super().start(request)
         seen = self.observe_workload(request.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from ovas.backend import Backend, Catalog
+from ovas.backend import Catalog, SessionBackend
 from ovas.kitspec import parse_kit
 from ovas.models import Clocks, Session, SessionRequest, SessionState, WarmPool
 from ovas.services import CatalogService, SessionService
@@ -63,14 +63,14 @@ def make_request(
     return with_env(request, env) if env else request
 
 
-def service_for(backend: Backend, **options) -> SessionService:
+def service_for(backend: SessionBackend, **options) -> SessionService:
     """A session service over `backend`, its catalog and its clock, as `create_app` makes one
     (`options`: retention, clocks, capacity...)."""
     return SessionService(backend, CatalogService(backend.catalog), now=backend.now, **options)
 
 
 def wait_for(
-    sessions: SessionService | Backend,
+    sessions: SessionService | SessionBackend,
     session_id: str,
     states: SessionState | set[SessionState],
     timeout: float = 30.0,
@@ -79,7 +79,7 @@ def wait_for(
     """Poll the session (through `sessions`, or a service over a backend) until it is in one
     of `states`, or `timeout` seconds pass; returns the session as last seen (the caller
     asserts on its state). Polling writes what the lifecycle asks, as a client's polls do."""
-    if isinstance(sessions, Backend):
+    if isinstance(sessions, SessionBackend):
         sessions = service_for(sessions)
     wanted = {states} if isinstance(states, SessionState) else set(states)
     deadline = time.monotonic() + timeout

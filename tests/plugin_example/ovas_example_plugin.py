@@ -2,7 +2,7 @@
 
 Each session's workload is a listening TCP socket on 127.0.0.1 standing in for Kit's
 signaling port (and a UDP one for media): the workload is ready once the socket listens. It
-shows the shape of a plugin: subclass `ovas.WorkloadBackend`, run, observe and stop
+shows the shape of a plugin: subclass `ovas.Backend`, run, observe and stop
 workloads, report what the engine shows (`Observation`), raise `ovas.errors` only, and
 register under `ovas.backends`. Admission, warm pools, marks, outcomes and cleanup are the
 core's, kept in the backend's ledger; the clocks, states, messages and metrics too. Its
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Self
 
-from ovas import Route, SessionRequest, WorkloadBackend
+from ovas import Backend, Route, SessionRequest
 from ovas.lifecycle import Observation, Stage
 from ovas.testing import sample_catalog
 
@@ -33,7 +33,7 @@ class _Workload:
     sockets: list[socket.socket] = field(default_factory=list)
 
 
-class ExampleBackend(WorkloadBackend):
+class ExampleBackend(Backend):
     name = "example"
     shared = False  # its workloads live in this process's memory
 

@@ -47,6 +47,7 @@ from ovas.backend import Catalog, SessionBackend
 from ovas.errors import (
     BackendUnavailable,
     CapacityExceeded,
+    Conflict,
     OvasError,
     SessionNotFound,
     UserCapacityExceeded,
@@ -250,8 +251,7 @@ class Backend(SessionBackend):
                 SESSION_PREFIX + record.id, encode_session(record, earlier.logs)
             )
             if made is None:  # recorded already: by another process, or before a crash
-                for entry in taken:
-                    self.ledger.delete(entry)
+                self._give_back(earlier, taken)
             else:
                 log.info("session %s: its earlier release's record is the ledger's now", record.id)
             adopted[record.id] = record
@@ -260,6 +260,26 @@ class Backend(SessionBackend):
             except OvasError as exc:
                 log.warning("session %s: its earlier record stays (%s)", record.id, exc.message)
         return adopted
+
+    def _give_back(self, earlier: EarlierRecord, taken: list[Entry]) -> None:
+        """Give back what an adoption that lost took: its slots (the winner holds its own),
+        and of its named places those beyond what the session needs besides the ones others
+        took for it (the winner took its own before it won, skipping any this adoption held:
+        those stay, or the session would hold fewer than it uses)."""
+        mine = {entry.name for entry in taken}
+        keep: dict[str, int] = {}
+        for wanted in earlier.named:
+            others = sum(
+                entry.data.get("session") == earlier.record.id and entry.name not in mine
+                for entry in self.ledger.list(f"{SLOT_PREFIX}{wanted.kind}.")
+            )
+            keep[wanted.kind] = max(0, wanted.need - others)
+        for entry in taken:
+            kind = entry.name.split(".")[1]
+            if keep.get(kind, 0) > 0:
+                keep[kind] -= 1
+            else:
+                self.ledger.delete(entry)
 
     def _hold_places(self, earlier: EarlierRecord) -> list[Entry]:
         """The places of the kinds `earlier` held, each the first free one of its scope
@@ -277,13 +297,14 @@ class Backend(SessionBackend):
             if kind != "all" and (kind == "pool") != record.pooled:
                 continue  # as `_justified` keeps them: a pool's while unclaimed, else a user's
             prefix = f"{SLOT_PREFIX}{kind}.{scopes[kind]}"
-            for _ in range(CAS_TRIES):
-                held = {e.name for e in self.ledger.list(prefix)}
-                free = next(n for n in itertools.count() if f"{prefix}{n}" not in held)
-                entry = self.ledger.create(f"{prefix}{free}", data)
+            held = {e.name for e in self.ledger.list(prefix)}
+            for _ in range(CAS_TRIES):  # a create lost (or a list not fresh) moves on
+                free = next(f"{prefix}{n}" for n in itertools.count() if f"{prefix}{n}" not in held)
+                entry = self.ledger.create(free, data)
                 if entry is not None:
                     taken.append(entry)
                     break
+                held.add(free)
         for wanted in earlier.named:
             held = {e.name for e in self.ledger.list(f"{SLOT_PREFIX}{wanted.kind}.")}
             got = 0
@@ -451,10 +472,12 @@ class Backend(SessionBackend):
                     SLOT_RECORD.encode({"session": request.id, "taken": self.now().isoformat()}),
                 )
                 taken += [pending] if pending else []
+            if self.ledger.get(SESSION_PREFIX + request.id) is not None:
+                raise Conflict(f"Session {request.id} exists already")  # its workload runs
             ran = True
             self.run_workload(replace(request, places=named) if named else request)
             if self.ledger.create(SESSION_PREFIX + request.id, encode_session(record)) is None:
-                raise LedgerError(f"session {request.id} has a record already")
+                raise Conflict(f"Session {request.id} exists already")
         except BaseException:
             if ran:
                 with contextlib.suppress(OvasError):
@@ -624,21 +647,37 @@ class Backend(SessionBackend):
             sessions |= {i: r for i, r in self._adopt().items() if i not in sessions}
         grace = timedelta(seconds=self.slot_grace)
         removed, holders = [], set()
+        # A record this release cannot read (a newer format) is a session all the same: its
+        # workload and places are left alone, as are places it cannot read.
+        unread = {
+            e.name.removeprefix(SESSION_PREFIX)
+            for e in listed
+            if e.name.startswith(SESSION_PREFIX)
+            and e.name.removeprefix(SESSION_PREFIX) not in sessions
+        }
+        holders |= unread
         for entry in places:
             try:
                 fields = SLOT_RECORD.decode(entry)
                 holder, taken = fields["session"], datetime.fromisoformat(fields["taken"])
             except (UnknownFormat, KeyError, ValueError):
+                holders.add(entry.data.get("session", ""))
                 continue  # not a place this release wrote: left alone
-            if _justified(entry.name, sessions.get(holder)) or now - taken < grace:
+            held = holder in unread or _justified(entry.name, sessions.get(holder))
+            if held or now - taken < grace:
                 holders.add(holder)
             elif self.ledger.delete(entry):
                 removed.append(entry.name)
         for session_id in workloads:
             record = sessions.get(session_id)
-            if (record is None and session_id not in holders) or (record and record.outcome):
-                self.stop_workload(session_id)
-                removed.append(session_id)
+            if record is None and session_id not in holders:
+                # Recorded meanwhile (another process adopted or started it): it lives.
+                if self.ledger.get(SESSION_PREFIX + session_id) is not None:
+                    continue
+            elif not (record and record.outcome):
+                continue
+            self.stop_workload(session_id)
+            removed.append(session_id)
         return removed
 
 

@@ -20,6 +20,7 @@ from ovas import Backend, registry
 from ovas.errors import (
     BackendUnavailable,
     CapacityExceeded,
+    Conflict,
     SessionNotFound,
     Unsatisfiable,
     UserCapacityExceeded,
@@ -549,3 +550,69 @@ def test_a_session_an_earlier_release_recorded_is_read_when_asked_for(clock, led
     assert ledger.get(SESSION_PREFIX + session.id) is not None
     with pytest.raises(SessionNotFound):
         backend.observe("0" * 8)
+
+
+def test_an_adoption_that_loses_keeps_the_gpu_it_took_for_the_session(clock, ledger):
+    """Two processes adopt one session at once: the first takes its GPU, the second finds
+    it taken, records the session first; the GPU place stays the session's."""
+    session = request_for(example(clock), username="ann")
+    earlier = EarlierRecord(
+        Record.of(session), places=KINDS, named=[Places("gpu", ("GPU-8f1c",), 1, str)]
+    )
+    first, second = (earlier_backend(clock, ledger, [earlier]) for _ in range(2))
+    taken = first._hold_places(earlier)
+    assert [e.name.split(".")[1] for e in taken] == ["all", "user", "gpu"]
+    second._adopt()  # wins the record, holding its own slots and no GPU
+    first._give_back(earlier, taken)
+    held = sorted(e.name.split(".")[1] for e in ledger.list(SLOT_PREFIX))
+    assert held == ["all", "gpu", "user"]
+    with pytest.raises(CapacityExceeded):  # the GPU is held: no start is handed it
+        gpu_backend(clock, ledger).start(
+            make_request(first.catalog, now=clock(), env={**SLOW, "GPUS": "3"})
+        )
+
+
+class AdoptedMeanwhile(MemoryLedger):
+    """A ledger whose first list of everything is read just before another process records
+    `session` (it adopts it): the list does not show it, the engine does."""
+
+    def __init__(self, session: Record):
+        super().__init__()
+        self.session = session
+
+    def list(self, prefix: str = ""):
+        listed = super().list(prefix)
+        if not prefix and self.session is not None:
+            self.create(SESSION_PREFIX + self.session.id, encode_session(self.session))
+            self.session = None
+        return listed
+
+
+def test_collect_leaves_a_workload_another_process_recorded_meanwhile(clock):
+    backend = example(clock)
+    session = request_for(backend)
+    backend.ledger = AdoptedMeanwhile(Record.of(session))
+    backend.run_workload(session)
+    clock.advance(backend.slot_grace + 1)
+    assert backend.collect(clock()) == []
+    assert session.id in backend.observe_workloads()
+
+
+def test_collect_leaves_a_session_of_a_newer_format_and_its_places_alone(clock, ledger, backend):
+    session = request_for(backend, capacity=2)
+    backend.start(session)
+    entry = ledger.get(SESSION_PREFIX + session.id)
+    assert ledger.replace(entry, {**entry.data, "format": "9"}) is not None
+    clock.advance(backend.slot_grace + 1)
+    assert backend.collect(clock()) == []
+    assert session.id in backend.observe_workloads()
+    assert [e.data["session"] for e in ledger.list(SLOT_PREFIX)] == [session.id]
+
+
+def test_a_second_start_of_one_session_id_is_a_conflict_that_stops_nothing(clock, backend):
+    session = request_for(backend, capacity=2)
+    backend.start(session)
+    with pytest.raises(Conflict):
+        backend.start(session)
+    assert session.id in backend.observe_workloads()
+    assert [e.data["session"] for e in backend.ledger.list(SLOT_PREFIX)] == [session.id]

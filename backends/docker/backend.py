@@ -525,7 +525,8 @@ class DockerBackend(Backend):
         reading the records and workloads in one list and probing nothing; then containers
         labelled as ours that are no record of ovas, and what an earlier release kept of a
         session that is gone (its marks and claims), once `ORPHAN_GRACE` old."""
-        with self.reads.scope(ledger=(SESSION_PREFIX, SLOT_PREFIX), sessions=True):
+        # The whole ledger: the core's clean-up reads its places and records in one list.
+        with self.reads.scope(ledger=("",), sessions=True):
             self._local.light = True
             try:
                 removed = super().collect(now)

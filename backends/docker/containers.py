@@ -85,7 +85,6 @@ CONTAINER, PENDING, FAULT, OUTCOME, MARK_RECORD, SLOT, GPU = (
     "gpu",
 )
 SESSION_RECORDS = (CONTAINER, PENDING, OUTCOME)  # any of these describes a session
-WORKLOADS = (CONTAINER, PENDING, FAULT)  # what a session's workload is
 CLAIMS = (SLOT, GPU)  # an earlier release's claims
 RECORD_KINDS = (*SESSION_RECORDS, FAULT, MARK_RECORD, *CLAIMS)
 RECORD_IMAGE = "ovas/record:1"

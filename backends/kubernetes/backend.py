@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Self
 
 from backends.kubernetes import objects as o
@@ -115,7 +115,6 @@ class KubernetesBackend(Backend):
         self.mode = mode
         self.public_host = public_host or None
         self.gateway = gateway
-        self.orphan_grace = timedelta(seconds=orphan_grace)
         self.slot_grace = orphan_grace
         self.helm_repository = helm_repository
         self.kube = kube or Kube(namespace, config_file=config_file, context=context)

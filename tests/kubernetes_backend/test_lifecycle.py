@@ -143,7 +143,7 @@ def test_settings_and_registration(monkeypatch):
         "helmrelease",
         "streams.example",
     )
-    assert backend.orphan_grace == timedelta(seconds=60)
+    assert backend.slot_grace == 60
     with pytest.raises(ConfigurationError):
         KubernetesBackend.from_settings({"KUBERNETES_SESSION_MODE": "deployment"})
 

@@ -211,9 +211,9 @@ class DockerBackend(Backend):
     # Starting
 
     def start(self, request: SessionRequest) -> Observed:
-        # Every place a start takes is read from one list of them all.
+        # Every place a start takes, and whether its id has a record, read from one list.
         try:
-            with self.reads.scope(ledger=(SLOT_PREFIX,)):
+            with self.reads.scope(ledger=(SLOT_PREFIX, SESSION_PREFIX + request.id)):
                 observed = super().start(request)
         finally:
             began = self._started.pop(request.id, None)

@@ -145,6 +145,12 @@ class Clocks:
         return after(created, self.max_lifetime) if self.max_lifetime else None
 
 
+def pool_key(version: str, rendering: str) -> str:
+    """What a warm pool's places are counted per, with the pool's name: `version`, and the
+    `rendering` digest after a '#' when there is one (`SessionRequest.pool_key`)."""
+    return f"{version}#{rendering}" if rendering else version
+
+
 @dataclass(frozen=True)
 class SessionRequest:
     """Everything a backend needs to start one session, already checked against the catalog.
@@ -178,8 +184,7 @@ class SessionRequest:
         """What a warm pool's places (`pool_size`) are counted per, with the pool's name:
         its version and rendering. A catalog edit thus opens new places, and replacements
         start while the sessions they replace are kept (`ovas.pools`)."""
-        version = self.version.version
-        return f"{version}#{self.rendering}" if self.rendering else version
+        return pool_key(self.version.version, self.rendering)
 
 
 @dataclass

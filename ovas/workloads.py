@@ -54,7 +54,7 @@ from ovas.errors import (
 )
 from ovas.ledger import Entry, Ledger, LedgerError, UnknownFormat
 from ovas.lifecycle import Mark, Observation, Observed, Outcome, Record, Stage
-from ovas.models import SessionQuery, SessionRequest
+from ovas.models import SessionQuery, SessionRequest, pool_key
 from ovas.session_records import SESSION_RECORD, SLOT_RECORD, digest, encode_session
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,14 @@ class Places:
     `kind` (a-z, e.g. "gpu", "port-tcp") names them; `names` are every place of the kind the
     host has, in the order they are to be taken (a GPU's device id, a host port); `need` is
     how many the workload takes. `refusal(free)` builds what a start raises when fewer than
-    `need` are free (`free`, an int, of `len(names)`): `CapacityExceeded` with its
-    `resource` while others hold them; a start needing more than there are raises
-    `Unsatisfiable` first, from `refusal` as well."""
+    `need` are free (`free`: those of `names` it found free, in their order):
+    `CapacityExceeded` with its `resource` while others hold them; a start needing more
+    than there are raises `Unsatisfiable` first, from `refusal` (given every name) as well."""
 
     kind: str
     names: Sequence[str]
     need: int
-    refusal: Callable[[int], OvasError]
+    refusal: Callable[[Sequence[str]], OvasError]
 
 
 def place_name(kind: str, name: str) -> str:
@@ -106,9 +106,14 @@ class EarlierRecord:
     named: Sequence[Places] = ()
 
 
-def _pool_key(record: Record) -> str:
-    """What a warm pool's places of `record` are counted per, as `SessionRequest.pool_key`."""
-    return f"{record.version}#{record.rendering}" if record.rendering else record.version
+def _user_scope(username: str) -> str:
+    """The scope of `username`'s places: `slot.user.<scope><n>`."""
+    return digest(username) + "."
+
+
+def _pool_scope(pool: str, key: str) -> str:
+    """The scope of a warm pool's places per `key` (`models.pool_key`): `slot.pool.<scope><n>`."""
+    return digest(pool, key) + "."
 
 
 def _justified(name: str, record: Record | None) -> bool:
@@ -288,8 +293,8 @@ class Backend(SessionBackend):
         record = earlier.record
         scopes = {
             "all": "",
-            "user": digest(record.username) + ".",
-            "pool": digest(record.pool, _pool_key(record)) + ".",
+            "user": _user_scope(record.username),
+            "pool": _pool_scope(record.pool, pool_key(record.version, record.rendering)),
         }
         data = SLOT_RECORD.encode({"session": record.id, "taken": self.now().isoformat()})
         taken = []
@@ -306,27 +311,16 @@ class Backend(SessionBackend):
                     break
                 held.add(free)
         for wanted in earlier.named:
-            held = {e.name for e in self.ledger.list(f"{SLOT_PREFIX}{wanted.kind}.")}
-            got = 0
-            for name in wanted.names:
-                if got >= wanted.need:
-                    break
-                ledger_name = place_name(wanted.kind, name)
-                if ledger_name in held:
-                    continue
-                fields = {"session": record.id, "taken": self.now().isoformat(), "place": name}
-                entry = self.ledger.create(ledger_name, SLOT_RECORD.encode(fields))
-                if entry is not None:
-                    taken.append(entry)
-                    got += 1
-            if got < wanted.need:
+            got, _ = self._take_names(wanted, record.id)
+            taken += got
+            if len(got) < wanted.need:
                 log.warning(
                     "session %s holds %d %s places, of which only %d are free to record: "
                     "starts may be admitted beside it that cannot run",
                     record.id,
                     wanted.need,
                     wanted.kind,
-                    got,
+                    len(got),
                 )
         return taken
 
@@ -396,23 +390,21 @@ class Backend(SessionBackend):
     def _user_place(self, username: str, capacity: int, session_id: str) -> Entry | None:
         if not capacity:
             return None
-        taken = self._take_place("user", digest(username) + ".", capacity, session_id)
+        taken = self._take_place("user", _user_scope(username), capacity, session_id)
         if taken is None:
             raise UserCapacityExceeded(
                 f"User '{username}' already has {capacity} sessions", retry_after=30
             )
         return taken
 
-    def _take_named(self, wanted: Places, session_id: str) -> list[Entry]:
-        """`wanted.need` places of `wanted.names`, in their order, skipping those held, or
-        raises `wanted.refusal(free)` having taken none."""
-        if wanted.need <= 0:
-            return []
-        if wanted.need > len(wanted.names):
-            raise wanted.refusal(len(wanted.names))
+    def _take_names(self, wanted: Places, session_id: str) -> tuple[list[Entry], list[str]]:
+        """Up to `wanted.need` places of `wanted.names`, in their order, skipping those held:
+        the places taken, and the names that were free (taken ones included)."""
         held = {e.name for e in self.ledger.list(f"{SLOT_PREFIX}{wanted.kind}.")}
         taken: list[Entry] = []
         for name in wanted.names:
+            if len(taken) == wanted.need:
+                break
             ledger_name = place_name(wanted.kind, name)
             if ledger_name in held:
                 continue
@@ -420,13 +412,23 @@ class Backend(SessionBackend):
             entry = self.ledger.create(ledger_name, SLOT_RECORD.encode(fields))
             if entry is None:
                 held.add(ledger_name)  # another start took it meanwhile
-                continue
-            taken.append(entry)
-            if len(taken) == wanted.need:
-                return taken
-        for entry in taken:
-            self.ledger.delete(entry)
-        raise wanted.refusal(sum(place_name(wanted.kind, n) not in held for n in wanted.names))
+            else:
+                taken.append(entry)
+        return taken, [n for n in wanted.names if place_name(wanted.kind, n) not in held]
+
+    def _take_named(self, wanted: Places, session_id: str) -> list[Entry]:
+        """`wanted.need` places of `wanted.names`, in their order, skipping those held, or
+        raises `wanted.refusal(free)` having taken none."""
+        if wanted.need <= 0:
+            return []
+        if wanted.need > len(wanted.names):
+            raise wanted.refusal(list(wanted.names))
+        taken, free = self._take_names(wanted, session_id)
+        if len(taken) < wanted.need:
+            for entry in taken:
+                self.ledger.delete(entry)
+            raise wanted.refusal(free)
+        return taken
 
     def _free_places(self, session_id: str) -> None:
         for entry in self.ledger.list(SLOT_PREFIX):
@@ -443,7 +445,7 @@ class Backend(SessionBackend):
         wanted = self.places(request)
         try:
             if request.pool and request.pool_size:
-                scope = digest(request.pool, request.pool_key) + "."
+                scope = _pool_scope(request.pool, request.pool_key)
                 place = self._take_place("pool", scope, request.pool_size, request.id)
                 if place is None:
                     raise CapacityExceeded(

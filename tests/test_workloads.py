@@ -319,10 +319,10 @@ class WithGpus(type(example(FakeClock()))):
     given: dict
 
     def places(self, request):
-        def refusal(free: int):
+        def refusal(free):
             if int(request.kit.env_dict["GPUS"]) > len(GPUS):
                 return Unsatisfiable(f"{len(GPUS)} GPUs on this host")
-            return CapacityExceeded(f"{free} of {len(GPUS)} GPUs free", resource="gpu")
+            return CapacityExceeded(f"{len(free)} of {len(GPUS)} GPUs free", resource="gpu")
 
         return [Places("gpu", GPUS, int(request.kit.env_dict.get("GPUS", "0")), refusal)]
 

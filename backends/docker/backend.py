@@ -49,7 +49,6 @@ from ovas.workloads import (
     Backend,
     EarlierRecord,
     Places,
-    place_name,
 )
 
 log = logging.getLogger(__name__)
@@ -181,7 +180,7 @@ class DockerBackend(Backend):
     def _ports(self, protocol: str, count: int, names: Sequence[str]) -> Places:
         span, size = as_text(self.ports), len(self.ports)
 
-        def refusal(free: int) -> Unsatisfiable | CapacityExceeded:
+        def refusal(free: Sequence[str]) -> Unsatisfiable | CapacityExceeded:
             if count > size:
                 return Unsatisfiable(
                     f"The profile publishes {count} {protocol.upper()} ports; "
@@ -198,13 +197,9 @@ class DockerBackend(Backend):
     def _gpu_places(self, count: int) -> Places:
         ledger = self.gpu_ledger()
 
-        def refusal(free: int) -> Unsatisfiable | CapacityExceeded:
-            # Which are free now, to say so: no more than the start found free (a place
-            # another start has just taken may not be listed yet).
-            with self.reads.outside():
-                held = {e.name for e in self.ledger.list(f"{SLOT_PREFIX}gpu.")}
-            unheld = [g for g in ledger.gpus if place_name("gpu", g.device_id) not in held]
-            return ledger.refusal(count, unheld[:free])
+        def refusal(free: Sequence[str]) -> Unsatisfiable | CapacityExceeded:
+            found = set(free)  # the device ids the start found free
+            return ledger.refusal(count, [g for g in ledger.gpus if g.device_id in found])
 
         return Places("gpu", [g.device_id for g in ledger.gpus], count, refusal)
 

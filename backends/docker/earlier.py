@@ -118,5 +118,5 @@ def earlier_records(
     return found, unreadable
 
 
-def _unused(free: int):
+def _unused(free: Sequence[str]):
     raise AssertionError("the places of a session an earlier release started are not refused")

@@ -328,13 +328,13 @@ class FakeBackend(Backend):
         if count is None or not asked:
             return ()
 
-        def refusal(free: int) -> OvasError:
+        def refusal(free: Sequence[str]) -> OvasError:
             if asked > count:
                 return Unsatisfiable(
                     f"The profile asks for {asked} GPU(s); this host has only {count}"
                 )
             return CapacityExceeded(
-                f"The profile asks for {asked} GPU(s); {free} of {count} are free",
+                f"The profile asks for {asked} GPU(s); {len(free)} of {count} are free",
                 retry_after=60,
                 resource="gpu",
             )
